@@ -1,0 +1,489 @@
+"""Image loading: the only module that opens image files, and the folder walker that finds them.
+
+`load_image` returns a fully decoded "RGB" or "L" image or raises `ImageLoadError` with a human reason
+and a machine-readable kind; `iter_image_files` walks files and folders deterministically and reports
+what it cannot read as `LoadFailure` records instead of raising.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "BACKGROUND",
+    "DEFAULT_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "FAILURE_KINDS",
+    "ImageLoadError",
+    "LoadFailure",
+    "iter_image_files",
+    "load_image",
+]
+
+log = logging.getLogger(__name__)
+
+# 16384 x 16384. Pillow's own guard warns at ~89 MP and refuses at ~179 MP; ours replaces it so one
+# setting governs both. At 3 bytes a pixel this caps one decoded image near 768 MiB.
+DEFAULT_MAX_PIXELS = 1 << 28
+
+# Alpha is composited on white: scans, screenshots and logos are usually drawn on white, and a fixed
+# colour keeps hashes of the same transparent file identical everywhere.
+BACKGROUND = 255
+
+DEFAULT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+
+# Every `kind` a LoadFailure can carry, here and in the pipeline, with what it means.
+FAILURE_KINDS = {
+    "missing": "the path does not exist (or is a broken symlink)",
+    "permission": "the OS refused to open the file or list the folder",
+    "is_directory": "a folder where a file was expected",
+    "not_regular_file": "a FIFO, socket or device; never read, as reading could block",
+    "symlink_loop": "a symlink cycle",
+    "io_error": "any other OS error while reading",
+    "empty": "a 0-byte file",
+    "not_image": "no image signature Pillow or we recognise",
+    "unsupported": "a recognised image format or pixel mode this build cannot decode",
+    "truncated": "the file ends before its image data does",
+    "corrupt": "the decoder rejected the data",
+    "too_large": "over the max_pixels limit (read from the header, before decoding), or out of memory",
+    "worker_crash": "the worker process died while handling this file (pipeline)",
+    "hash_error": "the file loaded but hashing it raised (pipeline)",
+    "error": "an unexpected exception, with its type and message in the reason (pipeline)",
+}
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """One file or folder that could not be used, as a record for reports."""
+
+    path: str
+    reason: str
+    kind: str
+
+
+class ImageLoadError(Exception):
+    """An image file could not be loaded; `.reason` is for people, `.kind` (see FAILURE_KINDS) for code."""
+
+    def __init__(self, path: str, reason: str, kind: str):
+        super().__init__(path, reason, kind)  # keeps the error picklable across worker processes
+        self.path = path
+        self.reason = reason
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+    def to_failure(self) -> LoadFailure:
+        return LoadFailure(self.path, self.reason, self.kind)
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# --------------------------------------------------------------------------------------------------
+# load_image
+
+
+def load_image(
+    path: PathLike,
+    *,
+    min_size: tuple[int, int] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode the first frame of an image file into mode "RGB" or "L", upright.
+
+    min_size: (width, height) the caller needs after orientation; JPEGs are then decoded at the
+        smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= min_size (`Image.draft`). Other
+        formats decode at full size.
+    max_pixels: refuse images whose header declares more pixels (None: no limit). This replaces
+        Pillow's MAX_IMAGE_PIXELS guard, which is never changed globally except briefly, under a lock,
+        to read the header of an image Pillow would refuse but our limit allows.
+
+    Mode rules: L stays L; 1, I;16*, I and F become L; everything else becomes RGB. Alpha (RGBA, LA,
+    PA, and P/L/RGB with a tRNS colour key) is composited on white (BACKGROUND). 16-bit samples are
+    scaled by 255/65535 (65535 -> 255), and I (32-bit) is read as 16-bit data, as Pillow's 16-bit
+    decoders produce it, clipped to 0..65535. F: values within [0, 1] are scaled by 255, any other
+    range is stretched min..max to 0..255; NaN becomes 0. EXIF orientation (tag 0x0112, or XMP
+    tiff:Orientation, as `ImageOps.exif_transpose` reads them) is applied after decoding.
+
+    Pillow warnings are silenced for the call (the reason for any failure is in the exception). The
+    warnings filter is process-global, so this is not safe to call from several threads at once.
+    """
+    path = os.fspath(path)
+    if min_size is not None:
+        min_w, min_h = (int(v) for v in min_size)
+        if min_w < 1 or min_h < 1:
+            raise ValueError(f"min_size must be positive, got {min_size!r}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive or None, got {max_pixels!r}")
+
+    size = _check_regular_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fp = open(path, "rb")
+        except OSError as exc:
+            raise _os_error(path, exc) from exc
+        with fp:
+            im = _open(path, fp, size, max_pixels)
+            orientation = 1
+            if min_size is not None and im.format in ("JPEG", "MPO"):
+                # JPEG parses its EXIF at open, so the orientation is known before decoding; min_size
+                # is for the upright image, so a 90-degree orientation swaps the sides to request.
+                orientation = _orientation(im)
+                req = (min_h, min_w) if orientation in (5, 6, 7, 8) else (min_w, min_h)
+                try:
+                    im.draft(None, req)
+                except Exception as exc:  # a decoder-config failure is a property of this file
+                    raise _decode_error(path, fp, size, exc) from exc
+            try:
+                im.load()
+            except Exception as exc:
+                raise _decode_error(path, fp, size, exc) from exc
+            orientation = _orientation(im)
+            out = _to_rgb_or_l(path, im)
+    return _apply_orientation(out, orientation)
+
+
+def _check_regular_file(path: str) -> int:
+    """Stat `path`, refusing what is not a non-empty regular file; returns its size."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(path, "is a directory, not a file", "is_directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(path, "not a regular file (FIFO, socket or device)", "not_regular_file")
+    if st.st_size == 0:
+        raise ImageLoadError(path, "empty file (0 bytes)", "empty")
+    return st.st_size
+
+
+def _os_error(path: str, exc: OSError) -> ImageLoadError:
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return ImageLoadError(path, "file not found (broken symlink)", "missing")
+        return ImageLoadError(path, "file not found", "missing")
+    if isinstance(exc, PermissionError):
+        return ImageLoadError(path, "permission denied", "permission")
+    if isinstance(exc, IsADirectoryError):
+        return ImageLoadError(path, "is a directory, not a file", "is_directory")
+    if exc.errno == errno.ELOOP:
+        return ImageLoadError(path, "symlink loop", "symlink_loop")
+    return ImageLoadError(path, f"I/O error: {exc.strerror or exc}", "io_error")
+
+
+# Pillow's guard lives in one module global read inside Image.open. It is lifted only to read the
+# header of a file Pillow refuses (> 2 * MAX_IMAGE_PIXELS); the lock keeps our own threads from
+# restoring each other's values out of order.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open(path: str, fp, size: int, max_pixels: int | None) -> Image.Image:
+    """Image.open with our pixel limit in place of Pillow's; reads the header only."""
+    try:
+        try:
+            im = Image.open(fp)
+        except Image.DecompressionBombError:
+            with _PILLOW_LIMIT_LOCK:
+                saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+                try:
+                    fp.seek(0)
+                    im = Image.open(fp)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+    except Image.UnidentifiedImageError as exc:
+        raise _unidentified(path, fp, size) from exc
+    except Exception as exc:
+        raise _decode_error(path, fp, size, exc) from exc
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageLoadError(
+            path,
+            f"over the decompression-bomb limit ({w * h} pixels > {max_pixels}; {w}x{h})",
+            "too_large",
+        )
+    return im
+
+
+# Signatures for naming what Pillow could not open: a known format that failed to parse is corrupt,
+# a known format Pillow here cannot decode is unsupported, anything else is not an image.
+_SUPPORTED_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def _sniff(head: bytes) -> tuple[str | None, bool]:
+    """(format name, supported) from the first bytes of a file; (None, False) when unknown."""
+    for magic, name in _SUPPORTED_MAGIC:
+        if head.startswith(magic):
+            return name, True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP", True
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF", False
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return "JPEG 2000", False
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
+        return "JPEG XL", False
+    return None, False
+
+
+def _read_head(fp, n: int = 32) -> bytes:
+    try:
+        fp.seek(0)
+        return fp.read(n)
+    except (OSError, ValueError):
+        return b""
+
+
+def _unidentified(path: str, fp, size: int) -> ImageLoadError:
+    name, supported = _sniff(_read_head(fp))
+    if name is None:
+        return ImageLoadError(path, "not an image (unrecognised format)", "not_image")
+    if not supported:
+        return ImageLoadError(path, f"unsupported format ({name}): this Pillow build cannot decode it",
+                              "unsupported")
+    if _container_truncated(_read_head(fp), size):
+        return ImageLoadError(path, f"truncated file ({name}, {size} bytes)", "truncated")
+    return ImageLoadError(path, f"corrupt data: starts like a {name} file but its header could not be "
+                                f"parsed ({size} bytes)", "corrupt")
+
+
+def _container_truncated(head: bytes, size: int) -> bool:
+    """True when a container declares more bytes than the file holds (RIFF: WebP)."""
+    if head[:4] == b"RIFF" and len(head) >= 8:
+        return int.from_bytes(head[4:8], "little") + 8 > size
+    return False
+
+
+def _decode_error(path: str, fp, size: int, exc: BaseException) -> ImageLoadError:
+    """Name a failure raised by Pillow while reading a header or decoding pixels."""
+    if isinstance(exc, ImageLoadError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageLoadError(path, f"over the decompression-bomb limit ({exc})", "too_large")
+    if isinstance(exc, MemoryError):
+        return ImageLoadError(path, "too large: out of memory while decoding", "too_large")
+    if isinstance(exc, OSError) and exc.errno is not None:  # a real OS error, not Pillow's OSError(msg)
+        return _os_error(path, exc)
+    message = str(exc) or type(exc).__name__
+    # Pillow says "image file is truncated (N bytes not processed)" or "Truncated File Read"; EOFError
+    # is what some plugins raise at the end of data.
+    if isinstance(exc, EOFError) or "truncated" in message.lower() or _container_truncated(
+            _read_head(fp), size):
+        return ImageLoadError(path, f"truncated file ({message})", "truncated")
+    return ImageLoadError(path, f"corrupt data: {type(exc).__name__}: {message}", "corrupt")
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation 1..8; 1 when absent or unreadable (corrupt EXIF must not lose the image)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        value = int(value)
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+# The table of ImageOps.exif_transpose (Pillow), applied to the converted image so that EXIF is read
+# once and the transpose works on 8-bit data.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return im if method is None else im.transpose(method)
+
+
+def _composite(im: Image.Image, out_mode: str) -> Image.Image:
+    """Flatten an "RGBA" or "LA" image onto the white background."""
+    bg = Image.new(out_mode, im.size, (BACKGROUND,) * len(out_mode))
+    bg.paste(im.convert(out_mode), (0, 0), im.getchannel("A"))
+    return bg
+
+
+def _from_array_l(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8))
+
+
+def _to_rgb_or_l(path: str, im: Image.Image) -> Image.Image:
+    mode = im.mode
+    transparent = "transparency" in im.info
+    if mode == "RGB" and not transparent:
+        return im
+    if mode == "L" and not transparent:
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("P", "PA", "RGBA", "RGBa", "RGB"):  # RGB here has a tRNS colour key
+        if mode == "P" and not transparent:
+            return im.convert("RGB")
+        return _composite(im if mode == "RGBA" else im.convert("RGBA"), "RGB")
+    if mode in ("LA", "La", "L"):  # L here has a tRNS grey key
+        return _composite(im if mode == "LA" else im.convert("LA"), "L")
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if mode == "I":
+            a = np.clip(a, 0, 65535)
+        # Round-to-nearest rescale of the 16-bit type range: 65535 -> 255, 257 -> 1, 128 -> 0.
+        return _from_array_l((a.astype(np.uint32) * 255 + 32767) // 65535)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = np.where(np.isfinite(a), a, np.nan)
+        if np.isnan(a).all():
+            return _from_array_l(np.zeros(a.shape))
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        if lo >= 0.0 and hi <= 1.0:
+            scaled = a * 255.0
+        elif hi > lo:
+            scaled = (a - lo) * (255.0 / (hi - lo))
+        else:
+            scaled = np.zeros_like(a)
+        return _from_array_l(np.rint(np.nan_to_num(scaled, nan=0.0)))
+    try:  # CMYK, YCbCr, LAB, HSV, RGBX and anything else Pillow can convert
+        return im.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageLoadError(path, f"unsupported pixel mode {mode!r} ({exc})", "unsupported") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# iter_image_files
+
+
+def iter_image_files(
+    roots: PathLike | Iterable[PathLike],
+    *,
+    recursive: bool = True,
+    follow_symlinks: bool = False,
+    extensions: Iterable[str] | None = DEFAULT_EXTENSIONS,
+    on_error: Callable[[LoadFailure], None] | None = None,
+) -> Iterator[str]:
+    """Yield image file paths under `roots`, files and folders mixed, in a deterministic order.
+
+    Roots are taken in the order given. A root that is a file is yielded whatever its extension (it
+    was asked for by name); folders are walked depth-first with entries sorted by name, yielding
+    files whose extension is in `extensions` (case-insensitive, leading dot optional; None: every
+    file). A path is yielded once even when reached twice.
+
+    follow_symlinks=False does not descend into symlinked folders below a root (symlinks to files are
+    still yielded); True follows them, and a folder already on the current path is reported as a
+    symlink loop and skipped, so walking always ends. Roots themselves are always followed.
+
+    Unreadable folders, missing roots and symlink loops go to `on_error` as LoadFailure records
+    (logged as warnings when on_error is None); the walk goes on.
+    """
+    exts = None if extensions is None else _normalise_exts(extensions)
+    report = on_error if on_error is not None else _log_failure
+    if isinstance(roots, (str, bytes, os.PathLike)):
+        roots = [roots]
+    seen_files: set[str] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    for root in roots:
+        root = os.fspath(root)
+        if isinstance(root, bytes):
+            root = os.fsdecode(root)
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            report(_os_error(root, exc).to_failure())
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(root, st, exts, recursive, follow_symlinks, report,
+                                 seen_files, seen_dirs, ancestors=())
+        elif _first_visit(root, seen_files):
+            yield root
+
+
+def _walk_dir(path, st, exts, recursive, follow_symlinks, report, seen_files, seen_dirs, ancestors):
+    key = (st.st_dev, st.st_ino)
+    if key in ancestors:
+        report(LoadFailure(path, "symlink loop (folder is its own ancestor); not descended", "symlink_loop"))
+        return
+    if key in seen_dirs:  # reached again through another symlink: already walked
+        return
+    seen_dirs.add(key)
+    ancestors = ancestors + (key,)
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        failure = _os_error(path, exc).to_failure()
+        if failure.kind == "permission":
+            failure = LoadFailure(path, "permission denied (folder cannot be listed)", "permission")
+        report(failure)
+        return
+    for entry in entries:
+        child = entry.path
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir(follow_symlinks=True)
+            is_file = not is_dir and entry.is_file(follow_symlinks=True)
+        except OSError as exc:
+            report(_os_error(child, exc).to_failure())
+            continue
+        if is_dir:
+            if not recursive or (is_link and not follow_symlinks):
+                continue
+            try:
+                child_st = os.stat(child)
+            except OSError as exc:
+                report(_os_error(child, exc).to_failure())
+                continue
+            yield from _walk_dir(child, child_st, exts, recursive, follow_symlinks, report,
+                                 seen_files, seen_dirs, ancestors)
+        elif exts is not None and os.path.splitext(entry.name)[1].lower() not in exts:
+            continue
+        elif is_file or not is_link:
+            # Regular files, and FIFOs/sockets with an image name, which load_image then refuses.
+            if _first_visit(child, seen_files):
+                yield child
+        else:  # a symlink with an image name that resolves to nothing: say why
+            try:
+                os.stat(child)
+            except OSError as exc:
+                report(_os_error(child, exc).to_failure())
+
+
+def _first_visit(path: str, seen: set[str]) -> bool:
+    key = os.path.normcase(os.path.abspath(path))
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _normalise_exts(extensions: Iterable[str]) -> frozenset[str]:
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def _log_failure(failure: LoadFailure) -> None:
+    log.warning("skipped %s: %s", failure.path, failure.reason)
