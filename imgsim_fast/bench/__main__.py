@@ -1,0 +1,54 @@
+"""Runs the benchmarks: `python -m imgsim_fast.bench [hashing] [hamming] [--quick] [--out FILE]`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .report import machine_info, print_table, write_json
+
+SECTIONS = ("hashing", "hamming", "embedding", "catalog")
+
+
+def main(argv=None) -> int:
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    p = argparse.ArgumentParser(prog="python -m imgsim_fast.bench", description=__doc__)
+    p.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photos", default=os.path.join(repo, ".cache", "photos"), help="folder of real photos")
+    p.add_argument("--out", default=None, help="JSON output (default bench/results/<time>.json)")
+    args = p.parse_args(argv)
+    sections = args.sections or list(SECTIONS)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    rows = []
+    if "hashing" in sections:
+        from . import hashing_bench
+
+        rows += hashing_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "hamming" in sections:
+        from . import hamming_bench
+
+        sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
+        rows += hamming_bench.run(sizes=sizes, seed=args.seed, quick=args.quick)
+    if "embedding" in sections:
+        from . import embedding_bench
+
+        rows += embedding_bench.run(args.photos, quick=args.quick)
+    if "catalog" in sections:
+        from . import catalog_bench
+
+        rows += catalog_bench.run(quick=args.quick, seed=args.seed)
+    info = machine_info(args.seed)
+    print_table(rows)
+    out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
+    write_json(out, info, rows)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
