@@ -1,0 +1,157 @@
+"""`imgsim index` and `imgsim query`: argument handling over indexer.index and query.search/select.
+
+cli.py calls `add_subcommands(sub)`. The catalog defaults to `<first DIR>/.imgsim/catalog.sqlite` for
+index; query, given no --catalog, looks for `.imgsim/catalog.sqlite` in the current folder and its parents.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .catalog import CATALOG_DIRNAME, CATALOG_FILENAME
+
+__all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
+
+
+def _csv_list(values) -> list[str]:
+    out = []
+    for v in values or []:
+        out += [t.strip() for t in v.split(",") if t.strip()]
+    return out
+
+
+def find_catalog(start: str = ".") -> str | None:
+    """The nearest `.imgsim/catalog.sqlite` in `start` or a parent folder."""
+    d = os.path.abspath(start)
+    while True:
+        p = os.path.join(d, CATALOG_DIRNAME, CATALOG_FILENAME)
+        if os.path.exists(p):
+            return p
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def cmd_index(args) -> int:
+    from .indexer import index
+
+    s = index(args.dirs, args.catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
+              embed_model=args.embed, sidecar_map=args.sidecar_map, workers=args.workers,
+              batch_size=args.batch_size, progress=False if args.no_progress else None)
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=1))
+    else:
+        print(f"{s.seen} files: {s.unchanged} unchanged, {s.added} added, {s.modified} modified, "
+              f"{s.touched} touched, {s.renamed} renamed, {s.copied} copies, {s.removed} removed, "
+              f"{s.backfilled} completed; {s.decoded} decoded, {s.embedded} embedded, "
+              f"{s.failed} errors, {s.walk_errors} walk errors ({s.seconds.get('total', 0):.2f} s)")
+    return 0
+
+
+def _build_filter(args):
+    from .query import And, AnyTag, Field, Range, Tag, Text
+
+    parts = [Tag(t) for t in _csv_list(args.tag)]
+    if args.any_tag:
+        parts.append(AnyTag(tuple(_csv_list(args.any_tag))))
+    parts += [Text(t) for t in args.text or []]
+    if args.after:
+        parts.append(Field("taken", ">=", args.after))
+    if args.before:
+        parts.append(Field("taken", "<", args.before))
+    if args.camera:
+        parts.append(Field("camera", "contains", args.camera))
+    for name in ("width", "height"):
+        lo, hi = getattr(args, f"min_{name}"), getattr(args, f"max_{name}")
+        if lo is not None or hi is not None:
+            parts.append(Range(name, lo, hi))
+    for spec in args.where or []:  # FIELD=VALUE, or FIELD=LO..HI
+        name, _, value = spec.partition("=")
+        if not value:
+            raise ValueError(f"--where wants FIELD=VALUE or FIELD=LO..HI, got {spec!r}")
+        if ".." in value:
+            lo, _, hi = value.partition("..")
+            parts.append(Range(name, _num(lo) if lo else None, _num(hi) if hi else None))
+        else:
+            parts.append(Field(name, "=", _num(value)))
+    return And(tuple(parts)) if parts else None
+
+
+def _num(s: str):
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    return s
+
+
+def cmd_query(args) -> int:
+    from .catalog import Catalog
+    from .query import search, select
+
+    path = args.catalog or find_catalog()
+    if path is None:
+        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+    where = _build_filter(args)
+    with Catalog(path) as cat:
+        if args.like:
+            hits = search(cat, where, like=args.like, k=args.top, kind=args.kind)
+            rows = [{"path": m.path, "distance": m.distance} for m in hits]
+        else:
+            rows = [{"path": r.path, "width": r.width, "height": r.height, "taken": r.taken,
+                     "tags": cat.tags(r.id)} for r in select(cat, where, limit=args.top)]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in rows:
+            print(f"{r['distance']:4d}  {r['path']}" if "distance" in r else r["path"])
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Register `index` and `query` on an argparse subparsers object."""
+    p = sub.add_parser("index", help="index folders into a catalog (incremental; resumes after a crash)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or files) to index")
+    p.add_argument("--catalog", help="catalog file (default: <first DIR>/.imgsim/catalog.sqlite)")
+    p.add_argument("--kinds", default="phash", help="hashes to keep, comma-separated (default phash)")
+    p.add_argument("--mode", choices=("fast", "compat"), default="fast")
+    p.add_argument("--hash-size", type=int, default=8)
+    p.add_argument("--embed", metavar="MODEL", help="also compute embeddings with this model")
+    p.add_argument("--sidecar-map", metavar="FILE", help="CSV or JSON mapping path -> tags/description")
+    p.add_argument("--workers", type=int, default=None, help="hashing processes (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=256, help="files per committed batch (default 256)")
+    p.add_argument("--json", action="store_true", help="print the work counts as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("query", help="filter a catalog by tags, text and EXIF; rank by similarity with --like")
+    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
+    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
+    p.add_argument("--text", action="append", help="description contains this (case-insensitive)")
+    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
+    p.add_argument("--before", help="taken before (ISO date)")
+    p.add_argument("--camera", help="make/model contains this")
+    p.add_argument("--min-width", type=int)
+    p.add_argument("--max-width", type=int)
+    p.add_argument("--min-height", type=int)
+    p.add_argument("--max-height", type=int)
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
+                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+    p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image")
+    p.add_argument("--kind", default="phash", help="hash used by --like (default phash)")
+    p.add_argument("--top", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query)
+
+
+def main(argv=None) -> int:  # for testing without cli.py
+    parser = argparse.ArgumentParser(prog="imgsim")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
