@@ -18,6 +18,7 @@ class Row:
     peer: str | None = None
     peer_value: float | None = None
     params: dict = field(default_factory=dict)
+    note: str = ""  # shown after the unit in the table
 
     @property
     def ratio(self) -> float | None:
@@ -70,7 +71,8 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         peer = f"{r.peer_value:14.4g}" if r.peer_value is not None else " " * 14
         ratio = f"{r.ratio:7.2f}x" if r.ratio is not None else " " * 8
-        print(f"{r.section:9} {r.name:46} {r.value:14.4g} {peer} {ratio}  {r.unit}" + (f" / {r.peer}" if r.peer else ""))
+        print(f"{r.section:9} {r.name:46} {r.value:14.4g} {peer} {ratio}  {r.unit}" + (f" / {r.peer}" if r.peer else "")
+              + (f"  [{r.note}]" if r.note else ""))
 
 
 def write_json(path: str, info: dict, rows: list[Row]) -> None:
