@@ -52,8 +52,14 @@ if ! stamp_ok deps "$K"; then
   stamp_set deps "$K"
 fi
 
-# 4. Test-only tools. imagehash and scikit-image pull plain pillow, so they go in with --no-deps.
+# 4. Test-only tools. imagehash pulls plain pillow, so it goes in with --no-deps. Chromium checks the
+#    HTML report in a real browser.
 if [ "$WANT_TEST" = 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium (headless browser for the report test)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
   K=$(key requirements-test.txt requirements-test-nodeps.txt)
   if ! stamp_ok test "$K"; then
     log "installing test dependencies"

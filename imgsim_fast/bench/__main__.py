@@ -8,7 +8,7 @@ import time
 
 from .report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "embedding", "catalog")
+SECTIONS = ("hashing", "hamming", "embedding", "catalog", "search")
 
 
 def main(argv=None) -> int:
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
         from . import catalog_bench
 
         rows += catalog_bench.run(quick=args.quick, seed=args.seed)
+    if "search" in sections:
+        from . import search_bench
+
+        rows += search_bench.run(quick=args.quick, seed=args.seed)
     info = machine_info(args.seed)
     print_table(rows)
     out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")

@@ -1,0 +1,154 @@
+"""`imgsim search` and `imgsim explore`: argument handling over search.py, sheet.py, explore.py and
+report_html.py. cli.py calls `add_subcommands(sub)`; the catalog is found as for `imgsim query`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["add_subcommands", "cmd_search", "cmd_explore", "main"]
+
+
+def _open_catalog(path):
+    from .catalog import Catalog
+    from .cli_catalog import find_catalog
+
+    path = path or find_catalog()
+    if path is None:
+        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+    return Catalog(path)
+
+
+def _filter(args):
+    """The metadata filter, built as `imgsim query` builds it; `--contains` here is query's `--text`
+    (search's --text is the CLIP text query)."""
+    from .cli_catalog import _build_filter
+
+    return _build_filter(argparse.Namespace(**dict(vars(args), text=args.contains)))
+
+
+def _is_batch(query: str) -> bool:
+    return os.path.isdir(query) or query.lower().endswith((".txt", ".lst", ".list"))
+
+
+def cmd_search(args) -> int:
+    from .search import query_files, search, search_batch, search_text, write_results
+
+    if (args.query is None) == (args.text is None):
+        raise ValueError("give a query image (or folder / list file) or --text, not both")
+    where = _filter(args)
+    with _open_catalog(args.catalog) as cat:
+        if args.text is not None:
+            results = search_text(cat, [args.text], method="clip", model=args.model, k=args.top, where=where)
+        elif _is_batch(args.query):
+            qs = query_files(args.query)
+            if not qs:
+                raise ValueError(f"{args.query}: no query images found")
+            results = search_batch(cat, qs, method=args.method, model=args.model, k=args.top, where=where,
+                                   exclude_self=args.exclude_self, workers=args.workers)
+        else:
+            results = [search(cat, args.query, method=args.method, model=args.model, k=args.top, where=where,
+                              exclude_self=args.exclude_self, workers=args.workers)]
+    if args.sheet:
+        from .sheet import contact_sheet
+
+        if len(results) == 1:
+            contact_sheet(results[0].query, results[0].hits, args.sheet)
+        else:  # batch: a folder of sheets, one per query
+            os.makedirs(args.sheet, exist_ok=True)
+            for i, r in enumerate(results):
+                stem = os.path.splitext(os.path.basename(r.query))[0]
+                contact_sheet(r.query, r.hits, os.path.join(args.sheet, f"{i:05d}-{stem}.png"))
+    if args.out:
+        write_results(results, args.out)
+    if args.json:
+        json.dump([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif not args.out:
+        for r in results:
+            if len(results) > 1:
+                print(f"# {r.query}" + (f"  ERROR: {r.error}" if r.error else ""))
+            for h in r.hits:
+                d = f"  d={h.distance}" if h.distance is not None else ""
+                print(f"{h.rank:4d}  {h.score:.4f}{d}  {h.path}")
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"{failed} of {len(results)} queries could not be read", file=sys.stderr)
+    return 0 if failed < len(results) else 1
+
+
+def cmd_explore(args) -> int:
+    from .explore import explore
+    from .report_html import write_report
+
+    where = _filter(args)
+    with _open_catalog(args.catalog) as cat:
+        exp = explore(cat, k=args.k, features=args.features, model=args.model, where=where,
+                      n_outliers=args.outliers, seed=args.seed)
+        out = args.out or os.path.join(os.path.dirname(cat.path), "report.html")
+    html_path, json_path = write_report(exp, out, json_path=args.json_out, workers=args.workers)
+    sizes = ", ".join(str(c.size) for c in exp.clusters)
+    print(f"{len(exp.paths)} images, {exp.k} clusters ({sizes}), features {exp.features}")
+    print(f"report: {html_path}\ndata:   {json_path}")
+    return 0
+
+
+def _add_filters(p) -> None:
+    """The metadata filters of `imgsim query` (its --text is --contains here)."""
+    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
+    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
+    p.add_argument("--contains", action="append", help="description contains this (case-insensitive)")
+    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
+    p.add_argument("--before", help="taken before (ISO date)")
+    p.add_argument("--camera", help="make/model contains this")
+    p.add_argument("--min-width", type=int)
+    p.add_argument("--max-width", type=int)
+    p.add_argument("--min-height", type=int)
+    p.add_argument("--max-height", type=int)
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
+                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+
+
+def add_subcommands(sub) -> None:
+    """Register `search` and `explore` on an argparse subparsers object."""
+    from .search import EMBED_METHODS, HASH_METHODS
+
+    p = sub.add_parser("search", help="similar images: by example image (or a folder / list of them) or by text")
+    p.add_argument("query", nargs="?", metavar="QUERY",
+                   help="query image (need not be indexed); a folder or a .txt list runs a batch")
+    p.add_argument("--text", help="text query (CLIP): 'a red car'")
+    p.add_argument("--method", choices=HASH_METHODS + EMBED_METHODS, default="phash",
+                   help="phash etc.: Hamming distance of hashes; cnn: EfficientNet-Lite0 embeddings; "
+                        "clip: CLIP embeddings (default phash)")
+    p.add_argument("--model", help="embedding model the catalog was indexed with (CLIP folder or hub name)")
+    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    p.add_argument("--top", type=int, default=20, help="results per query (default 20)")
+    p.add_argument("--exclude-self", action="store_true", help="leave the query file itself out of its results")
+    _add_filters(p)
+    p.add_argument("--sheet", metavar="PNG", help="contact sheet of the results (batch: a folder of sheets)")
+    p.add_argument("--out", metavar="FILE", help="write results to FILE (.json; .parquet if pyarrow is installed)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--workers", type=int, default=None, help="query decoding processes (default: all cores)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("explore", help="clusters, outliers, a map and statistics of a catalog, as an HTML report")
+    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: chosen by silhouette)")
+    p.add_argument("--features", default="auto", choices=("auto", "embedding") + HASH_METHODS,
+                   help="what to cluster: auto (embeddings if indexed, else hashes)")
+    p.add_argument("--model", help="embedding model to use (default: EfficientNet-Lite0 if indexed)")
+    p.add_argument("--outliers", type=int, default=12, help="outliers to list (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_filters(p)
+    p.add_argument("--out", metavar="HTML", help="report file (default: report.html beside the catalog)")
+    p.add_argument("--json-out", metavar="JSON", help="data file (default: the report's path with .json)")
+    p.add_argument("--workers", type=int, default=None, help="thumbnail processes (default: all cores)")
+    p.set_defaults(func=cmd_explore)
+
+
+def main(argv=None) -> int:  # for testing without cli.py
+    parser = argparse.ArgumentParser(prog="imgsim")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
