@@ -85,7 +85,11 @@ fi
 K=$(key setup.py pyproject.toml csrc/* )
 if ! stamp_ok build "$K" || ! "$VPY" -c "import imgsim_fast._core" 2>/dev/null; then
   log "building imgsim_fast"
-  pip_q --no-build-isolation --no-deps -e .
+  # The compiler's and setuptools' chatter goes to a log, shown only when the build fails.
+  if ! pip_q --no-build-isolation --no-deps -e . > .venv/build.log 2>&1; then
+    cat .venv/build.log >&2
+    exit 1
+  fi
   stamp_set build "$K"
 fi
 
