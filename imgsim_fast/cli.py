@@ -8,7 +8,6 @@ import os
 import sys
 
 from . import __version__
-from .dedup import DEFAULT_THRESHOLD
 
 
 def _add_hash_options(p: argparse.ArgumentParser) -> None:
@@ -79,34 +78,87 @@ def cmd_hash(args) -> int:
 
 
 def cmd_dedup(args) -> int:
-    from .dedup import file_digest, group_duplicates
+    import time
 
-    result = _hash(args, ["phash"])
-    _report_failures(result)
-    digests = []
-    for p in result.paths:
-        try:
-            digests.append(file_digest(p))
-        except OSError as e:  # the file vanished between hashing and digesting: it cannot be an exact copy
-            digests.append(f"unreadable:{p}:{e}")
-    dd = group_duplicates(result.paths, result.codes["phash"], threshold=args.threshold, digests=digests)
-    n_dup = sum(len(g.members) - 1 for g in dd.groups)
-    print(f"{len(result.paths)} images hashed, {len(result.failures)} skipped; "
-          f"{len(dd.groups)} duplicate groups, {n_dup} files that duplicate another "
-          f"(pHash within {args.threshold} bits{', ' + args.mode + ' mode' if args.mode != 'fast' else ''})")
-    for gi, g in enumerate(dd.groups, 1):
-        tag = "exact copies" if g.exact else f"max distance {g.max_pair_distance}"
-        print(f"\ngroup {gi}: {len(g.members)} files, {tag}")
-        for i, d in zip(g.members, g.distances):
-            print(f"  {d:3d}  {os.path.relpath(result.paths[i])}")
+    from .dedup import DEFAULTS, Thresholds, find_duplicates
+    from .dedup import actions as act
+    from .dedup import report
+
+    if args.delete and (args.move_to or args.link):
+        raise ValueError("--delete cannot be combined with --move-to or --link")
+    if args.link and not args.move_to:
+        raise ValueError("--link needs --move-to DIR: the originals go there, so the run can be undone")
+    op = "delete" if args.delete else (f"{args.link}link" if args.link else ("move" if args.move_to else None))
+    if op == "delete" and not args.yes and not sys.stdin.isatty():
+        # No terminal to ask: deleting without an explicit --yes is refused before anything is scanned.
+        print("imgsim: refusing to delete without confirmation: no terminal to ask on; pass --yes",
+              file=sys.stderr)
+        return 2
+    t = Thresholds(
+        phash=DEFAULTS.phash if args.threshold is None else args.threshold,
+        dihedral=DEFAULTS.dihedral if args.flip_threshold is None else args.flip_threshold,
+        embed_cos=DEFAULTS.embed_cos if args.min_cosine is None else args.min_cosine,
+    )
+    res = find_duplicates(args.paths, method=args.method, thresholds=t, flips=not args.no_flips,
+                          reference=args.reference or [], keep_order=args.keep, workers=args.workers,
+                          progress=False if args.no_progress else None)
+    _report_failures(res.features)
+    n_dup = sum(len(res.removable(g)) for g in res.groups)
+    print(f"{len(res.paths)} images scanned, {len(res.features.failures)} skipped; {len(res.groups)} duplicate "
+          f"groups, {n_dup} files that duplicate a kept one (method {args.method}"
+          f"{', embeddings ' + res.features.model if res.features.model else ''})")
+    doc = res.to_dict()
+    for gi, g in enumerate(doc["groups"], 1):
+        print(f"\ngroup {gi}: {len(g['members'])} files{', exact copies' if g['exact'] else ''}")
+        for k, m in enumerate(g["members"]):
+            tag = "keep" if k == 0 else ("ref " if m["reference"] else "    ")
+            cos = "" if m["cosine"] is None or k == 0 else f" cos {m['cosine']:.2f}"
+            how = "" if k == 0 else f"  [{m['rule']}: pHash {m['phash_distance']}" + (
+                f", {m['flip']} {m['flip_distance']}" if m["rule"] == "flip" else "") + f"{cos}]"
+            print(f"  {tag} {os.path.relpath(m['path'])}{how}")
     if args.json:
-        doc = dd.to_dict()
-        doc["threshold"] = args.threshold
-        doc["errors"] = [{"path": f.path, "kind": f.kind, "reason": f.reason} for f in result.failures]
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
+        report.write_json(res, args.json)
         print(f"\nwrote {args.json}")
+    if args.csv:
+        report.write_csv(res, args.csv)
+        print(f"wrote {args.csv}")
+    if args.html:
+        report.write_html(res, args.html)
+        print(f"wrote {args.html}")
+    if op is None:
+        return 0
+    plan = act.plan_actions(res, op, list(args.paths) + list(args.reference or []), args.move_to)
+    if not plan:
+        print("\nnothing to do")
+        return 0
+    if op == "delete" and not args.yes:
+        answer = input(f"\nDelete {len(plan)} files for good (they cannot be undone)? Type 'yes': ")
+        if answer.strip().lower() != "yes":
+            print("imgsim: nothing deleted", file=sys.stderr)
+            return 1
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{stamp}.jsonl")
+    rep = act.execute(plan, manifest, {"op": op, "argv": sys.argv[1:]})
+    verb = {"move": "moved to " + str(args.move_to), "hardlink": "replaced by hard links",
+            "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
+    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {manifest}")
+    for a, why in rep.skipped:
+        print(f"  skipped {a.path}: {why}", file=sys.stderr)
+    if op != "delete":
+        print(f"undo with: imgsim undo {manifest}")
     return 0
+
+
+def cmd_undo(args) -> int:
+    from .dedup.actions import undo
+
+    rep = undo(args.manifest)
+    print(f"{len(rep.restored)} files restored, {len(rep.already)} already in place")
+    for p in rep.lost:
+        print(f"imgsim: cannot restore deleted file {p}", file=sys.stderr)
+    for p, why in rep.conflicts:
+        print(f"imgsim: left {p} alone: {why}", file=sys.stderr)
+    return 1 if rep.lost or rep.conflicts else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,17 +179,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hash_options(p)
     p.set_defaults(func=cmd_hash)
 
-    p = sub.add_parser("dedup", help="report groups of duplicate and near-duplicate images (touches no file)")
+    p = sub.add_parser("dedup", help="find duplicate and near-duplicate images; report (default), move, link "
+                                      "or delete them")
     p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
-                   help="largest pHash Hamming distance counted as a duplicate (default %(default)s)")
-    p.add_argument("--json", help="also write the groups as JSON to this file")
-    _add_hash_options(p)
+    p.add_argument("--method", choices=("auto", "phash", "embedding", "exact"), default="auto",
+                   help="auto: hashes + embeddings to confirm and to add crops (default); phash: hashes only; "
+                        "embedding: EfficientNet-Lite0 cosine only; exact: byte-identical only")
+    p.add_argument("--threshold", type=int, default=None,
+                   help="largest pHash distance (bits of 64) that matches on its own (default 10)")
+    p.add_argument("--flip-threshold", type=int, default=None,
+                   help="largest distance to a mirrored/rotated variant that matches on its own (default 8)")
+    p.add_argument("--no-flips", action="store_true", help="do not match mirrored or 90/180/270-degree copies")
+    p.add_argument("--min-cosine", type=float, default=None,
+                   help="embedding cosine that matches on its own, whatever the hashes say (default 0.88)")
+    p.add_argument("--reference", action="append", metavar="DIR",
+                   help="folder whose files are always kept and never touched (repeatable; scanned too)")
+    p.add_argument("--keep", default="pixels,lossless,size,oldest",
+                   help="keep-best order, best first, from: pixels, lossless, size, oldest, newest, "
+                        "shortest-path (default %(default)s)")
+    p.add_argument("--json", help="write the groups as JSON to this file")
+    p.add_argument("--csv", help="write one row per group member to this CSV file")
+    p.add_argument("--html", help="write an HTML page with thumbnails of every group to this file")
+    p.add_argument("--move-to", metavar="DIR",
+                   help="move duplicates into DIR, keeping their relative paths (undo with imgsim undo)")
+    p.add_argument("--link", choices=("hard", "sym"),
+                   help="replace each duplicate by a hard or symbolic link to the kept file; the original "
+                        "goes to --move-to DIR")
+    p.add_argument("--delete", action="store_true", help="delete duplicates for good (asks, or needs --yes)")
+    p.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    p.add_argument("--manifest", help="where to write the action manifest (default: in the --move-to folder, "
+                                      "or the current folder for --delete)")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=cmd_dedup)
 
-    from .cli_catalog import add_subcommands
+    p = sub.add_parser("undo", help="put back what an imgsim dedup action did, from its manifest")
+    p.add_argument("manifest", help="the imgsim-manifest-*.jsonl file the action wrote")
+    p.set_defaults(func=cmd_undo)
 
-    add_subcommands(sub)
+    from .cli_catalog import add_subcommands as add_catalog
+    from .cli_explore import add_subcommands as add_explore
+
+    add_catalog(sub)
+    add_explore(sub)
     return parser
 
 

@@ -31,3 +31,20 @@ for p in $PKGS; do
   touch "$DEST/.done-$p"
 done
 echo "[photos] $(find "$DEST" -type f ! -name '.done-*' | wc -l) photos in $DEST" >&2
+
+# ---------------------------------------------------------------------------------------------------------
+# Accuracy-benchmark sources (issue 6; imgsim_fast/bench/corpus.py unpacks them into .cache/corpus_src):
+# mate-backgrounds (photos; downloaded, never installed) and the scikit-image wheel, read as a zip for the
+# pictures in skimage/data (never installed: it would pull plain Pillow over pillow-simd). Best effort: the
+# benchmark uses whatever is there.
+mkdir -p .cache/debs .cache/wheels
+if ! ls .cache/debs/mate-backgrounds_*.deb >/dev/null 2>&1; then
+  echo "[photos] downloading mate-backgrounds (accuracy corpus)" >&2
+  (cd .cache/debs && apt-get download -qq mate-backgrounds >/dev/null 2>&1) || echo "[photos] mate-backgrounds unavailable" >&2
+fi
+if ! ls .cache/wheels/scikit_image-*.whl >/dev/null 2>&1; then
+  PYBIN=python3; [ -x .venv/bin/python ] && PYBIN=.venv/bin/python
+  echo "[photos] downloading the scikit-image wheel (accuracy corpus pictures only)" >&2
+  "$PYBIN" -m pip download -q --no-deps --only-binary=:all: -d .cache/wheels scikit-image >/dev/null 2>&1 ||
+    echo "[photos] scikit-image wheel unavailable" >&2
+fi

@@ -1,5 +1,7 @@
-"""Near-duplicate grouping: exact against brute force on codes, and end to end on real photos."""
+"""Dedup detection: candidate pairs against brute force, the anti-chaining rule, keep-best order, border
+trimming, and end to end on real photos (every edit kind, the CLI, the HTML report)."""
 import hashlib
+import html.parser
 import json
 import os
 import shutil
@@ -8,64 +10,186 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli import main
-from imgsim_fast.codes import hamming_reference
-from imgsim_fast.dedup import group_duplicates, near_duplicate_pairs
+from imgsim_fast.dedup import DEFAULTS, Thresholds, find_duplicates, group_features
+from imgsim_fast.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
+from imgsim_fast.dedup.features import Features, FileFacts, trim_box
+from imgsim_fast.dedup.keep import parse_order, rank_key
 
 
-def _components(dist: np.ndarray, threshold: int) -> list[list[int]]:
-    n = len(dist)
-    seen, groups = set(), []
-    for s in range(n):
-        if s in seen:
-            continue
-        stack, comp = [s], []
-        seen.add(s)
-        while stack:
-            i = stack.pop()
-            comp.append(i)
-            for j in np.nonzero(dist[i] <= threshold)[0]:
-                if int(j) not in seen:
-                    seen.add(int(j))
-                    stack.append(int(j))
-        if len(comp) > 1:
-            groups.append(sorted(comp))
-    return sorted(groups)
+def _bits(codes8):
+    n = len(codes8)
+    return np.unpackbits(codes8.view(np.uint8).reshape(n, 8, 8 * codes8.shape[2]), axis=2).astype(bool)
 
 
-@pytest.mark.parametrize("words", [1, 4])
-def test_groups_equal_brute_force_components(words):
-    rng = np.random.default_rng(7 + words)
-    centres = rng.integers(0, 2**64, size=(30, words), dtype=np.uint64)
-    codes = [centres]
-    for c in centres[:12]:  # planted near-duplicates at 1..12 flipped bits
-        for _ in range(3):
-            x = c.copy()
-            for b in rng.choice(64 * words, size=rng.integers(1, 13), replace=False):
-                x[b // 64] ^= np.uint64(1 << int(b % 64))
-            codes.append(x[None])
-    codes = np.concatenate(codes)
-    perm = rng.permutation(len(codes))
-    codes = codes[perm]
-    dist = hamming_reference(codes, codes)
-    for threshold in (0, 4, 10):
-        res = group_duplicates([str(i) for i in range(len(codes))], codes, threshold)
-        assert sorted(sorted(g.members) for g in res.groups) == _components(dist, threshold)
-        for g in res.groups:
-            assert g.distances == [int(dist[g.members[0], m]) for m in g.members]
-        i, j, d = near_duplicate_pairs(codes, threshold)
-        assert np.all(i < j)
-        ref = np.argwhere(np.triu(dist <= threshold, k=1))
-        assert sorted(zip(i.tolist(), j.tolist())) == sorted(map(tuple, ref.tolist()))
-        assert np.array_equal(d, dist[i, j])
+@pytest.mark.parametrize("n", [0, 1, 7, 65])
+def test_hash_pairs_equal_brute_force(n):
+    rng = np.random.default_rng(n)
+    base = rng.integers(0, 2**63, size=(max(n, 1), 1), dtype=np.uint64)[:n]
+    codes8 = np.empty((n, 8, 1), np.uint64)
+    for i in range(n):  # variants: the code with a few bits flipped each, like a flipped image's pHash
+        for k in range(8):
+            x = int(base[i, 0]) if k == 0 else int(rng.integers(0, 2**63))
+            codes8[i, k, 0] = x
+    # Plant near-duplicates: identity pairs at 0..12 bits and flip pairs (j's variant 4 near i's code).
+    for i in range(1, n, 3):
+        flips = int(rng.integers(0, 13))
+        x = int(codes8[i - 1, 0, 0])
+        for b in rng.choice(64, flips, replace=False):
+            x ^= 1 << int(b)
+        codes8[i, 0 if i % 2 else 4, 0] = x
+    bits = _bits(codes8)
+    for r, rd in ((0, 0), (6, 4), (10, 8), (10, None)):
+        got = set(zip(*(a.tolist() for a in hash_pairs(codes8, r, rd))))
+        want = set()
+        for i in range(n):
+            for j in range(i + 1, n):
+                if (bits[i, 0] != bits[j, 0]).sum() <= r:
+                    want.add((i, j))
+                elif rd is not None:
+                    d1 = (bits[i, 0][None] != bits[j, 1:]).sum(axis=1).min()
+                    d2 = (bits[j, 0][None] != bits[i, 1:]).sum(axis=1).min()
+                    if min(d1, d2) <= rd:
+                        want.add((i, j))
+        assert got == want, (r, rd)
 
 
-def test_empty_and_errors():
-    assert group_duplicates([], np.zeros((0, 1), np.uint64)).groups == []
+def test_embedding_pairs_equal_brute_force():
+    rng = np.random.default_rng(3)
+    e = rng.normal(size=(40, 16)).astype(np.float32)
+    e[20:] = e[:20] + 0.3 * rng.normal(size=(20, 16))  # 20 planted near pairs
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    c = e @ e.T
+    got = set(zip(*(a.tolist() for a in embedding_pairs(e, 0.8, k=39))))
+    want = {(i, j) for i in range(40) for j in range(i + 1, 40) if c[i, j] >= 0.8}
+    assert got == want and len(want) >= 15  # the planted pairs are there: a no-op would fail
+
+
+def _facts(i, **kw):
+    d = dict(path=f"/x/f{i}.jpg", size=1000, mtime=100.0, width=100, height=100, format="JPEG",
+             content_pixels=10000, digest=f"d{i}")
+    d.update(kw)
+    return FileFacts(**d)
+
+
+def _chain_features(n=5, step=6):
+    """Codes on a chain: neighbours `step` bits apart, so two apart is 2*step > DEFAULTS.phash bits."""
+    codes = np.zeros((n, 8, 1), np.uint64)
+    for i in range(n):
+        x = (1 << (step * i)) - 1  # the first step*i bits set: d(i, j) = step * |i - j|
+        codes[i, :, 0] = x
+        codes[i, 1:, 0] = np.uint64(0xAAAAAAAAAAAAAAAA) ^ np.uint64(i)  # variants far from every code
+    return Features([_facts(i) for i in range(n)], codes)
+
+
+def test_anti_chaining_every_member_matches_the_centre():
+    f = _chain_features()
+    judge = PairJudge(f, "phash", DEFAULTS)
+    rank = [rank_key(x) for x in f.facts]
+    groups = group_pairs(len(f), hash_pairs(f.phash8, DEFAULTS.phash, DEFAULTS.dihedral), judge, rank)
+    # Plain union-find would return one group of 5 (0~1~2~3~4); the rule allows no member that does not
+    # match its group's centre, so no group spans more than two steps of the chain.
+    assert len(groups) >= 2
+    seen = set()
+    for g in groups:
+        assert g.centre in g.members
+        for m in g.members:
+            assert m == g.centre or judge.match(g.centre, m)
+        assert max(g.members) - min(g.members) <= 2
+        assert not seen & set(g.members)
+        seen |= set(g.members)
+        # the keeper is the best-ranked member and matched the centre too
+        assert g.members[0] == min(g.members, key=lambda x: rank[x])
+
+
+def test_keep_best_order_and_reference():
+    big_png = _facts(0, content_pixels=4000, format="PNG", size=10)
+    big_jpg_large_file = _facts(1, content_pixels=4000, format="JPEG", size=99)
+    small_old = _facts(2, content_pixels=100, mtime=1.0, size=5000)
+    same_px_jpg_old = _facts(3, content_pixels=4000, format="JPEG", size=99, mtime=50.0)
+    files = [small_old, big_jpg_large_file, big_png, same_px_jpg_old]
+    order = sorted(files, key=lambda x: rank_key(x))
+    # pixels, then lossless, then larger file, then oldest
+    assert [x.path for x in order] == [big_png.path, same_px_jpg_old.path, big_jpg_large_file.path,
+                                       small_old.path]
+    o = parse_order("oldest,pixels")
+    assert sorted(files, key=lambda x: rank_key(x, o))[0] is small_old
+    o = parse_order("size")
+    assert sorted(files, key=lambda x: rank_key(x, o))[0] is small_old
+    # a reference file always ranks first
+    assert sorted(files, key=lambda x: rank_key(x, reference=x is small_old))[0] is small_old
     with pytest.raises(ValueError):
-        group_duplicates(["a"], np.zeros((2, 1), np.uint64))
-    with pytest.raises(ValueError):
-        group_duplicates(["a"], np.zeros((1, 1), np.uint64), threshold=-1)
+        parse_order("pixels,biggest")
+
+
+def test_trim_box_finds_letterbox_and_leaves_photos():
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, size=(60, 100), dtype=np.uint8)
+    assert trim_box(pic) == (0, 0, 100, 60)
+    boxed = np.zeros((100, 100), np.uint8)
+    boxed[20:80] = pic
+    left, top, right, bottom = trim_box(boxed)
+    assert (left, right) == (0, 100) and 20 <= top <= 21 and 79 <= bottom <= 80
+    assert trim_box(np.full((50, 50), 128, np.uint8)) == (0, 0, 50, 50)  # flat: left whole
+
+
+# ------------------------------------------------------------------------------------------------
+# Real photos
+
+
+def _rgb(path, side=640):
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    im.thumbnail((side, side))
+    return im
+
+
+@pytest.fixture(scope="module")
+def edited_album(tmp_path_factory, photos):
+    """Two real photos, every edit kind of the first at the strong setting (mild for crop), and a third
+    unrelated photo: the robustness set."""
+    d = tmp_path_factory.mktemp("edits")
+    jpgs = [p for p in photos if p.endswith(".jpg")]
+    src = _rgb(jpgs[0])
+    src.save(d / "original.png")
+    _rgb(jpgs[1]).save(d / "other1.jpg", quality=90)
+    _rgb(jpgs[2]).save(d / "other2.jpg", quality=90)
+    rng = np.random.default_rng(0)
+    kinds = ["jpeg", "resize", "rotate", "mirror", "rot90", "letterbox", "crop", "bright", "grey", "text"]
+    for k in kinds:
+        for level in ("mild", "strong"):
+            im, save = apply_edit(src, k, level, rng)
+            im.save(d / f"{k}_{level}.{'png' if save['format'] == 'PNG' else 'jpg'}",
+                    **{x: v for x, v in save.items() if x != "format"})
+    return d
+
+
+def test_every_edit_kind_found_unrelated_not(edited_album):
+    res = find_duplicates([str(edited_album)], workers=1, progress=False)
+    groups = [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups]
+    assert len(groups) == 1, groups
+    names = set(groups[0])
+    assert "other1.jpg" not in names and "other2.jpg" not in names
+    # At most two strong edits may be missed (strong text watermark, heavy darkening are the hard ones);
+    # the mirrored and rotated copies are never missed.
+    missing = {f for f in os.listdir(edited_album) if f.endswith((".png", ".jpg"))} - names - {"other1.jpg",
+                                                                                            "other2.jpg"}
+    assert len(missing) <= 2 and all("strong" in m for m in missing), missing
+    for must in ("mirror_mild.png", "mirror_strong.png", "rot90_mild.jpg", "rot90_strong.jpg",
+                 "letterbox_mild.png", "letterbox_strong.png", "crop_strong.jpg"):
+        assert must in names
+
+
+def test_phash_method_finds_flips_without_embeddings(edited_album):
+    res = find_duplicates([str(edited_album)], method="phash", workers=1, progress=False)
+    assert res.features.embeddings is None
+    names = {os.path.basename(res.paths[m]) for g in res.groups for m in g.members}
+    assert {"original.png", "mirror_mild.png", "rot90_mild.jpg", "rot90_strong.jpg"} <= names
+    assert "other1.jpg" not in names and "other2.jpg" not in names
+    res2 = find_duplicates([str(edited_album)], method="phash", flips=False, workers=1, progress=False)
+    names2 = {os.path.basename(res2.paths[m]) for g in res2.groups for m in g.members}
+    assert "rot90_mild.jpg" not in names2  # the flips come from the dihedral codes, not from luck
 
 
 def _snapshot(root):
@@ -74,45 +198,119 @@ def _snapshot(root):
         for f in fs:
             p = os.path.join(dp, f)
             st = os.stat(p)
-            with open(p, "rb") as f:
-                out[p] = (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read()).hexdigest())
+            with open(p, "rb") as fh:
+                out[p] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
     return out
 
 
+class _HTMLCheck(html.parser.HTMLParser):
+    VOID = {"meta", "img", "br", "link", "input", "hr"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.sections, self.imgs, self.keeps, self.errors = [], 0, 0, 0, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.sections += 1
+        if tag == "img":
+            self.imgs += 1
+            assert a["src"].startswith("data:image/jpeg;base64,")
+        if tag == "figure" and "keep" in (a.get("class") or "").split():
+            self.keeps += 1
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:]}")
+        else:
+            self.stack.pop()
+
+
 def test_cli_dedup_on_real_photos(tmp_path, photos, capsys):
-    # Four distinct photos; copies of two of them as users make them; one byte-identical copy; one bad file.
+    # Four distinct photos; copies of two of them as users make them; a byte-identical copy; a mirrored and
+    # a rotated copy; a bad file.
     src = [p for p in photos if p.endswith(".jpg")][:4]
     assert len(src) == 4
     d = tmp_path / "album"
     (d / "sub").mkdir(parents=True)
-    names = []
     for i, p in enumerate(src):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            im.thumbnail((800, 800))
-            im.save(d / f"photo{i}.jpg", quality=90)
-            names.append(f"photo{i}.jpg")
-            if i == 0:
-                im.resize((im.width // 2, im.height // 2)).save(d / "sub" / "photo0_small.jpg", quality=60)
-                ImageEnhance.Brightness(im).enhance(1.1).save(d / "sub" / "photo0_bright.png")
-            if i == 1:
-                im.save(d / "sub" / "photo1_q30.jpg", quality=30)
+        im = _rgb(p, 800)
+        im.save(d / f"photo{i}.jpg", quality=90)
+        if i == 0:
+            im.resize((im.width // 2, im.height // 2)).save(d / "sub" / "photo0_small.jpg", quality=60)
+            ImageEnhance.Brightness(im).enhance(1.1).save(d / "sub" / "photo0_bright.png")
+        if i == 1:
+            im.save(d / "sub" / "photo1_q30.jpg", quality=30)
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(d / "sub" / "photo1_mirror.jpg", quality=85)
+        if i == 3:
+            im.transpose(Image.Transpose.ROTATE_90).save(d / "sub" / "photo3_rot90.jpg", quality=85)
     shutil.copy(d / "photo2.jpg", d / "sub" / "photo2_copy.jpg")
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     before = _snapshot(d)
 
-    rc = main(["dedup", str(d), "--workers", "1", "--no-progress", "--json", str(tmp_path / "out.json")])
+    out = tmp_path / "out"
+    rc = main(["dedup", str(d), "--workers", "1", "--no-progress", "--json", f"{out}.json", "--csv", f"{out}.csv",
+               "--html", f"{out}.html"])
     assert rc == 0
     assert _snapshot(d) == before  # report only: nothing moved, changed or deleted
     doc = json.loads((tmp_path / "out.json").read_text())
     groups = sorted(sorted(os.path.relpath(f, d) for f in g["files"]) for g in doc["groups"])
     assert groups == [
         ["photo0.jpg", "sub/photo0_bright.png", "sub/photo0_small.jpg"],
-        ["photo1.jpg", "sub/photo1_q30.jpg"],
+        ["photo1.jpg", "sub/photo1_mirror.jpg", "sub/photo1_q30.jpg"],
         ["photo2.jpg", "sub/photo2_copy.jpg"],
+        ["photo3.jpg", "sub/photo3_rot90.jpg"],
     ]
+    for g in doc["groups"]:
+        assert g["members"][0]["keep"] and sum(m["keep"] for m in g["members"]) == 1
+        assert g["keep"] == g["files"][0]
+    g0 = next(g for g in doc["groups"] if "photo0.jpg" in g["keep"] or "photo0_bright" in g["keep"])
+    # keep-best: the bright PNG has the same pixels as photo0.jpg and is lossless, so it is kept
+    assert g0["keep"].endswith("photo0_bright.png")
+    flip = next(m for g in doc["groups"] for m in g["members"] if m["path"].endswith("photo3_rot90.jpg"))
+    assert flip["rule"] in ("flip", "confirmed") and flip["flip"] in ("rot90", "rot270")
     exact = [g for g in doc["groups"] if g["exact"]]
     assert len(exact) == 1 and all(f.endswith(("photo2.jpg", "photo2_copy.jpg")) for f in exact[0]["files"])
     assert [e["path"] for e in doc["errors"]] == [str(d / "broken.jpg")]
-    err = capsys.readouterr().err
-    assert "broken.jpg" in err
+    assert "broken.jpg" in capsys.readouterr().err
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0].startswith("group,keep,reference,path") and len(rows) == 1 + 10
+    chk = _HTMLCheck()
+    chk.feed((tmp_path / "out.html").read_text())
+    chk.close()
+    assert not chk.errors and not chk.stack, (chk.errors, chk.stack)
+    assert chk.sections == 4 and chk.imgs == 10 and chk.keeps == 4
+    text = (tmp_path / "out.html").read_text()
+    for g in doc["groups"]:
+        for f in g["files"]:
+            assert f in text
+
+
+def test_reference_folder_files_are_kept(tmp_path, photos):
+    ref = tmp_path / "ref"
+    new = tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    im = _rgb([p for p in photos if p.endswith(".jpg")][0], 600)
+    im.resize((300, 200)).save(ref / "small.jpg", quality=80)  # fewer pixels, but in the reference folder
+    im.save(new / "big.png")
+    res = find_duplicates([str(new)], method="phash", reference=[str(ref)], workers=1, progress=False)
+    assert len(res.groups) == 1
+    g = res.groups[0]
+    assert res.paths[g.members[0]].endswith("small.jpg")
+    assert [res.paths[m] for m in res.removable(g)] == [str(new / "big.png")]
+
+
+def test_method_errors():
+    f = Features([_facts(0)], np.zeros((1, 8, 1), np.uint64))
+    with pytest.raises(ValueError):
+        group_features(f, method="nope")
+    with pytest.raises(ValueError):
+        group_features(f, method="embedding")  # no embeddings
+    assert group_features(Features([], np.zeros((0, 8, 1), np.uint64)), method="phash").groups == []
+    assert Thresholds().confirm_needed(DEFAULTS.phash) == DEFAULTS.confirm_cos

@@ -8,7 +8,7 @@ import time
 
 from .report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "embedding", "catalog", "search")
+SECTIONS = ("hashing", "hamming", "embedding", "catalog", "search", "accuracy")
 
 
 def main(argv=None) -> int:
@@ -46,6 +46,10 @@ def main(argv=None) -> int:
         from . import search_bench
 
         rows += search_bench.run(quick=args.quick, seed=args.seed)
+    if "accuracy" in sections:
+        from . import accuracy
+
+        rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     info = machine_info(args.seed)
     print_table(rows)
     out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")

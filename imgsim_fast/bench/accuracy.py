@@ -1,0 +1,224 @@
+"""Dedup accuracy: pair precision / recall / F1, overall and per edit kind, ours against imagehash, one run.
+
+`python -m imgsim_fast.bench accuracy` (wired by the lead) or `python -m imgsim_fast.bench.accuracy
+[--quick] [--tune] [--json FILE]`. The corpus (bench/corpus.py) is split by source picture: thresholds
+were tuned on the "tune" half (`--tune` prints the grid search), and the headline rows are the held-out
+"test" half.
+
+Definitions. A method's predicted pairs are all pairs inside its groups (for imagehash, which has no
+groups in imagededup, every pair within its threshold, as imagededup's find_duplicates reports them).
+A pair is true when both files come from one source picture. Precision = true predicted pairs / predicted
+pairs; recall = true predicted pairs / all true pairs (originals and edits, every pair of a family);
+per-kind recall counts only (original, edited copy of that kind) pairs: "is this copy grouped with its
+original".
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from .corpus import EDIT_KINDS, CorpusFile, build_corpus
+from .report import Row
+
+__all__ = ["run", "evaluate", "IMAGEHASH_THRESHOLD"]
+
+IMAGEHASH_THRESHOLD = 10  # imagededup's PHash default max_distance_threshold
+METHODS = ("auto", "phash", "embedding", "exact")
+
+
+def _pairs_from_groups(groups) -> set[tuple[int, int]]:
+    out = set()
+    for g in groups:
+        for a, b in itertools.combinations(sorted(g.members), 2):
+            out.add((a, b))
+    return out
+
+
+def evaluate(pred: set[tuple[int, int]], files: list[CorpusFile], split: str | None) -> dict:
+    """Pair metrics of `pred` (index pairs into files) restricted to `split` (None: all files)."""
+    keep = [split is None or f.split == split for f in files]
+    idx = [i for i, k in enumerate(keep) if k]
+    fam = [f.family for f in files]
+    pred = {(a, b) for a, b in pred if keep[a] and keep[b]}
+    tp = sum(1 for a, b in pred if fam[a] == fam[b])
+    by_fam: dict[str, list[int]] = {}
+    for i in idx:
+        by_fam.setdefault(fam[i], []).append(i)
+    n_true = sum(len(v) * (len(v) - 1) // 2 for v in by_fam.values())
+    p = tp / len(pred) if pred else 1.0
+    r = tp / n_true if n_true else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    orig = {files[i].family: i for i in idx if files[i].kind == "original"}
+    per_kind = {}
+    for kind in EDIT_KINDS:
+        for level in ("mild", "strong", None):
+            sel = [i for i in idx if files[i].kind == kind and (level is None or files[i].level == level)]
+            if not sel:
+                continue
+            hit = sum(1 for i in sel if (min(i, orig[fam[i]]), max(i, orig[fam[i]])) in pred)
+            per_kind[kind + ("" if level is None else "/" + level)] = hit / len(sel)
+    fp = sorted((files[a].path, files[b].path) for a, b in pred if fam[a] != fam[b])
+    return {"precision": p, "recall": r, "f1": f1, "pairs": len(pred), "true_pairs": n_true,
+            "false_pairs": len(pred) - tp, "per_kind": per_kind, "false_examples": fp[:10]}
+
+
+def imagehash_pairs(files: list[CorpusFile], threshold: int = IMAGEHASH_THRESHOLD) -> tuple[set, float]:
+    """imagehash.phash of every file (opened as imagededup does) and every pair within threshold."""
+    import imagehash
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    bits = []
+    for f in files:
+        with Image.open(f.path) as im:
+            bits.append(imagehash.phash(im).hash.ravel())
+    dt = time.perf_counter() - t0
+    b = np.array(bits, dtype=bool)
+    d = (b[:, None, :] != b[None, :, :]).sum(axis=2)
+    ii, jj = np.nonzero(np.triu(d <= threshold, k=1))
+    return set(zip(ii.tolist(), jj.tolist())), dt
+
+
+def our_pairs(features, method: str, thresholds=None, flips: bool = True):
+    from ..dedup.detect import DEFAULTS, PairJudge, candidate_pairs, group_pairs
+    from ..dedup.keep import rank_key
+
+    judge = PairJudge(features, method, thresholds or DEFAULTS, flips=flips)
+    rank = [rank_key(f) for f in features.facts]
+    groups = group_pairs(len(features), candidate_pairs(judge), judge, rank)
+    return _pairs_from_groups(groups)
+
+
+def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None) -> list[Row]:
+    """Build/reuse the corpus, run every method and imagehash on it, return benchmark rows.
+
+    details: if a dict, receives the full metrics per method and split (for --json).
+    """
+    from ..dedup.features import compute_features
+
+    files = build_corpus(photos_src, cache_dir, quick=quick)
+    t0 = time.perf_counter()
+    feats = compute_features([f.path for f in files], embed=True, progress=False)
+    t_feat = time.perf_counter() - t0
+    by_path = {os.path.abspath(f.path): i for i, f in enumerate(files)}
+    order = [by_path[os.path.abspath(p)] for p in feats.paths]
+    if len(order) != len(files):
+        raise RuntimeError(f"{len(files) - len(order)} corpus files failed to load: {feats.failures[:3]}")
+    files = [files[i] for i in order]  # align labels with feature rows
+    ih_pred, t_ih = imagehash_pairs(files)
+    results = {"imagehash.phash@10": {s: evaluate(ih_pred, files, s) for s in ("test", "tune", None)}}
+    for m in METHODS:
+        pred = our_pairs(feats, m)
+        results[m] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+    pred = our_pairs(feats, "phash", flips=False)
+    results["phash-noflip"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+    if details is not None:
+        details.update({"results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
+                        "files": len(files), "families": len({f.family for f in files}),
+                        "features_s": t_feat, "imagehash_s": t_ih})
+    ih = results["imagehash.phash@10"]["test"]
+    rows = []
+    params = {"files": len(files), "families": len({f.family for f in files}), "split": "test (held out)"}
+    for m in ("auto", "phash", "phash-noflip", "embedding", "exact"):
+        r = results[m]["test"]
+        for metric in ("f1", "precision", "recall"):
+            rows.append(Row("accuracy", f"{m} {metric} (held-out)", round(r[metric], 4), "",
+                            "imagehash.phash@10", round(ih[metric], 4), dict(params)))
+    # Pairs across the two halves exist only in the whole corpus: a false match between a tune picture
+    # and a test picture shows here and in neither split.
+    r, ih_all = results["auto"][None], results["imagehash.phash@10"][None]
+    for metric in ("f1", "precision", "recall"):
+        rows.append(Row("accuracy", f"auto {metric} (whole corpus)", round(r[metric], 4), "",
+                        "imagehash.phash@10", round(ih_all[metric], 4), dict(params, split="all")))
+    r = results["auto"]["test"]
+    for k, v in r["per_kind"].items():
+        if "/" not in k or k in ("crop/strong", "letterbox/strong", "rot90/strong", "mirror/strong"):
+            rows.append(Row("accuracy", f"auto recall {k}", round(v, 4), "", "imagehash.phash@10",
+                            round(ih["per_kind"][k], 4), {"split": "test"}))
+    return rows
+
+
+def _print_details(details: dict) -> None:
+    res = details["results"]
+    names = list(res)
+    print(f"\n{details['files']} files, {details['families']} families; features {details['features_s']:.1f} s")
+    for split in ("test", "tune", "None"):
+        print(f"\nsplit {split}:")
+        for n in names:
+            r = res[n][split]
+            print(f"  {n:20} P={r['precision']:.4f} R={r['recall']:.4f} F1={r['f1']:.4f} "
+                  f"({r['false_pairs']} false of {r['pairs']} pairs)")
+    print(f"\nper-kind recall, held-out split ({' | '.join(names)})")
+    for k in res["auto"]["test"]["per_kind"]:
+        print(f"  {k:18} " + " ".join(f"{res[n]['test']['per_kind'][k]:6.3f}" for n in names))
+
+
+def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
+    """Grid search of the auto thresholds on the tune split (pair test only, no grouping): the evidence
+    behind detect.DEFAULTS. Prints the best settings at precision >= 0.995."""
+    from ..dedup.features import compute_features
+
+    files = build_corpus(photos_src, cache_dir, quick=quick)
+    files = [f for f in files if f.split == "tune"]
+    feats = compute_features([f.path for f in files], embed=True, progress=False)
+    pos = {os.path.abspath(f.path): f for f in files}
+    lab = [pos[os.path.abspath(p)] for p in feats.paths]
+    n = len(lab)
+    bits = np.unpackbits(feats.phash8.view(np.uint8).reshape(n, 8, 8), axis=2).astype(bool)
+    d = np.stack([(bits[:, None, 0, :] != bits[None, :, k, :]).sum(axis=2) for k in range(8)])
+    d0, dk = d[0], d[1:].min(axis=0)
+    dk = np.minimum(dk, dk.T)
+    c = feats.embeddings @ feats.embeddings.T
+    fam = np.array([f.family for f in lab])
+    same = fam[:, None] == fam[None, :]
+    iu = np.triu(np.ones((n, n), bool), k=1)
+    best = []
+    grid = itertools.product((8, 10, 12), (6, 8, 10), (24, 28), (0.5, 0.55, 0.6, 0.65), (0.01, 0.015, 0.02, 0.025),
+                             (0.85, 0.88, 0.9))
+    for p0, pk, cp, cc, sl, ec in grid:
+        need = cc + sl * np.maximum(0, d0 - p0)
+        m = (d0 <= p0) | (dk <= pk) | ((d0 <= cp) & (c >= need)) | (c >= ec)
+        pred = m & iu
+        tp = int((pred & same).sum())
+        prec = tp / max(1, int(pred.sum()))
+        rec = tp / int((same & iu).sum())
+        best.append((2 * prec * rec / (prec + rec + 1e-12), prec, rec, (p0, pk, cp, cc, sl, ec)))
+    best.sort(reverse=True)
+    print("F1, precision, recall, (phash, dihedral, confirm_phash, confirm_cos, confirm_slope, embed_cos) "
+          "- tune split, pair test over every pair of the split")
+    for b in [b for b in best if b[1] >= 0.995][:15]:
+        print(f"  {b[0]:.4f} {b[1]:.4f} {b[2]:.4f} {b[3]}")
+
+
+def main(argv=None) -> int:
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    p = argparse.ArgumentParser(prog="python -m imgsim_fast.bench.accuracy", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tune", action="store_true", help="grid-search the auto thresholds on the tune split")
+    p.add_argument("--photos", default=os.path.join(repo, ".cache", "photos"))
+    p.add_argument("--json", help="write the full metrics here")
+    args = p.parse_args(argv)
+    cache = os.path.join(repo, ".cache")
+    if args.tune:
+        tune(args.photos, cache, args.quick)
+        return 0
+    from .report import print_table
+
+    details: dict = {}
+    rows = run(args.photos, cache, quick=args.quick, details=details)
+    print_table(rows)
+    _print_details(details)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(details, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

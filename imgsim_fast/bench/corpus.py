@@ -1,0 +1,336 @@
+"""Labelled near-duplicate corpus for the accuracy benchmark: real pictures, edited copies, distractors.
+
+Sources, all offline once fetched (`fetch_sources`, also run by scripts/fetch_photos.sh's last block):
+Debian's ukui-, lomiri- and mate-backgrounds wallpapers and desktop-base artwork (photos and graphics), and
+the pictures shipped inside scikit-image's wheel (read from the zip, skimage is never imported or
+installed, so no plain Pillow is pulled over pillow-simd). One picture per *family*: several files of a
+package are versions of one picture (desktop-base's 16x9 and 4x3 of one theme, mate's Elephants in three
+sizes, skimage's stereo motorcycle pair), and only one of each is used, so that two families are never
+duplicates of each other.
+
+Every source gets EDITS at a mild and a strong setting; a file's label is its family. The split ("tune"
+or "test") is a fixed function of the source name, so thresholds tuned on one half are reported on the
+other (accuracy.py). Limits: ~60 families, mostly wallpapers and test pictures rather than camera photos,
+edits synthesised with Pillow (real edits mix several at once), and no hard negatives such as burst
+shots of one scene, which are the real-world cases where "duplicate" is a matter of opinion.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+__all__ = ["EDITS", "CorpusFile", "build_corpus", "fetch_sources", "source_pictures"]
+
+CORPUS_VERSION = 4
+MAX_SIDE = 1024  # originals are stored at most this large: the corpus stays small and quick to hash
+
+# (kind, level) -> description; the function below applies it. Kinds are what the issue lists.
+EDITS = {
+    ("jpeg", "mild"): "JPEG quality 70", ("jpeg", "strong"): "JPEG quality 20",
+    ("resize", "mild"): "50% per side", ("resize", "strong"): "20% per side (min 96 px), JPEG q85",
+    ("rotate", "mild"): "2 degrees, inner crop", ("rotate", "strong"): "5 degrees, inner crop",
+    ("mirror", "mild"): "left-right mirror", ("mirror", "strong"): "top-bottom mirror",
+    ("rot90", "mild"): "90 degrees", ("rot90", "strong"): "270 degrees",
+    ("letterbox", "mild"): "black bars to 16:9 / 9:16 (or 8% bars)", ("letterbox", "strong"):
+        "white border 15% of each side",
+    ("crop", "mild"): "90% of each side, random offset", ("crop", "strong"): "80% of each side, random offset",
+    ("bright", "mild"): "brightness x1.25", ("bright", "strong"): "brightness x0.6, contrast x0.6",
+    ("grey", "mild"): "greyscale", ("grey", "strong"): "greyscale, contrast x1.4, JPEG q60",
+    ("text", "mild"): "caption in a corner", ("text", "strong"): "large two-line watermark across the middle",
+}
+EDIT_KINDS = tuple(dict.fromkeys(k for k, _ in EDITS))
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: str
+    family: str        # source picture; files of one family are duplicates of each other
+    kind: str          # "original" or an edit kind
+    level: str         # "", "mild" or "strong"
+    split: str         # "tune" or "test"
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+_DEBIAN = ("ukui-wallpapers", "lomiri-wallpapers", "desktop-base", "mate-backgrounds")
+# desktop-base and mate ship several versions of one picture: the one file kept per family.
+_DESKTOP_BASE = ("emerald-theme_grub_grub-16x9", "futureprototype-theme_grub_grub-16x9",
+                 "homeworld-theme_grub_grub-16x9", "joy-theme_grub_grub-16x9", "lines-theme_grub_grub-4x3",
+                 "moonlight-theme_grub_grub-16x9", "softwaves-theme_grub_grub-16x9",
+                 "spacefun-theme_grub_grub-16x9", "previews_fullscreenpreview")
+# Flow, Gulp, Silk, Spring and Waves are transparent overlays: flat white once composited, no picture.
+_MATE_SKIP = ("Elephants_3840x2160", "Elephants_5640x3172", "MATE-Stripes", "Ubuntu-Mate-Radioactive",
+              "Ubuntu-Mate-Warm", "Ubuntu-Mate-Cold", "Arc-Colors", "Flow", "Gulp", "Silk", "Spring", "Waves")
+# skimage/data pictures that are real, not tiny and not synthetic; motorcycle_right is the stereo twin
+# of motorcycle_left, so it is left out.
+_SKIMAGE = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+            "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg",
+            "ihc.png", "logo.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
+            "text.png")
+
+
+def fetch_sources(cache_dir: str) -> str:
+    """Unpack what the corpus needs under cache_dir/corpus_src (idempotent); returns that folder.
+
+    Downloads with the ordinary clients only: `apt-get download mate-backgrounds` (unpacked with dpkg -x,
+    never installed) and `pip download --no-deps scikit-image` (read as a zip). A failed download leaves
+    that source out; the corpus is then smaller, and the report says how many families it used.
+    """
+    dest = os.path.join(cache_dir, "corpus_src")
+    os.makedirs(dest, exist_ok=True)
+    debs = os.path.join(cache_dir, "debs")
+    os.makedirs(debs, exist_ok=True)
+    mate = os.path.join(dest, "mate-backgrounds")
+    if not os.path.exists(os.path.join(mate, ".done")):
+        deb = _find(debs, "mate-backgrounds_")
+        if deb is None:
+            subprocess.run(["apt-get", "download", "-qq", "mate-backgrounds"], cwd=debs, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deb = _find(debs, "mate-backgrounds_")
+        if deb is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run(["dpkg", "-x", deb, tmp], check=True)
+                os.makedirs(mate, exist_ok=True)
+                for dp, _, fs in os.walk(tmp):
+                    for f in fs:
+                        if f.lower().endswith((".jpg", ".png")):
+                            shutil.copy(os.path.join(dp, f), os.path.join(mate, f))
+            open(os.path.join(mate, ".done"), "w").close()
+    sk = os.path.join(dest, "skimage")
+    if not os.path.exists(os.path.join(sk, ".done")):
+        wheel = _find(os.path.join(cache_dir, "wheels"), "scikit_image-")
+        if wheel is None:
+            os.makedirs(os.path.join(cache_dir, "wheels"), exist_ok=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            "-d", os.path.join(cache_dir, "wheels"), "scikit-image"], check=False)
+            wheel = _find(os.path.join(cache_dir, "wheels"), "scikit_image-")
+        if wheel is not None:
+            os.makedirs(sk, exist_ok=True)
+            with zipfile.ZipFile(wheel) as z:
+                for name in _SKIMAGE:
+                    try:
+                        data = z.read(f"skimage/data/{name}")
+                    except KeyError:
+                        continue
+                    with open(os.path.join(sk, name), "wb") as f:
+                        f.write(data)
+            open(os.path.join(sk, ".done"), "w").close()
+    return dest
+
+
+def _find(folder: str, prefix: str) -> str | None:
+    if not os.path.isdir(folder):
+        return None
+    hits = sorted(f for f in os.listdir(folder) if f.startswith(prefix))
+    return os.path.join(folder, hits[-1]) if hits else None
+
+
+def source_pictures(photos_src: str, corpus_src: str) -> list[tuple[str, str]]:
+    """[(family name, path)] of one picture per family, sorted by name."""
+    out = []
+    for pkg in _DEBIAN[:2]:
+        d = os.path.join(photos_src, pkg)
+        if os.path.isdir(d):
+            out += [(f"{pkg}/{f}", os.path.join(d, f)) for f in os.listdir(d)
+                    if f.lower().endswith((".jpg", ".png"))]
+    d = os.path.join(photos_src, "desktop-base")
+    if os.path.isdir(d):
+        for f in os.listdir(d):
+            if any(key in f for key in _DESKTOP_BASE):
+                out.append((f"desktop-base/{f}", os.path.join(d, f)))
+    d = os.path.join(corpus_src, "mate-backgrounds")
+    if os.path.isdir(d):
+        out += [(f"mate/{f}", os.path.join(d, f)) for f in os.listdir(d)
+                if f.lower().endswith((".jpg", ".png")) and not any(f.startswith(s) for s in _MATE_SKIP)]
+    d = os.path.join(corpus_src, "skimage")
+    if os.path.isdir(d):
+        out += [(f"skimage/{f}", os.path.join(d, f)) for f in os.listdir(d) if f in _SKIMAGE]
+    return sorted(out)
+
+
+def split_of(family: str) -> str:
+    """'tune' or 'test', a fixed hash of the family name: about half each, independent of the package."""
+    return "tune" if hashlib.sha256(family.encode()).digest()[0] % 2 == 0 else "test"
+
+
+# ------------------------------------------------------------------------------------------------
+# Edits
+
+
+def _font(size: int):
+    for f in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+              "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf"):
+        if os.path.exists(f):
+            return ImageFont.truetype(f, size)
+    return ImageFont.load_default()
+
+
+def _inner_rotate(im: Image.Image, deg: float) -> Image.Image:
+    """Rotate by deg and crop the largest centred rectangle of the same aspect with no filled corner."""
+    w, h = im.size
+    r = im.rotate(deg, resample=Image.Resampling.BICUBIC, expand=False)
+    a = np.deg2rad(abs(deg))
+    # The centred w' x h' rectangle (same aspect) fits inside the rotated one when
+    # w' cos + h' sin <= w and w' sin + h' cos <= h.
+    k = min(w / (w * np.cos(a) + h * np.sin(a)), h / (w * np.sin(a) + h * np.cos(a)))
+    cw, ch = int(w * k), int(h * k)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return r.crop((left, top, left + cw, top + ch))
+
+
+def _letterbox(im: Image.Image, strong: bool) -> Image.Image:
+    w, h = im.size
+    if strong:
+        b = int(0.15 * w), int(0.15 * h)
+        return ImageOps.expand(im, border=(b[0], b[1], b[0], b[1]), fill=(255, 255, 255))
+    # Pad to 16:9 (landscape) or 9:16 (portrait) with black, as a video frame or a phone screenshot does;
+    # an image already that shape gets 8% bars top and bottom.
+    if w >= h:
+        nw, nh = w, max(int(round(w * 9 / 16)), h)
+        if nh - h < 0.08 * h:
+            nh = int(h * 1.16)
+    else:
+        nw, nh = max(int(round(h * 9 / 16)), w), h
+        if nw - w < 0.08 * w:
+            nw = int(w * 1.16)
+    canvas = Image.new("RGB", (nw, nh), (0, 0, 0))
+    canvas.paste(im, ((nw - w) // 2, (nh - h) // 2))
+    return canvas
+
+
+def _text(im: Image.Image, strong: bool, rng: np.random.Generator) -> Image.Image:
+    im = im.copy()
+    d = ImageDraw.Draw(im)
+    w, h = im.size
+    if strong:
+        font = _font(max(12, h // 8))
+        for i, line in enumerate(("SAMPLE  COPY", "(c) 2024 imgsim")):
+            d.text((w // 12, h // 3 + i * h // 6), line, font=font, fill=(255, 255, 255),
+                   stroke_width=max(1, h // 200), stroke_fill=(0, 0, 0))
+    else:
+        font = _font(max(10, h // 20))
+        d.text((w // 30, h - h // 10), f"IMG_{int(rng.integers(1000, 9999))}.jpg  2019-07-14", font=font,
+               fill=(255, 255, 0))
+    return im
+
+
+def apply_edit(im: Image.Image, kind: str, level: str, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """(edited RGB image, save options) for one EDITS entry."""
+    strong = level == "strong"
+    w, h = im.size
+    save = {"format": "JPEG", "quality": 90}
+    if kind == "jpeg":
+        save["quality"] = 20 if strong else 70
+        out = im
+    elif kind == "resize":
+        f = 0.2 if strong else 0.5
+        out = im.resize((max(96, int(w * f)), max(96, int(h * f))), Image.Resampling.BILINEAR)
+        save["quality"] = 85
+    elif kind == "rotate":
+        out = _inner_rotate(im, 5.0 if strong else -2.0)
+    elif kind == "mirror":
+        out = ImageOps.flip(im) if strong else ImageOps.mirror(im)
+        save = {"format": "PNG"}
+    elif kind == "rot90":
+        out = im.transpose(Image.Transpose.ROTATE_270 if strong else Image.Transpose.ROTATE_90)
+    elif kind == "letterbox":
+        out = _letterbox(im, strong)
+        save = {"format": "PNG"}
+    elif kind == "crop":
+        f = 0.8 if strong else 0.9
+        cw, ch = int(w * f), int(h * f)
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        out = im.crop((left, top, left + cw, top + ch))
+    elif kind == "bright":
+        if strong:
+            out = ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(0.6)).enhance(0.6)
+        else:
+            out = ImageEnhance.Brightness(im).enhance(1.25)
+    elif kind == "grey":
+        g = im.convert("L")
+        if strong:
+            g = ImageEnhance.Contrast(g).enhance(1.4)
+            save["quality"] = 60
+        out = g
+    elif kind == "text":
+        out = _text(im, strong, rng)
+    else:
+        raise ValueError(f"unknown edit kind {kind!r}")
+    return out, save
+
+
+# ------------------------------------------------------------------------------------------------
+# Build
+
+
+def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0) -> list[CorpusFile]:
+    """Build (once; cached under cache_dir/accuracy_corpus[-quick]) and return the labelled files.
+
+    quick: 10 families, for a smoke run. A labels.json beside the files records families, kinds and splits;
+    its version and the source list decide whether a cached corpus is reused.
+    """
+    corpus_src = fetch_sources(cache_dir)
+    sources = source_pictures(photos_src, corpus_src)
+    if quick:
+        sources = sources[::max(1, len(sources) // 10)][:10]
+    if not sources:
+        raise FileNotFoundError(f"no source pictures under {photos_src} or {corpus_src}: run scripts/fetch_photos.sh")
+    root = os.path.join(cache_dir, "accuracy_corpus" + ("-quick" if quick else ""))
+    labels_path = os.path.join(root, "labels.json")
+    key = {"version": CORPUS_VERSION, "seed": seed, "sources": [f for f, _ in sources]}
+    if os.path.exists(labels_path):
+        with open(labels_path, encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc.get("key") == key:
+            return [CorpusFile(os.path.join(root, r["path"]), r["family"], r["kind"], r["level"], r["split"])
+                    for r in doc["files"]]
+        shutil.rmtree(root)
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fi, (family, src) in enumerate(sources):
+        split = split_of(family)
+        with Image.open(src) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im.convert("RGBA"))
+            im = im.convert("RGB")
+        im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        stem = f"f{fi:03d}"
+        orig = f"{stem}_original.png"
+        im.save(os.path.join(root, orig))
+        rows.append({"path": orig, "family": family, "kind": "original", "level": "", "split": split})
+        for (kind, level) in EDITS:
+            out, save = apply_edit(im, kind, level, rng)
+            ext = ".png" if save["format"] == "PNG" else ".jpg"
+            name = f"{stem}_{kind}_{level}{ext}"
+            out.save(os.path.join(root, name), **save)
+            rows.append({"path": name, "family": family, "kind": kind, "level": level, "split": split})
+    tmp = labels_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"key": key, "edits": {f"{k}/{l}": v for (k, l), v in EDITS.items()}, "files": rows}, f,
+                  indent=1)
+    os.replace(tmp, labels_path)
+    return [CorpusFile(os.path.join(root, r["path"]), r["family"], r["kind"], r["level"], r["split"]) for r in rows]
+
+
+if __name__ == "__main__":  # python -m imgsim_fast.bench.corpus [--quick]: build it and print a summary
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    files = build_corpus(os.path.join(repo, ".cache", "photos"), os.path.join(repo, ".cache"),
+                         quick="--quick" in sys.argv)
+    fams = {f.family for f in files}
+    print(f"{len(files)} files, {len(fams)} families "
+          f"({sum(1 for f in fams if split_of(f) == 'tune')} tune, "
+          f"{sum(1 for f in fams if split_of(f) == 'test')} test)")

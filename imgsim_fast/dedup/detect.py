@@ -1,0 +1,275 @@
+"""Which files are duplicates: candidate pairs (MIH self-join, embedding kNN), one pair test, guarded groups.
+
+Methods:
+- exact: byte-identical files (content digest).
+- phash: border-trimmed pHash; a pair matches when its codes are within `phash` bits, or one code is within
+  `dihedral` bits of one of the 8 flips/rotations of the other (mirrors, 90/180/270 degrees).
+- embedding: cosine similarity of EfficientNet-Lite0 embeddings >= `embed_cos`.
+- auto (default): phash, plus pairs the hashes call borderline that the embedding confirms, plus pairs
+  the embedding alone is sure of (crops, heavy edits). The confirmation asks more of the embedding the
+  further apart the hashes are: a pair whose (identity) pHash distance is h <= confirm_phash matches when
+  cosine >= confirm_cos + confirm_slope * (h - phash). Exact copies always match, in every
+  method.
+
+Candidates come from `hash_pairs` (the only all-pairs step over hashes: HammingIndex.self_join) and
+`embedding_pairs` (VectorIndex kNN with a score cut); every candidate, and every pair the grouping asks
+about, goes through the same test, `PairJudge.match`. Thresholds and the evidence behind them:
+DEFAULTS below and the README's "Deduplication" section (python -m imgsim_fast.bench accuracy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..mih import HammingIndex
+from .features import Features
+
+__all__ = ["METHODS", "Thresholds", "DEFAULTS", "PairJudge", "Match", "hash_pairs", "embedding_pairs",
+           "candidate_pairs", "group_pairs"]
+
+METHODS = ("auto", "phash", "embedding", "exact")
+# Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
+TRANSFORMS = ("none", "rot90", "rot180", "rot270", "mirror-lr", "mirror-tb", "transpose", "anti-transpose")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pair-test thresholds (pHash bits of 64; cosine similarities). See DEFAULTS for the chosen values."""
+
+    phash: int = 10            # identity pHash distance accepted on its own
+    dihedral: int = 8          # distance to a flip/rotation accepted on its own
+    confirm_phash: int = 28    # largest hash distance an embedding may confirm
+    confirm_cos: float = 0.6   # cosine needed at h == phash ...
+    confirm_slope: float = 0.015  # ... plus this much per bit beyond it (0.87 at h == 28)
+    embed_cos: float = 0.88    # cosine accepted on its own, whatever the hashes say
+    knn: int = 32              # embedding neighbours examined per file
+
+    def confirm_needed(self, h: int) -> float:
+        """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart."""
+        return self.confirm_cos + self.confirm_slope * max(0, h - self.phash)
+
+
+# Tuned on the "tune" half of the accuracy corpus and reported on the held-out "test" half (README).
+DEFAULTS = Thresholds()
+
+
+@dataclass(frozen=True)
+class Match:
+    """Why a pair matched (or not): distances and the rule that fired ('' when it did not)."""
+
+    rule: str                 # 'exact', 'phash', 'flip', 'confirmed', 'embedding' or ''
+    phash: int                # identity pHash distance
+    dihedral: int             # smallest distance to a flipped/rotated variant of the other file
+    transform: str            # which variant gave `dihedral`
+    cos: float | None         # embedding cosine similarity, None without embeddings
+
+    def __bool__(self) -> bool:
+        return bool(self.rule)
+
+
+class PairJudge:
+    """The one pair test of a method over a Features set, with the distances it used."""
+
+    def __init__(self, features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
+                 flips: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if method == "embedding" and features.embeddings is None:
+            raise ValueError("method 'embedding' needs embeddings (compute_features(embed=True))")
+        self.f = features
+        self.method = method
+        self.t = thresholds
+        self.flips = flips
+        self.digests = [x.digest for x in features.facts]
+        # Unpacked bits (n, 8, 64) make one pair's 8 distances a single vector operation.
+        n = len(features)
+        words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
+        self._bits = np.unpackbits(np.ascontiguousarray(features.phash8).view(np.uint8).reshape(n, 8, 8 * words),
+                                   axis=2).astype(bool)
+        self.emb = features.embeddings
+
+    def distances(self, i: int, j: int) -> tuple[int, int, int]:
+        """(identity distance, smallest flipped/rotated distance, index of that variant)."""
+        d = (self._bits[i, 0][None, :] != self._bits[j]).sum(axis=1)
+        if not self.flips:
+            return int(d[0]), 10**6, 0
+        k = int(np.argmin(d[1:])) + 1
+        return int(d[0]), int(d[k]), k
+
+    def match(self, i: int, j: int) -> Match:
+        d0, dk, k = self.distances(i, j)
+        cos = float(self.emb[i] @ self.emb[j]) if self.emb is not None else None
+        t = self.t
+        rule = ""
+        if self.digests[i] == self.digests[j]:
+            rule = "exact"
+        elif self.method in ("phash", "auto") and d0 <= t.phash:
+            rule = "phash"
+        elif self.method in ("phash", "auto") and dk <= t.dihedral:
+            rule = "flip"
+        elif self.method == "auto" and cos is not None:
+            # Only the identity distance is confirmed: an embedding is not rotation-invariant, so it cannot
+            # vouch for a flipped or rotated hash match (those stand on the hash alone, `dihedral`).
+            if d0 <= t.confirm_phash and cos >= t.confirm_needed(d0):
+                rule = "confirmed"
+            elif cos >= t.embed_cos:
+                rule = "embedding"
+        elif self.method == "embedding" and cos >= t.embed_cos:
+            rule = "embedding"
+        return Match(rule, d0, dk if self.flips else -1, TRANSFORMS[k] if self.flips else "none", cos)
+
+
+# ------------------------------------------------------------------------------------------------
+# Candidate pairs
+
+
+def hash_pairs(phash8: np.ndarray, radius: int, dihedral_radius: int | None = None,
+               chunk_size: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) with pHash within `radius`, or a flip/rotation within `dihedral_radius` (None: none).
+
+    The only all-pairs step over hashes: one HammingIndex (multi-index hashing) over the identity codes,
+    or over all 8 variants of every file (id 8*i + k) when flips are wanted, and its exact self-join.
+    A variant pair counts when one side is an identity code: d(code_i, variant_k(j)).
+    """
+    phash8 = np.ascontiguousarray(phash8, dtype=np.uint64)
+    n, _, words = phash8.shape
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flips = dihedral_radius is not None
+    index = HammingIndex(bits=64 * words)
+    if flips:
+        index.add(phash8.reshape(n * 8, words), np.arange(n * 8, dtype=np.int64))
+        r = max(radius, dihedral_radius)
+    else:
+        index.add(phash8[:, 0, :], np.arange(n, dtype=np.int64))
+        r = radius
+    out_i, out_j = [], []
+    for a, b, d in index.self_join(r, chunk_size=chunk_size):
+        if flips:
+            ia, ka, ib, kb = a // 8, a % 8, b // 8, b % 8
+            ident = (ka == 0) & (kb == 0)
+            keep = (ia != ib) & ((ka == 0) | (kb == 0)) & np.where(ident, d <= radius, d <= dihedral_radius)
+            a, b = ia[keep], ib[keep]
+        else:
+            keep = d <= radius
+            a, b = a[keep], b[keep]
+        out_i.append(np.minimum(a, b))
+        out_j.append(np.maximum(a, b))
+    return _unique_pairs(out_i, out_j)
+
+
+def embedding_pairs(embeddings: np.ndarray, min_cos: float, k: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) where j is among i's k nearest embeddings (or i among j's) with cosine >= min_cos.
+
+    A VectorIndex (exact below 10,000 vectors, HNSW above) answers one kNN query per file; the score cut
+    turns it into a range query bounded by k.
+    """
+    from ..vector_index import VectorIndex
+
+    n = len(embeddings)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    vi = VectorIndex(embeddings.shape[1])
+    vi.add(embeddings, np.arange(n, dtype=np.int64))
+    ids, scores = vi.knn(embeddings, k=min(k + 1, n))
+    rows = np.repeat(np.arange(n), ids.shape[1])
+    ids, scores = ids.ravel(), scores.ravel()
+    keep = (ids >= 0) & (ids != rows) & (scores >= min_cos)
+    a, b = rows[keep], ids[keep]
+    return _unique_pairs([np.minimum(a, b)], [np.maximum(a, b)])
+
+
+def _unique_pairs(ii: list, jj: list) -> tuple[np.ndarray, np.ndarray]:
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i = np.concatenate(ii).astype(np.int64)
+    j = np.concatenate(jj).astype(np.int64)
+    if not len(i):
+        return i, j
+    key = np.unique(i * (int(j.max()) + 1) + j)
+    return key // (int(j.max()) + 1), key % (int(j.max()) + 1)
+
+
+def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair the method could accept, before the pair test: digests, hashes, embeddings."""
+    f, t = judge.f, judge.t
+    parts_i, parts_j = [], []
+    by_digest: dict[str, int] = {}
+    for idx, d in enumerate(judge.digests):  # exact copies: a star on the first file with that digest
+        first = by_digest.setdefault(d, idx)
+        if first != idx:
+            parts_i.append(np.array([first]))
+            parts_j.append(np.array([idx]))
+    if judge.method in ("phash", "auto"):
+        a, b = hash_pairs(f.phash8, t.phash, t.dihedral if judge.flips else None)
+        parts_i.append(a)
+        parts_j.append(b)
+    if judge.method in ("embedding", "auto") and f.embeddings is not None:
+        a, b = embedding_pairs(f.embeddings, t.confirm_cos if judge.method == "auto" else t.embed_cos, t.knn)
+        parts_i.append(a)
+        parts_j.append(b)
+    return _unique_pairs(parts_i, parts_j)
+
+
+# ------------------------------------------------------------------------------------------------
+# Groups
+
+
+@dataclass
+class Group:
+    """One group, best first: members[0] is the keeper; every member matched `centre` directly."""
+
+    members: list[int]
+    matches: list[Match] = field(default_factory=list)  # matches[k]: members[k] against the keeper
+    centre: int = -1
+
+
+def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, rank: list) -> list[Group]:
+    """Groups from accepted pairs: union-find components, then the anti-chaining guard.
+
+    The rule: every member of a group matches the group's centre directly (the same pair test), not only
+    some other member; the centre is a member, and the group's keeper (the best file by `rank`, a sort key
+    per file) matches the centre too. In each connected component the centre is the remaining file with the
+    most accepted pairs inside the component (ties: the better-ranked); it takes every remaining file that
+    matches it, and the rest go round again. A chain A~B~C where A and C do not match never becomes one
+    group through B unless B is the centre and matches both: a file is only ever grouped with (and replaced
+    by) files that are at most two accepted matches away, through one file that matches both.
+    """
+    ii, jj = pairs
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    adj: dict[int, set[int]] = {}
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        if judge.match(a, b):
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    comps: dict[int, list[int]] = {}
+    for x in range(n):
+        comps.setdefault(find(x), []).append(x)
+    groups = []
+    for comp in comps.values():
+        if len(comp) < 2:
+            continue
+        remaining = set(comp)
+        while len(remaining) >= 2:
+            centre = min(remaining, key=lambda x: (-len(adj.get(x, set()) & remaining), rank[x]))
+            members = [centre] + [x for x in remaining if x != centre and judge.match(centre, x)]
+            remaining -= set(members)
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda x: rank[x])
+            groups.append(Group(members, [judge.match(members[0], x) if x != members[0] else
+                                          Match("keeper", 0, 0, "none", 1.0 if judge.emb is not None else None)
+                                          for x in members], centre))
+    groups.sort(key=lambda g: (-len(g.members), g.members[0]))
+    return groups

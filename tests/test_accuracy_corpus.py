@@ -1,0 +1,54 @@
+"""The accuracy benchmark's pieces: every edit of the corpus, the split, and the pair metrics."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgsim_fast.bench.accuracy import evaluate
+from imgsim_fast.bench.corpus import EDIT_KINDS, EDITS, CorpusFile, apply_edit, split_of
+
+
+def test_every_edit_kind_does_what_it_says():
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 200, 3), np.uint8))
+    assert set(EDIT_KINDS) == {"jpeg", "resize", "rotate", "mirror", "rot90", "letterbox", "crop", "bright",
+                               "grey", "text"}
+    for kind, level in EDITS:
+        out, save = apply_edit(im, kind, level, rng)
+        assert save["format"] in ("JPEG", "PNG")
+        w, h = out.size
+        if kind == "rot90":
+            assert (w, h) == (120, 200)
+        elif kind == "crop":
+            assert (w, h) == ((180, 108) if level == "mild" else (160, 96))
+        elif kind == "letterbox":
+            assert w > 200 or h > 120
+        elif kind == "resize":
+            assert w < 200
+        elif kind == "grey":
+            assert out.mode == "L"
+        elif kind == "mirror":
+            a, b = np.asarray(out), np.asarray(im)
+            assert np.array_equal(a, b[:, ::-1] if level == "mild" else b[::-1])
+        else:
+            assert (w, h) == (200, 120) or kind == "rotate"
+    with pytest.raises(ValueError):
+        apply_edit(im, "nope", "mild", rng)
+
+
+def test_split_is_fixed_and_about_half():
+    names = [f"pkg/file{i}.png" for i in range(200)]
+    splits = [split_of(n) for n in names]
+    assert splits == [split_of(n) for n in names]
+    assert 70 < splits.count("tune") < 130
+
+
+def test_pair_metrics():
+    files = [CorpusFile(f"/{f}{k}", f, k, "strong" if k != "original" else "", "test")
+             for f in ("a", "b") for k in ("original", "crop", "mirror")]
+    # a: 0 1 2, b: 3 4 5. Predict a fully, b's mirror only, and one false pair.
+    pred = {(0, 1), (0, 2), (1, 2), (3, 5), (2, 3)}
+    r = evaluate(pred, files, "test")
+    assert r["true_pairs"] == 6 and r["pairs"] == 5 and r["false_pairs"] == 1
+    assert r["precision"] == pytest.approx(4 / 5) and r["recall"] == pytest.approx(4 / 6)
+    assert r["per_kind"]["crop"] == pytest.approx(0.5) and r["per_kind"]["mirror"] == 1.0
+    assert evaluate(set(), files, "tune")["pairs"] == 0  # other split: nothing counted
