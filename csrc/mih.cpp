@@ -1,7 +1,10 @@
 // Multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012 / TPAMI 2014): m hash tables over disjoint
 // substrings, probed at growing substring radius; exact kNN, radius search and self-join, with a
-// per-query fallback to the linear SIMD scan (hamming_one_to_many) when probing would cost more.
+// per-query fallback to the linear SIMD scan (the filter kernels of hamming_kernels.h, batched over
+// queries) when probing would cost more.
 #include "mih.h"
+
+#include "hamming_kernels.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -37,17 +40,24 @@ MIH_INLINE int code_distance(const uint64_t* a, const uint64_t* b, size_t words,
 constexpr uint32_t kEmpty32 = 0xFFFFFFFFu;
 constexpr uint64_t kEmpty64 = ~uint64_t{0};
 
-// Cost model in rough nanoseconds, single core, fitted on 1M 64-bit codes (AVX-512 VPOPCNTDQ scan,
-// tables of 21-22 bits): a bucket lookup is a cache miss softened by prefetching, a candidate a random
-// code load, a scanned row a streaming SIMD popcount. Only the ratios matter: they put the switch to
-// the scan near the measured crossover (r ~ 13-14 uniform, ~12 on clustered pHash-like codes).
+// Cost model in rough nanoseconds, single core, fitted on 1M and 10M 64-bit codes (tables of 21-22
+// bits): a bucket lookup is a cache miss softened by prefetching, a candidate a random code load. A
+// scanned row costs the filter kernel's compute per word (measured per SIMD target: AVX-512 VPOPCNTDQ
+// 0.075 ns, AVX2 0.2 ns, serial 2.7 ns) plus its memory traffic shared by the block of queries that
+// scan a tile together (up to kScanQueryBlock): 0.25 ns per word when the codes exceed the last-level
+// cache, 0.06 ns when they fit. With the batched filter scan the measured crossover is r ~ 9-10 on
+// uniform and clustered codes at 1M (batches of 200 queries); see imgsim_fast/bench/index_bench.py.
 constexpr double kProbeCost = 25.0;
 constexpr double kCandidateCost = 20.0;
-constexpr double kScanRowCostPerWord = 0.8;
+constexpr double kScanMemCostPerWord = 0.25;
+constexpr double kScanCachedMemCostPerWord = 0.06;
+constexpr size_t kScanCacheBytes = size_t{16} << 20;
 
 // Rows added since the last build are scanned linearly until there are this many (+ 1/32 of the
 // indexed rows); then the next query rebuilds the tables.
 constexpr size_t kDeltaRows = 256;
+
+constexpr size_t kScanQueryBlockForCost = 32;  // = kScanQueryBlock below
 
 int resolve_threads(int threads, size_t work) {
     unsigned hc = std::thread::hardware_concurrency();
@@ -294,15 +304,17 @@ struct MihIndex::IdMap {
 
 // Per-thread buffers for one query at a time.
 struct MihIndex::Scratch {
-    std::vector<uint32_t> dist;  // a block of scan distances
+    std::vector<uint32_t> idx, dist;  // the rows of one scan tile that pass the filter
     std::vector<std::pair<int32_t, int64_t>> heap;
-    Scratch() : dist(kBlock) {}
-    static constexpr size_t kBlock = 2048;
+    std::vector<std::vector<std::pair<int32_t, int64_t>>> heaps;  // one per query of a scan block
+    Scratch() : idx(kBlock), dist(kBlock) {}
+    static constexpr size_t kBlock = 2048;  // >= scan_tile_rows(words) for every words
 };
 
 struct MihIndex::Counters {
     uint64_t queries = 0, scanned = 0, probes = 0, candidates = 0;
     uint64_t knn_tried = 0, knn_aborted = 0;  // kNN queries that probed / gave up probing for the scan
+    uint64_t radius_tried = 0, radius_aborted = 0;  // the same for radius queries (dense clusters)
     void add(const Counters& o) {
         queries += o.queries;
         scanned += o.scanned;
@@ -479,8 +491,19 @@ void MihIndex::rebuild_locked() {
     built_rows_ = rows;
 }
 
-double MihIndex::scan_cost(size_t rows) const {
-    return static_cast<double>(rows) * kScanRowCostPerWord * static_cast<double>(words_) + 50.0;
+static double scan_compute_cost_per_word() {
+    switch (active_isa()) {
+        case Isa::avx512: return 0.075;
+        case Isa::avx2: return 0.2;
+        default: return 2.7;
+    }
+}
+
+double MihIndex::scan_cost(size_t rows, size_t batch) const {
+    const double mem = codes_.size() * 8 > kScanCacheBytes ? kScanMemCostPerWord : kScanCachedMemCostPerWord;
+    const double per_word = scan_compute_cost_per_word() +
+                            mem / static_cast<double>(std::clamp<size_t>(batch, 1, kScanQueryBlockForCost));
+    return static_cast<double>(rows) * per_word * static_cast<double>(words_) + 50.0;
 }
 
 // Substring radii of the paper's exact radius rule (TPAMI 2014, Prop. 2): with r = m r' + a,
@@ -493,7 +516,7 @@ static void radius_rule(uint32_t r, size_t m, std::vector<int>& rad) {
     for (size_t t = 0; t < m; ++t) rad[t] = t <= a ? rp : rp - 1;
 }
 
-bool MihIndex::radius_prefers_scan(uint32_t r, size_t scan_rows, double* budget) const {
+bool MihIndex::radius_prefers_scan(uint32_t r, size_t scan_rows, size_t batch, double* budget) const {
     size_t m = tables_.size();
     std::vector<int> rad;
     radius_rule(r, m, rad);
@@ -507,7 +530,7 @@ bool MihIndex::radius_prefers_scan(uint32_t r, size_t scan_rows, double* budget)
         cands += p * static_cast<double>(built_rows_) / std::ldexp(1.0, static_cast<int>(T.len));
     }
     double mih = probes * kProbeCost + cands * kCandidateCost;
-    double scan = scan_cost(scan_rows);
+    double scan = scan_cost(scan_rows, batch);
     *budget = scan;
     return mih > scan;
 }
@@ -515,18 +538,54 @@ bool MihIndex::radius_prefers_scan(uint32_t r, size_t scan_rows, double* budget)
 // ---------------------------------------------------------------------------------------------------
 // Linear scans (the fallback, and the rows added since the last build).
 
-void MihIndex::scan_radius(const uint64_t* q, uint32_t r, size_t begin, size_t end, Scratch& s,
-                           std::vector<std::pair<int32_t, int64_t>>& out) const {
-    for (size_t b = begin; b < end; b += Scratch::kBlock) {
-        size_t n = std::min(end - b, Scratch::kBlock);
-        hamming_one_to_many(q, codes_.data() + b * words_, n, words_, s.dist.data());
-        for (size_t i = 0; i < n; ++i) {
-            if (s.dist[i] > r) continue;
-            size_t row = b + i;
-            if ((dead_[row / 64] >> (row % 64)) & 1) continue;
-            out.emplace_back(static_cast<int32_t>(s.dist[i]), row_ids_[row]);
+// The scan runs as hamming_radius / hamming_topk do (hamming_search.cpp): rows in tiles that stay in
+// L1d, each tile filtered in SIMD registers by a block of queries before the next tile, so a batch reads
+// the codes from memory once per block of queries, and rows beyond the threshold never reach scalar
+// code. Only rows that pass are checked against the removed-row bitmap and mapped to ids.
+namespace {
+constexpr size_t kScanTileBytes = 16 * 1024;
+constexpr size_t kScanQueryBlock = 32;
+static_assert(kScanQueryBlock == kScanQueryBlockForCost, "the cost model assumes this query block");
+size_t scan_tile_rows(size_t words) { return std::max<size_t>(64, kScanTileBytes / (8 * words)); }
+
+// thresh(j, t): false to skip query j for this tile, else its current threshold t (inclusive).
+// emit(j, row, d) for every row of [begins[j], end) with distance <= the threshold, in row order.
+template <class Thresh, class Emit>
+void scan_tiles(const uint64_t* codes, size_t words, size_t end, const uint64_t* const* qs, const size_t* begins,
+                size_t nq, uint32_t* idx, uint32_t* dist, Thresh&& thresh, Emit&& emit) {
+    const HammingKernels& K = active_kernels();
+    const size_t T = scan_tile_rows(words);
+    for (size_t j0 = 0; j0 < nq; j0 += kScanQueryBlock) {
+        const size_t j1 = std::min(nq, j0 + kScanQueryBlock);
+        size_t lo = end;
+        for (size_t j = j0; j < j1; ++j) lo = std::min(lo, begins[j]);
+        for (size_t t0 = lo; t0 < end; t0 += T) {
+            const size_t t1 = std::min(end, t0 + T);
+            for (size_t j = j0; j < j1; ++j) {
+                const size_t b = std::max(t0, begins[j]);
+                uint32_t th;
+                if (b >= t1 || !thresh(j, th)) continue;
+                const size_t c = K.filter_le(qs[j], codes + b * words, t1 - b, words, th, idx, dist);
+                for (size_t u = 0; u < c; ++u) emit(j, b + idx[u], dist[u]);
+            }
         }
     }
+}
+}  // namespace
+
+void MihIndex::scan_radius_batch(const uint64_t* const* qs, const size_t* begins, size_t nq, uint32_t r, Scratch& s,
+                                 std::vector<std::pair<int32_t, int64_t>>* const* outs) const {
+    const uint64_t* dead = dead_.data();
+    scan_tiles(
+        codes_.data(), words_, row_ids_.size(), qs, begins, nq, s.idx.data(), s.dist.data(),
+        [&](size_t, uint32_t& t) {
+            t = r;
+            return true;
+        },
+        [&](size_t j, size_t row, uint32_t d) {
+            if ((dead[row / 64] >> (row % 64)) & 1) return;
+            outs[j]->emplace_back(static_cast<int32_t>(d), row_ids_[row]);
+        });
 }
 
 static MIH_INLINE void heap_offer(std::vector<std::pair<int32_t, int64_t>>& heap, size_t kk, int32_t d, int64_t id) {
@@ -541,38 +600,84 @@ static MIH_INLINE void heap_offer(std::vector<std::pair<int32_t, int64_t>>& heap
     }
 }
 
-void MihIndex::scan_knn(const uint64_t* q, size_t kk, size_t begin, size_t end, Scratch& s,
-                        std::vector<std::pair<int32_t, int64_t>>& heap) const {
-    for (size_t b = begin; b < end; b += Scratch::kBlock) {
-        size_t n = std::min(end - b, Scratch::kBlock);
-        hamming_one_to_many(q, codes_.data() + b * words_, n, words_, s.dist.data());
-        for (size_t i = 0; i < n; ++i) {
-            int32_t d = static_cast<int32_t>(s.dist[i]);
-            if (heap.size() == kk && d > heap.front().first) continue;
-            size_t row = b + i;
-            if ((dead_[row / 64] >> (row % 64)) & 1) continue;
-            heap_offer(heap, kk, d, row_ids_[row]);
+void MihIndex::scan_knn_batch(const uint64_t* const* qs, size_t nq, size_t kk, size_t begin, Scratch& s,
+                              std::vector<std::pair<int32_t, int64_t>>* const* heaps) const {
+    if (kk == 0) return;
+    const uint64_t* dead = dead_.data();
+    std::vector<size_t> begins(nq, begin);
+    scan_tiles(
+        codes_.data(), words_, row_ids_.size(), qs, begins.data(), nq, s.idx.data(), s.dist.data(),
+        [&](size_t j, uint32_t& t) {
+            // A full heap admits a row only below its top (distance, id); ids need not follow rows, so
+            // ties at the top distance pass the filter and heap_offer decides.
+            const auto& h = *heaps[j];
+            t = h.size() < kk ? ~uint32_t{0} : static_cast<uint32_t>(h.front().first);
+            return true;
+        },
+        [&](size_t j, size_t row, uint32_t d) {
+            if ((dead[row / 64] >> (row % 64)) & 1) return;
+            heap_offer(*heaps[j], kk, static_cast<int32_t>(d), row_ids_[row]);
+        });
+}
+
+void MihIndex::knn_scan_deferred(const uint64_t* q, const std::vector<size_t>& qi, size_t kk, int64_t* ids,
+                                 int32_t* dists, int threads, std::vector<Scratch>& scratch) const {
+    if (qi.empty() || kk == 0) return;
+    int nt = std::min<int>(threads, static_cast<int>((qi.size() + kScanQueryBlock - 1) / kScanQueryBlock));
+    parallel_for(qi.size(), std::max(nt, 1), kScanQueryBlock, [&](size_t b, size_t e, int tid) {
+        Scratch& s = scratch[tid];
+        const size_t n = e - b;
+        if (s.heaps.size() < n) s.heaps.resize(n);
+        std::vector<const uint64_t*> qs(n);
+        std::vector<std::vector<std::pair<int32_t, int64_t>>*> hp(n);
+        for (size_t j = 0; j < n; ++j) {
+            qs[j] = q + qi[b + j] * words_;
+            s.heaps[j].clear();
+            hp[j] = &s.heaps[j];
         }
-    }
+        scan_knn_batch(qs.data(), n, kk, 0, s, hp.data());
+        for (size_t j = 0; j < n; ++j) {
+            auto& h = s.heaps[j];
+            std::sort_heap(h.begin(), h.end());
+            int64_t* oi = ids + qi[b + j] * kk;
+            int32_t* od = dists + qi[b + j] * kk;
+            for (size_t u = 0; u < kk; ++u) {
+                oi[u] = h[u].second;
+                od[u] = h[u].first;
+            }
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Radius search for one query. Rows below min_row are ignored (the self-join asks each row only for
 // later rows). Each table is probed at every substring distance <= its radius; a candidate is kept
 // only from the first table (probe order) that reaches it, so no visited set is needed.
-MIH_CLONES void MihIndex::radius_one(const uint64_t* q, uint32_t r, size_t min_row, Scratch& s, Counters& c,
-                                     std::vector<std::pair<int32_t, int64_t>>& out) const {
+MIH_CLONES bool MihIndex::radius_one(const uint64_t* q, uint32_t r, size_t min_row, size_t batch, Scratch& s,
+                                     Counters& c, std::vector<std::pair<int32_t, int64_t>>& out) const {
     const size_t rows = row_ids_.size();
     const size_t W = words_;
     ++c.queries;
     double budget = 0;
-    if (path_ == MihPath::scan || tables_.empty() || (path_ == MihPath::automatic && radius_prefers_scan(r, rows - std::min(rows, min_row), &budget))) {
+    if (path_ == MihPath::scan || tables_.empty() || (path_ == MihPath::automatic && radius_prefers_scan(r, rows - std::min(rows, min_row), batch, &budget))) {
         ++c.scanned;
-        scan_radius(q, r, min_row, rows, s, out);
-        return;
+        return true;
     }
     const bool may_abort = path_ == MihPath::automatic;
-    scan_radius(q, r, std::max(min_row, built_rows_), rows, s, out);
+    // The estimate assumes uniform codes; on clustered ones most probes may hit dense buckets. When
+    // most earlier queries of this batch (on this thread) gave up, scan at once rather than paying the
+    // probe budget first (measured: clustered 10M, r = 10); every 16th query still probes.
+    if (may_abort && c.radius_tried >= 8 && c.radius_aborted * 4 > c.radius_tried * 3 && c.queries % 16 != 0) {
+        ++c.scanned;
+        return true;
+    }
+    ++c.radius_tried;
+    {
+        // Rows added since the last build are not in the tables.
+        const size_t b = std::max(min_row, built_rows_);
+        auto* o = &out;
+        if (b < rows) scan_radius_batch(&q, &b, 1, r, s, &o);
+    }
     const size_t m = tables_.size();
     int rad[256];
     {
@@ -621,30 +726,31 @@ MIH_CLONES void MihIndex::radius_one(const uint64_t* q, uint32_t r, size_t min_r
                     c.probes += probes;
                     c.candidates += cands;
                     ++c.scanned;
+                    ++c.radius_aborted;
                     out.clear();
-                    scan_radius(q, r, min_row, rows, s, out);
-                    return;
+                    return true;
                 }
             }
         }
     }
     c.probes += probes;
     c.candidates += cands;
+    return false;
 }
 
 // kNN for one query (paper, Algorithm 2): probe substring distance r' = 0, 1, ... in every table; after
 // table t at distance r', every code within m r' + t has been seen, so stop once the k-th best is
 // within that bound. A candidate counts only at the first (r', table) that reaches it.
-MIH_CLONES void MihIndex::knn_one(const uint64_t* q, size_t kk, Scratch& s, Counters& c, int64_t* ids,
-                                  int32_t* dists) const {
+MIH_CLONES bool MihIndex::knn_one(const uint64_t* q, size_t kk, size_t batch, Scratch& s, Counters& c,
+                                  int64_t* ids, int32_t* dists) const {
     const size_t rows = row_ids_.size();
     const size_t W = words_;
     const size_t m = tables_.size();
     auto& heap = s.heap;
     heap.clear();
     ++c.queries;
-    if (kk == 0) return;
-    const double budget = scan_cost(rows);
+    if (kk == 0) return false;
+    const double budget = scan_cost(rows, batch);
     // kNN has no radius to estimate cost from up front; when most earlier queries of this batch (on
     // this thread) had to give up on probing, scan directly instead of paying the probe budget again.
     bool scan = path_ == MihPath::scan || tables_.empty() ||
@@ -653,7 +759,10 @@ MIH_CLONES void MihIndex::knn_one(const uint64_t* q, size_t kk, Scratch& s, Coun
                   (c.knn_tried >= 8 && c.knn_aborted * 4 > c.knn_tried * 3 && c.queries % 16 != 0)));
     bool tried = !scan;
     if (!scan) {
-        scan_knn(q, kk, built_rows_, rows, s, heap);
+        if (built_rows_ < rows) {  // rows added since the last build are not in the tables
+            auto* h = &heap;
+            scan_knn_batch(&q, 1, kk, built_rows_, s, &h);
+        }
         uint64_t probes = 0, cands = 0;
         uint64_t x[4];
         constexpr int kBatch = 16;
@@ -716,14 +825,32 @@ MIH_CLONES void MihIndex::knn_one(const uint64_t* q, size_t kk, Scratch& s, Coun
     }
     if (scan) {
         ++c.scanned;
-        heap.clear();
-        scan_knn(q, kk, 0, rows, s, heap);
+        return true;
     }
     std::sort_heap(heap.begin(), heap.end());
     for (size_t j = 0; j < kk; ++j) {
         ids[j] = heap[j].second;
         dists[j] = heap[j].first;
     }
+    return false;
+}
+
+// Queries that chose the scan, gathered from the per-thread lists in query order.
+static std::vector<size_t> merge_deferred(std::vector<std::vector<size_t>>& per_thread) {
+    std::vector<size_t> all;
+    for (auto& v : per_thread) all.insert(all.end(), v.begin(), v.end());
+    std::sort(all.begin(), all.end());
+    return all;
+}
+
+void MihIndex::radius_scan_deferred(const uint64_t* const* qs, const size_t* begins,
+                                    std::vector<std::pair<int32_t, int64_t>>* const* outs, size_t n, uint32_t r,
+                                    int threads, std::vector<Scratch>& scratch) const {
+    if (n == 0) return;
+    int nt = std::min<int>(threads, static_cast<int>((n + kScanQueryBlock - 1) / kScanQueryBlock));
+    parallel_for(n, std::max(nt, 1), kScanQueryBlock, [&](size_t b, size_t e, int tid) {
+        scan_radius_batch(qs + b, begins + b, e - b, r, scratch[tid], outs + b);
+    });
 }
 
 void MihIndex::record(const char* kind, const Counters& c) const {
@@ -745,10 +872,13 @@ size_t MihIndex::knn(const uint64_t* q, size_t n_q, size_t k, std::vector<int64_
     int nt = resolve_threads(threads, n_q);
     std::vector<Scratch> scratch(nt);
     std::vector<Counters> counters(nt);
+    std::vector<std::vector<size_t>> deferred(nt);
     parallel_for(n_q, nt, 16, [&](size_t b, size_t e, int tid) {
         for (size_t i = b; i < e; ++i)
-            knn_one(q + i * words_, kk, scratch[tid], counters[tid], ids.data() + i * kk, dists.data() + i * kk);
+            if (knn_one(q + i * words_, kk, n_q, scratch[tid], counters[tid], ids.data() + i * kk, dists.data() + i * kk))
+                deferred[tid].push_back(i);
     });
+    knn_scan_deferred(q, merge_deferred(deferred), kk, ids.data(), dists.data(), nt, scratch);
     Counters total;
     for (auto& c : counters) total.add(c);
     record("knn", total);
@@ -762,11 +892,24 @@ RangeResult MihIndex::radius(const uint64_t* q, size_t n_q, uint32_t r, int thre
     std::vector<Scratch> scratch(nt);
     std::vector<Counters> counters(nt);
     std::vector<std::vector<std::pair<int32_t, int64_t>>> per(n_q);
+    std::vector<std::vector<size_t>> deferred(nt);
     parallel_for(n_q, nt, 16, [&](size_t b, size_t e, int tid) {
-        for (size_t i = b; i < e; ++i) {
-            radius_one(q + i * words_, r, 0, scratch[tid], counters[tid], per[i]);
-            std::sort(per[i].begin(), per[i].end());
+        for (size_t i = b; i < e; ++i)
+            if (radius_one(q + i * words_, r, 0, n_q, scratch[tid], counters[tid], per[i])) deferred[tid].push_back(i);
+    });
+    {
+        std::vector<size_t> qi = merge_deferred(deferred);
+        std::vector<const uint64_t*> qs(qi.size());
+        std::vector<size_t> begins(qi.size(), 0);
+        std::vector<std::vector<std::pair<int32_t, int64_t>>*> outs(qi.size());
+        for (size_t j = 0; j < qi.size(); ++j) {
+            qs[j] = q + qi[j] * words_;
+            outs[j] = &per[qi[j]];
         }
+        radius_scan_deferred(qs.data(), begins.data(), outs.data(), qi.size(), r, nt, scratch);
+    }
+    parallel_for(n_q, nt, 64, [&](size_t b, size_t e, int) {
+        for (size_t i = b; i < e; ++i) std::sort(per[i].begin(), per[i].end());
     });
     RangeResult res;
     res.lims.resize(n_q + 1);
@@ -846,13 +989,30 @@ bool MihSelfJoin::next(size_t max_pairs, SelfJoinChunk& out) {
         std::vector<MihIndex::Scratch> scratch(nt);
         std::vector<MihIndex::Counters> counters(nt);
         std::vector<std::vector<std::pair<int32_t, int64_t>>> per(b1 - b0);
+        std::vector<std::vector<size_t>> deferred(nt);
         parallel_for(b1 - b0, nt, 4, [&](size_t b, size_t e, int tid) {
             for (size_t i = b; i < e; ++i) {
                 size_t row = b0 + i;
                 if ((ix.dead_[row / 64] >> (row % 64)) & 1) continue;
-                ix.radius_one(ix.codes_.data() + row * ix.words_, r_, row + 1, scratch[tid], counters[tid], per[i]);
-                std::sort(per[i].begin(), per[i].end());
+                if (ix.radius_one(ix.codes_.data() + row * ix.words_, r_, row + 1, b1 - b0, scratch[tid], counters[tid], per[i]))
+                    deferred[tid].push_back(i);
             }
+        });
+        {
+            // Rows that chose the scan, each against the rows after it, scanned as one batch.
+            std::vector<size_t> qi = merge_deferred(deferred);
+            std::vector<const uint64_t*> qs(qi.size());
+            std::vector<size_t> begins(qi.size());
+            std::vector<std::vector<std::pair<int32_t, int64_t>>*> outs(qi.size());
+            for (size_t j = 0; j < qi.size(); ++j) {
+                qs[j] = ix.codes_.data() + (b0 + qi[j]) * ix.words_;
+                begins[j] = b0 + qi[j] + 1;
+                outs[j] = &per[qi[j]];
+            }
+            ix.radius_scan_deferred(qs.data(), begins.data(), outs.data(), qi.size(), r_, nt, scratch);
+        }
+        parallel_for(b1 - b0, nt, 64, [&](size_t b, size_t e, int) {
+            for (size_t i = b; i < e; ++i) std::sort(per[i].begin(), per[i].end());
         });
         for (auto& c : counters) total.add(c);
         pending_.a.clear();

@@ -136,15 +136,29 @@ class MihIndex {
     void rebuild_locked();
     void compact_locked();
 
-    double scan_cost(size_t rows) const;
-    bool radius_prefers_scan(uint32_t r, size_t scan_rows, double* budget) const;
-    void radius_one(const uint64_t* q, uint32_t r, size_t min_row, Scratch& s, Counters& c,
+    // Estimated ns to scan `rows` rows for one query of a batch of `batch` queries scanned together.
+    double scan_cost(size_t rows, size_t batch) const;
+    bool radius_prefers_scan(uint32_t r, size_t scan_rows, size_t batch, double* budget) const;
+    // The *_one functions answer one query through the tables and return false, or return true with
+    // nothing answered when the linear scan is cheaper: the caller then scans that query together with
+    // the others that chose the scan (scan_*_batch), so a batch reads the codes once per query block.
+    bool radius_one(const uint64_t* q, uint32_t r, size_t min_row, size_t batch, Scratch& s, Counters& c,
                     std::vector<std::pair<int32_t, int64_t>>& out) const;
-    void scan_radius(const uint64_t* q, uint32_t r, size_t begin, size_t end, Scratch& s,
-                     std::vector<std::pair<int32_t, int64_t>>& out) const;
-    void knn_one(const uint64_t* q, size_t kk, Scratch& s, Counters& c, int64_t* ids, int32_t* dists) const;
-    void scan_knn(const uint64_t* q, size_t kk, size_t begin, size_t end, Scratch& s,
-                  std::vector<std::pair<int32_t, int64_t>>& heap) const;
+    bool knn_one(const uint64_t* q, size_t kk, size_t batch, Scratch& s, Counters& c, int64_t* ids,
+                 int32_t* dists) const;
+    // Linear scans of rows [begins[j], rows) (removed rows skipped) with the SIMD filter kernels.
+    void scan_radius_batch(const uint64_t* const* qs, const size_t* begins, size_t nq, uint32_t r, Scratch& s,
+                           std::vector<std::pair<int32_t, int64_t>>* const* outs) const;
+    // heaps[j] holds query j's best kk (distance, id) so far, a max-heap; the scan adds rows [begin, rows).
+    void scan_knn_batch(const uint64_t* const* qs, size_t nq, size_t kk, size_t begin, Scratch& s,
+                        std::vector<std::pair<int32_t, int64_t>>* const* heaps) const;
+    // Batched scans of the queries that chose the scan, in blocks over `threads` threads.
+    void radius_scan_deferred(const uint64_t* const* qs, const size_t* begins,
+                              std::vector<std::pair<int32_t, int64_t>>* const* outs, size_t n, uint32_t r,
+                              int threads, std::vector<Scratch>& scratch) const;
+    // Answers queries qi[0..n) by the batched scan into ids/dists rows (knn) on `threads` threads.
+    void knn_scan_deferred(const uint64_t* q, const std::vector<size_t>& qi, size_t kk, int64_t* ids,
+                           int32_t* dists, int threads, std::vector<Scratch>& scratch) const;
     void record(const char* kind, const Counters& c) const;
 
     size_t words_;

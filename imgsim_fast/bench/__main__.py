@@ -8,7 +8,7 @@ import time
 
 from .report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "embedding", "catalog", "search", "accuracy")
+SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy")
 
 
 def main(argv=None) -> int:
@@ -34,6 +34,10 @@ def main(argv=None) -> int:
 
         sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
         rows += hamming_bench.run(sizes=sizes, seed=args.seed, quick=args.quick)
+    if "index" in sections:
+        from . import index_bench
+
+        rows += index_bench.run(quick=args.quick, seed=args.seed)
     if "embedding" in sections:
         from . import embedding_bench
 
