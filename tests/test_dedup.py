@@ -14,7 +14,7 @@ from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli import main
 from imgsim_fast.dedup import DEFAULTS, Thresholds, find_duplicates, group_features
 from imgsim_fast.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
-from imgsim_fast.dedup.features import Features, FileFacts, trim_box
+from imgsim_fast.dedup.features import EMBED_CROP, Features, FileFacts, trim_box
 from imgsim_fast.dedup.keep import parse_order, rank_key
 
 
@@ -134,6 +134,21 @@ def test_trim_box_finds_letterbox_and_leaves_photos():
     assert trim_box(np.full((50, 50), 128, np.uint8)) == (0, 0, 50, 50)  # flat: left whole
 
 
+def test_trim_follows_contrast_not_grey_levels():
+    # A picture whose top fades smoothly into its content (a wallpaper's sky), and a darker, flatter copy
+    # (brightness x0.6 then contrast x0.6, the corpus's strong "bright" edit). With a fixed 10-level
+    # tolerance the flat copy lost 30% of its height as "border" and the original none; the tolerance
+    # follows the picture's contrast, so both keep the same box.
+    rng = np.random.default_rng(5)
+    pic = np.empty((120, 160), np.float64)
+    pic[:40] = np.linspace(20, 60, 40)[:, None]  # the gradient: 1 level per row
+    pic[40:] = rng.integers(0, 256, size=(80, 160))
+    flat = 0.6 * pic
+    flat = flat.mean() + 0.6 * (flat - flat.mean())
+    a, b = trim_box(pic.round().astype(np.uint8)), trim_box(flat.round().astype(np.uint8))
+    assert abs(a[1] - b[1]) <= 1 and a[0] == b[0] and a[2:] == b[2:], (a, b)
+
+
 # ------------------------------------------------------------------------------------------------
 # Real photos
 
@@ -179,6 +194,49 @@ def test_every_edit_kind_found_unrelated_not(edited_album):
     for must in ("mirror_mild.png", "mirror_strong.png", "rot90_mild.jpg", "rot90_strong.jpg",
                  "letterbox_mild.png", "letterbox_strong.png", "crop_strong.jpg"):
         assert must in names
+
+
+def test_corner_crops_match_through_the_centre_view(tmp_path, photos):
+    # Four 80% crops of a real photo, each halfway between the centre and a corner (a random 80% crop is
+    # that far off on average), are grouped with it; two unrelated photos join no group. calla is a photo
+    # where whole-vs-whole cosines alone match only two of the four crops directly (their hashes are 30+
+    # bits apart): the centre view (features.EMBED_CROP) matches all four.
+    src = _rgb(next(p for p in photos if "calla" in p))
+    src.save(tmp_path / "original.png")
+    for k, other in enumerate(p for p in photos if "city" in p or "desert" in p):
+        _rgb(other).save(tmp_path / f"other{k}.jpg", quality=90)
+    w, h = src.size
+    cw, ch = int(w * EMBED_CROP), int(h * EMBED_CROP)
+    a, b = (w - cw) // 4, (h - ch) // 4
+    for name, (x, y) in {"tl": (a, b), "tr": (3 * a, b), "bl": (a, 3 * b), "br": (3 * a, 3 * b)}.items():
+        src.crop((x, y, x + cw, y + ch)).save(tmp_path / f"crop_{name}.jpg", quality=90)
+    res = find_duplicates([str(tmp_path)], workers=1, progress=False)
+    groups = [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups]
+    assert groups == [["crop_bl.jpg", "crop_br.jpg", "crop_tl.jpg", "crop_tr.jpg", "original.png"]], groups
+    f = res.features
+    o = res.paths.index(str(tmp_path / "original.png"))
+    crops = [res.paths.index(str(tmp_path / f"crop_{n}.jpg")) for n in ("tl", "tr", "bl", "br")]
+    judge = PairJudge(f, "auto")
+    whole_only = PairJudge(Features(f.facts, f.phash8, f.embeddings), "auto")
+    assert all(judge.cosine(o, c) >= whole_only.cosine(o, c) for c in crops)
+    assert all(judge.match(o, c) for c in crops)
+    assert not all(whole_only.match(o, c) for c in crops)
+    for k in range(2):
+        x = res.paths.index(str(tmp_path / f"other{k}.jpg"))
+        assert not judge.match(o, x) and judge.cosine(o, x) < DEFAULTS.embed_cos - 0.05
+
+
+def test_embedding_pairs_with_centre_views_equal_brute_force():
+    rng = np.random.default_rng(4)
+    e = rng.normal(size=(30, 16)).astype(np.float32)
+    c = rng.normal(size=(30, 16)).astype(np.float32)
+    c[10:20] = e[:10] + 0.3 * rng.normal(size=(10, 16))  # file 10+i's centre view is near file i's whole
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    cos = np.maximum(np.maximum(e @ e.T, c @ c.T), np.maximum(e @ c.T, c @ e.T))
+    got = set(zip(*(a.tolist() for a in embedding_pairs(e, 0.8, k=29, centre=c))))
+    want = {(i, j) for i in range(30) for j in range(i + 1, 30) if cos[i, j] >= 0.8}
+    assert got == want and len(want) >= 8  # the planted whole-centre pairs are there
 
 
 def test_phash_method_finds_flips_without_embeddings(edited_album):

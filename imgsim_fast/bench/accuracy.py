@@ -175,6 +175,11 @@ def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
     d0, dk = d[0], d[1:].min(axis=0)
     dk = np.minimum(dk, dk.T)
     c = feats.embeddings @ feats.embeddings.T
+    if feats.centre_embeddings is not None:  # the crosswise cosine of PairJudge.cosine
+        x = feats.embeddings @ feats.centre_embeddings.T
+        from ..dedup.detect import DEFAULTS as _D
+
+        c = np.maximum(c, np.maximum(x, x.T) - _D.centre_discount)
     fam = np.array([f.family for f in lab])
     same = fam[:, None] == fam[None, :]
     iu = np.triu(np.ones((n, n), bool), k=1)
@@ -194,6 +199,20 @@ def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
           "- tune split, pair test over every pair of the split")
     for b in [b for b in best if b[1] >= 0.995][:15]:
         print(f"  {b[0]:.4f} {b[1]:.4f} {b[2]:.4f} {b[3]}")
+    print("best with no false pair on the tune split:")
+    for b in sorted((b for b in best if b[1] == 1.0), key=lambda b: -b[2])[:5]:
+        print(f"  {b[0]:.4f} {b[1]:.4f} {b[2]:.4f} {b[3]}")
+    # The defaults as shipped (pair test and groups), on the tune split only: held-out numbers stay unseen.
+    from ..dedup.detect import DEFAULTS
+
+    print(f"\nthe defaults {DEFAULTS} with groups, tune split:")
+    for m in METHODS:
+        r = evaluate(our_pairs(feats, m), lab, "tune")
+        print(f"  {m:10} P={r['precision']:.4f} R={r['recall']:.4f} F1={r['f1']:.4f} ({r['false_pairs']} false)")
+        if m == "auto":
+            print("    " + " ".join(f"{k}={v:.2f}" for k, v in r["per_kind"].items()))
+            for fp in r["false_examples"]:
+                print("    false:", fp)
 
 
 def main(argv=None) -> int:
