@@ -113,6 +113,23 @@ def cmd_query(args) -> int:
     return 0
 
 
+def add_filter_options(p, text_flag: str = "--text") -> None:
+    """The metadata filters shared by `query`, `search` and `explore`. `search` names the description
+    filter `--contains`, since its own --text is the CLIP text query; _build_filter reads `args.text`."""
+    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
+    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
+    p.add_argument(text_flag, action="append", help="description contains this (case-insensitive)")
+    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
+    p.add_argument("--before", help="taken before (ISO date)")
+    p.add_argument("--camera", help="make/model contains this")
+    p.add_argument("--min-width", type=int)
+    p.add_argument("--max-width", type=int)
+    p.add_argument("--min-height", type=int)
+    p.add_argument("--max-height", type=int)
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
+                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+
+
 def add_subcommands(sub) -> None:
     """Register `index` and `query` on an argparse subparsers object."""
     p = sub.add_parser("index", help="index folders into a catalog (incremental; resumes after a crash)")
@@ -131,18 +148,7 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("query", help="filter a catalog by tags, text and EXIF; rank by similarity with --like")
     p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
-    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
-    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
-    p.add_argument("--text", action="append", help="description contains this (case-insensitive)")
-    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
-    p.add_argument("--before", help="taken before (ISO date)")
-    p.add_argument("--camera", help="make/model contains this")
-    p.add_argument("--min-width", type=int)
-    p.add_argument("--max-width", type=int)
-    p.add_argument("--min-height", type=int)
-    p.add_argument("--max-height", type=int)
-    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
-                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+    add_filter_options(p)
     p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image")
     p.add_argument("--kind", default="phash", help="hash used by --like (default phash)")
     p.add_argument("--top", type=int, default=20, help="at most this many results (default 20)")

@@ -96,18 +96,9 @@ def cmd_explore(args) -> int:
 
 def _add_filters(p) -> None:
     """The metadata filters of `imgsim query` (its --text is --contains here)."""
-    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
-    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
-    p.add_argument("--contains", action="append", help="description contains this (case-insensitive)")
-    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
-    p.add_argument("--before", help="taken before (ISO date)")
-    p.add_argument("--camera", help="make/model contains this")
-    p.add_argument("--min-width", type=int)
-    p.add_argument("--max-width", type=int)
-    p.add_argument("--min-height", type=int)
-    p.add_argument("--max-height", type=int)
-    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
-                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+    from .cli_catalog import add_filter_options
+
+    add_filter_options(p, text_flag="--contains")
 
 
 def add_subcommands(sub) -> None:
