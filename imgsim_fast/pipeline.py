@@ -129,7 +129,7 @@ def hash_paths(
                 results.append(_hash_chunk(chunk, cfg))
                 bar.update(len(chunk))
         else:
-            results = _run_pool(_hash_chunk, chunks, cfg, workers, bar.update)
+            results = run_pool(_hash_chunk, chunks, cfg, workers, bar.update, _failed)
     finally:
         bar.close()
     return _assemble(results, paths, failures, cfg)
@@ -236,8 +236,13 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
-def _run_pool(fn: Callable, chunks: list, cfg, workers: int, on_progress: Callable[[int], None]) -> list:
+def run_pool(fn: Callable, chunks: list, cfg, workers: int, on_progress: Callable[[int], None],
+             failed: Callable) -> list:
     """fn(chunk, cfg) for every chunk on `workers` processes; a crash costs only the file that caused it.
+
+    `fn` must be picklable (a module-level function); results come back in completion order, so a
+    chunk's items should carry their input positions. failed(item, reason, kind, cfg) makes the result
+    standing for one item whose worker died or raised; it runs in this process.
 
     At most 2 * workers chunks are in flight. When a worker dies, every in-flight chunk is suspect
     (the pool fails them all); their files are rerun one per task on a single-process pool, so the
@@ -250,7 +255,7 @@ def _run_pool(fn: Callable, chunks: list, cfg, workers: int, on_progress: Callab
     while queue:
         suspects = _run_window(fn, queue, cfg, workers, ctx, results, on_progress)
         for chunk in suspects:
-            results.extend(_run_isolated(fn, chunk, cfg, ctx, on_progress))
+            results.extend(_run_isolated(fn, chunk, cfg, ctx, on_progress, failed))
     return results
 
 
@@ -291,8 +296,8 @@ def _run_window(fn, queue: deque, cfg, workers: int, ctx, results: list, on_prog
     return suspects
 
 
-def _run_isolated(fn, chunk: list, cfg, ctx, on_progress) -> list:
-    """Rerun each (index, path) of a suspect chunk alone on one process; a crash names its file."""
+def _run_isolated(fn, chunk: list, cfg, ctx, on_progress, failed) -> list:
+    """Rerun each item of a suspect chunk alone on one process; a crash names its file."""
     results = []
     pool = None
     try:
@@ -304,10 +309,9 @@ def _run_isolated(fn, chunk: list, cfg, ctx, on_progress) -> list:
             except BrokenProcessPool:
                 pool.shutdown(wait=True)
                 pool = None
-                results.append(_failed(item, "the worker process died while loading or hashing this file",
-                                       "worker_crash", cfg))
+                results.append(failed(item, "the worker process died while decoding this file", "worker_crash", cfg))
             except Exception as exc:
-                results.append(_failed(item, f"unexpected {type(exc).__name__}: {exc}", "error", cfg))
+                results.append(failed(item, f"unexpected {type(exc).__name__}: {exc}", "error", cfg))
             on_progress(1)
     finally:
         if pool is not None:

@@ -372,3 +372,32 @@ def test_method_errors():
         group_features(f, method="embedding")  # no embeddings
     assert group_features(Features([], np.zeros((0, 8, 1), np.uint64)), method="phash").groups == []
     assert Thresholds().confirm_needed(DEFAULTS.phash) == DEFAULTS.confirm_cos
+
+
+def _crashing_prepare(items, embed_size):
+    """A decoder that kills its worker process on one file (as a segfaulting codec would)."""
+    if any(p.endswith("crash.png") for _, p in items):
+        os._exit(3)
+    from imgsim_fast.dedup import features
+
+    return features._prepare_chunk(items, embed_size)
+
+
+def test_feature_worker_crash_costs_only_its_file(tmp_path):
+    from imgsim_fast.dedup import features
+    from imgsim_fast.pipeline import run_pool
+
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(6):
+        p = tmp_path / ("crash.png" if i == 2 else f"ok{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    items = list(enumerate(paths))
+    chunks = [items[i:i + 2] for i in range(0, len(items), 2)]
+    results = run_pool(_crashing_prepare, chunks, None, 2, lambda n: None, features._failed_item)
+    out = dict(x for res in results for x in res)
+    assert sorted(out) == list(range(6))
+    assert out[2].kind == "worker_crash" and out[2].path == paths[2]
+    for i in (0, 1, 3, 4, 5):  # the crash's chunk-mate and every other file still get their features
+        assert out[i][0].path == paths[i]

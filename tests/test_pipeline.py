@@ -198,7 +198,7 @@ def test_worker_failure_costs_only_its_file(tmp_path, fn, name, kind):
     items = list(enumerate(paths))
     chunks = [items[i:i + 2] for i in range(0, len(items), 2)]
     done = []
-    results = pipeline._run_pool(fn, chunks, cfg, 2, done.append)
+    results = pipeline.run_pool(fn, chunks, cfg, 2, done.append, pipeline._failed)
     assert sum(done) == len(paths)
     result = pipeline._assemble(results, paths, [], cfg)
     assert result.paths == paths[:3] + paths[4:]

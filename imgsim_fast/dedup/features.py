@@ -12,7 +12,6 @@ import hashlib
 import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,18 +197,24 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
     return facts, hp, ep
 
 
-def _prepare_chunk(paths: list[str], embed_size: int | None) -> list:
+def _prepare_chunk(items: list[tuple[int, str]], embed_size: int | None) -> list[tuple[int, object]]:
+    """(input position, features or LoadFailure) for each (position, path)."""
     out = []
-    for p in paths:
+    for i, p in items:
         try:
-            out.append(prepare_file(p, embed_size))
+            out.append((i, prepare_file(p, embed_size)))
         except ImageLoadError as exc:
-            out.append(exc.to_failure())
+            out.append((i, exc.to_failure()))
         except OSError as exc:
-            out.append(LoadFailure(p, f"{exc.strerror or exc}", "io_error"))
+            out.append((i, LoadFailure(p, f"{exc.strerror or exc}", "io_error")))
         except Exception as exc:  # one odd file must not end the run
-            out.append(LoadFailure(p, f"unexpected {type(exc).__name__}: {exc}", "error"))
+            out.append((i, LoadFailure(p, f"unexpected {type(exc).__name__}: {exc}", "error")))
     return out
+
+
+def _failed_item(item: tuple[int, str], reason: str, kind: str, cfg) -> list[tuple[int, LoadFailure]]:
+    i, path = item
+    return [(i, LoadFailure(path, reason, kind))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +228,7 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     embed: False, True (the default model, efficientnet-lite0, shipped weights) or a model name.
     workers: decode processes (None: all cores; 1: in this process).
     """
-    from ..pipeline import _mp_context, _progress_bar, default_workers
+    from ..pipeline import _progress_bar, default_workers, run_pool
 
     failures: list[LoadFailure] = []
     paths = list(iter_image_files(paths_or_roots, on_error=failures.append))
@@ -238,31 +243,26 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     chunk = max(1, min(16, math.ceil(len(paths) / (4 * workers)))) if paths else 1
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    items = list(enumerate(paths))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     facts, hpix, epix = [], [], []
     bar = _progress_bar(len(paths), progress)
     try:
         if workers == 1 or len(chunks) <= 1:
-            results = (_prepare_chunk(c, embed_size) for c in chunks)
-            pool = None
+            results = [_prepare_chunk(c, embed_size) for c in chunks]
+            bar.update(len(paths))
         else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=_mp_context())
-            results = pool.map(_prepare_chunk, chunks, [embed_size] * len(chunks))
-        try:
-            for res in results:
-                for r in res:
-                    if isinstance(r, LoadFailure):
-                        failures.append(r)
-                    else:
-                        facts.append(r[0])
-                        hpix.append(r[1])
-                        epix.append(r[2])
-                bar.update(len(res))
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            # The hashing pipeline's pool: a decoder that kills its worker costs only its own file.
+            results = run_pool(_prepare_chunk, chunks, embed_size, workers, bar.update, _failed_item)
     finally:
         bar.close()
+    for _, r in sorted((x for res in results for x in res), key=lambda x: x[0]):
+        if isinstance(r, LoadFailure):
+            failures.append(r)
+        else:
+            facts.append(r[0])
+            hpix.append(r[1])
+            epix.append(r[2])
     phash8 = phash_dihedral(np.stack(hpix)) if hpix else np.zeros((0, 8, 1), np.uint64)
     emb = centre = None
     if model is not None:
