@@ -1,5 +1,6 @@
 """Shared fixtures: the real photos unpacked by scripts/fetch_photos.sh."""
 import glob
+import json
 import os
 
 import pytest
@@ -23,3 +24,38 @@ def photos() -> list[str]:
     if len(files) < 5:
         pytest.skip(f"real photos missing under {PHOTO_DIR}: run scripts/fetch_photos.sh (scripts/setup.sh does)")
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP (vision, text, tokenizer, processor) saved with save_pretrained, loaded offline."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    d = tmp_path_factory.mktemp("tiny-clip")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": 26 + i for i, c in enumerate(letters)})
+    vocab.update({"<|startoftext|>": 52, "<|endoftext|>": 53})
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=54, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=52, eos_token_id=53,
+                         pad_token_id=53),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    transformers.CLIPModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield str(d)
+    if old is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = old
