@@ -5,7 +5,6 @@ index; query, given no --catalog, looks for `.imgsim/catalog.sqlite` in the curr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -154,10 +153,3 @@ def add_subcommands(sub) -> None:
     p.add_argument("--top", type=int, default=20, help="at most this many results (default 20)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_query)
-
-
-def main(argv=None) -> int:  # for testing without cli.py
-    parser = argparse.ArgumentParser(prog="imgsim")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)

@@ -136,10 +136,3 @@ def add_subcommands(sub) -> None:
     p.add_argument("--json-out", metavar="JSON", help="data file (default: the report's path with .json)")
     p.add_argument("--workers", type=int, default=None, help="thumbnail processes (default: all cores)")
     p.set_defaults(func=cmd_explore)
-
-
-def main(argv=None) -> int:  # for testing without cli.py
-    parser = argparse.ArgumentParser(prog="imgsim")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)

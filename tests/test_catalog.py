@@ -246,7 +246,7 @@ def test_reader_during_write_sees_consistent_state(tmp_path):
 
 
 def test_cli_index_and_query(tmp_path, capsys):
-    from imgsim_fast.cli_catalog import main
+    from imgsim_fast.cli import main
 
     root = str(tmp_path / "p")
     paths = make_tree(root, 4)

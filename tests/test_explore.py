@@ -199,7 +199,7 @@ def test_report_loads_in_headless_chromium(report, exp_auto, tmp_path):
 
 
 def test_cli_explore(corpus, tmp_path, capsys):
-    from imgsim_fast.cli_explore import main
+    from imgsim_fast.cli import main
 
     out = tmp_path / "r.html"
     assert main(["explore", "--catalog", corpus["hash_catalog"], "--k", "5", "--out", str(out), "--workers", "1"]) == 0

@@ -247,7 +247,7 @@ def test_contact_sheet_layout(corpus, cat, tmp_path):
 
 
 def test_cli_search_single_batch_and_sheet(corpus, tmp_path, capsys):
-    from imgsim_fast.cli_explore import main
+    from imgsim_fast.cli import main
 
     q = corpus["queries"]["mouse"]
     assert main([ "search", q, "--catalog", corpus["catalog"], "--top", "6", "--method", "cnn", "--json",
