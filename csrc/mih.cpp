@@ -127,6 +127,34 @@ struct Combos {
     }
 };
 
+// Walks every row whose substring in table T lies at exactly distance d from key qk: keys are generated
+// 16 at a time and prefetched before they are looked up, so the table's cache misses overlap. visit(row)
+// sees each posting; after each batch of keys, stop() may end the walk (returns true when it did).
+// T's type is deduced: MihIndex::Table is private to the index.
+template <class Tab, class Visit, class Stop>
+MIH_INLINE bool probe_shell(const Tab& T, uint32_t qk, unsigned d, uint64_t& probes, Visit&& visit, Stop&& stop) {
+    constexpr int kBatch = 16;
+    uint32_t keys[kBatch];
+    Combos gen(T.len, d);
+    for (;;) {
+        int nb = 0;
+        uint64_t mask;
+        while (nb < kBatch && gen.next(mask)) {
+            keys[nb] = qk ^ static_cast<uint32_t>(mask);
+            T.prefetch(keys[nb]);
+            ++nb;
+        }
+        if (nb == 0) return false;
+        probes += nb;
+        for (int j = 0; j < nb; ++j) {
+            uint32_t pb, pe;
+            if (!T.lookup(keys[j], pb, pe)) continue;
+            for (uint32_t p = pb; p < pe; ++p) visit(T.postings[p]);
+        }
+        if (stop()) return true;
+    }
+}
+
 uint64_t splitmix64(uint64_t x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -687,49 +715,33 @@ MIH_CLONES bool MihIndex::radius_one(const uint64_t* q, uint32_t r, size_t min_r
     }
     uint64_t probes = 0, cands = 0;
     uint64_t x[4];
-    constexpr int kBatch = 16;
-    uint32_t keys[kBatch];
     for (size_t t = 0; t < m; ++t) {
         if (rad[t] < 0) continue;
         const Table& T = tables_[order_[t]];
         const uint32_t qk = T.extract(q);
+        auto visit = [&](uint32_t row) __attribute__((always_inline)) {
+            if (row < min_row) return;
+            ++cands;
+            int D = code_distance(q, codes_.data() + static_cast<size_t>(row) * W, W, x);
+            if (D > static_cast<int>(r)) return;
+            if ((dead_[row / 64] >> (row % 64)) & 1) return;
+            bool earlier = false;
+            for (size_t u = 0; u < t && !earlier; ++u)
+                earlier = rad[u] >= 0 && popcount64(tables_[order_[u]].extract(x)) <= rad[u];
+            if (!earlier) out.emplace_back(D, row_ids_[row]);
+        };
+        auto too_dear = [&]() __attribute__((always_inline)) {
+            return may_abort && probes * kProbeCost + cands * kCandidateCost > budget;
+        };
         for (int d = 0; d <= rad[t]; ++d) {
-            Combos gen(T.len, static_cast<unsigned>(d));
-            for (;;) {
-                int nb = 0;
-                uint64_t mask;
-                while (nb < kBatch && gen.next(mask)) {
-                    keys[nb] = qk ^ static_cast<uint32_t>(mask);
-                    T.prefetch(keys[nb]);
-                    ++nb;
-                }
-                if (nb == 0) break;
-                probes += nb;
-                for (int j = 0; j < nb; ++j) {
-                    uint32_t pb, pe;
-                    if (!T.lookup(keys[j], pb, pe)) continue;
-                    for (uint32_t p = pb; p < pe; ++p) {
-                        uint32_t row = T.postings[p];
-                        if (row < min_row) continue;
-                        ++cands;
-                        int D = code_distance(q, codes_.data() + static_cast<size_t>(row) * W, W, x);
-                        if (D > static_cast<int>(r)) continue;
-                        if ((dead_[row / 64] >> (row % 64)) & 1) continue;
-                        bool earlier = false;
-                        for (size_t u = 0; u < t && !earlier; ++u)
-                            earlier = rad[u] >= 0 && popcount64(tables_[order_[u]].extract(x)) <= rad[u];
-                        if (!earlier) out.emplace_back(D, row_ids_[row]);
-                    }
-                }
-                if (may_abort && probes * kProbeCost + cands * kCandidateCost > budget) {
-                    // Probing turned out dearer than the scan (dense clusters): answer by scanning.
-                    c.probes += probes;
-                    c.candidates += cands;
-                    ++c.scanned;
-                    ++c.radius_aborted;
-                    out.clear();
-                    return true;
-                }
+            if (probe_shell(T, qk, static_cast<unsigned>(d), probes, visit, too_dear)) {
+                // Probing turned out dearer than the scan (dense clusters): answer by scanning.
+                c.probes += probes;
+                c.candidates += cands;
+                ++c.scanned;
+                ++c.radius_aborted;
+                out.clear();
+                return true;
             }
         }
     }
@@ -765,8 +777,6 @@ MIH_CLONES bool MihIndex::knn_one(const uint64_t* q, size_t kk, size_t batch, Sc
         }
         uint64_t probes = 0, cands = 0;
         uint64_t x[4];
-        constexpr int kBatch = 16;
-        uint32_t keys[kBatch];
         uint32_t qk[256];
         for (size_t t = 0; t < m; ++t) qk[t] = tables_[order_[t]].extract(q);
         bool done = false;
@@ -774,39 +784,24 @@ MIH_CLONES bool MihIndex::knn_one(const uint64_t* q, size_t kk, size_t batch, Sc
             for (size_t t = 0; t < m && !done && !scan; ++t) {
                 const Table& T = tables_[order_[t]];
                 if (rp <= static_cast<int>(T.len)) {
-                    Combos gen(T.len, static_cast<unsigned>(rp));
-                    for (;;) {
-                        int nb = 0;
-                        uint64_t mask;
-                        while (nb < kBatch && gen.next(mask)) {
-                            keys[nb] = qk[t] ^ static_cast<uint32_t>(mask);
-                            T.prefetch(keys[nb]);
-                            ++nb;
+                    auto visit = [&](uint32_t row) __attribute__((always_inline)) {
+                        ++cands;
+                        int D = code_distance(q, codes_.data() + static_cast<size_t>(row) * W, W, x);
+                        if (heap.size() == kk && D > heap.front().first) return;
+                        if ((dead_[row / 64] >> (row % 64)) & 1) return;
+                        bool earlier = false;
+                        for (size_t u = 0; u < m && !earlier; ++u) {
+                            if (u == t) continue;
+                            int du = popcount64(tables_[order_[u]].extract(x));
+                            earlier = u < t ? du <= rp : du < rp;
                         }
-                        if (nb == 0) break;
-                        probes += nb;
-                        for (int j = 0; j < nb; ++j) {
-                            uint32_t pb, pe;
-                            if (!T.lookup(keys[j], pb, pe)) continue;
-                            for (uint32_t p = pb; p < pe; ++p) {
-                                uint32_t row = T.postings[p];
-                                ++cands;
-                                int D = code_distance(q, codes_.data() + static_cast<size_t>(row) * W, W, x);
-                                if (heap.size() == kk && D > heap.front().first) continue;
-                                if ((dead_[row / 64] >> (row % 64)) & 1) continue;
-                                bool earlier = false;
-                                for (size_t u = 0; u < m && !earlier; ++u) {
-                                    if (u == t) continue;
-                                    int du = popcount64(tables_[order_[u]].extract(x));
-                                    earlier = u < t ? du <= rp : du < rp;
-                                }
-                                if (!earlier) heap_offer(heap, kk, D, row_ids_[row]);
-                            }
-                        }
-                        if (path_ == MihPath::automatic && probes * kProbeCost + cands * kCandidateCost > budget)
-                            scan = true;  // dearer than the scan: restart as a scan below
-                        if (scan) break;
-                    }
+                        if (!earlier) heap_offer(heap, kk, D, row_ids_[row]);
+                    };
+                    auto too_dear = [&]() __attribute__((always_inline)) {
+                        return path_ == MihPath::automatic && probes * kProbeCost + cands * kCandidateCost > budget;
+                    };
+                    // Dearer than the scan: restart as a scan below.
+                    scan = probe_shell(T, qk[t], static_cast<unsigned>(rp), probes, visit, too_dear);
                 }
                 if (scan) break;
                 // Not yet seen => d_u >= r'+1 for u <= t and >= r' for u > t => distance >= m r' + t + 1.
