@@ -1,12 +1,14 @@
 """Image loading: the only module that opens image files, and the folder walker that finds them.
 
 `load_image` returns a fully decoded "RGB" or "L" image or raises `ImageLoadError` with a human reason
-and a machine-readable kind; `iter_image_files` walks files and folders deterministically and reports
-what it cannot read as `LoadFailure` records instead of raising.
+and a machine-readable kind; `open_regular` is the one way any module opens an image (or sidecar) file for
+reading; `iter_image_files` walks files and folders deterministically and reports what it cannot read as
+`LoadFailure` records instead of raising.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -23,18 +25,28 @@ __all__ = [
     "BACKGROUND",
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MEMORY_BUDGET",
     "FAILURE_KINDS",
     "ImageLoadError",
     "LoadFailure",
+    "NotRegularFileError",
+    "decode_cost",
     "iter_image_files",
     "load_image",
+    "open_regular",
 ]
 
 log = logging.getLogger(__name__)
 
-# 16384 x 16384. Pillow's own guard warns at ~89 MP and refuses at ~179 MP; ours replaces it so one
-# setting governs both. At 3 bytes a pixel this caps one decoded image near 768 MiB.
+# 16384 x 16384: the largest picture considered at all, read from the header. Pillow's own guard warns at
+# ~89 MP and refuses at ~179 MP; ours replaces it so one setting governs both.
 DEFAULT_MAX_PIXELS = 1 << 28
+# What one image may cost a worker, from decoding to hashing: Pillow's decoded pixels (4 bytes a pixel for
+# RGB: Pillow stores RGB as RGBX), the conversion copies load_image makes, and one grey copy the
+# consumer makes (see decode_cost). Checked from the header (after Image.draft) before decoding. At 5
+# bytes a pixel an RGB PNG of up to 161 MP (12,700 x 12,700) decodes; a 2^28-pixel one is refused instead
+# of costing a worker 1.45 GB (issue 11). `python -m imgsim_fast.bench memory` measures the peak.
+DEFAULT_MEMORY_BUDGET = 768 << 20
 
 # Alpha is composited on white: scans, screenshots and logos are usually drawn on white, and a fixed
 # colour keeps hashes of the same transparent file identical everywhere.
@@ -55,7 +67,8 @@ FAILURE_KINDS = {
     "unsupported": "a recognised image format or pixel mode this build cannot decode",
     "truncated": "the file ends before its image data does",
     "corrupt": "the decoder rejected the data",
-    "too_large": "over the max_pixels limit (read from the header, before decoding), or out of memory",
+    "too_large": "over the max_pixels limit or the memory budget (read from the header, before decoding), "
+                 "or out of memory",
     "worker_crash": "the worker process died while handling this file (pipeline)",
     "hash_error": "the file loaded but hashing it raised (pipeline)",
     "error": "an unexpected exception, with its type and message in the reason (pipeline)",
@@ -69,6 +82,10 @@ class LoadFailure:
     path: str
     reason: str
     kind: str
+
+
+class NotRegularFileError(OSError):
+    """`open_regular` refused a FIFO, socket or device: reading it could block forever or never end."""
 
 
 class ImageLoadError(Exception):
@@ -98,6 +115,7 @@ def load_image(
     *,
     min_size: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MEMORY_BUDGET,
 ) -> Image.Image:
     """Decode the first frame of an image file into mode "RGB" or "L", upright.
 
@@ -107,6 +125,10 @@ def load_image(
     max_pixels: refuse images whose header declares more pixels (None: no limit). This replaces
         Pillow's MAX_IMAGE_PIXELS guard, which is never changed globally except briefly, under a lock,
         to read the header of an image Pillow would refuse but our limit allows.
+    max_bytes: the memory budget: refuse, before decoding, an image whose `decode_cost` (at the drafted
+        size) exceeds it (None: no limit).
+
+    Only regular files are opened (`open_regular`): a FIFO, socket or device is refused, never read.
 
     Mode rules: L stays L; 1, I;16*, I and F become L; everything else becomes RGB. Alpha (RGBA, LA,
     PA, and P/L/RGB with a tRNS colour key) is composited on white (BACKGROUND). 16-bit samples are
@@ -125,15 +147,19 @@ def load_image(
             raise ValueError(f"min_size must be positive, got {min_size!r}")
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels!r}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive or None, got {max_bytes!r}")
 
-    size = _check_regular_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            fp = open(path, "rb")
+            fp = open_regular(path)
         except OSError as exc:
             raise _os_error(path, exc) from exc
         with fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size == 0:
+                raise ImageLoadError(path, "empty file (0 bytes)", "empty")
             im = _open(path, fp, size, max_pixels)
             orientation = 1
             if min_size is not None and im.format in ("JPEG", "MPO"):
@@ -145,28 +171,78 @@ def load_image(
                     im.draft(None, req)
                 except Exception as exc:  # a decoder-config failure is a property of this file
                     raise _decode_error(path, fp, size, exc) from exc
+            if max_bytes is not None:
+                cost = decode_cost(im.size, im.mode, "transparency" in im.info)
+                if cost > max_bytes:
+                    w, h = im.size
+                    raise ImageLoadError(
+                        path, f"over the memory budget: decoding {w}x{h} {im.mode} needs about "
+                              f"{cost >> 20} MiB > {max_bytes >> 20} MiB", "too_large")
             try:
                 im.load()
             except Exception as exc:
                 raise _decode_error(path, fp, size, exc) from exc
             orientation = _orientation(im)
             out = _to_rgb_or_l(path, im)
+            del im  # when converted, the decoded image is freed before the transpose copies `out`
     return _apply_orientation(out, orientation)
 
 
-def _check_regular_file(path: str) -> int:
-    """Stat `path`, refusing what is not a non-empty regular file; returns its size."""
+def open_regular(path: PathLike):
+    """Open `path` for binary reading only if it is a regular file; the one way image and sidecar files
+    are opened, so nothing ever blocks on a FIFO or reads /dev/zero forever.
+
+    Stat first (following symlinks), so a device is never opened at all (opening a tape or a terminal
+    can have effects). Then open with O_NONBLOCK (a FIFO opens at once instead of waiting for a writer)
+    and check the opened file again with fstat: a file swapped for a FIFO between the two calls is still
+    refused. Raises OSError: FileNotFoundError, IsADirectoryError, PermissionError, ...,
+    NotRegularFileError for a FIFO, socket or device.
+    """
+    path = os.fspath(path)
+    st = os.stat(path)
+    _require_regular(path, st.st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise _os_error(path, exc) from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageLoadError(path, "is a directory, not a file", "is_directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageLoadError(path, "not a regular file (FIFO, socket or device)", "not_regular_file")
-    if st.st_size == 0:
-        raise ImageLoadError(path, "empty file (0 bytes)", "empty")
-    return st.st_size
+        _require_regular(path, os.fstat(fd).st_mode)
+        # Regular files ignore O_NONBLOCK; clear it anyway so the descriptor is an ordinary one.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(errno.EINVAL, "not a regular file (FIFO, socket or device)", path)
+
+
+# Bytes a pixel takes in Pillow's memory by mode: "1" keeps a byte a pixel, the 16-bit modes two, and every
+# multi-band mode four (RGB, YCbCr, LAB and HSV are stored as RGBX; LA and PA as four bytes too).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Extra bytes a pixel `_to_rgb_or_l` holds at its peak beside the decoded image, by source mode (counted
+# from its code: each copy it makes, 4 bytes a pixel for RGB/RGBA/LA, 1 for L; NumPy temporaries for the
+# 16-bit, I and F paths). Transparency adds an RGBA (or LA) copy and the white background.
+_CONVERT_BYTES = {"RGB": 0, "L": 0, "1": 1, "P": 4, "RGBA": 4, "RGBa": 8, "LA": 2, "La": 6, "PA": 8,
+                  "I;16": 13, "I;16L": 13, "I;16B": 13, "I;16N": 13, "I": 21, "F": 42}
+_TRANSPARENT_BYTES = {"RGB": 8, "P": 8, "L": 6}
+
+
+def decode_cost(size: tuple[int, int], mode: str, transparent: bool = False) -> int:
+    """Peak bytes one image of `size` and Pillow `mode` costs from decoding to hashing: the decoded
+    pixels, the copies `load_image` makes converting them to RGB or L, and one grey (1 byte a pixel)
+    copy, which every consumer (hashing, border trimming) makes of the result.
+
+    Not counted: the transpose of an EXIF-oriented image whose orientation only appears after decoding
+    (a PNG's eXIf chunk after its pixel data), which holds the RGB image twice.
+    """
+    w, h = size
+    stored = _STORED_BYTES.get(mode, 4)
+    convert = _TRANSPARENT_BYTES.get(mode, 0) if transparent else 0
+    convert = convert or _CONVERT_BYTES.get(mode, 4)
+    return w * h * (stored + convert + 1)
 
 
 def _os_error(path: str, exc: OSError) -> ImageLoadError:
@@ -178,6 +254,8 @@ def _os_error(path: str, exc: OSError) -> ImageLoadError:
         return ImageLoadError(path, "permission denied", "permission")
     if isinstance(exc, IsADirectoryError):
         return ImageLoadError(path, "is a directory, not a file", "is_directory")
+    if isinstance(exc, NotRegularFileError):
+        return ImageLoadError(path, "not a regular file (FIFO, socket or device)", "not_regular_file")
     if exc.errno == errno.ELOOP:
         return ImageLoadError(path, "symlink loop", "symlink_loop")
     return ImageLoadError(path, f"I/O error: {exc.strerror or exc}", "io_error")
@@ -323,9 +401,12 @@ def _apply_orientation(im: Image.Image, orientation: int) -> Image.Image:
 
 
 def _composite(im: Image.Image, out_mode: str) -> Image.Image:
-    """Flatten an "RGBA" or "LA" image onto the white background."""
+    """Flatten an "RGBA" or "LA" image onto the white background.
+
+    The image is its own mask (paste reads an RGBA or LA mask's alpha band), so no converted copy and no
+    alpha-channel copy is held beside the background (decode_cost counts what is)."""
     bg = Image.new(out_mode, im.size, (BACKGROUND,) * len(out_mode))
-    bg.paste(im.convert(out_mode), (0, 0), im.getchannel("A"))
+    bg.paste(im, (0, 0), im)
     return bg
 
 
@@ -396,8 +477,9 @@ def iter_image_files(
     still yielded); True follows them, and a folder already on the current path is reported as a
     symlink loop and skipped, so walking always ends. Roots themselves are always followed.
 
-    Unreadable folders, missing roots and symlink loops go to `on_error` as LoadFailure records
-    (logged as warnings when on_error is None); the walk goes on.
+    Unreadable folders, missing roots, symlink loops, and FIFOs, sockets and devices (named like images,
+    directly or through a symlink, or given as roots: never yielded, so nothing downstream opens them)
+    go to `on_error` as LoadFailure records (logged as warnings when on_error is None); the walk goes on.
     """
     exts = None if extensions is None else _normalise_exts(extensions)
     report = on_error if on_error is not None else _log_failure
@@ -417,6 +499,8 @@ def iter_image_files(
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(root, st, exts, recursive, follow_symlinks, report,
                                  seen_files, seen_dirs, ancestors=())
+        elif not stat.S_ISREG(st.st_mode):
+            report(_os_error(root, NotRegularFileError(errno.EINVAL, "not a regular file", root)).to_failure())
         elif _first_visit(root, seen_files):
             yield root
 
@@ -460,15 +544,19 @@ def _walk_dir(path, st, exts, recursive, follow_symlinks, report, seen_files, se
                                  seen_files, seen_dirs, ancestors)
         elif exts is not None and os.path.splitext(entry.name)[1].lower() not in exts:
             continue
-        elif is_file or not is_link:
-            # Regular files, and FIFOs/sockets with an image name, which load_image then refuses.
+        elif is_file:
             if _first_visit(child, seen_files):
                 yield child
-        else:  # a symlink with an image name that resolves to nothing: say why
+        else:
+            # A FIFO, socket or device with an image name (directly or through a symlink), or a symlink
+            # that resolves to nothing: a record saying why, and nothing downstream ever opens it.
             try:
                 os.stat(child)
             except OSError as exc:
                 report(_os_error(child, exc).to_failure())
+            else:
+                report(_os_error(child, NotRegularFileError(errno.EINVAL, "not a regular file", child))
+                       .to_failure())
 
 
 def _first_visit(path: str, seen: set[str]) -> bool:
