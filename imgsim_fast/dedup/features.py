@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
-from ..loading import ImageLoadError, LoadFailure, iter_image_files, load_image
+from ..loading import ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
 
 __all__ = ["FileFacts", "Features", "compute_features", "file_digest", "trim_box", "trim_tolerance",
            "trim_uniform_borders"]
@@ -54,7 +54,7 @@ _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 def file_digest(path: str, chunk: int = 1 << 20) -> str:
     """BLAKE2b-128 of a file's bytes: equal digests mean byte-identical files."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or /dev/zero is refused, not read forever
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
