@@ -28,8 +28,10 @@ def _hash(args, kinds):
 
 
 def _report_failures(result) -> None:
-    for f in result.failures:
-        print(f"imgsim: skipped {f.path}: {f.reason}", file=sys.stderr)
+    from .names import display_path
+
+    for f in result.failures:  # names and reasons escaped: a file name must not drive the terminal
+        print(f"imgsim: skipped {display_path(f.path)}: {display_path(f.reason)}", file=sys.stderr)
 
 
 def cmd_capabilities(args) -> int:
@@ -51,6 +53,7 @@ def cmd_capabilities(args) -> int:
 def cmd_hash(args) -> int:
     from .codes import to_hex
     from .hashing import code_bits
+    from .names import path_text
 
     kinds = args.kinds.split(",")
     result = _hash(args, kinds)
@@ -62,12 +65,14 @@ def cmd_hash(args) -> int:
             w = csv.writer(out)
             w.writerow(["path", *kinds])
             for i, p in enumerate(result.paths):
-                w.writerow([p, *(hexes[k][i] for k in kinds)])
+                w.writerow([path_text(p), *(hexes[k][i] for k in kinds)])
         else:
             doc = {
                 "mode": args.mode, "hash_size": args.hash_size,
-                "files": [{"path": p, **{k: hexes[k][i] for k in kinds}} for i, p in enumerate(result.paths)],
-                "errors": [{"path": f.path, "kind": f.kind, "reason": f.reason} for f in result.failures],
+                "files": [{"path": path_text(p), **{k: hexes[k][i] for k in kinds}}
+                          for i, p in enumerate(result.paths)],
+                "errors": [{"path": path_text(f.path), "kind": f.kind, "reason": path_text(f.reason)}
+                           for f in result.failures],
             }
             json.dump(doc, out, indent=1)
             out.write("\n")
