@@ -99,6 +99,10 @@ def cmd_dedup(args) -> int:
         print("imgsim: refusing to delete without confirmation: no terminal to ask on; pass --yes",
               file=sys.stderr)
         return 2
+    if args.apply:
+        return _apply_plan(args, op)
+    if not args.paths:
+        raise ValueError("dedup needs image files or folders (or --apply PLAN)")
     t = Thresholds(
         phash=DEFAULTS.phash if args.threshold is None else args.threshold,
         dihedral=DEFAULTS.dihedral if args.flip_threshold is None else args.flip_threshold,
@@ -128,7 +132,7 @@ def cmd_dedup(args) -> int:
         report.write_csv(res, args.csv)
         print(f"wrote {args.csv}")
     if args.html:
-        report.write_html(res, args.html)
+        report.write_html(res, args.html, roots=args.paths, reference=args.reference or [], workers=args.workers)
         print(f"wrote {args.html}")
     if op is None:
         return 0
@@ -152,6 +156,46 @@ def cmd_dedup(args) -> int:
     if op != "delete":
         print(f"undo with: imgsim undo {manifest}")
     return 0
+
+
+def _apply_plan(args, op: str | None) -> int:
+    """dedup --apply PLAN: carry out a review page's plan (dedup/plan.py); no scan. A plan that fails its
+    checks is refused before anything is touched; changed files are skipped and reported."""
+    import time
+
+    from .dedup import actions as act
+    from .dedup import plan as pl
+
+    if args.json or args.csv or args.html:
+        raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv or --html")
+    plan = pl.load_plan(args.apply)
+    pl.check_plan(plan, list(args.paths) or None)
+    stale = pl.stale_entries(plan)
+    for e, why in stale:
+        print(f"imgsim: skipped {e.path}: {why}", file=sys.stderr)
+    print(f"plan {args.apply}: {len(plan.groups)} groups, {len(plan.removals)} files to remove, "
+          f"{len(stale)} skipped")
+    if op is None:
+        print("nothing changed: add --move-to DIR (with --link hard|sym) or --delete to carry it out")
+        return 1 if stale else 0
+    actions = pl.plan_to_actions(plan, op, args.move_to, {e.path for e, _ in stale})
+    if not actions:
+        print("nothing to do")
+        return 1 if stale else 0
+    if op == "delete" and not args.yes:
+        answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
+        if answer.strip().lower() != "yes":
+            print("imgsim: nothing deleted", file=sys.stderr)
+            return 1
+    manifest = args.manifest or os.path.join(args.move_to or ".",
+                                             f"imgsim-manifest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], "plan": os.path.abspath(args.apply)})
+    print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {manifest}")
+    for a, why in rep.skipped:
+        print(f"imgsim: skipped {a.path}: {why}", file=sys.stderr)
+    if op != "delete":
+        print(f"undo with: imgsim undo {manifest}")
+    return 1 if stale or rep.skipped else 0
 
 
 def cmd_undo(args) -> int:
@@ -186,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dedup", help="find duplicate and near-duplicate images; report (default), move, link "
                                       "or delete them")
-    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively); with --apply, "
+                                            "the folders the plan may remove files from (default: its roots)")
+    p.add_argument("--apply", metavar="PLAN",
+                   help="carry out a plan exported from the --html review page instead of scanning (with "
+                        "--move-to DIR [--link hard|sym] or --delete; alone, only checks it)")
     p.add_argument("--method", choices=("auto", "phash", "embedding", "exact"), default="auto",
                    help="auto: hashes + embeddings to confirm and to add crops (default); phash: hashes only; "
                         "embedding: EfficientNet-Lite0 cosine only; exact: byte-identical only")
@@ -204,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shortest-path (default %(default)s)")
     p.add_argument("--json", help="write the groups as JSON to this file")
     p.add_argument("--csv", help="write one row per group member to this CSV file")
-    p.add_argument("--html", help="write an HTML page with thumbnails of every group to this file")
+    p.add_argument("--html", help="write a review page to this file (thumbnails in NAME_files beside it): "
+                                  "change keepers, mark files, export a plan for --apply")
     p.add_argument("--move-to", metavar="DIR",
                    help="move duplicates into DIR, keeping their relative paths (undo with imgsim undo)")
     p.add_argument("--link", choices=("hard", "sym"),

@@ -1,18 +1,32 @@
-"""Dedup reports: JSON and CSV for machines, one self-contained HTML page with thumbnails for people."""
+"""Dedup reports: JSON and CSV for machines; for people, a review page on which they decide.
+
+The review page (`write_html`) is rendered from templates/review.html.j2 (Jinja2, autoescaped). Its
+thumbnails are small JPEG files in a folder beside it (`report_files/` for `report.html`, named by
+position, never after a user's file name) and load lazily, so a page of 10,000 groups opens quickly.
+On the page a person changes a group's keeper, marks and unmarks files, filters duplicates from merely
+similar pictures, and exports the decisions as a plan (JSON, format in plan.py) that
+`imgsim dedup --apply PLAN` carries out. Every member carries plain words saying why it is in its group.
+"""
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import os
+import re
+from pathlib import Path
+from urllib.parse import quote
 
-__all__ = ["write_json", "write_csv", "write_html", "CSV_COLUMNS"]
+__all__ = ["write_json", "write_csv", "write_html", "render_review", "review_doc", "thumbs_folder",
+           "CSV_COLUMNS", "THUMB_SIDE"]
 
 CSV_COLUMNS = ("group", "keep", "reference", "path", "rule", "phash_distance", "flip_distance", "flip",
-               "cosine", "width", "height", "format", "bytes", "digest")
+               "cosine", "width", "height", "format", "bytes", "digest", "tier", "why", "removable")
 THUMB_SIDE = 160
+THUMB_QUALITY = 75  # about 5 KB per 160 px thumbnail
+# Marks a thumbnail folder as ours: an existing folder without it is never written into.
+_MARKER = ".imgsim-review"
+_THUMB_NAME = re.compile(r"^\d+\.jpg$")
 
 
 def _atomic_text(path: str, text: str) -> None:
@@ -22,8 +36,68 @@ def _atomic_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json(result, path: str, extra: dict | None = None) -> None:
+def _text(path: str) -> str:
+    """A path as valid Unicode for people and text files: bytes of a non-UTF-8 name become \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain words. The dedup code is to give each group a "tier" and each member "why" and "removable" in
+# DedupResult.to_dict(); until every field is there, _fallback_why and review_doc derive them from the
+# match facts. Delete both fallbacks once to_dict() provides the fields.
+
+_TRANSFORM_WORDS = {
+    "rot90": "rotated 90°", "rot180": "rotated 180°", "rot270": "rotated 270°",
+    "mirror-lr": "mirrored copy", "mirror-tb": "upside-down mirrored copy",
+    "transpose": "mirrored and rotated copy", "anti-transpose": "mirrored and rotated copy",
+}
+
+
+def _bits(n: int) -> str:
+    return "1 bit apart" if n == 1 else f"{n} bits apart"
+
+
+def _fallback_why(m: dict, first: bool, tier: str) -> str:
+    """Why `m` is in its group, in words, from its match facts against the proposed keeper."""
+    if first:
+        why = "best copy: proposed keeper"
+    elif m["rule"] == "exact":
+        why = "byte-identical copy"
+    elif tier == "similar":
+        why = "look-alike (similar, not a duplicate)"
+    elif m["rule"] == "phash":
+        why = "same picture, hashes equal" if m["phash_distance"] == 0 else \
+            f"same picture, {_bits(m['phash_distance'])}"
+    elif m["rule"] == "flip":
+        why = f"{_TRANSFORM_WORDS.get(m['flip'], m['flip'])}, {_bits(m['flip_distance'])}"
+    elif m["rule"] == "confirmed":
+        why = f"edited copy (embedding {m['cosine']:.2f}, {_bits(m['phash_distance'])})"
+    elif m["rule"] == "embedding":
+        why = f"cropped or heavily edited copy (embedding {m['cosine']:.2f})"
+    else:
+        why = m["rule"] or "in the group"
+    return why + ("; reference folder, never touched" if m["reference"] else "")
+
+
+def review_doc(result) -> dict:
+    """result.to_dict() with every group's "tier" and every member's "why" and "removable" filled in."""
     doc = result.to_dict()
+    for g in doc["groups"]:
+        g.setdefault("tier", "duplicate")
+        for k, m in enumerate(g["members"]):
+            if "why" not in m:
+                m["why"] = _fallback_why(m, k == 0, g["tier"])
+            if "removable" not in m:
+                m["removable"] = g["tier"] == "duplicate" and k > 0 and not m["reference"]
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine-readable
+
+
+def write_json(result, path: str, extra: dict | None = None) -> None:
+    doc = review_doc(result)
     doc.update(extra or {})
     _atomic_text(path, json.dumps(doc, indent=1) + "\n")
 
@@ -33,74 +107,142 @@ def write_csv(result, path: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
-    for gi, g in enumerate(result.to_dict()["groups"], 1):
+    for gi, g in enumerate(review_doc(result)["groups"], 1):
         for m in g["members"]:
-            w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:]])
+            w.writerow([gi, int(m["keep"]), int(m["reference"]), _text(m["path"])]
+                       + [m[c] for c in CSV_COLUMNS[4:-3]] + [g["tier"], m["why"], int(m["removable"])])
     _atomic_text(path, buf.getvalue())
 
 
-def _thumb(path: str) -> str | None:
-    """A base64 JPEG thumbnail (at most THUMB_SIDE px), or None if the file cannot be read now."""
-    from ..loading import ImageLoadError, load_image
-
-    try:
-        im = load_image(path, min_size=(THUMB_SIDE, THUMB_SIDE))
-    except (ImageLoadError, OSError):
-        return None
-    im.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=80)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+# ------------------------------------------------------------------------------------------------
+# The review page
 
 
-_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}
-.group{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em}
-.group h2{font-size:1em;margin:.2em 0 .6em}.members{display:flex;flex-wrap:wrap;gap:.8em}
-figure{margin:0;width:180px;padding:6px;border:2px solid #ddd;border-radius:4px;font-size:.78em}
-figure.keep{border-color:#2a8a2a;background:#eef8ee}figure.ref{outline:2px dashed #2a5a9a}
-figure img{max-width:170px;max-height:170px;display:block;margin:auto}
-figcaption{word-break:break-all;margin-top:4px}.tag{font-weight:bold}.keep .tag{color:#2a8a2a}
-table.err{border-collapse:collapse}table.err td{padding:2px 8px;border-bottom:1px solid #eee}"""
+def thumbs_folder(page: str) -> str:
+    """The thumbnail folder of a page: report.html -> report_files beside it."""
+    stem = os.path.splitext(os.path.basename(page))[0] or "report"
+    return os.path.join(os.path.dirname(os.path.abspath(page)), f"{stem}_files")
 
 
-def write_html(result, path: str, title: str = "imgsim dedup report") -> None:
-    """A single HTML file: per group, every member with an embedded thumbnail, the kept file marked, and its
-    distances to the keeper (pHash bits, flip/rotation bits and which one, embedding cosine)."""
-    doc = result.to_dict()
-    out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-           f"<style>{_CSS}</style></head><body>",
-           f"<h1>{html.escape(title)}</h1>",
-           f"<p>{doc['files_scanned']} files scanned, {len(doc['groups'])} groups, method "
-           f"<b>{html.escape(doc['method'])}</b>; keep order: {html.escape(', '.join(doc['keep_order']))}. "
-           "Green: kept. Dashed: reference folder (never touched). Distances are to the kept file.</p>"]
-    for gi, g in enumerate(doc["groups"], 1):
-        out.append(f"<section class=\"group\" id=\"g{gi}\"><h2>Group {gi}: {len(g['members'])} files"
-                   f"{' (exact copies)' if g['exact'] else ''}</h2><div class=\"members\">")
-        for k, m in enumerate(g["members"]):
-            cls = ["keep"] if m["keep"] else []
-            if m["reference"]:
-                cls.append("ref")
-            t = _thumb(m["path"])
-            img = (f"<img alt=\"\" src=\"data:image/jpeg;base64,{t}\">" if t else "<p>(unreadable now)</p>")
-            if k == 0:
-                tag = "KEEP"
-                dist = ""
-            else:
-                tag = "keep (reference)" if m["keep"] else "duplicate"
-                parts = [f"rule {html.escape(m['rule'])}", f"pHash {m['phash_distance']}"]
-                if m["flip_distance"] is not None and m["flip_distance"] >= 0:
-                    parts.append(f"{html.escape(m['flip'])} {m['flip_distance']}")
-                if m["cosine"] is not None:
-                    parts.append(f"cos {m['cosine']:.3f}")
-                dist = "<br>" + ", ".join(parts)
-            out.append(f"<figure class=\"{' '.join(cls)}\">{img}<figcaption><span class=\"tag\">{tag}</span>"
-                       f"{dist}<br>{m['width']}x{m['height']} {html.escape(m['format'])}, {m['bytes']} B<br>"
-                       f"{html.escape(m['path'])}</figcaption></figure>")
-        out.append("</div></section>")
-    if doc["errors"]:
-        out.append("<h2>Skipped files</h2><table class=\"err\">")
-        for e in doc["errors"]:
-            out.append(f"<tr><td>{html.escape(e['path'])}</td><td>{html.escape(e['reason'])}</td></tr>")
-        out.append("</table>")
-    out.append("</body></html>\n")
-    _atomic_text(path, "\n".join(out))
+def _prepare_folder(folder: str) -> None:
+    """Create the thumbnail folder, or empty an earlier run's one of its thumbnails; refuse a folder of
+    the same name that is not ours (it could hold the user's files)."""
+    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, _MARKER)):
+        if os.listdir(folder):
+            raise ValueError(f"{folder} exists and was not made by imgsim; move it or choose another page name")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, _MARKER), "w", encoding="utf-8") as f:
+        f.write("thumbnails of an imgsim dedup review page\n")
+    for name in os.listdir(folder):
+        if _THUMB_NAME.match(name):
+            os.unlink(os.path.join(folder, name))
+
+
+def _thumb_chunk(chunk: list[tuple[int, str, str]], side: int) -> list[tuple[int, tuple[int, int] | None]]:
+    """Pool worker: write each (index, source, destination) as a JPEG thumbnail; its size, or None."""
+    from ..sheet import thumbnail
+
+    out = []
+    for i, src, dst in chunk:
+        try:
+            im = thumbnail(src, side)
+        except OSError:
+            im = None
+        if im is not None:
+            im.save(dst, format="JPEG", quality=THUMB_QUALITY)
+        out.append((i, None if im is None else im.size))
+    return out
+
+
+def _thumb_failed(item, reason, kind, side):
+    return [(item[0], None)]
+
+
+def make_thumbs(paths: list[str], folder: str, workers: int | None = None,
+                side: int = THUMB_SIDE) -> list[tuple[int, int] | None]:
+    """Thumbnail i of paths[i] as folder/i.jpg, on the pipeline's crash-isolating pool; sizes (None: none)."""
+    from ..pipeline import default_workers, run_pool
+
+    items = [(i, p, os.path.join(folder, f"{i}.jpg")) for i, p in enumerate(paths)]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(items) < 32:
+        results = [_thumb_chunk(items, side)]
+    else:
+        step = max(8, min(64, len(items) // (4 * workers) or 1))
+        chunks = [items[k:k + step] for k in range(0, len(items), step)]
+        results = run_pool(_thumb_chunk, chunks, side, workers, lambda n: None, _thumb_failed)
+    sizes: list = [None] * len(paths)
+    for res in results:
+        for i, size in res:
+            sizes[i] = size
+    return sizes
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+_ENV = None
+
+
+def _template():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        # PackageLoader reads the template from the installed package (package data in pyproject.toml).
+        _ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgsim_fast.dedup", "templates"),
+                                  autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                  undefined=jinja2.StrictUndefined)
+        _ENV.filters["bytes"] = _human_bytes
+    return _ENV.get_template("review.html.j2")
+
+
+def render_review(doc: dict, thumbs: list[str | None], sizes: list, *, roots=(), reference=(),
+                  title: str = "imgsim dedup review", page_name: str = "report.html") -> str:
+    """The review page's HTML for `doc` (review_doc's form). Files are numbered in group order;
+    thumbs[i] is file i's thumbnail URL relative to the page (None: no preview), sizes[i] its size."""
+    files, groups = [], []
+    for g in doc["groups"]:
+        members = []
+        for m in g["members"]:
+            i = len(files)
+            # Exact absolute paths for the plan (a non-UTF-8 name stays lone surrogates, JSON-escaped).
+            path = os.path.abspath(m["path"])
+            files.append([path, m["digest"], m["bytes"], bool(m["removable"]), bool(m["reference"])])
+            members.append({**m, "f": i, "shown": _text(m["path"]), "url": Path(path).as_uri(),
+                            "thumb": thumbs[i], "tsize": sizes[i]})
+        groups.append({"tier": g["tier"], "exact": g["exact"], "members": members})
+    n_dup = sum(g["tier"] == "duplicate" for g in groups)
+    data = {
+        "roots": [os.path.abspath(r) for r in roots],
+        "reference": [os.path.abspath(r) for r in reference],
+        "report": _text(page_name),
+        "files": files,
+        "groups": [[m["f"] for m in g["members"]] for g in groups],
+    }
+    return _template().render(
+        title=title, groups=groups, n_duplicate=n_dup, n_similar=len(groups) - n_dup,
+        files_scanned=doc["files_scanned"], method=doc["method"], keep_order=", ".join(doc["keep_order"]),
+        roots=[_text(r) for r in data["roots"]], errors=[{**e, "shown": _text(e["path"])} for e in doc["errors"]],
+        data=data)
+
+
+def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(), reference=(),
+               workers: int | None = None) -> str:
+    """The review page at `path` and its thumbnails in thumbs_folder(path); returns that folder.
+    roots / reference: the folders the run scanned and its reference folders (they go into the plan)."""
+    doc = review_doc(result)
+    paths = [m["path"] for g in doc["groups"] for m in g["members"]]
+    folder = thumbs_folder(path)
+    _prepare_folder(folder)
+    sizes = make_thumbs(paths, folder, workers)
+    rel = quote(os.path.basename(folder))
+    thumbs = [None if s is None else f"{rel}/{i}.jpg" for i, s in enumerate(sizes)]
+    _atomic_text(path, render_review(doc, thumbs, sizes, roots=roots, reference=reference, title=title,
+                                     page_name=os.path.basename(path)))
+    return folder
