@@ -12,10 +12,10 @@ from PIL import Image, ImageEnhance
 
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli import main
-from imgsim_fast.dedup import DEFAULTS, Thresholds, find_duplicates, group_features
+from imgsim_fast.dedup import DEFAULTS, DedupResult, Thresholds, find_duplicates, group_features
 from imgsim_fast.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
 from imgsim_fast.dedup.features import EMBED_CROP, Features, FileFacts, trim_box
-from imgsim_fast.dedup.keep import parse_order, rank_key
+from imgsim_fast.dedup.keep import keep_ranks, parse_order
 
 
 def _bits(codes8):
@@ -83,44 +83,105 @@ def _chain_features(n=5, step=6):
     return Features([_facts(i) for i in range(n)], codes)
 
 
-def test_anti_chaining_every_member_matches_the_centre():
+def _ranker(facts, order=None):
+    return lambda members: keep_ranks(facts, members, parse_order(order))
+
+
+def _assert_stars(groups, judge):
+    """Every member of every group matches its keeper directly, by the tier's own test; no file is in two
+    groups of a tier, and a look-alike group holds no file a duplicate group may remove."""
+    seen = {"duplicate": set(), "similar": set()}
+    removable = {m for g in groups if g.tier == "duplicate" for m in g.members[1:]}
+    for g in groups:
+        assert g.matches[0].rule == "keeper"
+        for m, mt in zip(g.members[1:], g.matches[1:]):
+            direct = judge.match(g.members[0], m)
+            assert direct == mt and (direct.duplicate if g.tier == "duplicate" else direct.rule), (g, m)
+            assert mt.describe() and mt.describe() != "no match"
+        assert not seen[g.tier] & set(g.members)
+        seen[g.tier] |= set(g.members)
+        assert g.tier == "duplicate" or not removable & set(g.members)
+
+
+def test_chain_never_groups_files_that_do_not_match_the_keeper():
     f = _chain_features()
     judge = PairJudge(f, "phash", DEFAULTS)
-    rank = [rank_key(x) for x in f.facts]
-    groups = group_pairs(len(f), hash_pairs(f.phash8, DEFAULTS.phash, DEFAULTS.dihedral), judge, rank)
-    # Plain union-find would return one group of 5 (0~1~2~3~4); the rule allows no member that does not
-    # match its group's centre, so no group spans more than two steps of the chain.
-    assert len(groups) >= 2
-    seen = set()
-    for g in groups:
-        assert g.centre in g.members
-        for m in g.members:
-            assert m == g.centre or judge.match(g.centre, m)
-        assert max(g.members) - min(g.members) <= 2
-        assert not seen & set(g.members)
-        seen |= set(g.members)
-        # the keeper is the best-ranked member and matched the centre too
-        assert g.members[0] == min(g.members, key=lambda x: rank[x])
+    groups = group_pairs(len(f), hash_pairs(f.phash8, DEFAULTS.similar_phash, DEFAULTS.dihedral), judge,
+                         _ranker(f.facts))
+    dup = [g for g in groups if g.tier == "duplicate"]
+    # Plain union-find would return one group of 5 (0~1~2~3~4, 6 bits a step); a star around the keeper
+    # holds only files within DEFAULTS.phash of it: {0, 1} then {2, 3} (ties rank by path).
+    assert [g.members for g in dup] == [[0, 1], [2, 3]]
+    _assert_stars(groups, judge)
 
 
-def test_keep_best_order_and_reference():
-    big_png = _facts(0, content_pixels=4000, format="PNG", size=10)
-    big_jpg_large_file = _facts(1, content_pixels=4000, format="JPEG", size=99)
-    small_old = _facts(2, content_pixels=100, mtime=1.0, size=5000)
-    same_px_jpg_old = _facts(3, content_pixels=4000, format="JPEG", size=99, mtime=50.0)
-    files = [small_old, big_jpg_large_file, big_png, same_px_jpg_old]
-    order = sorted(files, key=lambda x: rank_key(x))
-    # pixels, then lossless, then larger file, then oldest
-    assert [x.path for x in order] == [big_png.path, same_px_jpg_old.path, big_jpg_large_file.path,
-                                       small_old.path]
-    o = parse_order("oldest,pixels")
-    assert sorted(files, key=lambda x: rank_key(x, o))[0] is small_old
-    o = parse_order("size")
-    assert sorted(files, key=lambda x: rank_key(x, o))[0] is small_old
+def _star_features(n_spokes=6):
+    """A hub code and spokes 9 bits from the hub in disjoint bits: each spoke is a duplicate of the hub
+    (9 <= phash) but 18 bits from every other spoke (a look-alike of it, not a duplicate)."""
+    codes = np.zeros((n_spokes + 1, 8, 1), np.uint64)
+    for i in range(1, n_spokes + 1):
+        codes[i, 0, 0] = np.uint64(((1 << 9) - 1) << (9 * (i - 1)))
+    for i in range(n_spokes + 1):
+        codes[i, 1:, 0] = np.uint64(0xAAAAAAAAAAAAAAAA) ^ np.uint64(i)
+    return codes
+
+
+def test_star_of_lookalikes_the_keeper_is_the_hub_or_spokes_stay():
+    codes = _star_features()
+    n = len(codes)
+    # The hub ranks first: every spoke is removable, each a duplicate of the kept hub.
+    facts = [_facts(i, content_pixels=20000 if i == 0 else 10000) for i in range(n)]
+    f = Features(facts, codes)
+    judge = PairJudge(f, "phash", DEFAULTS)
+    groups = group_pairs(n, hash_pairs(codes, DEFAULTS.similar_phash, DEFAULTS.dihedral), judge, _ranker(facts))
+    assert [(g.tier, g.members) for g in groups] == [("duplicate", list(range(n)))]
+    _assert_stars(groups, judge)
+    # A spoke ranks first (the biggest file): it keeps only the hub; the other spokes are not duplicates of
+    # it, so they are never removable in its place; they are look-alikes of each other and of the keeper,
+    # reported in the similar tier.
+    facts = [_facts(i, content_pixels=20000 if i == 1 else 10000) for i in range(n)]
+    f = Features(facts, codes)
+    judge = PairJudge(f, "phash", DEFAULTS)
+    groups = group_pairs(n, hash_pairs(codes, DEFAULTS.similar_phash, DEFAULTS.dihedral), judge, _ranker(facts))
+    dup = [g for g in groups if g.tier == "duplicate"]
+    assert [g.members for g in dup] == [[1, 0]]
+    sim = [g for g in groups if g.tier == "similar"]
+    assert sorted(m for g in sim for m in g.members) == [1, 2, 3, 4, 5, 6]
+    _assert_stars(groups, judge)
+    res = DedupResult(f, groups, "phash", DEFAULTS, [False] * n)
+    assert [m for g in res.groups for m in res.removable(g)] == [0]  # only the hub, a duplicate of the keeper
+    doc = res.to_dict()
+    assert all(not m["removable"] for g in doc["groups"] if g["tier"] == "similar" for m in g["members"])
+
+
+def test_keep_ranks_prefer_the_original():
+    orig = _facts(0, format="JPEG", jpeg_quality=95, content_pixels=10000, mtime=5.0, noise=2.0)
+    letterbox = _facts(1, format="PNG", width=100, height=140, content_pixels=10000,
+                       trim=(0.0, 0.143, 1.0, 0.857), noise=2.0, blocky=True)  # bars around a JPEG's pixels
+    squashed = _facts(2, format="JPEG", jpeg_quality=95, width=120, content_pixels=12000, noise=2.0)
+    noisy_png = _facts(3, format="PNG", content_pixels=10000, noise=6.0)
+    resave_png = _facts(4, format="PNG", content_pixels=10000, blocky=True, noise=2.0)
+    recompressed = _facts(5, format="JPEG", jpeg_quality=70, content_pixels=10000, noise=1.5)
+    smaller = _facts(6, format="PNG", width=50, height=50, content_pixels=2500, noise=1.0)
+    grey = _facts(7, format="JPEG", jpeg_quality=95, content_pixels=10000, colour=False, noise=2.0)
+    facts = [orig, letterbox, squashed, noisy_png, resave_png, recompressed, smaller, grey]
+    rank = keep_ranks(facts, list(range(len(facts))))
+    assert min(rank, key=rank.get) == 0
+    for i in range(1, len(facts)):  # and against each copy alone
+        r = keep_ranks(facts, [0, i])
+        assert r[0] < r[i], facts[i]
+    # the tie-breakers: camera EXIF, then the older file
+    a, b = _facts(0, mtime=9.0, camera=True), _facts(1, mtime=1.0)
+    r = keep_ranks([a, b], [0, 1])
+    assert r[0] < r[1]
+    r = keep_ranks([a, b], [0, 1], parse_order("oldest"))
+    assert r[1] < r[0]
     # a reference file always ranks first
-    assert sorted(files, key=lambda x: rank_key(x, reference=x is small_old))[0] is small_old
+    r = keep_ranks(facts, [0, 6], reference=[False] * 6 + [True, False])
+    assert r[6] < r[0]
+    assert parse_order("pixels,lossless") == ("content", "quality")
     with pytest.raises(ValueError):
-        parse_order("pixels,biggest")
+        parse_order("content,biggest")
 
 
 def test_trim_box_finds_letterbox_and_leaves_photos():

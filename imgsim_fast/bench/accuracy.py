@@ -85,14 +85,12 @@ def imagehash_pairs(files: list[CorpusFile], threshold: int = IMAGEHASH_THRESHOL
     return set(zip(ii.tolist(), jj.tolist())), dt
 
 
-def our_pairs(features, method: str, thresholds=None, flips: bool = True):
-    from ..dedup.detect import DEFAULTS, PairJudge, candidate_pairs, group_pairs
-    from ..dedup.keep import rank_key
+def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate"):
+    """Pairs inside dedup's groups of one tier, exactly as `imgsim dedup` groups them."""
+    from ..dedup import DEFAULTS, group_features
 
-    judge = PairJudge(features, method, thresholds or DEFAULTS, flips=flips)
-    rank = [rank_key(f) for f in features.facts]
-    groups = group_pairs(len(features), candidate_pairs(judge), judge, rank)
-    return _pairs_from_groups(groups)
+    res = group_features(features, method, thresholds or DEFAULTS, flips=flips)
+    return _pairs_from_groups([g for g in res.groups if g.tier == tier])
 
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None) -> list[Row]:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import os
+
+import numpy as np
+
 from .detect import DEFAULTS, METHODS, Group, Match, PairJudge, Thresholds, candidate_pairs, group_pairs
 from .features import Features, FileFacts, compute_features, file_digest
-from .keep import DEFAULT_ORDER, is_under, parse_order, rank_key
+from .keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order
 
 __all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "METHODS", "DedupResult", "Features", "FileFacts",
            "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates", "group_features"]
@@ -36,11 +40,13 @@ class DedupResult:
         return self.features.paths
 
     def kept(self, g: Group) -> list[int]:
-        """Members that stay: the keeper and every reference file."""
-        return [m for k, m in enumerate(g.members) if k == 0 or self.reference[m]]
+        """Members that stay: the keeper, every reference file, and every member of a 'similar' group."""
+        return [m for m in g.members if m not in self.removable(g)]
 
     def removable(self, g: Group) -> list[int]:
-        """Members an action may touch: not the keeper, not under a reference folder."""
+        """Members an action may touch: duplicate tier only, not the keeper, not under a reference folder."""
+        if g.tier != "duplicate":
+            return []
         return [m for k, m in enumerate(g.members) if k > 0 and not self.reference[m]]
 
     def to_dict(self) -> dict:
@@ -53,15 +59,18 @@ class DedupResult:
             "files_scanned": len(facts),
             "groups": [
                 {
+                    "tier": g.tier,
                     "keep": facts[g.members[0]].path,
                     "exact": len({facts[m].digest for m in g.members}) == 1,
                     "files": [facts[m].path for m in g.members],
                     "members": [
                         {
                             "path": facts[m].path,
-                            "keep": m in self.kept(g),
+                            "keep": m not in removable,
+                            "removable": m in removable,
                             "reference": self.reference[m],
                             "rule": mt.rule,
+                            "why": mt.describe(),
                             "phash_distance": mt.phash,
                             "flip_distance": mt.dihedral,
                             "flip": mt.transform,
@@ -76,21 +85,33 @@ class DedupResult:
                         for m, mt in zip(g.members, g.matches)
                     ],
                 }
-                for g in self.groups
+                for g, removable in ((g, set(self.removable(g))) for g in self.groups)
             ],
             "errors": [{"path": f.path, "kind": f.kind, "reason": f.reason} for f in self.features.failures],
         }
 
 
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
-                   flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER) -> DedupResult:
-    """Group already computed features (see find_duplicates)."""
-    keep_order = parse_order(",".join(keep_order)) if not isinstance(keep_order, str) else parse_order(keep_order)
-    ref = [bool(reference) and is_under(f.path, list(reference)) for f in features.facts]
+                   flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
+                   roots: list[str] | None = None) -> DedupResult:
+    """Group already computed features (see find_duplicates).
+
+    roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
+    takes no part, and neither does a symbolic link itself: a link is a pointer, not a copy, so it is never
+    kept in place of a real file nor removed as a duplicate of one.
+    """
+    order = parse_order(keep_order)
+    facts = features.facts
+    ref = [bool(reference) and is_under(f.path, list(reference)) for f in facts]
+    pointer = np.array([os.path.islink(f.path) or (roots is not None and not is_under(f.path, list(roots)))
+                        for f in facts], bool)
     judge = PairJudge(features, method, thresholds, flips=flips)
-    rank = [rank_key(f, keep_order, r) for f, r in zip(features.facts, ref)]
-    groups = group_pairs(len(features), candidate_pairs(judge), judge, rank)
-    return DedupResult(features, groups, method, thresholds, ref, keep_order)
+    ii, jj = candidate_pairs(judge)
+    if pointer.any():
+        keep = ~(pointer[ii] | pointer[jj])
+        ii, jj = ii[keep], jj[keep]
+    groups = group_pairs(len(features), (ii, jj), judge, lambda members: keep_ranks(facts, members, order, ref))
+    return DedupResult(features, groups, method, thresholds, ref, order)
 
 
 def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds = DEFAULTS, *,
@@ -113,4 +134,4 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     if method == "embedding" and not embed:
         raise ValueError("method 'embedding' needs embeddings")
     feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device)
-    return group_features(feats, method, thresholds, flips, reference, keep_order)
+    return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots)

@@ -47,6 +47,8 @@ class Thresholds:
     embed_cos: float = 0.88    # cosine accepted on its own, whatever the hashes say
     centre_discount: float = 0.05  # a whole-vs-centre cosine counts this much less than a whole-whole one
     knn: int = 32              # embedding neighbours examined per file
+    similar_phash: int = 18    # the look-alike tier (reported, never acted on): pHash within this ...
+    similar_cos: float = 0.80  # ... or embedding cosine at least this
 
     def confirm_needed(self, h: int) -> float:
         """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart."""
@@ -57,18 +59,63 @@ class Thresholds:
 DEFAULTS = Thresholds()
 
 
+DUPLICATE_RULES = ("exact", "phash", "flip", "confirmed", "embedding")
+_TRANSFORM_WORDS = {"rot90": "rotated 90°", "rot180": "rotated 180°", "rot270": "rotated 270°",
+                    "mirror-lr": "mirrored", "mirror-tb": "flipped upside down",
+                    "transpose": "mirrored and rotated", "anti-transpose": "mirrored and rotated"}
+
+
 @dataclass(frozen=True)
 class Match:
-    """Why a pair matched (or not): distances and the rule that fired ('' when it did not)."""
+    """Why a pair matched (or not): distances and the rule that fired.
 
-    rule: str                 # 'exact', 'phash', 'flip', 'confirmed', 'embedding' or ''
+    rule: one of DUPLICATE_RULES (the duplicate tier: the same picture), 'similar' (a look-alike, reported
+    for review only), 'keeper' (a group's kept file against itself) or '' (no match).
+    """
+
+    rule: str
     phash: int                # identity pHash distance
     dihedral: int             # smallest distance to a flipped/rotated variant of the other file
     transform: str            # which variant gave `dihedral`
     cos: float | None         # embedding cosine similarity, None without embeddings
 
+    @property
+    def duplicate(self) -> bool:
+        return self.rule in DUPLICATE_RULES
+
+    @property
+    def similar(self) -> bool:
+        return self.rule == "similar"
+
     def __bool__(self) -> bool:
-        return bool(self.rule)
+        """True for the duplicate tier only: the test every removable file passes against its keeper."""
+        return self.duplicate
+
+    def describe(self) -> str:
+        """The match in plain words, e.g. 'mirrored copy, 2 bits apart'."""
+        cos = "" if self.cos is None else f", embedding similarity {self.cos:.2f}"
+        if self.rule == "keeper":
+            return "kept: the best file of the group"
+        if self.rule == "exact":
+            return "byte-identical copy"
+        if self.rule == "phash":
+            return "same picture, " + ("identical hash" if self.phash == 0 else _bits(self.phash) + " apart")
+        if self.rule == "flip":
+            return f"{_TRANSFORM_WORDS.get(self.transform, self.transform)} copy, {_bits(self.dihedral)} apart"
+        if self.rule == "confirmed":
+            return f"edited copy: {_bits(self.phash)} apart{cos}"
+        if self.rule == "embedding":
+            return f"edited or cropped copy{cos}, {_bits(self.phash)} apart"
+        if self.rule == "similar":
+            return f"look-alike, not a duplicate: {_bits(self.phash)} apart{cos}"
+        return "no match"
+
+
+def _bits(d: int) -> str:
+    return f"{d} bit{'s' if d != 1 else ''}"
+
+
+KEEPER = Match("keeper", 0, 0, "none", None)
 
 
 class PairJudge:
@@ -136,6 +183,8 @@ class PairJudge:
                 rule = "embedding"
         elif self.method == "embedding" and cos >= t.embed_cos:
             rule = "embedding"
+        if not rule and self.method != "exact" and (d0 <= t.similar_phash or (cos is not None and cos >= t.similar_cos)):
+            rule = "similar"
         return Match(rule, d0, dk if self.flips else -1, TRANSFORMS[k] if self.flips else "none", cos)
 
 
@@ -229,12 +278,12 @@ def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
             parts_i.append(np.array([first]))
             parts_j.append(np.array([idx]))
     if judge.method in ("phash", "auto"):
-        a, b = hash_pairs(f.phash8, t.phash, t.dihedral if judge.flips else None)
+        a, b = hash_pairs(f.phash8, max(t.phash, t.similar_phash), t.dihedral if judge.flips else None)
         parts_i.append(a)
         parts_j.append(b)
     if judge.method in ("embedding", "auto") and f.embeddings is not None:
-        a, b = embedding_pairs(f.embeddings, t.confirm_cos if judge.method == "auto" else t.embed_cos, t.knn,
-                               f.centre_embeddings)
+        a, b = embedding_pairs(f.embeddings, min(t.similar_cos, t.confirm_cos if judge.method == "auto"
+                                                 else t.embed_cos), t.knn, f.centre_embeddings)
         parts_i.append(a)
         parts_j.append(b)
     return _unique_pairs(parts_i, parts_j)
@@ -246,25 +295,48 @@ def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Group:
-    """One group, best first: members[0] is the keeper; every member matched `centre` directly."""
+    """One group, best first: members[0] is the keeper, and every other member matched it directly.
+
+    tier 'duplicate': each member is the same picture as the keeper (Match.duplicate); only this tier is
+    ever acted on. tier 'similar': look-alikes of the keeper (bursts, variants, pages of one template),
+    reported for review.
+    """
 
     members: list[int]
     matches: list[Match] = field(default_factory=list)  # matches[k]: members[k] against the keeper
-    centre: int = -1
+    tier: str = "duplicate"
 
 
-def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, rank: list) -> list[Group]:
-    """Groups from accepted pairs: union-find components, then the anti-chaining guard.
+def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, ranker) -> list[Group]:
+    """Duplicate groups, then look-alike groups, from candidate pairs; each a star around its keeper.
 
-    The rule: every member of a group matches the group's centre directly (the same pair test), not only
-    some other member; the centre is a member, and the group's keeper (the best file by `rank`, a sort key
-    per file) matches the centre too. In each connected component the centre is the remaining file with the
-    most accepted pairs inside the component (ties: the better-ranked); it takes every remaining file that
-    matches it, and the rest go round again. A chain A~B~C where A and C do not match never becomes one
-    group through B unless B is the centre and matches both: a file is only ever grouped with (and replaced
-    by) files that are at most two accepted matches away, through one file that matches both.
+    ranker(members) -> {member: sort key}: keep-best among files found together (keep.keep_ranks).
+    Duplicate tier: components of duplicate pairs (union-find); in each, the best-ranked file that has a
+    duplicate left becomes a keeper and takes every remaining file that is a duplicate of it directly; the
+    rest go round again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits,
+    or a run of look-alikes each close to the next, never makes A and C one group unless both match the
+    keeper. Similar tier: the same over the files no duplicate group absorbed (keepers and loners), with
+    pairs of either tier, so a burst of shots shows up once, by its best frame.
     """
     ii, jj = pairs
+    dup: dict[int, dict[int, Match]] = {}
+    near: dict[int, dict[int, Match]] = {}
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        m = judge.match(a, b)
+        if m.duplicate or m.similar:
+            for x, y in ((a, b), (b, a)):
+                near.setdefault(x, {})[y] = m
+                if m.duplicate:
+                    dup.setdefault(x, {})[y] = m
+    groups = _stars(n, dup, ranker, "duplicate")
+    absorbed = {m for g in groups for m in g.members[1:]}
+    free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
+    groups += _stars(n, free, ranker, "similar")
+    groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
+    return groups
+
+
+def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str) -> list[Group]:
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -273,31 +345,27 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
             x = parent[x]
         return x
 
-    adj: dict[int, set[int]] = {}
-    for a, b in zip(ii.tolist(), jj.tolist()):
-        if judge.match(a, b):
-            adj.setdefault(a, set()).add(b)
-            adj.setdefault(b, set()).add(a)
+    for a, nbrs in adj.items():
+        for b in nbrs:
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
     comps: dict[int, list[int]] = {}
-    for x in range(n):
+    for x in adj:
         comps.setdefault(find(x), []).append(x)
     groups = []
     for comp in comps.values():
         if len(comp) < 2:
             continue
-        remaining = set(comp)
+        rank = ranker(comp)
+        remaining = sorted(comp, key=rank.__getitem__)
         while len(remaining) >= 2:
-            centre = min(remaining, key=lambda x: (-len(adj.get(x, set()) & remaining), rank[x]))
-            members = [centre] + [x for x in remaining if x != centre and judge.match(centre, x)]
-            remaining -= set(members)
-            if len(members) < 2:
-                continue
-            members.sort(key=lambda x: rank[x])
-            groups.append(Group(members, [judge.match(members[0], x) if x != members[0] else
-                                          Match("keeper", 0, 0, "none", 1.0 if judge.emb is not None else None)
-                                          for x in members], centre))
-    groups.sort(key=lambda g: (-len(g.members), g.members[0]))
+            left = set(remaining)
+            keeper = next((x for x in remaining if left.intersection(adj.get(x, ()))), None)
+            if keeper is None:
+                break
+            members = [keeper] + [x for x in remaining if x != keeper and x in adj[keeper]]
+            taken = set(members)
+            remaining = [x for x in remaining if x not in taken]
+            groups.append(Group(members, [KEEPER] + [adj[keeper][x] for x in members[1:]], tier))
     return groups

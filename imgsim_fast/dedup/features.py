@@ -20,7 +20,8 @@ from PIL import Image
 from ..hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
 from ..loading import ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
 
-__all__ = ["FileFacts", "Features", "compute_features", "file_digest", "trim_box", "trim_tolerance",
+__all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
+           "noise_sigma", "trim_box", "trim_tolerance",
            "trim_uniform_borders"]
 
 # Decoded short side: enough for a 224 px embedding input and for finding a border to within 1/256.
@@ -62,17 +63,29 @@ def file_digest(path: str, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class FileFacts:
-    """What keep-best and the reports need about one file, without its pixels."""
+    """What keep-best and the reports need about one file, without its pixels (keep.py ranks on these)."""
 
     path: str
     size: int
     mtime: float
-    width: int          # upright pixels, from the decoded image scaled back to full size
+    width: int          # upright pixels of the file
     height: int
     format: str         # Pillow's format name: JPEG, PNG, WEBP, ...
-    content_pixels: int  # width * height (keep-best's pixel count)
+    content_pixels: int  # pixels inside the trimmed box (bars and frames do not count), at full size
     digest: str
     trim: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # kept box, fractions (left, top, right, bottom)
+    jpeg_quality: int | None = None  # libjpeg quality estimated from the luminance quantisation table
+    blocky: bool = False     # a lossless file whose pixels carry an 8x8 JPEG block grid: a re-save of a JPEG
+    noise: float = 0.0       # grey noise sigma (Immerkaer) of the small decoded picture
+    colour: bool = True      # False for a greyscale picture (or a colour file holding a grey one)
+    camera: bool = False     # EXIF names a camera make or model
+
+    @property
+    def content_aspect(self) -> float:
+        """Long side / short side of the trimmed content, at full size: a squashed copy differs here."""
+        left, top, right, bottom = self.trim
+        w, h = max(1e-9, (right - left) * self.width), max(1e-9, (bottom - top) * self.height)
+        return max(w, h) / min(w, h)
 
 
 @dataclass
@@ -155,12 +168,82 @@ def trim_uniform_borders(img: Image.Image) -> tuple[Image.Image, tuple[float, fl
 # Per file (worker side)
 
 
-def _header(path: str) -> tuple[int, int, str]:
-    """Upright (width, height) and format from the header only (metadata.read_metadata parses it)."""
-    from ..metadata import read_metadata
+# libjpeg's luminance quantisation table at quality 50 (ITU-T T.81 Annex K), in zigzag order as Pillow
+# reports it; a file's table is this one scaled by libjpeg's quality rule, which estimate_jpeg_quality inverts.
+_JPEG_LUMA_Q50 = np.array([16, 11, 12, 14, 12, 10, 16, 14, 13, 14, 18, 17, 16, 19, 24, 40, 26, 24, 22, 22, 24,
+                           49, 35, 37, 29, 40, 58, 51, 61, 60, 57, 51, 56, 55, 64, 72, 92, 78, 64, 68, 87, 69,
+                           55, 56, 80, 109, 81, 87, 95, 98, 103, 104, 103, 62, 77, 113, 121, 112, 100, 120, 92,
+                           101, 103, 99], np.float64)
+_QUALITIES = np.arange(1, 101)
+_SCALES = np.where(_QUALITIES < 50, 5000 / _QUALITIES, 200 - 2 * _QUALITIES)
+_TABLES = np.clip(np.floor((_JPEG_LUMA_Q50[None, :] * _SCALES[:, None] + 50) / 100), 1, 255)
 
-    md = read_metadata(path, sidecars=[])
-    return int(md.width or 0), int(md.height or 0), md.format or "?"
+
+def estimate_jpeg_quality(table) -> int | None:
+    """The libjpeg quality (1-100) whose luminance table is closest to `table` (64 values), or None.
+
+    Encoders with their own tables (cameras, Photoshop) land on the nearest libjpeg quality, which is what
+    keep-best needs: a re-save at a lower quality has larger divisors, so a smaller estimate.
+    """
+    t = np.asarray(table, dtype=np.float64).ravel()
+    if t.size != 64:
+        return None
+    # Compare in log space: a divisor of 2 against 1 is as far as 100 against 50.
+    err = np.abs(np.log(_TABLES) - np.log(np.maximum(t, 1))[None, :]).sum(axis=1)
+    return int(_QUALITIES[int(np.argmin(err))])
+
+
+def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
+    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header only."""
+    with Image.open(path) as im:
+        w, h = im.size
+        fmt = im.format or "?"
+        q = None
+        tables = getattr(im, "quantization", None)
+        if fmt in ("JPEG", "MPO") and tables:
+            q = estimate_jpeg_quality(tables.get(0, next(iter(tables.values()))))
+        try:
+            exif = im.getexif()
+        except Exception:  # malformed EXIF: no camera, no orientation
+            exif = {}
+        camera = bool(str(exif.get(0x010F, "")).strip() or str(exif.get(0x0110, "")).strip())
+        if exif.get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
+    return w, h, fmt, q, camera
+
+
+# A lossless file re-saved from a JPEG keeps the JPEG's 8x8 block edges: the mean jump between pixel
+# columns (rows) at one phase of 8 stands out from the other seven. 1.25 separates re-saves of quality
+# <= 95 JPEGs from camera PNG/TIFF originals, whose phases differ by a few percent (keep corpus, bench).
+BLOCK_RATIO = 1.25
+_BLOCK_WINDOW = 1024
+
+
+def blockiness(gray: np.ndarray) -> float:
+    """Strongest 8-periodic edge ratio of a full-size grey image: max over phases / median of phases."""
+    a = gray[:_BLOCK_WINDOW, :_BLOCK_WINDOW].astype(np.int16)
+    ratios = []
+    for d in (np.abs(np.diff(a, axis=1)).mean(axis=0), np.abs(np.diff(a, axis=0)).mean(axis=1)):
+        if len(d) < 64:
+            continue
+        phase = np.array([d[p::8].mean() for p in range(8)])
+        med = float(np.median(phase))
+        if med > 0.5:  # a flat picture has no edges to compare
+            ratios.append(float(phase.max()) / med)
+    return max(ratios, default=1.0)
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Immerkaer's fast noise estimate (1996): mean |Laplacian-difference| x sqrt(pi/2) / 6."""
+    a = gray.astype(np.float32)
+    if min(a.shape) < 3:
+        return 0.0
+    c = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:] - 2 * a[1:-1, :-2] + 4 * a[1:-1, 1:-1] - 2 * a[1:-1, 2:]
+         + a[2:, :-2] - 2 * a[2:, 1:-1] + a[2:, 2:])
+    return float(np.abs(c).mean() * math.sqrt(math.pi / 2) / 6)
+
+
+_LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "QOI"})
 
 
 def prepare_file(path: str, embed_size: int | None) -> tuple:
@@ -170,17 +253,22 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
     crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
     centre EMBED_CROP, squashed likewise: what a cropped copy of the picture looks like.
     """
+    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE))
     st = os.stat(path)
     digest = file_digest(path)
-    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE))
-    width, height, fmt = _header(path)
+    width, height, fmt, quality, camera = _header_facts(path)
     if not width or not height:
         width, height = img.size
+    blocky = False
+    if fmt in _LOSSLESS:  # decoded at full size anyway: look for a JPEG block grid before reducing
+        blocky = blockiness(np.asarray(img.convert("L") if img.mode != "L" else img)) >= BLOCK_RATIO
     factor = min(img.size) // FEATURE_SIDE
     if factor > 1:
         img = img.reduce(factor)
+    colour = img.mode == "RGB" and _is_colour(np.asarray(img))
     trimmed, box = trim_uniform_borders(img)
     gray = trimmed.convert("L") if trimmed.mode != "L" else trimmed
+    noise = noise_sigma(np.asarray(gray))
     hp = np.asarray(gray.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS))
     ep = None
     if embed_size:
@@ -190,11 +278,18 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
         centre = rgb.crop((round(mx), round(my), round(w - mx), round(h - my)))
         ep = np.stack([np.asarray(v.resize((embed_size, embed_size), Image.Resampling.BICUBIC), dtype=np.uint8)
                        for v in (rgb, centre)])
-    # Keep-best counts the file's pixels, not the trimmed box: a trim depends on how flat the border stays
-    # after compression, so a JPEG copy could out-rank its own PNG original by a few lines.
-    content = width * height
-    facts = FileFacts(path, st.st_size, st.st_mtime, width, height, fmt, content, digest, box)
+    # Keep-best counts the content inside the trimmed box, so letterbox bars and mats add nothing.
+    content = round(width * height * (box[2] - box[0]) * (box[3] - box[1]))
+    facts = FileFacts(path, st.st_size, st.st_mtime, width, height, fmt, content, digest, box,
+                      quality, blocky, noise, colour, camera)
     return facts, hp, ep
+
+
+def _is_colour(rgb: np.ndarray) -> bool:
+    """More than a tint: the mean channel spread exceeds 4 levels (a sepia or grey JPEG stays under it)."""
+    a = rgb.astype(np.int16)
+    spread = np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])
+    return float(spread.mean()) > 4.0
 
 
 def _prepare_chunk(items: list[tuple[int, str]], embed_size: int | None) -> list[tuple[int, object]]:
