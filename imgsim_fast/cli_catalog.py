@@ -10,6 +10,7 @@ import os
 import sys
 
 from .catalog import CATALOG_DIRNAME, CATALOG_FILENAME
+from .cli_types import non_negative_int, positive_int
 
 __all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
 
@@ -39,7 +40,11 @@ def cmd_index(args) -> int:
 
     s = index(args.dirs, args.catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
               embed_model=args.embed, sidecar_map=args.sidecar_map, workers=args.workers,
-              batch_size=args.batch_size, progress=False if args.no_progress else None)
+              batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair)
+    for note in s.repair_notes:
+        print(f"imgsim: repaired: {note}", file=sys.stderr)
+    if args.repair and not s.repair_notes:
+        print("imgsim: nothing damaged", file=sys.stderr)
     if args.json:
         print(json.dumps(s.to_dict(), indent=1))
     else:
@@ -47,7 +52,7 @@ def cmd_index(args) -> int:
               f"{s.touched} touched, {s.renamed} renamed, {s.copied} copies, {s.removed} removed, "
               f"{s.backfilled} completed; {s.decoded} decoded, {s.embedded} embedded, "
               f"{s.failed} errors, {s.walk_errors} walk errors ({s.seconds.get('total', 0):.2f} s)")
-    return 0
+    return 1 if s.failed else 0  # README "Bad input": 1 = some files could not be indexed this run
 
 
 def _build_filter(args):
@@ -121,10 +126,10 @@ def add_filter_options(p, text_flag: str = "--text") -> None:
     p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
     p.add_argument("--before", help="taken before (ISO date)")
     p.add_argument("--camera", help="make/model contains this")
-    p.add_argument("--min-width", type=int)
-    p.add_argument("--max-width", type=int)
-    p.add_argument("--min-height", type=int)
-    p.add_argument("--max-height", type=int)
+    p.add_argument("--min-width", type=non_negative_int)
+    p.add_argument("--max-width", type=non_negative_int)
+    p.add_argument("--min-height", type=non_negative_int)
+    p.add_argument("--max-height", type=non_negative_int)
     p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
                    help="equality or inclusive range on any catalog field (size, format, make, ...)")
 
@@ -136,11 +141,14 @@ def add_subcommands(sub) -> None:
     p.add_argument("--catalog", help="catalog file (default: <first DIR>/.imgsim/catalog.sqlite)")
     p.add_argument("--kinds", default="phash", help="hashes to keep, comma-separated (default phash)")
     p.add_argument("--mode", choices=("fast", "compat"), default="fast")
-    p.add_argument("--hash-size", type=int, default=8)
+    p.add_argument("--hash-size", type=int, choices=(8, 16), default=8)
     p.add_argument("--embed", metavar="MODEL", help="also compute embeddings with this model")
     p.add_argument("--sidecar-map", metavar="FILE", help="CSV or JSON mapping path -> tags/description")
-    p.add_argument("--workers", type=int, default=None, help="hashing processes (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=256, help="files per committed batch (default 256)")
+    p.add_argument("--workers", type=positive_int, default=None, help="hashing processes (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="files per committed batch (default 256)")
+    p.add_argument("--repair", action="store_true",
+                   help="recompute what is damaged in the catalog (array blocks failing their checksums, a "
+                        "missing array file, a corrupt database) instead of refusing to run")
     p.add_argument("--json", action="store_true", help="print the work counts as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_index)
@@ -150,6 +158,6 @@ def add_subcommands(sub) -> None:
     add_filter_options(p)
     p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image")
     p.add_argument("--kind", default="phash", help="hash used by --like (default phash)")
-    p.add_argument("--top", type=int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--top", type=positive_int, default=20, help="at most this many results (default 20)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_query)

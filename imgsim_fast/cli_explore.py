@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from .cli_types import non_negative_int, positive_int
+
 __all__ = ["add_subcommands", "cmd_search", "cmd_explore", "main"]
 
 
@@ -114,25 +116,25 @@ def add_subcommands(sub) -> None:
                         "clip: CLIP embeddings (default phash)")
     p.add_argument("--model", help="embedding model the catalog was indexed with (CLIP folder or hub name)")
     p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
-    p.add_argument("--top", type=int, default=20, help="results per query (default 20)")
+    p.add_argument("--top", type=positive_int, default=20, help="results per query (default 20)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query file itself out of its results")
     _add_filters(p)
     p.add_argument("--sheet", metavar="PNG", help="contact sheet of the results (batch: a folder of sheets)")
     p.add_argument("--out", metavar="FILE", help="write results to FILE (.json; .parquet if pyarrow is installed)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--workers", type=int, default=None, help="query decoding processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="query decoding processes (default: all cores)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("explore", help="clusters, outliers, a map and statistics of a catalog, as an HTML report")
     p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
-    p.add_argument("--k", type=int, default=None, help="number of clusters (default: chosen by silhouette)")
+    p.add_argument("--k", type=positive_int, default=None, help="number of clusters (default: chosen by silhouette)")
     p.add_argument("--features", default="auto", choices=("auto", "embedding") + HASH_METHODS,
                    help="what to cluster: auto (embeddings if indexed, else hashes)")
     p.add_argument("--model", help="embedding model to use (default: EfficientNet-Lite0 if indexed)")
-    p.add_argument("--outliers", type=int, default=12, help="outliers to list (default 12)")
+    p.add_argument("--outliers", type=non_negative_int, default=12, help="outliers to list (default 12)")
     p.add_argument("--seed", type=int, default=0)
     _add_filters(p)
     p.add_argument("--out", metavar="HTML", help="report file (default: report.html beside the catalog)")
     p.add_argument("--json-out", metavar="JSON", help="data file (default: the report's path with .json)")
-    p.add_argument("--workers", type=int, default=None, help="thumbnail processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="thumbnail processes (default: all cores)")
     p.set_defaults(func=cmd_explore)

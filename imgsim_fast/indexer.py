@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hashing
-from .catalog import Catalog, default_catalog_path, embedding_array_name, hash_array_name
+from .catalog import Catalog, CatalogDamaged, default_catalog_path, embedding_array_name, hash_array_name
 from .codes import words_for_bits
 from .dedup import file_digest
 from .loading import ImageLoadError, LoadFailure, iter_image_files, load_image
@@ -51,6 +51,8 @@ class IndexStats:
     failed: int = 0          # files recorded with an error this run
     walk_errors: int = 0     # unreadable folders, symlink loops, undecodable names
     batches: int = 0         # write transactions of the decode phase
+    repaired: int = 0        # --repair: catalog entries whose damaged rows were forgotten, to recompute
+    repair_notes: list = field(default_factory=list)  # --repair: one line per damaged thing found
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds
 
     def to_dict(self) -> dict:
@@ -156,6 +158,7 @@ def index(
     pixel_digests: bool = True,
     progress: bool | None = False,
     follow_symlinks: bool = False,
+    repair: bool = False,
 ) -> IndexStats:
     """Bring the catalog (default `<first root>/.imgsim/catalog.sqlite`) up to date with `roots`.
 
@@ -167,21 +170,88 @@ def index(
     pixel_digests: compute pixel digests (full decode) only for files that could be pixel-identical to
         a file with other bytes: same (width, height) and hash codes within PIXEL_CANDIDATE_RADIUS
         bits, so most collections are decoded once, not twice.
+    repair: recompute what is damaged instead of refusing (CatalogDamaged) to work on a damaged
+        catalog. Damaged array blocks are forgotten and the files whose rows lay there decoded again,
+        for every array they had (arrays of other hash settings or models get their own pass); a
+        damaged database is moved aside and the roots indexed afresh.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     roots = [os.path.abspath(os.fspath(r)) for r in roots]
     if not roots:
         raise ValueError("index needs at least one folder or file")
+    for r in roots:  # checked before a catalog is created: a typo must not leave one in the parent folder
+        if not os.path.exists(r):
+            raise ValueError(f"{r}: no such file or folder")
     kinds = hashing._check_kinds(kinds)
     hashing.draft_size(kinds, mode, hash_size)  # validates mode and hash_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if embed_model:
+        _load_model(embed_model)  # an unknown model fails now, not after the hashing work
     catalog = catalog or default_catalog_path(roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0]))
+    common = dict(sidecar_map=sidecar_map, workers=workers, batch_size=batch_size, progress=progress,
+                  follow_symlinks=follow_symlinks)
+    repaired, notes = 0, []
+    if repair:
+        repaired, notes, extra = _repair(catalog, kinds, mode, hash_size, embed_model)
+        for cfg in extra:  # damaged arrays of other settings, recomputed before the run asked for
+            _index_once(roots, catalog, **cfg, **common, pixel_digests=False)
+    stats = _index_once(roots, catalog, kinds=kinds, mode=mode, hash_size=hash_size, embed_model=embed_model,
+                        pixel_digests=pixel_digests, **common)
+    stats.repaired, stats.repair_notes = repaired, notes
+    return stats
+
+
+def _load_model(name: str):
+    from .embedding import get_model
+    from .embedding.models import ModelNotAvailableError
+
+    try:
+        return get_model(name)
+    except ModelNotAvailableError as e:
+        raise ValueError(str(e)) from None
+
+
+def _repair(catalog: str, kinds, mode, hash_size, embed_model) -> tuple[int, list[str], list[dict]]:
+    """Verify the catalog and forget what is damaged. Returns (catalog entries to recompute, one note per
+    damaged thing, index settings of damaged arrays this run's settings do not cover)."""
+    wanted = {hash_array_name(k, hash_size, mode) for k in kinds}
+    if embed_model:
+        wanted.add(embedding_array_name(embed_model))
+    notes, extra = [], []
+    with Catalog(catalog, write=True, repair=True) as cat:
+        if cat.moved_aside:
+            notes.append(f"the catalog database was damaged: moved it to {cat.moved_aside} and indexed afresh "
+                         "(index again with --embed or --kinds if it held more than this run asks for)")
+        damage = cat.verify()
+        params = {n: a["params"] for n, a in cat.arrays().items()}
+        lost = cat.repair_arrays(damage)
+    hash_cfgs: dict[tuple, list[str]] = {}
+    for d in damage:
+        notes.append(f"array {d.array} {d.reason}: {lost[d.array]} entries to recompute")
+        p = params.get(d.array, {})
+        if d.array in wanted:
+            continue
+        if "model" in p:
+            extra.append(dict(kinds=kinds, mode=mode, hash_size=hash_size, embed_model=p["model"]))
+        elif "kind" in p:
+            hash_cfgs.setdefault((p["hash_size"], p["mode"]), []).append(p["kind"])
+    extra += [dict(kinds=tuple(ks), mode=m, hash_size=hs, embed_model=None) for (hs, m), ks in hash_cfgs.items()]
+    return sum(lost.values()), notes, extra
+
+
+def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_map, workers, batch_size,
+                pixel_digests, progress, follow_symlinks) -> IndexStats:
     stats = IndexStats()
     timer = _Timer(stats)
     t_start = time.perf_counter()
     with Catalog(catalog, write=True) as cat:
+        damage = cat.verify()
+        if damage:  # never append to, or report "unchanged" over, rows that are not what was written
+            raise CatalogDamaged(f"the catalog {cat.path} is damaged: " + "; ".join(
+                f"array file {d.array}.bin {d.reason}" for d in damage) + f"; run `{cat.repair_command()}`", damage)
+        cat.declare_batch_rows(batch_size)
         hash_arrays = {k: hash_array_name(k, hash_size, mode) for k in kinds}
         for k, name in hash_arrays.items():
             cat.ensure_array(name, np.uint64, words_for_bits(hashing.code_bits(k, hash_size)),
@@ -440,9 +510,13 @@ def _run_batch(cat, batch: list[_Work], kinds, mode, hash_size, hash_arrays, emb
             with timer("embed"):
                 emb = embed_paths(to_embed, model=embed_model)
             stats.embedded += len(emb.paths)
-            emb_of = {p: i for i, p in enumerate(emb.paths)}
+            finite = np.isfinite(np.asarray(emb.vectors)).all(axis=1) if len(emb.paths) else []
+            emb_of = {p: i for i, p in enumerate(emb.paths) if finite[i]}
             for f in emb.failures:
                 errors.setdefault(f.path, (f"embedding failed: {f.reason}", f.kind))
+            for i in np.flatnonzero(~np.asarray(finite, bool)):  # a NaN row would score 1e31 against everything
+                errors.setdefault(emb.paths[i], ("embedding failed: the model returned NaN or infinity",
+                                                 "hash_error"))
             if len(emb.paths):
                 cat.ensure_array(embed_array, np.float32, int(np.asarray(emb.vectors).shape[1]), {"model": embed_model})
     with timer("write"), cat.transaction():

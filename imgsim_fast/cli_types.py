@@ -1,0 +1,60 @@
+"""Argument types and the parser class of the `imgsim` command line: bad values are refused by argparse,
+before any work, with one line on stderr and exit status 2 (README, "Bad input")."""
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`imgsim index: error: ...`), not the usage block first:
+    scripts and logs get the reason on the line they look at. Subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def bits(code_bits: int):
+    """A Hamming distance in bits, 0..code_bits (a distance beyond the code length matches everything)."""
+    def parse(text: str) -> int:
+        v = _int(text)
+        if not 0 <= v <= code_bits:
+            raise argparse.ArgumentTypeError(f"must be a bit count from 0 to {code_bits}, got {v}")
+        return v
+
+    parse.__name__ = f"bits(0..{code_bits})"
+    return parse
+
+
+def cosine(text: str) -> float:
+    """A cosine similarity: finite, in [-1, 1] (NaN would compare false with everything)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a cosine from -1 to 1, got {text}")
+    return v
