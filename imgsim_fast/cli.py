@@ -8,14 +8,16 @@ import os
 import sys
 
 from . import __version__
+from .cli_types import Parser, bits, cosine, positive_int
 
 
 def _add_hash_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("fast", "compat"), default="fast",
                    help="fast: reduced-size JPEG decoding (default); compat: prepare images exactly like "
                         "imagehash 4.3.2, giving identical codes")
-    p.add_argument("--hash-size", type=int, default=8, help="8 gives 64-bit codes, 16 gives 256-bit (default 8)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--hash-size", type=int, choices=(8, 16), default=8,
+                   help="8 gives 64-bit codes, 16 gives 256-bit (default 8)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
 
@@ -211,7 +213,7 @@ def cmd_undo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsim", description="Find duplicate, near-duplicate and similar images.")
+    parser = Parser(prog="imgsim", description="Find duplicate, near-duplicate and similar images.")
     parser.add_argument("--version", action="version", version=f"imgsim_fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -238,12 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("auto", "phash", "embedding", "exact"), default="auto",
                    help="auto: hashes + embeddings to confirm and to add crops (default); phash: hashes only; "
                         "embedding: EfficientNet-Lite0 cosine only; exact: byte-identical only")
-    p.add_argument("--threshold", type=int, default=None,
+    p.add_argument("--threshold", type=bits(64), default=None,
                    help="largest pHash distance (bits of 64) that matches on its own (default 10)")
-    p.add_argument("--flip-threshold", type=int, default=None,
+    p.add_argument("--flip-threshold", type=bits(64), default=None,
                    help="largest distance to a mirrored/rotated variant that matches on its own (default 8)")
     p.add_argument("--no-flips", action="store_true", help="do not match mirrored or 90/180/270-degree copies")
-    p.add_argument("--min-cosine", type=float, default=None,
+    p.add_argument("--min-cosine", type=cosine, default=None,
                    help="embedding cosine that matches on its own, whatever the hashes say (default 0.88)")
     p.add_argument("--reference", action="append", metavar="DIR",
                    help="folder whose files are always kept and never touched (repeatable; scanned too)")
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask before deleting")
     p.add_argument("--manifest", help="where to write the action manifest (default: in the --move-to folder, "
                                       "or the current folder for --delete)")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=cmd_dedup)
 
@@ -280,20 +282,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status (README, "Bad input"): 0 done; 1 done, but some files failed; 2 bad usage or unusable
+    input (a missing path, a damaged, locked, unreadable or too new catalog, an unknown model), always
+    one line on stderr; 130 interrupted; 141 output closed early (a pipe into `head`)."""
+    import sqlite3
+
+    from .catalog import CatalogError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:
-        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        # Output piped into `head` and the like: stop quietly, but not with 0, since the run was cut
+        # short (128 + SIGPIPE, what a shell reports for a tool the signal killed).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 141
+    except CatalogError as e:
+        return _fail(e)
+    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (a page read later)
+        return _fail(f"the catalog database is damaged or unreadable (sqlite: {e}); run "
+                     "`imgsim index --repair DIR`")
     except (ValueError, OSError) as e:
-        print(f"imgsim: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e)
+    except RuntimeError as e:
+        models = sys.modules.get("imgsim_fast.embedding.models")  # loaded whenever a model was asked for
+        if models is not None and isinstance(e, models.ModelNotAvailableError):
+            return _fail(e)
+        raise
     except KeyboardInterrupt:
         print("imgsim: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(e) -> int:
+    """A user error: one line on stderr (messages from libraries can hold newlines), exit status 2."""
+    print("imgsim: error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
