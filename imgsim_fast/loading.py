@@ -228,6 +228,9 @@ _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;1
 _CONVERT_BYTES = {"RGB": 0, "L": 0, "1": 1, "P": 4, "RGBA": 4, "RGBa": 8, "LA": 2, "La": 6, "PA": 8,
                   "I;16": 13, "I;16L": 13, "I;16B": 13, "I;16N": 13, "I": 21, "F": 42}
 _TRANSPARENT_BYTES = {"RGB": 8, "P": 8, "L": 6}
+# Whatever the size: decoder buffers, the resampling passes' intermediates, allocator slack (measured
+# 2 MiB over the per-pixel count for a 5181 x 5181 RGB PNG; bench/memory_bench.py).
+_DECODE_OVERHEAD = 8 << 20
 
 
 def decode_cost(size: tuple[int, int], mode: str, transparent: bool = False) -> int:
@@ -242,7 +245,7 @@ def decode_cost(size: tuple[int, int], mode: str, transparent: bool = False) -> 
     stored = _STORED_BYTES.get(mode, 4)
     convert = _TRANSPARENT_BYTES.get(mode, 0) if transparent else 0
     convert = convert or _CONVERT_BYTES.get(mode, 4)
-    return w * h * (stored + convert + 1)
+    return w * h * (stored + convert + 1) + _DECODE_OVERHEAD
 
 
 def _os_error(path: str, exc: OSError) -> ImageLoadError:

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 
 from PIL import Image, IptcImagePlugin
 
+from .loading import open_regular
+from .names import path_text
+
 __all__ = [
     "Metadata",
     "read_metadata",
     "sidecar_candidates",
     "parse_xmp",
+    "parse_json",
     "load_mapping",
     "normalise_tag",
 ]
@@ -52,6 +56,12 @@ IPTC_CAPTION = (2, 120)
 # Takeout's `photo.jpg.json` fields.
 _TAG_KEYS = ("tags", "keywords", "subject")
 _TEXT_KEYS = ("description", "caption")
+
+# Sidecars are small (Takeout's are ~1 KB, Lightroom's XMP a few KB). A bigger one is not read: it would
+# only cost memory. Nesting deeper than JSON_MAX_DEPTH is refused before parsing, as json's recursive
+# parser would raise RecursionError (or exhaust the C stack) on a hostile 100k-deep file (issue 11).
+SIDECAR_MAX_BYTES = 16 << 20
+JSON_MAX_DEPTH = 64
 
 
 @dataclass
@@ -143,32 +153,62 @@ def read_metadata(path: str, *, sidecars: list[str] | None = None, mapping_entry
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            im = Image.open(path)
-        except Exception:  # not an image, unreadable, a bomb: the loader reports why
-            im = None
-        if im is not None:
-            try:
-                _read_embedded(im, md)
-            finally:
-                im.close()
+            fp = open_regular(path)  # never a FIFO or a device: those would block or never end
+        except OSError:  # missing, unreadable, not a regular file: the loader reports why
+            fp = None
+        if fp is not None:
+            with fp:
+                try:
+                    im = Image.open(fp)
+                except Exception:  # not an image, a bomb: the loader reports why
+                    im = None
+                if im is not None:
+                    try:
+                        _read_embedded(im, md)
+                    finally:
+                        im.close()
     for w in caught:  # Pillow warns (not raises) on some malformed EXIF
         md.errors.append(f"metadata warning: {w.message}")
     if sidecars is None:
         sidecars = [p for p in sidecar_candidates(path) if os.path.isfile(p)]
     for sc in sidecars:
         try:
+            data = _read_sidecar(sc)
             if sc.lower().endswith(".xmp"):
-                with open(sc, "rb") as f:
-                    _apply_xmp(parse_xmp(f.read()), md, "sidecar")
+                _apply_xmp(parse_xmp(data), md, "sidecar")
             else:
-                with open(sc, encoding="utf-8") as f:
-                    doc = json.load(f)
-                _apply_json(doc, md, "sidecar")
+                _apply_json(parse_json(data.decode("utf-8")), md, "sidecar")
         except (OSError, ValueError, TypeError, ET.ParseError) as e:  # JSONDecodeError is a ValueError
-            md.errors.append(f"corrupt sidecar {os.path.basename(sc)}: {e}")
+            md.errors.append(f"corrupt sidecar {path_text(os.path.basename(sc))}: {e}")
     if mapping_entry:
         _apply_json(mapping_entry, md, "map")
     return md
+
+
+def _read_sidecar(path: str) -> bytes:
+    with open_regular(path) as f:
+        data = f.read(SIDECAR_MAX_BYTES + 1)
+    if len(data) > SIDECAR_MAX_BYTES:
+        raise ValueError(f"larger than {SIDECAR_MAX_BYTES >> 20} MiB; not read")
+    return data
+
+
+def parse_json(text: str, max_depth: int = JSON_MAX_DEPTH):
+    """json.loads, refusing (ValueError) a document nested deeper than `max_depth` before parsing it."""
+    depth = 0
+    # Brackets inside strings do not nest: drop the strings (escapes included) first.
+    for m in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"JSON nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+    return json.loads(text)
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def _read_embedded(im: Image.Image, md: Metadata) -> None:
@@ -391,7 +431,7 @@ def load_mapping(path: str) -> dict[str, dict]:
                     add(row.get("path"), row.get("tags"), row.get("description"))
         else:
             with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
+                doc = parse_json(f.read())
             items = doc.items() if isinstance(doc, dict) else (
                 (d.get("path"), d) if isinstance(d, dict) else (None, d) for d in doc)
             for p, v in items:

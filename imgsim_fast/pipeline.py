@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import select
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -21,7 +24,8 @@ import numpy as np
 
 from . import hashing
 from .codes import words_for_bits
-from .loading import DEFAULT_MAX_PIXELS, ImageLoadError, LoadFailure, iter_image_files, load_image
+from .loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, ImageLoadError, LoadFailure, iter_image_files,
+                      load_image)
 
 __all__ = ["HashResult", "default_workers", "hash_paths"]
 
@@ -56,6 +60,7 @@ class _Config(NamedTuple):
     hash_size: int
     min_size: tuple[int, int] | None
     max_pixels: int | None
+    max_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
 
 class _ChunkResult(NamedTuple):
@@ -82,6 +87,7 @@ def hash_paths(
     progress: bool | None = None,
     chunk_size: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MEMORY_BUDGET,
     recursive: bool = True,
     follow_symlinks: bool = False,
 ) -> HashResult:
@@ -94,6 +100,8 @@ def hash_paths(
         `if __name__ == "__main__":`.
     progress: a tqdm bar on stderr; None shows it only when stderr is a terminal.
     chunk_size: files per task; None picks up to 32, aiming at 4 chunks per worker.
+    max_pixels, max_bytes: `loading.load_image`'s limits; max_bytes is the memory one image may cost a
+        worker (default 768 MiB), so a pool needs about workers x (max_bytes + ~170 MiB of code).
 
     A file that fails to load or hash, or whose worker process dies, is a LoadFailure in
     `failures` (walk failures first, then files in input order) and never stops the run.
@@ -113,7 +121,7 @@ def hash_paths(
     failures: list[LoadFailure] = []
     paths = list(iter_image_files(paths_or_roots, recursive=recursive, follow_symlinks=follow_symlinks,
                                   on_error=failures.append))
-    cfg = _Config(kinds, mode, hash_size, min_size, max_pixels)
+    cfg = _Config(kinds, mode, hash_size, min_size, max_pixels, max_bytes)
     if chunk_size is None:
         chunk_size = max(1, min(_MAX_AUTO_CHUNK, math.ceil(len(paths) / (_CHUNKS_PER_WORKER * workers))))
     items = list(enumerate(paths))
@@ -198,7 +206,7 @@ def _hash_chunk(chunk: list[tuple[int, str]], cfg: _Config) -> _ChunkResult:
 
     for i, path in chunk:
         try:
-            im = load_image(path, min_size=cfg.min_size, max_pixels=cfg.max_pixels)
+            im = load_image(path, min_size=cfg.min_size, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes)
         except ImageLoadError as exc:
             failures.append((i, exc.to_failure()))
             continue
@@ -236,6 +244,49 @@ def _mp_context():
     return multiprocessing.get_context("spawn")
 
 
+def _die_with(main_pid: int) -> None:
+    """Worker initializer: end this worker as soon as process `main_pid` (the pool's owner) ends.
+
+    A worker's parent is the forkserver, not the main process, and the forkserver only exits once every
+    worker has closed its copy of the forkserver's "alive" pipe; workers wait on a queue whose write end
+    they hold themselves. So after a `kill -9` of the main process nothing ever ended (issue 11: the
+    forkserver, the resource tracker and every worker, ~360 MB, alive for good). Each worker watches the
+    main process: once it is gone the worker exits, the forkserver sees its alive pipe close and exits,
+    and the resource tracker, left with no writer, exits too.
+    """
+    try:
+        fd = os.pidfd_open(main_pid)  # Linux >= 5.3: readable when the process exits, no polling
+    except ProcessLookupError:  # the main process died before this worker started
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch():
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while _alive(main_pid):
+                time.sleep(0.5)
+        os._exit(1)  # mid-decode or idle on the queue: nothing in this worker outlives its owner
+
+    threading.Thread(target=watch, name="imgsim-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _new_pool(workers: int, ctx) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
+                               initargs=(os.getpid(),))
+
+
 def run_pool(fn: Callable, chunks: list, cfg, workers: int, on_progress: Callable[[int], None],
              failed: Callable) -> list:
     """fn(chunk, cfg) for every chunk on `workers` processes; a crash costs only the file that caused it.
@@ -247,7 +298,7 @@ def run_pool(fn: Callable, chunks: list, cfg, workers: int, on_progress: Callabl
     At most 2 * workers chunks are in flight. When a worker dies, every in-flight chunk is suspect
     (the pool fails them all); their files are rerun one per task on a single-process pool, so the
     file that kills a worker again is pinpointed and recorded, and the rest of the queue continues
-    on a fresh pool.
+    on a fresh pool. Workers exit when this process ends, even by SIGKILL (`_die_with`).
     """
     ctx = _mp_context()
     queue = deque(chunks)
@@ -264,7 +315,7 @@ def _run_window(fn, queue: deque, cfg, workers: int, ctx, results: list, on_prog
     window = 2 * workers
     in_flight: dict = {}
     suspects: list = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = _new_pool(workers, ctx)
     try:
         while queue or in_flight:
             broken = False
@@ -303,7 +354,7 @@ def _run_isolated(fn, chunk: list, cfg, ctx, on_progress, failed) -> list:
     try:
         for item in chunk:
             if pool is None:
-                pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+                pool = _new_pool(1, ctx)
             try:
                 results.append(pool.submit(fn, [item], cfg).result())
             except BrokenProcessPool:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .catalog import Catalog, embedding_array_name, hash_array_name
+from .names import display_path, path_text
 
 __all__ = ["Hit", "SearchResult", "search", "search_batch", "write_results", "resolve_space",
            "HASH_METHODS", "EMBED_METHODS", "query_files"]
@@ -45,8 +46,10 @@ class SearchResult:
     error: str | None = None     # the query could not be loaded or embedded
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "method": self.method, "error": self.error,
-                "hits": [asdict(h) for h in self.hits]}
+        """For JSON: paths (and errors, which may quote one) as names.path_text."""
+        return {"query": path_text(self.query), "method": self.method,
+                "error": None if self.error is None else path_text(self.error),
+                "hits": [dict(asdict(h), path=path_text(h.path)) for h in self.hits]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,6 +134,17 @@ def _candidates(cat: Catalog, space: _Space, where) -> tuple[np.ndarray, list[st
 # Query vectors
 
 
+def _stored_vector(cat: Catalog, array: str, path: str):
+    """The catalog's vector for `path`, or None. A name that is not UTF-8 cannot be in the catalog (the
+    indexer skips such names) nor be passed to SQLite, so it is never looked up: it is hashed or
+    embedded like any file outside the catalog."""
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return cat.vector_of(array, path)
+
+
 def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | None):
     """Codes (n, words) for query images, and per query an error or None. Indexed files reuse their
     stored codes; the rest are hashed, in parallel processes when there are many."""
@@ -140,7 +154,7 @@ def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | 
     errors: list[str | None] = [None] * len(paths)
     todo = []
     for i, p in enumerate(paths):
-        v = cat.vector_of(space.array, p)
+        v = _stored_vector(cat, space.array, p)
         if v is not None:
             out[i] = v
         else:
@@ -166,7 +180,7 @@ def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: in
     errors: list[str | None] = [None] * len(paths)
     stored, todo = {}, []
     for i, p in enumerate(paths):
-        v = cat.vector_of(space.array, p)
+        v = _stored_vector(cat, space.array, p)
         if v is not None:
             stored[i] = v
         else:
@@ -319,7 +333,7 @@ def search(cat: Catalog, query=None, *, text: str | None = None, method: str = "
     res = search_batch(cat, [query], method=method, model=model, k=k, where=where, exclude_self=exclude_self,
                        threads=threads, workers=workers)[0]
     if res.error:
-        raise ValueError(f"{query}: {res.error}")
+        raise ValueError(f"{display_path(query)}: {display_path(res.error)}")
     return res
 
 
@@ -414,7 +428,8 @@ def write_results(results: list[SearchResult], path: str) -> str:
         cols = {"query": [], "method": [], "rank": [], "path": [], "score": [], "distance": [], "file_id": []}
         for r in results:
             for h in r.hits:
-                for key, v in (("query", r.query), ("method", r.method), ("rank", h.rank), ("path", h.path),
+                for key, v in (("query", path_text(r.query)), ("method", r.method), ("rank", h.rank),
+                               ("path", path_text(h.path)),
                                ("score", h.score), ("distance", h.distance), ("file_id", h.file_id)):
                     cols[key].append(v)
         pq.write_table(pa.table(cols), path)

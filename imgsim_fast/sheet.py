@@ -7,6 +7,7 @@ import os
 from PIL import Image, ImageDraw, ImageFont
 
 from .loading import ImageLoadError, load_image
+from .names import display_path
 
 __all__ = ["contact_sheet", "thumbnail"]
 
@@ -71,14 +72,17 @@ def contact_sheet(query, hits, out_path: str | None = None, *, thumb: int = 160,
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
 
-    tiles = [(query, "query", os.path.basename(os.fspath(query)) if _is_path(query) else "text query")]
-    tiles += [(h["path"], f"#{i + 1}  {h['score']:.3f}", os.path.basename(h["path"])) for i, h in enumerate(hits)]
+    # Captions are display_path text: one line whatever the name holds (a newline made ImageDraw refuse
+    # to measure it, undecodable bytes could not be drawn).
+    tiles = [(query, "query", display_path(os.path.basename(os.fspath(query))) if _is_path(query) else "text query")]
+    tiles += [(h["path"], f"#{i + 1}  {h['score']:.3f}", display_path(os.path.basename(h["path"])))
+              for i, h in enumerate(hits)]
     for i, (src, line1, line2) in enumerate(tiles):
         x0, y0 = (i % cols) * cell_w, (i // cols) * cell_h
         box = (x0 + pad, y0 + pad, x0 + pad + thumb, y0 + pad + thumb)
         if i == 0 and not _is_path(src):
             draw.rectangle(box, fill=(245, 245, 245))
-            _draw_wrapped(draw, str(src), font, box, line_h)
+            _draw_wrapped(draw, display_path(" ".join(str(src).split())), font, box, line_h)
         else:
             im = thumbnail(os.fspath(src), thumb)
             if im is None:

@@ -194,7 +194,7 @@ def test_worker_failure_costs_only_its_file(tmp_path, fn, name, kind):
         p = tmp_path / (name if i == 3 else f"ok{i}.png")
         synthetic(SEED + 10 + i, (48, 48)).save(p)
         paths.append(str(p))
-    cfg = pipeline._Config(("phash",), "fast", 8, hashing.draft_size(("phash",)), None)
+    cfg = pipeline._Config(("phash",), "fast", 8, hashing.draft_size(("phash",)), None, None)
     items = list(enumerate(paths))
     chunks = [items[i:i + 2] for i in range(0, len(items), 2)]
     done = []

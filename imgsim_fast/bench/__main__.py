@@ -8,7 +8,7 @@ import time
 
 from .report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy")
+SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "memory")
 
 
 def main(argv=None) -> int:
@@ -54,6 +54,10 @@ def main(argv=None) -> int:
         from . import accuracy
 
         rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "memory" in sections:
+        from . import memory_bench
+
+        rows += memory_bench.run(quick=args.quick)
     info = machine_info(args.seed)
     print_table(rows)
     out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
