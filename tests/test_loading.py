@@ -587,3 +587,74 @@ def test_walk_unreadable_folder_is_reported(tmp_path, monkeypatch):
 def test_walk_without_callback_logs(tmp_path, caplog):
     assert list(iter_image_files(tmp_path / "missing")) == []
     assert "file not found" in caplog.text
+
+
+@pytest.mark.parametrize("make", ["fifo", "socket", "dev_zero_link"])
+def test_non_regular_files_are_refused_and_never_yielded(tmp_path, make):
+    # Issue 11: each of these hung (FIFO: open blocks) or never ended (/dev/zero: endless data) when read.
+    import socket
+
+    from imgsim_fast.dedup.features import file_digest
+    from imgsim_fast.metadata import read_metadata
+
+    path = tmp_path / "x.jpg"
+    sock = None
+    if make == "fifo":
+        os.mkfifo(path)
+    elif make == "socket":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+    else:
+        os.symlink("/dev/zero", path)
+    try:
+        assert failure_kind(path) == "not_regular_file"
+        with pytest.raises(loading.NotRegularFileError):
+            loading.open_regular(path)
+        with pytest.raises(OSError):
+            file_digest(str(path))
+        assert read_metadata(str(path)).width is None
+        failures = []
+        assert list(iter_image_files(tmp_path, on_error=failures.append)) == []
+        assert list(iter_image_files(path, on_error=failures.append)) == []  # named as a root too
+        assert [(f.path, f.kind) for f in failures] == [(str(path), "not_regular_file")] * 2
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+def test_walk_yields_non_utf8_names_that_open(tmp_path):
+    name = os.path.join(os.fsencode(str(tmp_path)), b"\xff\xfe.png")
+    smooth_rgb(16, 16).save(name, format="PNG")
+    paths = list(iter_image_files(tmp_path))
+    assert [os.fsencode(p) for p in paths] == [name]  # the exact bytes come back
+    assert load_image(paths[0]).size == (16, 16)
+
+
+def test_memory_budget_refuses_before_decoding(tmp_path):
+    # 57 bytes declaring 9000 x 9000 RGB: about 390 MiB to decode by decode_cost. Refused from the header
+    # under a 256 MiB budget (no allocation); under a 512 MiB one it gets as far as decoding.
+    path = write(tmp_path, "wide.png", png_header_only(9000, 9000))
+    cost = loading.decode_cost((9000, 9000), "RGB")
+    assert 380 << 20 < cost < 400 << 20
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path, max_bytes=256 << 20)
+    assert info.value.kind == "too_large" and "memory budget" in info.value.reason
+    assert failure_kind(path, max_bytes=512 << 20) in ("truncated", "corrupt")
+    # RGBA costs more than RGB, L less: the budget is bytes, not pixels.
+    costs = [loading.decode_cost((1000, 1000), m) for m in ("L", "RGB", "RGBA")]
+    assert costs == sorted(set(costs))
+
+
+def test_worker_peak_memory_stays_within_the_budget(tmp_path):
+    # Issue 11: a 783 KB PNG just under the pixel limit cost a worker 1.45 GB. Measured in a fresh process
+    # (bench/memory_bench.py): the largest flat RGB PNG a 64 MiB budget admits, and one a bit larger.
+    from imgsim_fast.bench.memory_bench import flat_png, largest_square, worker_peak
+
+    budget = 64 << 20
+    side = largest_square(budget)
+    r = worker_peak(flat_png(str(tmp_path / "limit.png"), side), budget)
+    assert r["hashed"] == 1
+    assert r["peak_kib"] - r["base_kib"] <= budget >> 10
+    assert r["peak_kib"] - r["base_kib"] > (budget >> 10) // 2  # it did decode the whole picture
+    over = worker_peak(flat_png(str(tmp_path / "over.png"), side + 64), budget)
+    assert over["failures"] == ["too_large"] and over["peak_kib"] - over["base_kib"] < 16 << 10

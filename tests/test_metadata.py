@@ -149,3 +149,22 @@ def test_corrupt_sidecar_and_malformed_exif_are_per_file_errors(tmp_path):
     assert (s.unchanged, s.metadata_read, s.decoded) == (3, 1, 0)
     with Catalog(str(root / ".imgsim" / "catalog.sqlite")) as c:
         assert c.tags(c.get(str(root / "side.jpg")).id) == ["ok"]
+
+
+def test_100k_deep_json_sidecar_is_a_per_file_warning(tmp_path):
+    # Issue 11: json's recursive parser raised RecursionError on this and aborted every `index` run.
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "deep.jpg").write_bytes(jpeg_bytes(size=(60, 40)))
+    (root / "deep.jpg.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "ok.jpg").write_bytes(jpeg_bytes(size=(50, 40)))
+    (root / "ok.jpg.json").write_text('{"tags": ["fine"]}')
+    os.mkfifo(root / "pipe.jpg")  # and a FIFO named like an image: reported, never opened
+    s = index(str(root))
+    assert s.added == 2 and s.failed == 0
+    with Catalog(str(root / ".imgsim" / "catalog.sqlite")) as c:
+        errs = {os.path.basename(r.path): r.meta_error for r in c.files()}
+        assert "corrupt sidecar deep.jpg.json: JSON nested deeper than 64 levels" in errs["deep.jpg"]
+        assert errs["ok.jpg"] is None
+        assert c.tags(c.get(str(root / "ok.jpg")).id) == ["fine"]
+        assert [(os.path.basename(p), k) for p, k, _ in c.walk_errors()] == [("pipe.jpg", "not_regular_file")]

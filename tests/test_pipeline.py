@@ -3,7 +3,11 @@ on 1 and 2 workers, input order kept, and a worker that dies costing only its fi
 import io
 import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -204,3 +208,60 @@ def test_worker_failure_costs_only_its_file(tmp_path, fn, name, kind):
     assert result.paths == paths[:3] + paths[4:]
     assert [(os.path.basename(f.path), f.kind) for f in result.failures] == [(name, kind)]
     assert np.array_equal(result.codes["phash"], reference_codes(result.paths, ("phash",))["phash"])
+
+
+def _session_processes(sid: int) -> dict[int, str]:
+    """pid -> state of every process in session `sid` (from /proc/PID/stat)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[3]) == sid:  # fields after the command: state, ppid, pgrp, session
+            out[int(name)] = fields[0]
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_kill_9_of_the_main_process_leaves_nothing_running(tmp_path):
+    # Issue 11: after `kill -9` of `imgsim hash`, the workers waited on their queue for good, holding the
+    # forkserver and the resource tracker alive (~360 MB). The run gets a session of its own, so every
+    # process it started (tracker, forkserver, workers) is found by session id whatever its parent now is.
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(SEED)
+    for i in range(2):  # noise PNGs: slow to decode, so the run is still busy when it is killed
+        Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(src / f"n{i}.png", compress_level=1)
+    d = tmp_path / "many"
+    d.mkdir()
+    for j in range(600):
+        os.link(src / f"n{j % 2}.png", d / f"c{j:04d}.png")
+    proc = subprocess.Popen([sys.executable, "-m", "imgsim_fast", "hash", str(d), "--workers", "2", "--no-progress",
+                             "-o", str(tmp_path / "out.json")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        # main + resource tracker + forkserver + 2 workers
+        while len(_session_processes(proc.pid)) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: give it more files"
+        assert len(_session_processes(proc.pid)) >= 5
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = {p: s for p, s in _session_processes(proc.pid).items() if s != "Z"}
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"still running 5 s after kill -9 of the main process: {alive}"
+    finally:
+        for pid in _session_processes(proc.pid):  # never leave them behind, even when the test fails
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
