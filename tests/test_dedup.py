@@ -403,8 +403,13 @@ def test_cli_dedup_on_real_photos(tmp_path, photos, capsys):
     chk.feed((tmp_path / "out.html").read_text())
     chk.close()
     assert not chk.errors and not chk.stack, (chk.errors, chk.stack)
-    assert chk.sections == 4 and chk.imgs == 10 and chk.keeps == 4
+    # The review page draws its groups from its JSON block (tests/test_review_page.py drives it in chromium);
+    # thumbnails are files beside it.
     text = (tmp_path / "out.html").read_text()
+    data = json.loads(text.split('<script id="plan-data" type="application/json">')[1].split("</script>")[0])
+    assert len(data["groups"]) == 4
+    assert [f[0] for f in data["files"]] == [m["path"] for g in doc["groups"] for m in g["members"]]
+    assert sorted(os.listdir(tmp_path / "out_files")) == sorted([".imgsim-review"] + [f"{i}.jpg" for i in range(10)])
     for g in doc["groups"]:
         for f in g["files"]:
             assert f in text

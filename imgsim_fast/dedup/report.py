@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from ..names import display_path, path_text
+
 __all__ = ["write_json", "write_csv", "write_html", "render_review", "review_doc", "thumbs_folder",
            "CSV_COLUMNS", "THUMB_SIDE"]
 
@@ -36,9 +38,17 @@ def _atomic_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _text(path: str) -> str:
-    """A path as valid Unicode for people and text files: bytes of a non-UTF-8 name become \\xNN."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def _as_text(doc: dict) -> dict:
+    """`doc` with every path made valid Unicode by names.path_text (the rule for JSON and CSV reports); only
+    the review page's plan data keeps exact paths, as a plan must name the very file."""
+    for g in doc["groups"]:
+        g["keep"] = path_text(g["keep"])
+        g["files"] = [path_text(p) for p in g["files"]]
+        for m in g["members"]:
+            m["path"] = path_text(m["path"])
+    for e in doc["errors"]:
+        e["path"] = path_text(e["path"])
+    return doc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +107,7 @@ def review_doc(result) -> dict:
 
 
 def write_json(result, path: str, extra: dict | None = None) -> None:
-    doc = review_doc(result)
+    doc = _as_text(review_doc(result))
     doc.update(extra or {})
     _atomic_text(path, json.dumps(doc, indent=1) + "\n")
 
@@ -107,10 +117,10 @@ def write_csv(result, path: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
-    for gi, g in enumerate(review_doc(result)["groups"], 1):
+    for gi, g in enumerate(_as_text(review_doc(result))["groups"], 1):
         for m in g["members"]:
-            w.writerow([gi, int(m["keep"]), int(m["reference"]), _text(m["path"])]
-                       + [m[c] for c in CSV_COLUMNS[4:-3]] + [g["tier"], m["why"], int(m["removable"])])
+            w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:-3]]
+                       + [g["tier"], m["why"], int(m["removable"])])
     _atomic_text(path, buf.getvalue())
 
 
@@ -178,14 +188,6 @@ def make_thumbs(paths: list[str], folder: str, workers: int | None = None,
     return sizes
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 _ENV = None
 
 
@@ -198,37 +200,39 @@ def _template():
         _ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgsim_fast.dedup", "templates"),
                                   autoescape=True, trim_blocks=True, lstrip_blocks=True,
                                   undefined=jinja2.StrictUndefined)
-        _ENV.filters["bytes"] = _human_bytes
     return _ENV.get_template("review.html.j2")
 
 
-def render_review(doc: dict, thumbs: list[str | None], sizes: list, *, roots=(), reference=(),
+def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots=(), reference=(),
                   title: str = "imgsim dedup review", page_name: str = "report.html") -> str:
-    """The review page's HTML for `doc` (review_doc's form). Files are numbered in group order;
-    thumbs[i] is file i's thumbnail URL relative to the page (None: no preview), sizes[i] its size."""
-    files, groups = [], []
+    """The review page's HTML for `doc` (review_doc's form). Files are numbered in group order; file i's
+    thumbnail is thumbs/i.jpg (a URL relative to the page) of size sizes[i], or absent when that is None."""
+    files = []
     for g in doc["groups"]:
-        members = []
         for m in g["members"]:
-            i = len(files)
             # Exact absolute paths for the plan (a non-UTF-8 name stays lone surrogates, JSON-escaped).
             path = os.path.abspath(m["path"])
-            files.append([path, m["digest"], m["bytes"], bool(m["removable"]), bool(m["reference"])])
-            members.append({**m, "f": i, "shown": _text(m["path"]), "url": Path(path).as_uri(),
-                            "thumb": thumbs[i], "tsize": sizes[i]})
-        groups.append({"tier": g["tier"], "exact": g["exact"], "members": members})
-    n_dup = sum(g["tier"] == "duplicate" for g in groups)
+            tw, th = sizes[len(files)] or (0, 0)
+            files.append([path, m["digest"], m["bytes"], bool(m["removable"]), bool(m["reference"]), m["why"],
+                          m["width"], m["height"], m["format"], tw, th, Path(path).as_uri(), display_path(m["path"])])
+    n_dup = sum(g["tier"] == "duplicate" for g in doc["groups"])
     data = {
         "roots": [os.path.abspath(r) for r in roots],
         "reference": [os.path.abspath(r) for r in reference],
-        "report": _text(page_name),
+        "report": path_text(page_name),
+        "thumbs": thumbs,
         "files": files,
-        "groups": [[m["f"] for m in g["members"]] for g in groups],
+        "groups": [], "tiers": [g["tier"] for g in doc["groups"]], "exact": [bool(g["exact"]) for g in doc["groups"]],
     }
+    k = 0
+    for g in doc["groups"]:
+        data["groups"].append(list(range(k, k + len(g["members"]))))
+        k += len(g["members"])
     return _template().render(
-        title=title, groups=groups, n_duplicate=n_dup, n_similar=len(groups) - n_dup,
+        title=title, n_duplicate=n_dup, n_similar=len(doc["groups"]) - n_dup,
         files_scanned=doc["files_scanned"], method=doc["method"], keep_order=", ".join(doc["keep_order"]),
-        roots=[_text(r) for r in data["roots"]], errors=[{**e, "shown": _text(e["path"])} for e in doc["errors"]],
+        roots=[display_path(r) for r in data["roots"]],
+        errors=[{**e, "shown": display_path(e["path"])} for e in doc["errors"]],
         data=data)
 
 
@@ -241,8 +245,6 @@ def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(
     folder = thumbs_folder(path)
     _prepare_folder(folder)
     sizes = make_thumbs(paths, folder, workers)
-    rel = quote(os.path.basename(folder))
-    thumbs = [None if s is None else f"{rel}/{i}.jpg" for i, s in enumerate(sizes)]
-    _atomic_text(path, render_review(doc, thumbs, sizes, roots=roots, reference=reference, title=title,
-                                     page_name=os.path.basename(path)))
+    _atomic_text(path, render_review(doc, sizes, thumbs=quote(os.path.basename(folder)), roots=roots,
+                                     reference=reference, title=title, page_name=os.path.basename(path)))
     return folder

@@ -1,0 +1,190 @@
+"""The dedup review page, driven in a real browser (the system chromium through Playwright): a person
+changes a keeper, unmarks a file, exports the plan; `dedup --apply` moves exactly those files and
+`imgsim undo` puts every file back byte-identical. Also: filters, lazy thumbnails beside the page,
+plain words, escaping, and the similar tier marking nothing."""
+import glob
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgsim_fast.cli import main
+from imgsim_fast.dedup.report import render_review
+from imgsim_fast.names import path_text
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (requirements-test.txt)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (scripts/setup.sh --test installs it)")
+
+CAFE = os.fsdecode(b"caf\xe9 copy.jpg")  # a file name that is not UTF-8
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+def _page(browser, url):
+    page = browser.new_page(accept_downloads=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    return page, errors
+
+
+def _rgb(path, side=640):
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    im.thumbnail((side, side))
+    return im
+
+
+def _snapshot(root):
+    out = {}
+    for dp, _, fs in os.walk(root):
+        for f in fs:
+            p = os.path.join(dp, f)
+            with open(p, "rb") as fh:
+                out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _export(page, dest):
+    with page.expect_download() as dl:
+        page.click("#export")
+    dl.value.save_as(dest)
+    return json.loads(Path(dest).read_text())
+
+
+def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
+    src = [p for p in photos if p.endswith(".jpg")][:4]
+    d = tmp_path / "album"
+    (d / "sub").mkdir(parents=True)
+    for i, p in enumerate(src):
+        im = _rgb(p)
+        if i == 1:
+            im.save(d / "p1.png")  # lossless: the proposed keeper
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(d / "sub" / "p1_mirror.jpg", quality=85)
+        else:
+            im.save(d / f"p{i}.jpg", quality=90)
+        if i < 2:
+            im.save(d / "sub" / f"p{i}_q40.jpg", quality=40)
+        if i == 0:
+            im.resize((im.width // 2, im.height // 2)).save(d / "sub" / "p0_small.jpg", quality=80)
+    shutil.copy(d / "p2.jpg", d / "sub" / "p2_copy.jpg")
+    shutil.copy(d / "p2.jpg", os.path.join(d, "sub", CAFE))
+    before = _snapshot(d)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["dedup", str(d), "--method", "phash", "--workers", "1", "--no-progress",
+                 "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--html", str(out / "report.html")]) == 0
+    doc = json.loads((out / "r.json").read_text())
+    groups = {os.path.basename(g["keep"]): g for g in doc["groups"]}
+    assert sorted(len(g["members"]) for g in doc["groups"]) == [3, 3, 3]
+    g0 = next(g for g in doc["groups"] if any(f.endswith("p0.jpg") for f in g["files"]))
+    g1 = groups["p1.png"]
+    g2 = next(g for g in doc["groups"] if g is not g0 and g is not g1)
+    whys = {os.path.basename(m["path"]): m["why"] for g in doc["groups"] for m in g["members"]}
+    assert whys["p1_mirror.jpg"].startswith("mirrored copy, ") and "bit" in whys["p1_mirror.jpg"]
+    assert whys["p2_copy.jpg"] == "byte-identical copy"
+    thumbs = sorted(os.listdir(out / "report_files"))
+    assert thumbs == sorted([".imgsim-review"] + [f"{i}.jpg" for i in range(9)])  # named by position only
+
+    page, errors = _page(browser, (out / "report.html").as_uri())
+    assert page.locator("section.g").count() == 3
+    imgs = page.locator("img")
+    assert imgs.count() == 9
+    assert all(imgs.nth(k).get_attribute("loading") == "lazy" for k in range(9))
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.inner_text("#count").startswith("6 files marked for removal")
+    assert page.locator("figure", has_text="caf\\xe9 copy.jpg").count() == 1  # how a non-UTF-8 name is shown
+    with page.expect_popup() as pop:  # clicking a picture opens the original file
+        page.locator("figure", has_text="p1_mirror.jpg").locator("a.th").click()
+    assert pop.value.url == (d / "sub" / "p1_mirror.jpg").as_uri()
+    pop.value.close()
+
+    # Group of p1: keep the mirrored copy instead; the PNG takes its place on the removal list.
+    mirror = page.locator("figure", has_text="p1_mirror.jpg")
+    mirror.locator(".kb").click()
+    assert "keeper" in mirror.get_attribute("class").split()
+    png = page.locator("figure", has_text="p1.png")
+    assert "rm" in png.get_attribute("class").split() and png.locator(".tag").inner_text().lower() == "remove"
+    # Group of p0: keep p0_small.jpg after all.
+    page.locator("figure", has_text="p0_small.jpg").locator(".rmc").uncheck()
+    assert page.inner_text("#count").startswith("5 files marked for removal")
+    # Filters: each shows only its tier.
+    n_dup = sum(g["tier"] == "duplicate" for g in doc["groups"])
+    page.check("input[name=tier][value=similar]")
+    assert page.locator("section.g:visible").count() == 3 - n_dup
+    page.check("input[name=tier][value=duplicate]")
+    assert page.locator("section.g:visible").count() == n_dup
+    page.check("input[name=tier][value=all]")
+
+    plan = _export(page, tmp_path / "plan.json")
+    assert not errors, errors
+    page.close()
+    assert plan["imgsim_plan"] == 1 and plan["roots"] == [str(d)]
+    keep = {g["keep"]["path"] for g in plan["groups"]}
+    gone = {e["path"] for g in plan["groups"] for e in g["remove"]}
+    exact = {path_text(p): p for p in before}  # the JSON report writes names as text; the plan, exactly
+    p2_removed = {exact[m["path"]] for m in g2["members"][1:]}
+    assert keep == {str(d / "sub" / "p1_mirror.jpg"), str(d / "p0.jpg"), exact[g2["keep"]]}
+    assert gone == {str(d / "p1.png"), str(d / "sub" / "p1_q40.jpg"), str(d / "sub" / "p0_q40.jpg")} | p2_removed
+    assert os.path.join(d, "sub", CAFE) in gone | keep  # the plan names the non-UTF-8 file exactly
+
+    q = tmp_path / "Q"
+    assert main(["dedup", "--apply", str(tmp_path / "plan.json"), "--move-to", str(q)]) == 0
+    after = _snapshot(d)
+    assert set(after) == set(before) - gone  # exactly the chosen files moved; the chosen keepers stayed
+    assert keep <= set(after) and str(d / "sub" / "p0_small.jpg") in after
+    for p in gone:
+        assert hashlib.sha256((q / os.path.relpath(p, d)).read_bytes()).hexdigest() == before[p]
+    (manifest,) = glob.glob(str(q / "imgsim-manifest-*.jsonl"))
+    assert main(["undo", manifest]) == 0
+    assert _snapshot(d) == before  # every file back, byte-identical
+
+
+def _doc():
+    """A hand-made report: a duplicate group with a reference member, a similar group, hostile names."""
+    def m(path, why, removable, reference=False):
+        return {"path": path, "why": why, "removable": removable, "reference": reference, "keep": not removable,
+                "rule": "", "width": 10, "height": 10, "format": "JPEG", "bytes": 1000, "digest": "ab" * 16}
+    return {"method": "auto", "keep_order": ["pixels"], "files_scanned": 5, "errors": [], "groups": [
+        {"tier": "duplicate", "exact": False, "members": [
+            m("/r/a.jpg", "best copy", False), m("/r/<b>x</b>.jpg", "same picture, 3 bits apart", True),
+            m("/r/ref/c.jpg", "rotated 90°, 1 bit apart", False, True)]},
+        {"tier": "similar", "exact": False, "members": [
+            m("/r/d.jpg", "best copy", False), m("/r/e.jpg", "look-alike (similar, not a duplicate)", False)]},
+    ]}
+
+
+def test_similar_tier_marks_nothing_and_names_are_escaped(tmp_path, browser):
+    doc = _doc()
+    html = render_review(doc, [None] * 5, roots=["/r"], reference=["/r/ref"])
+    assert "<b>" not in html  # the JSON block escapes "<" (Jinja's tojson); the page sets names as text
+    (tmp_path / "p.html").write_text(html)
+    page, errors = _page(browser, (tmp_path / "p.html").as_uri())
+    assert page.inner_text("#count").startswith("1 file marked")
+    assert page.locator("b").count() == 0 and page.locator(".p", has_text="/r/<b>x</b>.jpg").count() == 1
+    assert page.locator("section.similar figure.rm").count() == 0
+    assert page.locator("figure", has_text="c.jpg").locator(".rmc").count() == 0  # reference: no checkbox
+    page.locator("figure", has_text="e.jpg").locator(".kb").click()  # a new keeper marks nothing
+    assert page.locator("section.similar figure.rm").count() == 0
+    page.check("input[name=tier][value=duplicate]")
+    assert page.locator("section.similar").is_hidden() and page.locator("section.duplicate").is_visible()
+    page.locator("figure", has_text="c.jpg").locator(".kb").click()  # keep the reference file instead
+    page.check("input[name=tier][value=all]")
+    page.locator("figure", has_text="d.jpg").locator(".rmc").check()  # a person may still decide
+    plan = _export(page, tmp_path / "plan.json")
+    assert not errors, errors
+    assert plan["reference"] == ["/r/ref"]
+    assert [(g["keep"]["path"], sorted(e["path"] for e in g["remove"])) for g in plan["groups"]] == [
+        ("/r/ref/c.jpg", ["/r/<b>x</b>.jpg"]), ("/r/e.jpg", ["/r/d.jpg"])]
