@@ -85,8 +85,6 @@ def cmd_hash(args) -> int:
 
 
 def cmd_dedup(args) -> int:
-    import time
-
     from .dedup import DEFAULTS, Thresholds, find_duplicates
     from .dedup import actions as act
     from .dedup import report
@@ -138,7 +136,8 @@ def cmd_dedup(args) -> int:
         print(f"wrote {args.html}")
     if op is None:
         return 0
-    plan = act.plan_actions(res, op, list(args.paths) + list(args.reference or []), args.move_to)
+    roots = list(args.paths) + list(args.reference or [])
+    plan = act.plan_actions(res, op, roots, args.move_to)
     if not plan:
         print("\nnothing to do")
         return 0
@@ -147,9 +146,10 @@ def cmd_dedup(args) -> int:
         if answer.strip().lower() != "yes":
             print("imgsim: nothing deleted", file=sys.stderr)
             return 1
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{stamp}.jsonl")
-    rep = act.execute(plan, manifest, {"op": op, "argv": sys.argv[1:]})
+    run = act.new_run_id()  # time stamp + random suffix: runs in the same second get their own manifests
+    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
+    rep = act.execute(plan, manifest, {"op": op, "argv": sys.argv[1:]}, roots=roots, quarantine=args.move_to,
+                      run_id=run)
     verb = {"move": "moved to " + str(args.move_to), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
     print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {manifest}")
@@ -202,13 +202,15 @@ def _apply_plan(args, op: str | None) -> int:
 
 def cmd_undo(args) -> int:
     from .dedup.actions import undo
+    from .names import display_path
 
-    rep = undo(args.manifest)
-    print(f"{len(rep.restored)} files restored, {len(rep.already)} already in place")
+    rep = undo(args.manifest)  # a manifest that fails its checks raises ManifestRefused: one line, exit 2
+    print(f"{len(rep.restored)} files restored, {len(rep.already)} already in place, {len(rep.conflicts)} left "
+          f"alone, {len(rep.lost)} deleted for good")
     for p in rep.lost:
-        print(f"imgsim: cannot restore deleted file {p}", file=sys.stderr)
+        print(f"imgsim: cannot restore deleted file {display_path(p)}", file=sys.stderr)
     for p, why in rep.conflicts:
-        print(f"imgsim: left {p} alone: {why}", file=sys.stderr)
+        print(f"imgsim: left {display_path(p)} alone: {why}", file=sys.stderr)
     return 1 if rep.lost or rep.conflicts else 0
 
 

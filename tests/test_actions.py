@@ -106,19 +106,21 @@ def test_manifest_written_before_each_action(tmp_path, monkeypatch):
     res = _result(root)
     man = tmp_path / "m.jsonl"
     plan = act.plan_actions(res, "move", [str(root)], str(tmp_path / "q"))
-    real_rename = os.rename
+    real_rename = act._rename_noreplace
     seen = []
 
-    def checking_rename(src, dst):
-        # At the moment a file is moved, its intent is already on disk in the manifest.
+    def checking_rename(sfd, sname, dfd, dname):
+        # At the moment a file is moved, its intent (this very file, from this folder) is already on disk.
+        src = os.path.join(os.readlink(f"/proc/self/fd/{sfd}"), sname)
         intents = [json.loads(line) for line in man.read_text().splitlines()[1:]]
-        assert any(i.get("state") == "intent" and i["path"] == src for i in intents), src
+        assert any(i.get("state") == "intent" and i["path"] == src and i["dest"] ==
+                   os.path.join(os.readlink(f"/proc/self/fd/{dfd}"), dname) for i in intents), src
         seen.append(src)
-        return real_rename(src, dst)
+        return real_rename(sfd, sname, dfd, dname)
 
-    monkeypatch.setattr(act.os, "rename", checking_rename)
+    monkeypatch.setattr(act, "_rename_noreplace", checking_rename)
     act.execute(plan, str(man))
-    assert len(seen) == len(plan) == 4
+    assert sorted(seen) == sorted(a.path for a in plan) and len(plan) == 4
 
 
 def test_changed_file_and_missing_keeper_are_skipped(tmp_path):
@@ -150,7 +152,7 @@ def test_reference_files_never_touched(tmp_path):
     assert rc == 0
     assert _digests(root / "ref") == ref_before
     moved = [os.path.relpath(os.path.join(dp, f), tmp_path / "q") for dp, _, fs in os.walk(tmp_path / "q")
-             for f in fs if not f.endswith(".jsonl")]
+             for f in fs if not f.endswith((".jsonl", ".key"))]
     assert sorted(moved) == ["album/a/pic0_copy0.jpg", "album/a/pic1_copy0.jpg", "album/pic0.png",
                              "album/pic1.png"] or sorted(moved) == ["a/pic0_copy0.jpg", "a/pic1_copy0.jpg",
                                                                     "pic0.png", "pic1.png"]
@@ -171,12 +173,13 @@ def test_cli_refuses_delete_without_yes_and_no_tty(tmp_path):
     assert set(_digests(root)) == {"pic0.png"}
 
 
-# A child process that runs the actions and SIGKILLs itself on the Nth file-system call (rename, link,
-# symlink or unlink), i.e. at every point between the manifest line and the action's completion.
+# A child process that runs the actions and SIGKILLs itself on the Nth file-system call that changes a
+# name (no-replace rename, link, symlink, unlink), i.e. at every point between the manifest line and the
+# action's completion.
 _CRASH = r"""
 import os, pickle, signal, sys
 from imgsim_fast.dedup import actions as act
-plan, manifest, n = pickle.load(open(sys.argv[1], "rb"))
+plan, manifest, roots, quarantine, n = pickle.load(open(sys.argv[1], "rb"))
 count = [0]
 def wrap(fn):
     def w(*a, **k):
@@ -185,35 +188,46 @@ def wrap(fn):
             os.kill(os.getpid(), signal.SIGKILL)
         return fn(*a, **k)
     return w
-for name in ("rename", "link", "symlink", "unlink", "replace"):
+for name in ("link", "symlink", "unlink"):
     setattr(act.os, name, wrap(getattr(os, name)))
-act.execute(plan, manifest)
+act._rename_noreplace = wrap(act._rename_noreplace)
+act.execute(plan, manifest, roots=roots, quarantine=quarantine)
 """
+
+
+def crash_at_every_step(tmp_path, plan_for, roots, quarantine_for, check):
+    """Run the plan in a child killed at its 1st, 2nd, ... name-changing call until one run completes;
+    after each, `check(manifest)` (undo, compare)."""
+    import pickle
+
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH)
+    for n in range(1, 40):
+        man = str(tmp_path / f"m{n}.jsonl")
+        with open(tmp_path / "plan.pkl", "wb") as f:
+            pickle.dump((plan_for(n), man, roots, quarantine_for(n), n), f)
+        p = subprocess.run([sys.executable, str(script), str(tmp_path / "plan.pkl")], cwd=REPO, timeout=60,
+                           capture_output=True, text=True)
+        assert p.returncode in (0, -9), p.stderr
+        check(man)
+        if p.returncode == 0:
+            return n - 1  # how many times it was killed
+    raise AssertionError("the run never completed")
 
 
 @pytest.mark.parametrize("op", ["move", "hardlink", "symlink"])
 def test_undo_after_crash_at_every_step(tmp_path, op):
-    import pickle
-
     root = _album(tmp_path / "album", n_pictures=1, copies=2)
     before = _digests(root)
     res = _result(root)
-    script = tmp_path / "crash.py"
-    script.write_text(_CRASH)
-    # move: 1 call per action (rename); links: 2 (rename, then link/symlink): crash at each one of them.
-    calls = 2 * (2 if op != "move" else 1) + 1
-    for n in range(1, calls + 1):
-        q = tmp_path / f"q{n}"
-        man = str(tmp_path / f"m{n}.jsonl")
-        plan = act.plan_actions(res, op, [str(root)], str(q))
-        with open(tmp_path / "plan.pkl", "wb") as f:
-            pickle.dump((plan, man, n), f)
-        p = subprocess.run([sys.executable, str(script), str(tmp_path / "plan.pkl")], cwd=REPO, timeout=60,
-                           capture_output=True, text=True)
-        assert p.returncode in (0, -9), p.stderr
-        if n < calls:
-            assert p.returncode == -9  # it really died mid-run
+
+    def check(man):
         act.undo(man)
-        assert _digests(root) == before, (op, n)
+        assert _digests(root) == before, (op, man)
         act.undo(man)  # and again: nothing changes
         assert _digests(root) == before
+
+    kills = crash_at_every_step(tmp_path, lambda n: act.plan_actions(res, op, [str(root)], str(tmp_path / f"q{n}")),
+                                [str(root)], lambda n: str(tmp_path / f"q{n}"), check)
+    # move: 1 rename per file; links: a rename then a link. Two files: every one of those calls was hit.
+    assert kills >= 2 * (1 if op == "move" else 2)
