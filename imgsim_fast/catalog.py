@@ -353,17 +353,17 @@ class Catalog:
             self._connect(busy_timeout_s)
             try:
                 self._check_database()
-            except CatalogDamaged:
-                if not (write and repair):
+                if write:
+                    self._start_writing()
+            except (CatalogDamaged, sqlite3.DatabaseError) as e:
+                # A header SQLite reads but will not write (a flipped version byte) passes the
+                # integrity check and fails at the first write: damage too.
+                if not (write and repair) or getattr(e, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
                     raise
                 self._move_aside()
                 self._connect(busy_timeout_s)
+                self._start_writing()
             if write:
-                self.conn.execute("PRAGMA journal_mode = WAL")
-                # FULL: each commit is on disk before it returns, so the "fsync rows, then commit
-                # their count" order holds through a power loss, not only a process kill.
-                self.conn.execute("PRAGMA synchronous = FULL")
-                self._migrate()
                 os.makedirs(self.arrays_dir, exist_ok=True)
             else:
                 v = self.schema_version()
@@ -389,6 +389,13 @@ class Catalog:
                                     check_same_thread=False)
         self.conn.execute("PRAGMA foreign_keys = ON")
 
+    def _start_writing(self) -> None:
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: each commit is on disk before it returns, so the "fsync rows, then commit their count"
+        # order holds through a power loss, not only a process kill.
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self._migrate()
+
     def _check_database(self) -> None:
         """SQLite's integrity check, once per open: page structure, and every index against its table,
         so a flipped byte in a path, a digest, a date, a tag or a vector's row number is caught. It
@@ -398,6 +405,12 @@ class Catalog:
             rows = self.conn.execute("PRAGMA integrity_check(3)").fetchall()
         except sqlite3.DatabaseError as e:
             rows = [(f"sqlite: {e}",)]
+        with open(self.path, "rb") as f:
+            header = f.read(100)
+        # File format write/read versions (sqlite.org/fileformat.html, offsets 18-19): 1 legacy, 2 WAL.
+        # A larger write version leaves the file readable and passes the check above, but read-only.
+        if rows == [("ok",)] and len(header) == 100 and not (header[18] in (1, 2) and header[19] in (1, 2)):
+            rows = [(f"file format versions {header[18]}/{header[19]} in the header",)]
         if rows != [("ok",)]:
             raise CatalogDamaged(f"the catalog {self.path} is damaged ({'; '.join(str(r[0]) for r in rows)}); "
                                  f"run `{self.repair_command()}`")

@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, in the handler below, not as a warning at exit
+        return rc
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, but not with 0, since the run was cut
         # short (128 + SIGPIPE, what a shell reports for a tool the signal killed).
