@@ -52,3 +52,27 @@ def test_pair_metrics():
     assert r["precision"] == pytest.approx(4 / 5) and r["recall"] == pytest.approx(4 / 6)
     assert r["per_kind"]["crop"] == pytest.approx(0.5) and r["per_kind"]["mirror"] == 1.0
     assert evaluate(set(), files, "tune")["pairs"] == 0  # other split: nothing counted
+
+
+def test_lookalike_false_pairs_per_kind():
+    def f(fam, kind, neg):
+        return CorpusFile(f"/{fam}-{kind}", fam, kind, "" if kind == "original" else "mild", "test", neg)
+
+    files = [f("a", "original", ""), f("a", "jpeg", ""),                       # 0 1: ordinary family
+             f("s1", "original", "screenshot"), f("s1", "jpeg", "screenshot"),  # 2 3
+             f("s2", "original", "screenshot"), f("s2", "jpeg", "screenshot"),  # 4 5
+             f("b1", "original", "burst"), f("b2", "original", "burst")]        # 6 7
+    # Two screenshots grouped (false), s1 with its copy (true), a burst frame with the photo (false), two
+    # burst frames with each other (false, counted once for burst), a with its copy (true).
+    pred = {(2, 4), (2, 3), (0, 6), (6, 7), (0, 1)}
+    r = evaluate(pred, files, "test")
+    assert r["false_pairs"] == 3 and r["files"] == 8
+    la = r["per_lookalike"]
+    assert set(la) == {"screenshot", "burst"}
+    assert la["screenshot"]["false_pairs"] == 1 and la["burst"]["false_pairs"] == 2
+    assert la["screenshot"]["false_per_1k_files"] == pytest.approx(1000 / 8)
+    assert la["burst"]["false_per_1k_files"] == pytest.approx(2000 / 8)
+    assert la["screenshot"]["copy_recall"] == pytest.approx(0.5) and la["burst"]["copy_recall"] is None
+    assert la["screenshot"]["families"] == 2 and la["screenshot"]["files"] == 4
+    # Per-edit recall stays on the ordinary families: the look-alikes' missed JPEG copy does not lower it.
+    assert r["per_kind"]["jpeg"] == 1.0

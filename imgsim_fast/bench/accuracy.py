@@ -1,4 +1,4 @@
-"""Dedup accuracy: pair precision / recall / F1, overall and per edit kind, ours against imagehash, one run.
+"""Dedup accuracy: pair precision / recall / F1, per edit kind and per look-alike kind, ours against imagehash.
 
 `python -m imgsim_fast.bench accuracy` (wired by the lead) or `python -m imgsim_fast.bench.accuracy
 [--quick] [--tune] [--json FILE]`. The corpus (bench/corpus.py) is split by source picture: thresholds
@@ -9,8 +9,13 @@ Definitions. A method's predicted pairs are all pairs inside its groups (for ima
 groups in imagededup, every pair within its threshold, as imagededup's find_duplicates reports them).
 A pair is true when both files come from one source picture. Precision = true predicted pairs / predicted
 pairs; recall = true predicted pairs / all true pairs (originals and edits, every pair of a family);
-per-kind recall counts only (original, edited copy of that kind) pairs: "is this copy grouped with its
-original".
+per-kind recall counts only (original, edited copy of that kind) pairs of the ordinary families: "is this
+copy grouped with its original".
+
+Look-alikes (issue 10; corpus.py, lookalikes.py): per look-alike kind (screenshot, slide, icon, object,
+chart, burst), the false pairs that involve a file of that kind per 1,000 files of the split (a pair between
+two kinds counts for both), and the recall of that kind's own copies (its JPEG and half-size copy with its
+original). Lower false pairs per 1,000 files is better; a pair between a screenshot and a photo counts.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import time
 
 import numpy as np
 
-from .corpus import EDIT_KINDS, CorpusFile, build_corpus
+from .corpus import EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
 from .report import Row
 
 __all__ = ["run", "evaluate", "IMAGEHASH_THRESHOLD"]
@@ -55,17 +60,33 @@ def evaluate(pred: set[tuple[int, int]], files: list[CorpusFile], split: str | N
     r = tp / n_true if n_true else 1.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     orig = {files[i].family: i for i in idx if files[i].kind == "original"}
+
+    def found(sel: list[int]) -> float:
+        return sum(1 for i in sel if (min(i, orig[fam[i]]), max(i, orig[fam[i]])) in pred) / len(sel)
+
     per_kind = {}
     for kind in EDIT_KINDS:
         for level in ("mild", "strong", None):
-            sel = [i for i in idx if files[i].kind == kind and (level is None or files[i].level == level)]
-            if not sel:
-                continue
-            hit = sum(1 for i in sel if (min(i, orig[fam[i]]), max(i, orig[fam[i]])) in pred)
-            per_kind[kind + ("" if level is None else "/" + level)] = hit / len(sel)
-    fp = sorted((files[a].path, files[b].path) for a, b in pred if fam[a] != fam[b])
-    return {"precision": p, "recall": r, "f1": f1, "pairs": len(pred), "true_pairs": n_true,
-            "false_pairs": len(pred) - tp, "per_kind": per_kind, "false_examples": fp[:10]}
+            # Ordinary families only: look-alikes have two of the edits, and their copies are counted below.
+            sel = [i for i in idx if files[i].kind == kind and not files[i].negative
+                   and (level is None or files[i].level == level)]
+            if sel:
+                per_kind[kind + ("" if level is None else "/" + level)] = found(sel)
+    false = [(a, b) for a, b in pred if fam[a] != fam[b]]
+    per_lookalike = {}
+    for nk in LOOKALIKE_KINDS:
+        members = [i for i in idx if files[i].negative == nk]
+        if not members:
+            continue
+        fk = sorted((files[a].path, files[b].path) for a, b in false if nk in (files[a].negative, files[b].negative))
+        copies = [i for i in members if files[i].kind != "original"]
+        per_lookalike[nk] = {"files": len(members), "families": len({fam[i] for i in members}),
+                             "false_pairs": len(fk), "false_per_1k_files": 1000 * len(fk) / len(idx),
+                             "copy_recall": found(copies) if copies else None, "false_examples": fk[:5]}
+    fp = sorted((files[a].path, files[b].path) for a, b in false)
+    return {"precision": p, "recall": r, "f1": f1, "pairs": len(pred), "true_pairs": n_true, "files": len(idx),
+            "false_pairs": len(false), "false_per_1k_files": 1000 * len(false) / len(idx) if idx else 0.0,
+            "per_kind": per_kind, "per_lookalike": per_lookalike, "false_examples": fp[:10]}
 
 
 def imagehash_pairs(files: list[CorpusFile], threshold: int = IMAGEHASH_THRESHOLD) -> tuple[set, float]:
@@ -139,6 +160,14 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         if "/" not in k or k in ("crop/strong", "letterbox/strong", "rot90/strong", "mirror/strong"):
             rows.append(Row("accuracy", f"auto recall {k}", round(v, 4), "", "imagehash.phash@10",
                             round(ih["per_kind"][k], 4), {"split": "test"}))
+    # Lower is better here, so imagehash's figure goes in the note: the table's ratio assumes higher is better.
+    for k, v in r["per_lookalike"].items():
+        rows.append(Row("accuracy", f"auto false pairs/1k files: {k}", round(v["false_per_1k_files"], 2),
+                        "per 1k files", params={"split": "test", "files": r["files"], "false_pairs": v["false_pairs"]},
+                        note=f"imagehash.phash@10 {ih['per_lookalike'][k]['false_per_1k_files']:.2f}"))
+        if v["copy_recall"] is not None:
+            rows.append(Row("accuracy", f"auto recall of {k} copies", round(v["copy_recall"], 4), "",
+                            "imagehash.phash@10", round(ih["per_lookalike"][k]["copy_recall"], 4), {"split": "test"}))
     return rows
 
 
@@ -155,6 +184,23 @@ def _print_details(details: dict) -> None:
     print(f"\nper-kind recall, held-out split ({' | '.join(names)})")
     for k in res["auto"]["test"]["per_kind"]:
         print(f"  {k:18} " + " ".join(f"{res[n]['test']['per_kind'][k]:6.3f}" for n in names))
+    for split in ("test", "tune"):
+        print(f"\nlook-alikes, {split} split: false pairs per 1,000 files (a false pair with a file of that kind) "
+              f"/ recall of their copies ({' | '.join(names)})")
+        total = res["auto"][split]
+        print(f"  {'all false pairs':18} " + " ".join(f"{res[n][split]['false_per_1k_files']:7.1f}     " for n in names)
+              + f"   ({total['files']} files)")
+        for k, v in total["per_lookalike"].items():
+            print(f"  {k + ' (' + str(v['families']) + ')':18} " + " ".join(
+                f"{res[n][split]['per_lookalike'][k]['false_per_1k_files']:7.1f} "
+                f"{_fmt(res[n][split]['per_lookalike'][k]['copy_recall'])}" for n in names))
+    for k, v in res["auto"]["test"]["per_lookalike"].items():
+        for ex in v["false_examples"][:2]:
+            print(f"  auto false {k}: {os.path.basename(ex[0])} ~ {os.path.basename(ex[1])}")
+
+
+def _fmt(x: float | None) -> str:
+    return "  - " if x is None else f"{x:.2f}"
 
 
 def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
@@ -209,6 +255,8 @@ def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
         print(f"  {m:10} P={r['precision']:.4f} R={r['recall']:.4f} F1={r['f1']:.4f} ({r['false_pairs']} false)")
         if m == "auto":
             print("    " + " ".join(f"{k}={v:.2f}" for k, v in r["per_kind"].items()))
+            print("    false pairs per 1k files: " + " ".join(
+                f"{k}={v['false_per_1k_files']:.1f}" for k, v in r["per_lookalike"].items()))
             for fp in r["false_examples"]:
                 print("    false:", fp)
 

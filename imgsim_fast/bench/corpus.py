@@ -1,4 +1,4 @@
-"""Labelled near-duplicate corpus for the accuracy benchmark: real pictures, edited copies, distractors.
+"""Labelled near-duplicate corpus for the accuracy benchmark: real pictures, edited copies, look-alikes.
 
 Sources, all offline once fetched (`fetch_sources`, also run by scripts/fetch_photos.sh's last block):
 Debian's ukui-, lomiri- and mate-backgrounds wallpapers and desktop-base artwork (photos and graphics), and
@@ -9,10 +9,18 @@ sizes, skimage's stereo motorcycle pair), and only one of each is used, so that 
 duplicates of each other.
 
 Every source gets EDITS at a mild and a strong setting; a file's label is its family. The split ("tune"
-or "test") is a fixed function of the source name, so thresholds tuned on one half are reported on the
-other (accuracy.py). Limits: ~60 families, mostly wallpapers and test pictures rather than camera photos,
-edits synthesised with Pillow (real edits mix several at once), and no hard negatives such as burst
-shots of one scene, which are the real-world cases where "duplicate" is a matter of opinion.
+or "test") is a fixed function of the family name, so thresholds tuned on one half are reported on the
+other (accuracy.py).
+
+Hard negatives (issue 10): ~220 look-alike pictures of six kinds (bench/lookalikes.py: screenshots of one
+documentation theme and of one application's dialogs, slides of one template, icons of one theme, objects
+on white, charts of one style, burst frames of one scene). Each is its own family, so any pair between two
+of them is false; each also gets NEGATIVE_EDITS (a JPEG and a half-size copy), so that recall on such
+pictures is measured too. CorpusFile.negative names the kind ("" for the ordinary families).
+
+Limits: ~60 ordinary families, mostly wallpapers and test pictures rather than camera photos; edits
+synthesised with Pillow (real edits mix several at once); the look-alikes are partly synthetic (see
+lookalikes.py), and what counts as a duplicate of a burst frame is a matter of opinion: here it is not.
 """
 from __future__ import annotations
 
@@ -29,9 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-__all__ = ["EDITS", "CorpusFile", "build_corpus", "fetch_sources", "source_pictures"]
+from .lookalikes import LOOKALIKE_KINDS, build_lookalikes
+from .lookalikes import VERSION as LOOKALIKES_VERSION
 
-CORPUS_VERSION = 4
+__all__ = ["EDITS", "LOOKALIKE_KINDS", "NEGATIVE_EDITS", "CorpusFile", "build_corpus", "fetch_sources",
+           "source_pictures"]
+
+CORPUS_VERSION = 5
 MAX_SIDE = 1024  # originals are stored at most this large: the corpus stays small and quick to hash
 
 # (kind, level) -> description; the function below applies it. Kinds are what the issue lists.
@@ -49,6 +61,9 @@ EDITS = {
     ("text", "mild"): "caption in a corner", ("text", "strong"): "large two-line watermark across the middle",
 }
 EDIT_KINDS = tuple(dict.fromkeys(k for k, _ in EDITS))
+# The copies each look-alike gets: the everyday ones (a re-saved and a downsized copy). Fewer than EDITS, so
+# the look-alikes add ~650 files rather than ~4,500.
+NEGATIVE_EDITS = (("jpeg", "mild"), ("resize", "mild"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class CorpusFile:
     kind: str          # "original" or an edit kind
     level: str         # "", "mild" or "strong"
     split: str         # "tune" or "test"
+    negative: str = ""  # look-alike kind (LOOKALIKE_KINDS) of a hard-negative family, "" for the others
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,8 +293,9 @@ def apply_edit(im: Image.Image, kind: str, level: str, rng: np.random.Generator)
 def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0) -> list[CorpusFile]:
     """Build (once; cached under cache_dir/accuracy_corpus[-quick]) and return the labelled files.
 
-    quick: 10 families, for a smoke run. A labels.json beside the files records families, kinds and splits;
-    its version and the source list decide whether a cached corpus is reused.
+    quick: 10 ordinary families and 3 look-alikes of each kind, for a smoke run. A labels.json beside the
+    files records families, kinds, splits and look-alike kinds; its version and the source list decide
+    whether a cached corpus is reused.
     """
     corpus_src = fetch_sources(cache_dir)
     sources = source_pictures(photos_src, corpus_src)
@@ -286,20 +303,26 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
         sources = sources[::max(1, len(sources) // 10)][:10]
     if not sources:
         raise FileNotFoundError(f"no source pictures under {photos_src} or {corpus_src}: run scripts/fetch_photos.sh")
+    # (family, picture, look-alike kind, edits): the ordinary families get every edit, look-alikes a few.
+    todo = [(family, src, "", tuple(EDITS)) for family, src in sources]
+    lookalikes = build_lookalikes(cache_dir, seed)
+    if quick:
+        lookalikes = [x for k in LOOKALIKE_KINDS for x in [x for x in lookalikes if x[0] == k][:3]]
+    todo += [(f"lookalike/{kind}/{name}", path, kind, NEGATIVE_EDITS) for kind, name, path in lookalikes]
     root = os.path.join(cache_dir, "accuracy_corpus" + ("-quick" if quick else ""))
     labels_path = os.path.join(root, "labels.json")
-    key = {"version": CORPUS_VERSION, "seed": seed, "sources": [f for f, _ in sources]}
+    key = {"version": CORPUS_VERSION, "lookalikes": LOOKALIKES_VERSION, "seed": seed,
+           "sources": [t[0] for t in todo]}
     if os.path.exists(labels_path):
         with open(labels_path, encoding="utf-8") as f:
             doc = json.load(f)
         if doc.get("key") == key:
-            return [CorpusFile(os.path.join(root, r["path"]), r["family"], r["kind"], r["level"], r["split"])
-                    for r in doc["files"]]
+            return [_file(root, r) for r in doc["files"]]
         shutil.rmtree(root)
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
-    for fi, (family, src) in enumerate(sources):
+    for fi, (family, src, negative, edits) in enumerate(todo):
         split = split_of(family)
         with Image.open(src) as im:
             im.load()
@@ -311,19 +334,26 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
         stem = f"f{fi:03d}"
         orig = f"{stem}_original.png"
         im.save(os.path.join(root, orig))
-        rows.append({"path": orig, "family": family, "kind": "original", "level": "", "split": split})
-        for (kind, level) in EDITS:
+        rows.append({"path": orig, "family": family, "kind": "original", "level": "", "split": split,
+                     "negative": negative})
+        for (kind, level) in edits:
             out, save = apply_edit(im, kind, level, rng)
             ext = ".png" if save["format"] == "PNG" else ".jpg"
             name = f"{stem}_{kind}_{level}{ext}"
             out.save(os.path.join(root, name), **save)
-            rows.append({"path": name, "family": family, "kind": kind, "level": level, "split": split})
+            rows.append({"path": name, "family": family, "kind": kind, "level": level, "split": split,
+                         "negative": negative})
     tmp = labels_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"key": key, "edits": {f"{k}/{l}": v for (k, l), v in EDITS.items()}, "files": rows}, f,
                   indent=1)
     os.replace(tmp, labels_path)
-    return [CorpusFile(os.path.join(root, r["path"]), r["family"], r["kind"], r["level"], r["split"]) for r in rows]
+    return [_file(root, r) for r in rows]
+
+
+def _file(root: str, row: dict) -> CorpusFile:
+    return CorpusFile(os.path.join(root, row["path"]), row["family"], row["kind"], row["level"], row["split"],
+                      row["negative"])
 
 
 if __name__ == "__main__":  # python -m imgsim_fast.bench.corpus [--quick]: build it and print a summary
@@ -334,3 +364,7 @@ if __name__ == "__main__":  # python -m imgsim_fast.bench.corpus [--quick]: buil
     print(f"{len(files)} files, {len(fams)} families "
           f"({sum(1 for f in fams if split_of(f) == 'tune')} tune, "
           f"{sum(1 for f in fams if split_of(f) == 'test')} test)")
+    for k in LOOKALIKE_KINDS:
+        fk = {f.family: f.split for f in files if f.negative == k}
+        print(f"  look-alike {k:10}: {len(fk)} families ({sum(1 for s in fk.values() if s == 'tune')} tune, "
+              f"{sum(1 for s in fk.values() if s == 'test')} test)")
