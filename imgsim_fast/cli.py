@@ -163,8 +163,6 @@ def cmd_dedup(args) -> int:
 def _apply_plan(args, op: str | None) -> int:
     """dedup --apply PLAN: carry out a review page's plan (dedup/plan.py); no scan. A plan that fails its
     checks is refused before anything is touched; changed files are skipped and reported."""
-    import time
-
     from .dedup import actions as act
     from .dedup import plan as pl
 
@@ -189,9 +187,10 @@ def _apply_plan(args, op: str | None) -> int:
         if answer.strip().lower() != "yes":
             print("imgsim: nothing deleted", file=sys.stderr)
             return 1
-    manifest = args.manifest or os.path.join(args.move_to or ".",
-                                             f"imgsim-manifest-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], "plan": os.path.abspath(args.apply)})
+    run = act.new_run_id()
+    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
+    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], "plan": os.path.abspath(args.apply)},
+                      roots=plan.roots, quarantine=args.move_to, run_id=run)
     print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {manifest}")
     for a, why in rep.skipped:
         print(f"imgsim: skipped {a.path}: {why}", file=sys.stderr)

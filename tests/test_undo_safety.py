@@ -407,3 +407,36 @@ def test_cross_device_undo_after_crash_at_every_step(tmp_path, other_fs):
         lambda n: os.path.join(other_fs, f"q{n}"), check)
     # Per file: the rename that fails with EXDEV, the copy's no-replace rename, the unlink, the link.
     assert kills >= 2 * 4
+
+
+# ------------------------------------------------------------------------------------------------
+# The primitives under the checks
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-unlink"])
+def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, renameat2):
+    if not renameat2:
+        monkeypatch.setattr(act, "_RENAMEAT2", None)  # a C library without renameat2: the link fallback
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            act._rename_noreplace(fd, "a", fd, "b")
+        assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "b").read_bytes() == b"b"
+        act._rename_noreplace(fd, "a", fd, "c")
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["b", "c"] and (tmp_path / "c").read_bytes() == b"a"
+
+
+def test_undo_refuses_while_the_manifest_is_in_use(tmp_path, capsys):
+    import fcntl
+
+    _tree(tmp_path)
+    man = _run(tmp_path, "move")
+    before = _snapshot(tmp_path)
+    with open(man, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # as a running dedup (or another undo) holds it
+        _undo_refused(capsys, man, "another imgsim is using it")
+    assert _snapshot(tmp_path) == before
