@@ -165,6 +165,7 @@ def _apply_plan(args, op: str | None) -> int:
     checks is refused before anything is touched; changed files are skipped and reported."""
     from .dedup import actions as act
     from .dedup import plan as pl
+    from .names import display_path
 
     if args.json or args.csv or args.html:
         raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv or --html")
@@ -172,9 +173,10 @@ def _apply_plan(args, op: str | None) -> int:
     pl.check_plan(plan, list(args.paths) or None)
     stale = pl.stale_entries(plan)
     for e, why in stale:
-        print(f"imgsim: skipped {e.path}: {why}", file=sys.stderr)
-    print(f"plan {args.apply}: {len(plan.groups)} groups, {len(plan.removals)} files to remove, "
-          f"{len(stale)} skipped")
+        print(f"imgsim: skipped {display_path(e.path)}: {why}", file=sys.stderr)
+    # The roots bound what a plan may touch unless the command line names narrower ones: show them.
+    print(f"plan {args.apply} (roots {', '.join(display_path(r) for r in plan.roots)}): {len(plan.groups)} groups, "
+          f"{len(plan.removals)} files to remove, {len(stale)} skipped")
     if op is None:
         print("nothing changed: add --move-to DIR (with --link hard|sym) or --delete to carry it out")
         return 1 if stale else 0
@@ -193,7 +195,7 @@ def _apply_plan(args, op: str | None) -> int:
                       roots=plan.roots, quarantine=args.move_to, run_id=run)
     print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {manifest}")
     for a, why in rep.skipped:
-        print(f"imgsim: skipped {a.path}: {why}", file=sys.stderr)
+        print(f"imgsim: skipped {display_path(a.path)}: {why}", file=sys.stderr)
     if op != "delete":
         print(f"undo with: imgsim undo {manifest}")
     return 1 if stale or rep.skipped else 0
