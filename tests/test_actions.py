@@ -13,6 +13,7 @@ from PIL import Image
 from imgsim_fast.cli import main
 from imgsim_fast.dedup import actions as act
 from imgsim_fast.dedup import find_duplicates
+from imgsim_fast.dedup import safe_fs as sfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +107,7 @@ def test_manifest_written_before_each_action(tmp_path, monkeypatch):
     res = _result(root)
     man = tmp_path / "m.jsonl"
     plan = act.plan_actions(res, "move", [str(root)], str(tmp_path / "q"))
-    real_rename = act._rename_noreplace
+    real_rename = sfs.rename_noreplace
     seen = []
 
     def checking_rename(sfd, sname, dfd, dname):
@@ -118,7 +119,7 @@ def test_manifest_written_before_each_action(tmp_path, monkeypatch):
         seen.append(src)
         return real_rename(sfd, sname, dfd, dname)
 
-    monkeypatch.setattr(act, "_rename_noreplace", checking_rename)
+    monkeypatch.setattr(sfs, "rename_noreplace", checking_rename)
     act.execute(plan, str(man))
     assert sorted(seen) == sorted(a.path for a in plan) and len(plan) == 4
 
@@ -179,6 +180,7 @@ def test_cli_refuses_delete_without_yes_and_no_tty(tmp_path):
 _CRASH = r"""
 import os, pickle, signal, sys
 from imgsim_fast.dedup import actions as act
+from imgsim_fast.dedup import safe_fs as sfs
 plan, manifest, roots, quarantine, n = pickle.load(open(sys.argv[1], "rb"))
 count = [0]
 def wrap(fn):
@@ -190,7 +192,7 @@ def wrap(fn):
     return w
 for name in ("link", "symlink", "unlink"):
     setattr(act.os, name, wrap(getattr(os, name)))
-act._rename_noreplace = wrap(act._rename_noreplace)
+sfs.rename_noreplace = wrap(sfs.rename_noreplace)
 act.execute(plan, manifest, roots=roots, quarantine=quarantine)
 """
 

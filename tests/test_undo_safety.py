@@ -13,6 +13,8 @@ import pytest
 
 from imgsim_fast.cli import main
 from imgsim_fast.dedup import actions as act
+from imgsim_fast.dedup import manifest
+from imgsim_fast.dedup import safe_fs as sfs
 from imgsim_fast.dedup.features import file_digest
 
 from test_actions import crash_at_every_step
@@ -80,7 +82,7 @@ def _resign(man, objs):
     prev, out = "", []
     for o in objs:
         o = {k: v for k, v in o.items() if k != "mac"}
-        prev = act._mac(key, prev, o)
+        prev = manifest.line_mac(key, prev, o)
         out.append(json.dumps({**o, "mac": prev}) + "\n")
     with open(man, "w") as f:
         f.writelines(out)
@@ -416,15 +418,15 @@ def test_cross_device_undo_after_crash_at_every_step(tmp_path, other_fs):
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-unlink"])
 def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, renameat2):
     if not renameat2:
-        monkeypatch.setattr(act, "_RENAMEAT2", None)  # a C library without renameat2: the link fallback
+        monkeypatch.setattr(sfs, "_RENAMEAT2", None)  # a C library without renameat2: the link fallback
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").write_bytes(b"b")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(FileExistsError):
-            act._rename_noreplace(fd, "a", fd, "b")
+            sfs.rename_noreplace(fd, "a", fd, "b")
         assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "b").read_bytes() == b"b"
-        act._rename_noreplace(fd, "a", fd, "c")
+        sfs.rename_noreplace(fd, "a", fd, "c")
     finally:
         os.close(fd)
     assert sorted(os.listdir(tmp_path)) == ["b", "c"] and (tmp_path / "c").read_bytes() == b"a"
