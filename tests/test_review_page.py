@@ -13,12 +13,17 @@ import pytest
 from PIL import Image
 
 from imgsim_fast.cli import main
-from imgsim_fast.dedup.report import render_review
+from imgsim_fast.dedup.report import render_review, write_html
 from imgsim_fast.names import path_text
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (requirements-test.txt)")
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (scripts/setup.sh --test installs it)")
+needs_browser = pytest.mark.skipif(
+    sync_api is None or CHROMIUM is None,
+    reason="needs playwright (requirements-test.txt) and chromium on PATH (scripts/setup.sh --test installs both)")
 
 CAFE = os.fsdecode(b"caf\xe9 copy.jpg")  # a file name that is not UTF-8
 
@@ -63,6 +68,7 @@ def _export(page, dest):
     return json.loads(Path(dest).read_text())
 
 
+@needs_browser
 def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
     src = [p for p in photos if p.endswith(".jpg")][:4]
     d = tmp_path / "album"
@@ -166,6 +172,7 @@ def _doc():
     ]}
 
 
+@needs_browser
 def test_similar_tier_marks_nothing_and_names_are_escaped(tmp_path, browser):
     doc = _doc()
     html = render_review(doc, [None] * 5, roots=["/r"], reference=["/r/ref"])
@@ -188,3 +195,18 @@ def test_similar_tier_marks_nothing_and_names_are_escaped(tmp_path, browser):
     assert plan["reference"] == ["/r/ref"]
     assert [(g["keep"]["path"], sorted(e["path"] for e in g["remove"])) for g in plan["groups"]] == [
         ("/r/ref/c.jpg", ["/r/<b>x</b>.jpg"]), ("/r/e.jpg", ["/r/d.jpg"])]
+
+
+def test_thumbnail_folder_not_made_by_imgsim_is_refused(tmp_path):
+    # report.html's thumbnails go to report_files/; a folder of that name holding someone's files is theirs.
+    (tmp_path / "report_files").mkdir()
+    (tmp_path / "report_files" / "0.jpg").write_bytes(b"the user's own picture")
+
+    class Empty:
+        def to_dict(self):
+            return {"method": "auto", "keep_order": [], "files_scanned": 0, "groups": [], "errors": []}
+
+    with pytest.raises(ValueError, match="not made by imgsim"):
+        write_html(Empty(), str(tmp_path / "report.html"))
+    assert (tmp_path / "report_files" / "0.jpg").read_bytes() == b"the user's own picture"
+    assert not (tmp_path / "report.html").exists()
