@@ -84,6 +84,26 @@ def cmd_hash(args) -> int:
     return 0 if result.paths or not result.failures else 1
 
 
+def _print_groups(res, method: str) -> None:
+    """The dedup summary and every group, in plain words: duplicates (acted on) first, then look-alikes."""
+    from .names import display_path
+
+    dup = [g for g in res.groups if g.tier == "duplicate"]
+    n_dup = sum(len(res.removable(g)) for g in dup)
+    print(f"{len(res.paths)} images scanned, {len(res.features.failures)} skipped; {len(dup)} duplicate "
+          f"groups, {n_dup} files that duplicate a kept one; {len(res.groups) - len(dup)} groups of look-alikes "
+          f"(reported, never acted on) (method {method}"
+          f"{', embeddings ' + res.features.model if res.features.model else ''})")
+    doc = res.to_dict()
+    for gi, g in enumerate(doc["groups"], 1):
+        kind = "duplicates" if g["tier"] == "duplicate" else "look-alikes, not duplicates"
+        print(f"\ngroup {gi}: {len(g['members'])} files, {kind}{' (exact copies)' if g['exact'] else ''}")
+        for k, m in enumerate(g["members"]):
+            tag = "keep" if k == 0 else ("dup " if m["removable"] else ("ref " if m["reference"] else "    "))
+            why = "" if k == 0 else f"  [{m['why']}]"
+            print(f"  {tag} {display_path(os.path.relpath(m['path']))}{why}")
+
+
 def cmd_dedup(args) -> int:
     from .dedup import DEFAULTS, Thresholds, find_duplicates
     from .dedup import actions as act
@@ -112,19 +132,7 @@ def cmd_dedup(args) -> int:
                           reference=args.reference or [], keep_order=args.keep, workers=args.workers,
                           progress=False if args.no_progress else None)
     _report_failures(res.features)
-    n_dup = sum(len(res.removable(g)) for g in res.groups)
-    print(f"{len(res.paths)} images scanned, {len(res.features.failures)} skipped; {len(res.groups)} duplicate "
-          f"groups, {n_dup} files that duplicate a kept one (method {args.method}"
-          f"{', embeddings ' + res.features.model if res.features.model else ''})")
-    doc = res.to_dict()
-    for gi, g in enumerate(doc["groups"], 1):
-        print(f"\ngroup {gi}: {len(g['members'])} files{', exact copies' if g['exact'] else ''}")
-        for k, m in enumerate(g["members"]):
-            tag = "keep" if k == 0 else ("ref " if m["reference"] else "    ")
-            cos = "" if m["cosine"] is None or k == 0 else f" cos {m['cosine']:.2f}"
-            how = "" if k == 0 else f"  [{m['rule']}: pHash {m['phash_distance']}" + (
-                f", {m['flip']} {m['flip_distance']}" if m["rule"] == "flip" else "") + f"{cos}]"
-            print(f"  {tag} {os.path.relpath(m['path'])}{how}")
+    _print_groups(res, args.method)
     if args.json:
         report.write_json(res, args.json)
         print(f"\nwrote {args.json}")

@@ -38,7 +38,7 @@ DEFAULT_ORDER = ("content", "quality", "camera", "oldest")
 _ALIASES = {"pixels": "content", "lossless": "quality"}
 
 CONTENT_TIE = 0.97      # content pixels >= 97% of the group's largest count as "as large"
-ASPECT_TOLERANCE = 0.03  # |log(aspect / group median)| above this is a squashed or stretched copy
+ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: squashed or stretched (trims jitter ~3%)
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
 NOISE_RATIO = 1.5       # noise sigma above 1.5 x the group's cleanest (+ NOISE_FLOOR) is a noisy copy
 NOISE_FLOOR = 0.5
