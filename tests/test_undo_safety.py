@@ -381,6 +381,28 @@ def test_cross_device_round_trip(tmp_path, other_fs, op):
     assert set(_snapshot(q)) == {"sub", _lines(man)[0]["key"]}  # originals gone from the quarantine, no partials
 
 
+@pytest.mark.parametrize("link", ["hard", "sym"])
+def test_cli_link_with_quarantine_on_another_file_system(tmp_path, other_fs, capsys, link):
+    """The probe's case: `dedup --link hard|sym --move-to` a tmpfs quarantine, then `imgsim undo`."""
+    from PIL import Image
+
+    album = tmp_path / "album"
+    album.mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 48), (40 * i, 200, 30)).save(album / f"x{i}.png")
+        shutil.copy(album / f"x{i}.png", album / f"x{i}-copy.png")
+    before = _snapshot(album)
+    q = os.path.join(other_fs, "q")
+    assert main(["dedup", str(album), "--method", "exact", "--link", link, "--move-to", q, "--workers", "1",
+                 "--no-progress"]) == 0
+    assert len([f for f in os.listdir(q) if f.endswith(".png")]) == 6
+    (man,) = [os.path.join(q, f) for f in os.listdir(q) if f.endswith(".jsonl")]
+    capsys.readouterr()
+    assert main(["undo", man]) == 0
+    assert capsys.readouterr().out.startswith("6 files restored")
+    assert _snapshot(album) == before
+
+
 def test_hard_link_to_a_keeper_on_another_file_system_is_skipped(tmp_path, other_fs):
     root = _tree(tmp_path, n=1)
     keeper = os.path.join(other_fs, "k.jpg")

@@ -92,23 +92,13 @@ def _folders(roots) -> list[str]:
     return sorted(out)
 
 
-def _root_of(path: str, roots: list[str]) -> str | None:
-    rp = os.path.abspath(path)
-    best = None
-    for r in roots:
-        ra = os.path.abspath(r)
-        if os.path.isdir(ra) and (rp.startswith(ra.rstrip(os.sep) + os.sep)):
-            if best is None or len(ra) > len(best):
-                best = ra
-    return best
-
-
 def quarantine_path(path: str, roots: list[str], quarantine: str, taken: set[str]) -> str:
     """Where `path` goes in the quarantine: its path relative to the scanned folder it was found in
     (under that folder's name when several were scanned), made unique with .1, .2 ... if needed."""
-    root = _root_of(path, roots)
+    folders = [os.path.abspath(r) for r in roots if os.path.isdir(r)]
+    root = within(os.path.abspath(path), folders)
     rel = os.path.relpath(os.path.abspath(path), root) if root else os.path.basename(path)
-    if root and len([r for r in roots if os.path.isdir(r)]) > 1:
+    if root and len(folders) > 1:
         rel = os.path.join(os.path.basename(root.rstrip(os.sep)) or "root", rel)
     dest = os.path.join(os.path.abspath(quarantine), rel)
     stem, ext = os.path.splitext(dest)
