@@ -19,13 +19,13 @@ from urllib.parse import quote
 
 from ..names import display_path, path_text
 
-__all__ = ["write_json", "write_csv", "write_html", "render_review", "review_doc", "thumbs_folder",
+__all__ = ["write_json", "write_csv", "write_html", "render_review", "thumbs_folder",
            "CSV_COLUMNS", "THUMB_SIDE"]
 
 CSV_COLUMNS = ("group", "keep", "reference", "path", "rule", "phash_distance", "flip_distance", "flip",
                "cosine", "width", "height", "format", "bytes", "digest", "tier", "why", "removable")
 THUMB_SIDE = 160
-THUMB_QUALITY = 75  # about 5 KB per 160 px thumbnail
+THUMB_QUALITY = 75  # 3-4 KB per 160 px thumbnail of a photo
 # Marks a thumbnail folder as ours: an existing folder without it is never written into.
 _MARKER = ".imgsim-review"
 _THUMB_NAME = re.compile(r"^\d+\.jpg$")
@@ -52,62 +52,11 @@ def _as_text(doc: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Plain words. The dedup code is to give each group a "tier" and each member "why" and "removable" in
-# DedupResult.to_dict(); until every field is there, _fallback_why and review_doc derive them from the
-# match facts. Delete both fallbacks once to_dict() provides the fields.
-
-_TRANSFORM_WORDS = {
-    "rot90": "rotated 90°", "rot180": "rotated 180°", "rot270": "rotated 270°",
-    "mirror-lr": "mirrored copy", "mirror-tb": "upside-down mirrored copy",
-    "transpose": "mirrored and rotated copy", "anti-transpose": "mirrored and rotated copy",
-}
-
-
-def _bits(n: int) -> str:
-    return "1 bit apart" if n == 1 else f"{n} bits apart"
-
-
-def _fallback_why(m: dict, first: bool, tier: str) -> str:
-    """Why `m` is in its group, in words, from its match facts against the proposed keeper."""
-    if first:
-        why = "best copy: proposed keeper"
-    elif m["rule"] == "exact":
-        why = "byte-identical copy"
-    elif tier == "similar":
-        why = "look-alike (similar, not a duplicate)"
-    elif m["rule"] == "phash":
-        why = "same picture, hashes equal" if m["phash_distance"] == 0 else \
-            f"same picture, {_bits(m['phash_distance'])}"
-    elif m["rule"] == "flip":
-        why = f"{_TRANSFORM_WORDS.get(m['flip'], m['flip'])}, {_bits(m['flip_distance'])}"
-    elif m["rule"] == "confirmed":
-        why = f"edited copy (embedding {m['cosine']:.2f}, {_bits(m['phash_distance'])})"
-    elif m["rule"] == "embedding":
-        why = f"cropped or heavily edited copy (embedding {m['cosine']:.2f})"
-    else:
-        why = m["rule"] or "in the group"
-    return why + ("; reference folder, never touched" if m["reference"] else "")
-
-
-def review_doc(result) -> dict:
-    """result.to_dict() with every group's "tier" and every member's "why" and "removable" filled in."""
-    doc = result.to_dict()
-    for g in doc["groups"]:
-        g.setdefault("tier", "duplicate")
-        for k, m in enumerate(g["members"]):
-            if "why" not in m:
-                m["why"] = _fallback_why(m, k == 0, g["tier"])
-            if "removable" not in m:
-                m["removable"] = g["tier"] == "duplicate" and k > 0 and not m["reference"]
-    return doc
-
-
-# ------------------------------------------------------------------------------------------------
 # Machine-readable
 
 
 def write_json(result, path: str, extra: dict | None = None) -> None:
-    doc = _as_text(review_doc(result))
+    doc = _as_text(result.to_dict())
     doc.update(extra or {})
     _atomic_text(path, json.dumps(doc, indent=1) + "\n")
 
@@ -117,7 +66,7 @@ def write_csv(result, path: str) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
-    for gi, g in enumerate(_as_text(review_doc(result))["groups"], 1):
+    for gi, g in enumerate(_as_text(result.to_dict())["groups"], 1):
         for m in g["members"]:
             w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:-3]]
                        + [g["tier"], m["why"], int(m["removable"])])
@@ -205,7 +154,8 @@ def _template():
 
 def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots=(), reference=(),
                   title: str = "imgsim dedup review", page_name: str = "report.html") -> str:
-    """The review page's HTML for `doc` (review_doc's form). Files are numbered in group order; file i's
+    """The review page's HTML for `doc` (DedupResult.to_dict()'s form: groups with "tier", members with "why"
+    and "removable"). Files are numbered in group order; file i's
     thumbnail is thumbs/i.jpg (a URL relative to the page) of size sizes[i], or absent when that is None."""
     files = []
     for g in doc["groups"]:
@@ -240,7 +190,7 @@ def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(
                workers: int | None = None) -> str:
     """The review page at `path` and its thumbnails in thumbs_folder(path); returns that folder.
     roots / reference: the folders the run scanned and its reference folders (they go into the plan)."""
-    doc = review_doc(result)
+    doc = result.to_dict()
     paths = [m["path"] for g in doc["groups"] for m in g["members"]]
     folder = thumbs_folder(path)
     _prepare_folder(folder)
