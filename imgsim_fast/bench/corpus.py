@@ -30,13 +30,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from .debsrc import unpack_deb
 from .lookalikes import LOOKALIKE_KINDS, build_lookalikes
 from .lookalikes import VERSION as LOOKALIKES_VERSION
 
@@ -99,30 +99,15 @@ _SKIMAGE = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png
 def fetch_sources(cache_dir: str) -> str:
     """Unpack what the corpus needs under cache_dir/corpus_src (idempotent); returns that folder.
 
-    Downloads with the ordinary clients only: `apt-get download mate-backgrounds` (unpacked with dpkg -x,
+    Downloads with the ordinary clients only: `apt-get download mate-backgrounds` (unpacked with dpkg-deb,
     never installed) and `pip download --no-deps scikit-image` (read as a zip). A failed download leaves
-    that source out; the corpus is then smaller, and the report says how many families it used.
+    that source out; the corpus is then smaller, and the report says how many families it used. The
+    look-alikes' packages are fetched the same way by lookalikes.py.
     """
     dest = os.path.join(cache_dir, "corpus_src")
     os.makedirs(dest, exist_ok=True)
-    debs = os.path.join(cache_dir, "debs")
-    os.makedirs(debs, exist_ok=True)
-    mate = os.path.join(dest, "mate-backgrounds")
-    if not os.path.exists(os.path.join(mate, ".done")):
-        deb = _find(debs, "mate-backgrounds_")
-        if deb is None:
-            subprocess.run(["apt-get", "download", "-qq", "mate-backgrounds"], cwd=debs, check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deb = _find(debs, "mate-backgrounds_")
-        if deb is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run(["dpkg", "-x", deb, tmp], check=True)
-                os.makedirs(mate, exist_ok=True)
-                for dp, _, fs in os.walk(tmp):
-                    for f in fs:
-                        if f.lower().endswith((".jpg", ".png")):
-                            shutil.copy(os.path.join(dp, f), os.path.join(mate, f))
-            open(os.path.join(mate, ".done"), "w").close()
+    unpack_deb(cache_dir, "mate-backgrounds", os.path.join(dest, "debian", "mate-backgrounds"),
+               ("./usr/share/backgrounds/mate/*",))
     sk = os.path.join(dest, "skimage")
     if not os.path.exists(os.path.join(sk, ".done")):
         wheel = _find(os.path.join(cache_dir, "wheels"), "scikit_image-")
@@ -165,9 +150,9 @@ def source_pictures(photos_src: str, corpus_src: str) -> list[tuple[str, str]]:
         for f in os.listdir(d):
             if any(key in f for key in _DESKTOP_BASE):
                 out.append((f"desktop-base/{f}", os.path.join(d, f)))
-    d = os.path.join(corpus_src, "mate-backgrounds")
-    if os.path.isdir(d):
-        out += [(f"mate/{f}", os.path.join(d, f)) for f in os.listdir(d)
+    d = os.path.join(corpus_src, "debian", "mate-backgrounds", "usr", "share", "backgrounds", "mate")
+    for dp, _, fs in os.walk(d):  # abstract/, desktop/ and nature/; the file names are unique across them
+        out += [(f"mate/{f}", os.path.join(dp, f)) for f in fs
                 if f.lower().endswith((".jpg", ".png")) and not any(f.startswith(s) for s in _MATE_SKIP)]
     d = os.path.join(corpus_src, "skimage")
     if os.path.isdir(d):
