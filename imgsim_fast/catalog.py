@@ -693,6 +693,8 @@ class Catalog:
         bad = [b for b in range(first, n_blocks) if b not in stored or have.get(b) != stored[b]]
         need = length * row_bytes
         tail = max(0, size - need - max_tx * row_bytes) if size > need else 0
+        if tail and not self.write_mode:
+            tail = self._reader_tail(name, size, row_bytes, max_tx)
         if bad or size < need or tail:
             if size < need:
                 reason = f"is {size} bytes, shorter than its {length} rows ({need} bytes)"
@@ -703,6 +705,28 @@ class Catalog:
             return Damage(name, reason, bad, tail_bytes=tail)
         self._verified[name] = length
         return None
+
+    def _reader_tail(self, name: str, size: int, row_bytes: int, max_tx: int) -> int:
+        """Bytes of array `name` past the latest committed length and one transaction's worth. A reader's
+        snapshot may be older than the file (a writer committed since), so this asks a new connection;
+        while a writer holds the lock the file may grow any time, and nothing is counted."""
+        try:
+            fd = os.open(self.path + ".lock", os.O_RDONLY)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # a writer is appending
+            finally:
+                os.close(fd)  # releases the shared lock at once
+        latest = sqlite3.connect(self.path)
+        try:
+            (length,) = latest.execute("SELECT length FROM arrays WHERE name = ?", (name,)).fetchone() or (0,)
+        finally:
+            latest.close()
+        return max(0, size - (length + max_tx) * row_bytes)
 
     def repair_arrays(self, damage: list[Damage]) -> dict[str, int]:
         """Forget what damaged array blocks held (writer only): the files whose rows lay there lose that
