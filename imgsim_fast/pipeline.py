@@ -27,7 +27,7 @@ from .codes import words_for_bits
 from .loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, ImageLoadError, LoadFailure, iter_image_files,
                       load_image)
 
-__all__ = ["HashResult", "default_workers", "hash_paths"]
+__all__ = ["HashResult", "default_workers", "hash_paths", "process_pool", "run_pool"]
 
 # Decoded pixels a worker holds before hashing them as a batch. JPEGs arrive draft-reduced and small,
 # so a whole chunk batches; full-size PNGs (8 MP wallpapers) flush every few files, which bounds a
@@ -282,8 +282,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _new_pool(workers: int, ctx) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
+def process_pool(workers: int, ctx=None) -> ProcessPoolExecutor:
+    """A ProcessPoolExecutor whose workers exit when this process ends, even by SIGKILL (`_die_with`).
+    ctx: a multiprocessing context (default: the pipeline's forkserver with the warm-up preload)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx or _mp_context(), initializer=_die_with,
                                initargs=(os.getpid(),))
 
 
@@ -315,7 +317,7 @@ def _run_window(fn, queue: deque, cfg, workers: int, ctx, results: list, on_prog
     window = 2 * workers
     in_flight: dict = {}
     suspects: list = []
-    pool = _new_pool(workers, ctx)
+    pool = process_pool(workers, ctx)
     try:
         while queue or in_flight:
             broken = False
@@ -354,7 +356,7 @@ def _run_isolated(fn, chunk: list, cfg, ctx, on_progress, failed) -> list:
     try:
         for item in chunk:
             if pool is None:
-                pool = _new_pool(1, ctx)
+                pool = process_pool(1, ctx)
             try:
                 results.append(pool.submit(fn, [item], cfg).result())
             except BrokenProcessPool:
