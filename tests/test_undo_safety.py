@@ -321,6 +321,17 @@ def test_round_trip_restores_exactly_and_leaves_nothing_behind(tmp_path, op):
     assert {k for k, v in left.items() if v != "dir"} == {key}  # no partial, temp or lock files
 
 
+def test_existing_manifest_is_never_overwritten_and_nothing_is_left(tmp_path):
+    root = _tree(tmp_path)
+    (tmp_path / "m.jsonl").write_text("an earlier run's record\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(FileExistsError):
+        act.execute(_actions(root, "move", tmp_path / "q"), str(tmp_path / "m.jsonl"), roots=[str(root)],
+                    quarantine=str(tmp_path / "q"))
+    assert {k: v for k, v in _snapshot(tmp_path).items() if k != "q"} == before
+    assert os.listdir(tmp_path / "q") == []  # no key without its manifest
+
+
 def test_delete_manifest_is_a_record_only(tmp_path):
     root = _tree(tmp_path)
     man = str(tmp_path / "m.jsonl")

@@ -335,10 +335,16 @@ def execute(actions: list[Action], manifest_path: str, header: dict | None = Non
     if moving:
         os.makedirs(quarantine, exist_ok=True)
         key_name, key = write_key(quarantine, run)
-    man = ManifestWriter.create(manifest_path, key, {
-        **(header or {}), "imgsim_manifest": MANIFEST_VERSION, "run": run,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cwd": os.getcwd(), "roots": folders,
-        "quarantine": quarantine if moving else None, "key": key_name})
+    try:
+        man = ManifestWriter.create(manifest_path, key, {
+            **(header or {}), "imgsim_manifest": MANIFEST_VERSION, "run": run,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cwd": os.getcwd(), "roots": folders,
+            "quarantine": quarantine if moving else None, "key": key_name})
+    except BaseException:
+        if key_name:  # no manifest (say --manifest names an existing file): its key would be litter
+            with dir_at(quarantine) as qfd:
+                os.unlink(key_name, dir_fd=qfd)
+        raise
     rep = RunReport()
     try:
         for seq, (a, orig) in enumerate(zip(actions, given)):
