@@ -27,7 +27,8 @@ KEY_NAME = re.compile(r"imgsim-run-[0-9A-Za-z-]{1,64}\.key")
 
 
 def line_mac(key: bytes, prev: str, obj: dict) -> str:
-    # Canonical JSON (sorted keys, ASCII escapes: exact even for non-UTF-8 names, PEP 383 surrogates).
+    """HMAC-SHA256 of the previous line's MAC and `obj` as canonical JSON (sorted keys, ASCII escapes,
+    so exact for non-UTF-8 names too)."""
     body = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hmac.new(key, f"{prev}\n{body}".encode("ascii"), hashlib.sha256).hexdigest()
 
@@ -81,25 +82,24 @@ def write_key(quarantine: str, run: str) -> tuple[str, bytes]:
 def read_key(quarantine: str, name: str) -> bytes:
     """The run's key, if it is a regular file in the quarantine, owned by the user running undo and
     readable by nobody else (another user cannot have written it); raises Blocked otherwise."""
+    shown = _shown(os.path.join(quarantine, name))
     with dir_at(quarantine) as qfd:
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=qfd)
-        except FileNotFoundError:
-            raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} is missing") from None
         except OSError as e:
-            raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} cannot be opened ({e.strerror})"
-                           ) from None
+            why = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be opened ({e.strerror})"
+            raise Blocked(f"its key {shown} {why}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-                raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} is not a private file of this user")
+                raise Blocked(f"its key {shown} is not a private file of this user")
             text = os.read(fd, 256).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
     try:
         return bytes.fromhex(text)
     except ValueError:
-        raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} is damaged") from None
+        raise Blocked(f"its key {shown} is damaged") from None
 
 
 def parse_lines(data: bytes) -> list[tuple[int, dict]]:
