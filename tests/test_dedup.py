@@ -467,3 +467,18 @@ def test_feature_worker_crash_costs_only_its_file(tmp_path):
     assert out[2].kind == "worker_crash" and out[2].path == paths[2]
     for i in (0, 1, 3, 4, 5):  # the crash's chunk-mate and every other file still get their features
         assert out[i][0].path == paths[i]
+
+
+def test_byte_identical_copies_all_join_whichever_is_kept():
+    # Candidates for identical files are a star on the first of them; when another copy ranks first (here
+    # the oldest), every copy must still be grouped with it (a copy once went missing from the report).
+    codes = np.zeros((4, 8, 1), np.uint64)
+    codes[3, :, 0] = np.uint64(0xF0F0F0F0F0F0F0F0)  # an unrelated file
+    facts = [_facts(i, digest="same" if i < 3 else "other", mtime=50.0 if i == 1 else 100.0) for i in range(4)]
+    f = Features(facts, codes)
+    judge = PairJudge(f, "exact", DEFAULTS)
+    from imgsim_fast.dedup.detect import candidate_pairs
+
+    groups = group_pairs(4, candidate_pairs(judge), judge, _ranker(facts))
+    assert [(g.tier, g.members) for g in groups] == [("duplicate", [1, 0, 2])]
+    assert all(m.rule == "exact" for m in groups[0].matches[1:])

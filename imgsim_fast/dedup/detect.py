@@ -328,15 +328,18 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
                 near.setdefault(x, {})[y] = m
                 if m.duplicate:
                     dup.setdefault(x, {})[y] = m
-    groups = _stars(n, dup, ranker, "duplicate")
+    groups = _stars(n, dup, ranker, "duplicate", judge)
     absorbed = {m for g in groups for m in g.members[1:]}
     free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
-    groups += _stars(n, free, ranker, "similar")
+    groups += _stars(n, free, ranker, "similar", judge)
     groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
     return groups
 
 
-def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str) -> list[Group]:
+def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str, judge: PairJudge) -> list[Group]:
+    """Star groups over `adj` (see group_pairs). Byte-identical files are candidates only as a star on the
+    first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
+    or of a member: the same bytes match the keeper exactly as the member does."""
     parent = list(range(n))
 
     def find(x: int) -> int:
@@ -353,6 +356,7 @@ def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str) -> list[
     comps: dict[int, list[int]] = {}
     for x in adj:
         comps.setdefault(find(x), []).append(x)
+    digests = judge.digests
     groups = []
     for comp in comps.values():
         if len(comp) < 2:
@@ -364,8 +368,14 @@ def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str) -> list[
             keeper = next((x for x in remaining if left.intersection(adj.get(x, ()))), None)
             if keeper is None:
                 break
-            members = [keeper] + [x for x in remaining if x != keeper and x in adj[keeper]]
-            taken = set(members)
-            remaining = [x for x in remaining if x not in taken]
-            groups.append(Group(members, [KEEPER] + [adj[keeper][x] for x in members[1:]], tier))
+            near = adj[keeper]
+            chosen = {keeper} | {x for x in remaining if x in near}
+            same = {digests[x] for x in chosen}
+            matches = {x: near[x] for x in chosen if x != keeper}
+            for x in remaining:
+                if x not in chosen and digests[x] in same:
+                    matches[x] = judge.match(keeper, x)
+            members = [keeper] + [x for x in remaining if x in matches]
+            remaining = [x for x in remaining if x != keeper and x not in matches]
+            groups.append(Group(members, [KEEPER] + [matches[x] for x in members[1:]], tier))
     return groups
