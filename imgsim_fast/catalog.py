@@ -638,8 +638,12 @@ class Catalog:
         return [r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE file_id = ? ORDER BY norm", (file_id,))]
 
     def arrays(self) -> dict[str, dict]:
-        return {n: {"dtype": np.dtype(d), "width": w, "length": ln, "params": json.loads(p)}
-                for n, d, w, ln, p in self.conn.execute("SELECT name, dtype, width, length, params FROM arrays")}
+        try:
+            return {n: {"dtype": np.dtype(d), "width": w, "length": ln, "params": json.loads(p)}
+                    for n, d, w, ln, p in self.conn.execute("SELECT name, dtype, width, length, params FROM arrays")}
+        except (TypeError, ValueError) as e:  # a flipped byte in a column no index covers
+            raise CatalogDamaged(f"the catalog {self.path} is damaged (array table: {e}); run "
+                                 f"`{self.repair_command()}`") from None
 
     def array(self, name: str) -> np.ndarray:
         """The committed rows of array `name`, memory-mapped read-only, (length, width). Checked against
@@ -664,12 +668,14 @@ class Catalog:
     def _verify_array(self, name: str, from_row: int = 0) -> Damage | None:
         """Damage of array `name`, or None (then its rows count as verified for this open). Rows before
         `from_row` were verified earlier in this open; their blocks are not read again."""
-        dt, width, length, block_rows, max_tx = self.conn.execute(
-            "SELECT dtype, width, length, block_rows, max_tx_rows FROM arrays WHERE name = ?", (name,)).fetchone()
+        dt, width, length, block_rows, max_tx, params = self.conn.execute(
+            "SELECT dtype, width, length, block_rows, max_tx_rows, params FROM arrays WHERE name = ?",
+            (name,)).fetchone()
         try:
             row_bytes = np.dtype(dt).itemsize * int(width)
-        except TypeError:
-            return Damage(name, f"has an unreadable dtype {dt!r} recorded", missing=True)
+            json.loads(params)
+        except (TypeError, ValueError):
+            return Damage(name, "has an unreadable dtype or parameters recorded", missing=True)
         if row_bytes <= 0 or length < 0 or block_rows <= 0:
             return Damage(name, "has an impossible shape recorded", missing=True)
         top = self.conn.execute("SELECT max(row) FROM vectors WHERE array = ?", (name,)).fetchone()[0]

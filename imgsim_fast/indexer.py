@@ -225,7 +225,12 @@ def _repair(catalog: str, kinds, mode, hash_size, embed_model) -> tuple[int, lis
             notes.append(f"the catalog database was damaged: moved it to {cat.moved_aside} and indexed afresh "
                          "(index again with --embed or --kinds if it held more than this run asks for)")
         damage = cat.verify()
-        params = {n: a["params"] for n, a in cat.arrays().items()}
+        params = {}
+        for name, text in cat.conn.execute("SELECT name, params FROM arrays"):
+            try:
+                params[name] = json.loads(text)
+            except ValueError:  # damaged too (verify says so): rebuilt only if this run asks for it
+                params[name] = {}
         lost = cat.repair_arrays(damage)
     hash_cfgs: dict[tuple, list[str]] = {}
     for d in damage:
