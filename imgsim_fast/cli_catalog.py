@@ -10,7 +10,7 @@ import os
 import sys
 
 from .catalog import CATALOG_DIRNAME, CATALOG_FILENAME
-from .cli_types import non_negative_int, positive_int
+from .cli_types import iso_date, non_negative_int, positive_int
 
 __all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
 
@@ -123,8 +123,8 @@ def add_filter_options(p, text_flag: str = "--text") -> None:
     p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
     p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
     p.add_argument(text_flag, action="append", help="description contains this (case-insensitive)")
-    p.add_argument("--after", help="taken on or after (ISO date, e.g. 2020-01-01)")
-    p.add_argument("--before", help="taken before (ISO date)")
+    p.add_argument("--after", type=iso_date, help="taken on or after (ISO date, e.g. 2020-01-01)")
+    p.add_argument("--before", type=iso_date, help="taken before (ISO date)")
     p.add_argument("--camera", help="make/model contains this")
     p.add_argument("--min-width", type=non_negative_int)
     p.add_argument("--max-width", type=non_negative_int)

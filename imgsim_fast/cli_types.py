@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine"]
+__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine", "iso_date"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,3 +59,14 @@ def cosine(text: str) -> float:
     if not math.isfinite(v) or not -1.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a cosine from -1 to 1, got {text}")
     return v
+
+
+_ISO = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?)?)?")
+
+
+def iso_date(text: str) -> str:
+    """An ISO 8601 date or a prefix of one (2020, 2020-06, 2020-06-01T12:30): the catalog compares the
+    text of dates, so anything else would silently match nothing or everything."""
+    if not _ISO.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2020-06-01 (or 2020, 2020-06)")
+    return text

@@ -59,6 +59,8 @@ def _usage_error(capsys, argv, *needles):
     (["hash", "d", "--hash-size", "9"], "--hash-size: invalid choice"),
     (["index", "d", "--batch-size", "x"], "--batch-size: 'x' is not a whole number"),
     (["query", "--min-width", "-1"], "--min-width: must be 0 or more"),
+    (["query", "--after", "last week"], "--after: 'last week' is not an ISO date"),
+    (["search", "q.jpg", "--before", "2020/01/01"], "--before: '2020/01/01' is not an ISO date"),
     (["nosuchcommand"], "invalid choice"),
 ])
 def test_bad_arguments_are_one_line_usage_errors(argv, needle, capsys):
