@@ -482,3 +482,29 @@ def test_byte_identical_copies_all_join_whichever_is_kept():
     groups = group_pairs(4, candidate_pairs(judge), judge, _ranker(facts))
     assert [(g.tier, g.members) for g in groups] == [("duplicate", [1, 0, 2])]
     assert all(m.rule == "exact" for m in groups[0].matches[1:])
+
+
+def test_the_original_is_kept_over_upscaled_resaved_noisy_and_bordered_copies(tmp_path, photos):
+    # A JPEG original and the copies that used to win keep-best on "more pixels" or "lossless": each is
+    # found derived (or out-ranked) by its pixels, whatever the modification times say.
+    src = _rgb([p for p in photos if p.endswith(".jpg")][3], side=900)
+    src.save(tmp_path / "original.jpg", quality=95)
+    with Image.open(tmp_path / "original.jpg") as im:
+        decoded = im.convert("RGB")
+    decoded.resize((decoded.width * 3 // 2, decoded.height * 3 // 2), Image.Resampling.BICUBIC).save(
+        tmp_path / "upscaled.jpg", quality=95)
+    decoded.save(tmp_path / "resaved.png")
+    noise = np.random.default_rng(3).normal(0, 6, (decoded.height, decoded.width, 1))
+    Image.fromarray(np.clip(np.asarray(decoded, np.float32) + noise, 0, 255).astype(np.uint8)).save(tmp_path / "noisy.png")
+    bars = Image.new("RGB", (decoded.width, decoded.height * 3 // 2))
+    bars.paste(decoded, (0, decoded.height // 4))
+    bars.save(tmp_path / "letterboxed.jpg", quality=90)
+    decoded.resize((decoded.width * 6 // 5, decoded.height), Image.Resampling.BICUBIC).save(
+        tmp_path / "squashed.jpg", quality=95)
+    for k, name in enumerate(sorted(os.listdir(tmp_path))):  # the original is not the oldest file
+        t = 1_700_000_000 + (100 if name == "original.jpg" else k)
+        os.utime(tmp_path / name, (t, t))
+    res = find_duplicates([str(tmp_path)], workers=1, progress=False)
+    dup = [g for g in res.groups if g.tier == "duplicate"]
+    assert len(dup) == 1 and len(dup[0].members) == 6, [[res.paths[m] for m in g.members] for g in res.groups]
+    assert os.path.basename(res.paths[dup[0].members[0]]) == "original.jpg"

@@ -110,7 +110,7 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     if pointer.any():
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
-    groups = group_pairs(len(features), (ii, jj), judge, lambda members: keep_ranks(facts, members, order, ref))
+    groups = group_pairs(len(features), (ii, jj), judge, lambda members: keep_ranks(facts, members, order, ref, inspect=True))
     return DedupResult(features, groups, method, thresholds, ref, order)
 
 

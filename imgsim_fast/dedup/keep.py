@@ -42,6 +42,21 @@ ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: sq
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
 NOISE_RATIO = 1.5       # noise sigma above 1.5 x the group's cleanest (+ NOISE_FLOOR) is a noisy copy
 NOISE_FLOOR = 0.5
+INSPECT_ROUNDS = 4  # at most this many would-be keepers are found derived per group ...
+INSPECT_PEERS = 6   # ... each checked against this many next-best members
+# A copy upscaled from a smaller member differs from that member's bicubic upscale by less than its own
+# down-up round trip loses: e_up / e_rt < UPSCALE_RATIO. Keep corpus (keep_bench): upscaled copies
+# 0.29-1.15 (median 0.73), native files over their downscaled copies 0.98-1.91.
+UPSCALE_RATIO = 0.95
+# A same-size copy whose difference from a member is independent of the picture's detail (correlation of
+# |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
+# 0.07 at most, a PNG original against its own JPEG copies (q20-q70) 0.17 at least.
+NOISE_DEPENDENCE = 0.12
+_LOSSY = frozenset({"JPEG", "MPO", "WEBP", "HEIF", "AVIF"})
+# ... and is white: neighbouring differences uncorrelated (noisy PNGs 0.06 at most), which a brightness or
+# contrast edit, whose difference follows the picture's tones smoothly, is not.
+NOISE_WHITE = 0.3
+RESAVE_DIFF = 0.5   # mean |difference| in grey levels below which two same-size files hold the same pixels
 # Long/short side ratios of cameras, phones and screens (1:1, 5:4, 4:3, 3:2, 16:10, 16:9, 2:1), as logs.
 _STANDARD = tuple(math.log(r) for r in (1.0, 1.25, 4 / 3, 1.5, 1.6, 16 / 9, 2.0))
 
@@ -82,8 +97,30 @@ def _generation(f: FileFacts) -> int:
 
 
 def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...] = DEFAULT_ORDER,
-               reference: list[bool] | None = None) -> dict[int, tuple]:
-    """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others."""
+               reference: list[bool] | None = None, inspect: bool = False) -> dict[int, tuple]:
+    """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
+
+    inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_copies): a
+    file found to be an upscale, a lossless re-save or a noisy copy of another member ranks after the rest.
+    """
+    keys = _fact_ranks(facts, members, order, reference)
+    if not inspect or len(members) < 2 or "content" not in order:
+        return keys
+    derived: set[int] = set()
+    for _ in range(INSPECT_ROUNDS):
+        best = sorted(members, key=lambda m: (m in derived, keys[m]))
+        top = best[0]
+        if reference and reference[top]:
+            break
+        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived])
+        if source is None:
+            break
+        derived.add(top)
+    return {m: (keys[m][0], int(m in derived)) + keys[m][1:] for m in members}
+
+
+def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
+                reference: list[bool] | None) -> dict[int, tuple]:
     fs = [facts[m] for m in members]
     aspects = [math.log(f.content_aspect) for f in fs]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
@@ -117,3 +154,101 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
         key.append(f.path)
         out[m] = tuple(key)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
+
+
+def derived_from(facts: list[FileFacts], top: int, peers: list[int]) -> int | None:
+    """The member of `peers` that `top` was made from, judging by full-size pixels, or None.
+
+    - same size, top lossless, the peer lossy, same pixels: top is a lossless re-save of the peer;
+    - same size, their difference is noise independent of the picture, top the noisier: top is a noisy copy;
+    - top larger, same shape, and no more detail than the peer's upscale: top is an upscaled copy.
+    A file that cannot be read now is never judged derived.
+    """
+    import numpy as np
+
+    t = facts[top]
+    cache: dict[int, object] = {}
+
+    def grey(i):
+        if i not in cache:
+            cache[i] = _full_grey(facts[i].path)
+        return cache[i]
+
+    for p in peers:
+        f = facts[p]
+        # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size
+        # (a re-save or a noisy copy ranks first on generation), or a larger file (an upscale would).
+        same_size = (f.width, f.height) == (t.width, t.height) and t.format.upper() not in _LOSSY \
+            and f.format.upper() in _LOSSY
+        bigger = t.content_pixels > 1.2 * f.content_pixels and \
+            abs(math.log(t.content_aspect / f.content_aspect)) <= ASPECT_TOLERANCE
+        if not (same_size or bigger):
+            continue
+        a, b = grey(top), grey(p)
+        if a is None or b is None:
+            continue
+        if same_size:
+            if a.shape != b.shape:
+                continue
+            r = a - b
+            if float(np.abs(r).mean()) < RESAVE_DIFF:
+                return p
+            if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > _laplacian(b).mean():
+                h = _laplacian(b).ravel()
+                dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), h)[0, 1]
+                if np.isfinite(dep) and dep < NOISE_DEPENDENCE:
+                    return p
+        elif _is_upscale(a, t.trim, b, f.trim):
+            return p
+    return None
+
+
+def _full_grey(path: str):
+    """Full-size grey float32 pixels, or None when the file cannot be read now."""
+    import numpy as np
+
+    from ..loading import ImageLoadError, load_image
+
+    try:
+        im = load_image(path)
+    except (ImageLoadError, OSError):
+        return None
+    return np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.float32)
+
+
+def _whiteness(r) -> float:
+    """|lag-1 autocorrelation| of a difference image, both axes: 0 for white noise, near 1 for smooth."""
+    r = r - r.mean()
+    v = float((r * r).mean()) or 1.0
+    return abs(float((r[:, 1:] * r[:, :-1]).mean() + (r[1:] * r[:-1]).mean()) / (2 * v))
+
+
+def _laplacian(a):
+    return abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:])
+
+
+def _content(a, trim):
+    h, w = a.shape
+    left, top, right, bottom = trim
+    return a[round(top * h):max(round(top * h) + 1, round(bottom * h)),
+             round(left * w):max(round(left * w) + 1, round(right * w))]
+
+
+def _is_upscale(big, big_trim, small, small_trim) -> bool:
+    """Does `big` hold no more detail than `small` enlarged? (UPSCALE_RATIO, measured on the contents)"""
+    import numpy as np
+    from PIL import Image
+
+    B, S = _content(big, big_trim), _content(small, small_trim)
+    if min(S.shape) < 16:
+        return False
+    Bi = Image.fromarray(B.astype(np.float32), mode="F")
+    size, small_size = (B.shape[1], B.shape[0]), (S.shape[1], S.shape[0])
+    up = np.asarray(Image.fromarray(S.astype(np.float32), mode="F").resize(size, Image.Resampling.BICUBIC))
+    rt = np.asarray(Bi.resize(small_size, Image.Resampling.BOX).resize(size, Image.Resampling.BICUBIC))
+    e_rt = float(np.abs(B - rt).mean())
+    return e_rt > 0.1 and float(np.abs(B - up).mean()) / e_rt < UPSCALE_RATIO  # a flat picture has no detail to judge
