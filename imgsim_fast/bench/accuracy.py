@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .corpus import EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
-from .report import Row
+from .report import Row, machine_info
 
 __all__ = ["run", "evaluate", "IMAGEHASH_THRESHOLD"]
 
@@ -140,7 +140,8 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
     if details is not None:
         details.update({"results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
                         "files": len(files), "families": len({f.family for f in files}),
-                        "features_s": t_feat, "imagehash_s": t_ih})
+                        "features_s": t_feat, "imagehash_s": t_ih,
+                        "machine": machine_info(seed=0)})  # the corpus seed; the commit says which dedup code
     ih = results["imagehash.phash@10"]["test"]
     rows = []
     params = {"files": len(files), "families": len({f.family for f in files}), "split": "test (held out)"}
