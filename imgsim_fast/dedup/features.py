@@ -50,6 +50,9 @@ EMBED_CROP = 0.8
 # keeps its content box, and a flat image is left whole.
 TRIM_MAX = 0.8
 _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
+# The thumbnail kept for the pixel check of the pair test: at 64 px, lines of text and small subjects still
+# differ between look-alikes (slides of one template, frames of a burst) where 32 px blurs them together.
+THUMB_SIDE = 64
 
 
 def file_digest(path: str, chunk: int = 1 << 20) -> str:
@@ -99,6 +102,9 @@ class Features:
     failures: list[LoadFailure] = field(default_factory=list)
     model: str | None = None
     centre_embeddings: np.ndarray | None = None
+    # (n, THUMB_SIDE, THUMB_SIDE) uint8: the trimmed grey picture the hashes were computed from, kept for the
+    # pair test's pixel check (detect.changed_fraction); 4 KiB a file.
+    thumbs: np.ndarray | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -247,7 +253,7 @@ _LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "QOI"})
 
 
 def prepare_file(path: str, embed_size: int | None) -> tuple:
-    """(FileFacts, 32x32 uint8 hash pixels, embedding inputs (2, s, s, 3) uint8 or None) for one file.
+    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None) for one file.
 
     The first embedding input is the trimmed picture squashed to s x s: the whole content, not a centre
     crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
@@ -269,7 +275,8 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
     trimmed, box = trim_uniform_borders(img)
     gray = trimmed.convert("L") if trimmed.mode != "L" else trimmed
     noise = noise_sigma(np.asarray(gray))
-    hp = np.asarray(gray.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS))
+    hp = (np.asarray(gray.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)),
+          np.asarray(gray.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)))
     ep = None
     if embed_size:
         rgb = trimmed.convert("RGB") if trimmed.mode != "RGB" else trimmed
@@ -358,12 +365,13 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
             facts.append(r[0])
             hpix.append(r[1])
             epix.append(r[2])
-    phash8 = phash_dihedral(np.stack(hpix)) if hpix else np.zeros((0, 8, 1), np.uint64)
+    phash8 = phash_dihedral(np.stack([h[0] for h in hpix])) if hpix else np.zeros((0, 8, 1), np.uint64)
+    thumbs = np.stack([h[1] for h in hpix]) if hpix else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
     emb = centre = None
     if model is not None:
         both = _embed(model, [v for e in epix for v in e], progress)
         emb, centre = both[0::2].copy(), both[1::2].copy()
-    return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre)
+    return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs)
 
 
 def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
