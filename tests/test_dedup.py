@@ -540,3 +540,22 @@ def test_pixel_check_passes_a_copy_and_stops_a_lookalike(tmp_path, photos):
     assert whole <= DEFAULTS.changed_whole
     whole, crop = judge.changed(idx["chart_a.png"], idx["chart_b.png"])
     assert whole > DEFAULTS.changed_whole and crop > DEFAULTS.changed_crop, (whole, crop)
+
+
+def test_a_symlink_is_never_kept_nor_removed(tmp_path, photos):
+    # tree/a.jpg and tree/b_link.jpg -> ../outside/o1.jpg hold the same picture; b_link sorts and ranks
+    # like a real file. A link is a pointer, not a copy: it must never be kept in place of a.jpg (which an
+    # action would then remove), nor removed itself; a file reached only through a linked folder is outside
+    # the scanned root and takes no part either.
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    tree.mkdir()
+    outside.mkdir()
+    src = _rgb(photos[0])
+    src.save(outside / "o1.jpg", quality=95)
+    src.save(tree / "a.jpg", quality=80)  # smaller file, lower quality: the link target would win on facts
+    os.symlink("../outside/o1.jpg", tree / "b_link.jpg")
+    os.symlink("../outside", tree / "linked_dir")
+    res = find_duplicates([str(tree)], workers=1, progress=False)
+    touched = {os.path.basename(res.paths[m]) for g in res.groups for m in g.members}
+    assert "b_link.jpg" not in touched and "o1.jpg" not in touched
+    assert not [m for g in res.groups for m in res.removable(g)]

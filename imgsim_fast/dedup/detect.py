@@ -54,9 +54,10 @@ class Thresholds:
     # `changed_crop` of the best crop window of one against the other (a cropped copy); otherwise it is a
     # look-alike (dialogs of one application, charts of one style). Hash matches are not checked: at
     # 64 px a check that separates slides or burst frames also splits JPEG and resized copies (tune half:
-    # recall 0.75 -> 0.62). Tune half, groups: no check P 0.758 R 0.894; these values P 0.931 R 0.768, chart
-    # and screenshot false pairs 516 and 593 -> 0 and 3 per 1,000 files (slides 685 -> 260, bursts 172 -> 129).
-    changed_whole: float = 0.02
+    # recall 0.75 -> 0.62). Tune half, groups: no check P 0.758 R 0.894; these values P 0.954 R 0.764, chart
+    # and screenshot false pairs 516 and 593 -> 0 and 3 per 1,000 files (slides 685 -> 113, bursts
+    # 172 -> 129: at 64 px slides of one template differ in under 2% of their pixels).
+    changed_whole: float = 0.01
     changed_crop: float = 0.05
 
     def confirm_needed(self, h: int) -> float:
