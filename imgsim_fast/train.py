@@ -38,6 +38,9 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # Edits under which the embedding is not expected to stay close: dedup's flip/rotation rule matches
 # those on the dihedral pHash alone (detect.PairJudge.match), so they are neither positives nor anchors.
 NOT_EMBEDDING_POSITIVE = ("rot90", "mirror")
+# The Thresholds fields tuned for the learned score (stored in the weights file); every other field is
+# dedup's default, so the stored set survives new fields in detect.Thresholds.
+TUNED = ("confirm_phash", "confirm_cos", "confirm_slope", "embed_cos", "centre_discount")
 CENTRE_DISCOUNT = 0.05   # as detect.DEFAULTS.centre_discount: the crosswise rule the head is trained for
 EXTRA_PER_SOURCE = 6     # chained-edit training copies per tune-half original
 FOLDS = 3
@@ -353,8 +356,8 @@ def fit(tune_feats, tune_files, extra_feats, extra_files, seed: int, **kw):
     raw_t, raw_metrics = tune_thresholds(raw, d0, dk, same, valid)
     history: list = []
     head = train_head(w, c, lab, anchor_ok=ok, seed=seed, history=history, **kw)
-    meta = dict(head.meta, thresholds=dataclasses.asdict(thresholds), oof_tune=oof_metrics,
-                raw_tune_same_grid={"thresholds": dataclasses.asdict(raw_t), **raw_metrics},
+    meta = dict(head.meta, thresholds={k: getattr(thresholds, k) for k in TUNED}, oof_tune=oof_metrics,
+                raw_tune_same_grid={"thresholds": {k: getattr(raw_t, k) for k in TUNED}, **raw_metrics},
                 loss_first_last=[history[0], history[-1]], model=tune_feats.model,
                 train_files=len(all_files), train_families=int(len(set(lab.tolist()))))
     return dataclasses.replace(head, meta=meta)
@@ -367,13 +370,13 @@ def fit(tune_feats, tune_files, extra_feats, extra_files, seed: int, **kw):
 def compare_heldout(head, all_feats, all_files) -> dict:
     """Held-out (test half) metrics of the shipped rule and of the rule on the learned score."""
     from .bench.accuracy import evaluate, our_pairs
-    from .dedup.detect import Thresholds
+    from .dedup.detect import DEFAULTS
     from .embedding.siamese import learned_features
 
     rows = np.array([i for i, f in enumerate(all_files) if f.split == "test"])
     feats = subset(all_feats, rows)
     files = [all_files[i] for i in rows]
-    t = Thresholds(**head.meta["thresholds"])
+    t = dataclasses.replace(DEFAULTS, **head.meta["thresholds"])
     out = {}
     for name, pred in (("hand rule (auto)", our_pairs(feats, "auto")),
                        ("learned score", our_pairs(learned_features(feats, head), "auto", t))):

@@ -16,9 +16,10 @@ def test_shipped_weights_load_and_give_unit_vectors():
     y = head.project(x)
     assert y.shape == (7, head.dim) and y.dtype == np.float32
     assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
-    from imgsim_fast.dedup.detect import Thresholds
+    from imgsim_fast.dedup.detect import DEFAULTS
 
-    Thresholds(**head.meta["thresholds"])  # the decision thresholds that ship with it are a valid set
+    t = dataclasses.replace(DEFAULTS, **head.meta["thresholds"])  # the tuned thresholds are Thresholds fields
+    assert 0 < t.confirm_cos <= 1 and 0 < t.embed_cos <= 1
     with pytest.raises(ValueError):
         head.project(x[:, :100])
 
@@ -87,13 +88,13 @@ def test_learned_cosine_is_symmetric_and_matches_brute_force():
 
 
 def test_learned_features_give_dedups_pair_test_the_same_score():
-    from imgsim_fast.dedup.detect import PairJudge, Thresholds
+    from imgsim_fast.dedup.detect import DEFAULTS, PairJudge
     from imgsim_fast.dedup.features import FileFacts
 
     head = load_head()
     f = _features()
     facts = [FileFacts(f"/x/{k}.jpg", 1000, 0.0, 100, 100, "JPEG", 10000, f"d{k}") for k in range(len(f.embeddings))]
     f = dataclasses.replace(f, facts=facts)
-    judge = PairJudge(learned_features(f, head), "auto", Thresholds(**head.meta["thresholds"]))
+    judge = PairJudge(learned_features(f, head), "auto", dataclasses.replace(DEFAULTS, **head.meta["thresholds"]))
     want = learned_cosine(f, np.array([3, 0]), np.array([4, 5]), head)
     assert [judge.cosine(3, 4), judge.cosine(0, 5)] == pytest.approx(want.tolist(), abs=1e-6)

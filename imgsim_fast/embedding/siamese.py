@@ -100,8 +100,8 @@ def _check_backbone(features, head: SiameseHead) -> None:
 def learned_features(features, head: SiameseHead | None = None):
     """A copy of dedup Features whose two embedding views are the head's projections.
 
-    dedup's pair test and candidate search then run unchanged in the learned space:
-    PairJudge(learned_features(f), "auto", Thresholds(**head.meta["thresholds"])).
+    dedup's pair test and candidate search then run unchanged in the learned space, with the thresholds
+    tuned for it: PairJudge(learned_features(f), "auto", dataclasses.replace(DEFAULTS, **head.meta["thresholds"])).
     """
     head = head or load_head()
     _check_backbone(features, head)
