@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import __version__
-from .cli_types import Parser, bits, cosine, positive_int
+from .cli_types import Parser, bits, cosine, extension_list, positive_int
 
 
 def _add_hash_options(p: argparse.ArgumentParser) -> None:
@@ -19,14 +19,60 @@ def _add_hash_options(p: argparse.ArgumentParser) -> None:
                    help="8 gives 64-bit codes, 16 gives 256-bit (default 8)")
     p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    add_walk_options(p)
+
+
+def add_walk_options(p: argparse.ArgumentParser) -> None:
+    """--extensions and -v, for every command that walks folders (hash, dedup, index)."""
+    from .loading import DEFAULT_EXTENSIONS
+
+    p.add_argument("--extensions", type=extension_list, default=None, metavar="LIST",
+                   help="file name extensions to take from folders, comma-separated (e.g. jpg,png,heic; "
+                        f"default: {','.join(sorted(e[1:] for e in DEFAULT_EXTENSIONS))})")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the files passed over by extension")
+
+
+def report_passed_over(paths: list[str], verbose: bool) -> None:
+    """One stderr line counting the files the walk left out by extension; with -v, one line per file."""
+    from .names import display_path
+
+    if paths:
+        print(f"imgsim: {len(paths)} files passed over: not images by extension"
+              f"{'' if verbose else ' (-v lists them)'}", file=sys.stderr)
+    if verbose:
+        for p in paths:
+            print(f"imgsim: passed over {display_path(p)}", file=sys.stderr)
+
+
+def check_paths_exist(paths) -> None:
+    """A path named on the command line that does not exist is bad usage (exit 2), found before any work."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise ValueError(f"{p}: no such file or folder")
+
+
+def _walk_extensions(args):
+    from .loading import DEFAULT_EXTENSIONS
+
+    return DEFAULT_EXTENSIONS if args.extensions is None else args.extensions
+
+
+def _exit_status(n_done: int, n_failed: int) -> int:
+    """README "Exit status": 0 done, 1 some files failed, 2 nothing readable among what was named."""
+    if n_failed and not n_done:
+        return 2
+    return 1 if n_failed else 0
 
 
 def _hash(args, kinds):
     from .pipeline import hash_paths
 
+    check_paths_exist(args.paths)
     progress = False if args.no_progress else None
-    return hash_paths(args.paths, kinds=kinds, mode=args.mode, hash_size=args.hash_size,
-                      workers=args.workers, progress=progress)
+    result = hash_paths(args.paths, kinds=kinds, mode=args.mode, hash_size=args.hash_size,
+                        workers=args.workers, progress=progress, extensions=_walk_extensions(args))
+    report_passed_over(result.passed_over, args.verbose)
+    return result
 
 
 def _report_failures(result) -> None:
@@ -81,7 +127,7 @@ def cmd_hash(args) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    return 0 if result.paths or not result.failures else 1
+    return _exit_status(len(result.paths), len(result.failures))
 
 
 def _print_groups(res, method: str) -> None:
@@ -123,6 +169,7 @@ def cmd_dedup(args) -> int:
         return _apply_plan(args, op)
     if not args.paths:
         raise ValueError("dedup needs image files or folders (or --apply PLAN)")
+    check_paths_exist(list(args.paths) + list(args.reference or []))
     t = Thresholds(
         phash=DEFAULTS.phash if args.threshold is None else args.threshold,
         dihedral=DEFAULTS.dihedral if args.flip_threshold is None else args.flip_threshold,
@@ -142,13 +189,14 @@ def cmd_dedup(args) -> int:
     if args.html:
         report.write_html(res, args.html, roots=args.paths, reference=args.reference or [], workers=args.workers)
         print(f"wrote {args.html}")
-    if op is None:
-        return 0
+    status = _exit_status(len(res.paths), len(res.features.failures))
+    if op is None or status == 2:
+        return status
     roots = list(args.paths) + list(args.reference or [])
     plan = act.plan_actions(res, op, roots, args.move_to)
     if not plan:
         print("\nnothing to do")
-        return 0
+        return status
     if op == "delete" and not args.yes:
         answer = input(f"\nDelete {len(plan)} files for good (they cannot be undone)? Type 'yes': ")
         if answer.strip().lower() != "yes":
@@ -165,7 +213,7 @@ def cmd_dedup(args) -> int:
         print(f"  skipped {a.path}: {why}", file=sys.stderr)
     if op != "delete":
         print(f"undo with: imgsim undo {manifest}")
-    return 0
+    return 1 if status or rep.skipped else 0
 
 
 def _apply_plan(args, op: str | None) -> int:
@@ -260,9 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cosine that matches on its own, whatever the hashes say (default 0.88)")
     p.add_argument("--reference", action="append", metavar="DIR",
                    help="folder whose files are always kept and never touched (repeatable; scanned too)")
-    p.add_argument("--keep", default="pixels,lossless,size,oldest",
-                   help="keep-best order, best first, from: pixels, lossless, size, oldest, newest, "
-                        "shortest-path (default %(default)s)")
+    p.add_argument("--keep", default="content,quality,camera,oldest",
+                   help="keep-best order, best first, from: content (undistorted, most pixels inside the "
+                        "borders), quality (not noisy, earliest generation, colour), camera (EXIF), size, "
+                        "oldest, newest, shortest-path (default %(default)s)")
     p.add_argument("--json", help="write the groups as JSON to this file")
     p.add_argument("--csv", help="write one row per group member to this CSV file")
     p.add_argument("--html", help="write a review page to this file (thumbnails in NAME_files beside it): "

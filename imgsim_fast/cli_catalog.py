@@ -11,6 +11,7 @@ import sys
 
 from .catalog import CATALOG_DIRNAME, CATALOG_FILENAME
 from .cli_types import iso_date, non_negative_int, positive_int
+from .names import display_path
 
 __all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
 
@@ -36,13 +37,17 @@ def find_catalog(start: str = ".") -> str | None:
 
 
 def cmd_index(args) -> int:
+    from .cli import report_passed_over
     from .indexer import index
+    from .loading import DEFAULT_EXTENSIONS
 
     s = index(args.dirs, args.catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
               embed_model=args.embed, sidecar_map=args.sidecar_map, workers=args.workers,
-              batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair)
+              batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair,
+              extensions=args.extensions or DEFAULT_EXTENSIONS)
+    report_passed_over(s.passed_over, args.verbose)
     for note in s.repair_notes:
-        print(f"imgsim: repaired: {note}", file=sys.stderr)
+        print(f"imgsim: repaired: {display_path(note)}", file=sys.stderr)  # a note can name a path
     if args.repair and not s.repair_notes:
         print("imgsim: nothing damaged", file=sys.stderr)
     if args.json:
@@ -113,7 +118,9 @@ def cmd_query(args) -> int:
         sys.stdout.write("\n")
     else:
         for r in rows:
-            print(f"{r['distance']:4d}  {r['path']}" if "distance" in r else r["path"])
+            # display_path: a newline or escape sequence in a name must not forge a line or reach the terminal
+            shown = display_path(r["path"])
+            print(f"{r['distance']:4d}  {shown}" if "distance" in r else shown)
     return 0
 
 
@@ -151,6 +158,9 @@ def add_subcommands(sub) -> None:
                         "missing array file, a corrupt database) instead of refusing to run")
     p.add_argument("--json", action="store_true", help="print the work counts as JSON")
     p.add_argument("--no-progress", action="store_true")
+    from .cli import add_walk_options
+
+    add_walk_options(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("query", help="filter a catalog by tags, text and EXIF; rank by similarity with --like")

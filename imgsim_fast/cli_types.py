@@ -6,7 +6,7 @@ import argparse
 import math
 import re
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine", "iso_date"]
+__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine", "iso_date", "extension_list"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,3 +70,18 @@ def iso_date(text: str) -> str:
     if not _ISO.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2020-06-01 (or 2020, 2020-06)")
     return text
+
+
+_EXT = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_+-]{0,15}")
+
+
+def extension_list(text: str) -> frozenset[str]:
+    """--extensions: comma-separated file name extensions, dot optional (`jpg,png,.HEIC`), as the walker
+    compares them (lower case, leading dot)."""
+    from .loading import normalise_extensions
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if not _EXT.fullmatch(t)]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of extensions such as jpg,png,heic")
+    return normalise_extensions(items)

@@ -21,7 +21,7 @@ from . import hashing
 from .catalog import Catalog, CatalogDamaged, default_catalog_path, embedding_array_name, hash_array_name
 from .codes import words_for_bits
 from .dedup import file_digest
-from .loading import ImageLoadError, LoadFailure, iter_image_files, load_image
+from .loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
 from .metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
 
 __all__ = ["IndexStats", "index", "pixel_digest"]
@@ -50,6 +50,7 @@ class IndexStats:
     pixel_digested: int = 0  # files fully decoded for a pixel digest
     failed: int = 0          # files recorded with an error this run
     walk_errors: int = 0     # unreadable folders, symlink loops, undecodable names
+    passed_over: list = field(default_factory=list)  # files in the folders not named like images (--extensions)
     batches: int = 0         # write transactions of the decode phase
     repaired: int = 0        # --repair: catalog entries whose damaged rows were forgotten, to recompute
     repair_notes: list = field(default_factory=list)  # --repair: one line per damaged thing found
@@ -159,6 +160,7 @@ def index(
     progress: bool | None = False,
     follow_symlinks: bool = False,
     repair: bool = False,
+    extensions=DEFAULT_EXTENSIONS,
 ) -> IndexStats:
     """Bring the catalog (default `<first root>/.imgsim/catalog.sqlite`) up to date with `roots`.
 
@@ -174,6 +176,8 @@ def index(
         catalog. Damaged array blocks are forgotten and the files whose rows lay there decoded again,
         for every array they had (arrays of other hash settings or models get their own pass); a
         damaged database is moved aside and the roots indexed afresh.
+    extensions: the file name extensions the walk takes; rows of indexed files the walk no longer takes
+        are removed like those of vanished files (the catalog mirrors what was asked for).
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -191,7 +195,7 @@ def index(
         _load_model(embed_model)  # an unknown model fails now, not after the hashing work
     catalog = catalog or default_catalog_path(roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0]))
     common = dict(sidecar_map=sidecar_map, workers=workers, batch_size=batch_size, progress=progress,
-                  follow_symlinks=follow_symlinks)
+                  follow_symlinks=follow_symlinks, extensions=extensions)
     repaired, notes = 0, []
     if repair:
         repaired, notes, extra = _repair(catalog, kinds, mode, hash_size, embed_model)
@@ -247,7 +251,7 @@ def _repair(catalog: str, kinds, mode, hash_size, embed_model) -> tuple[int, lis
 
 
 def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_map, workers, batch_size,
-                pixel_digests, progress, follow_symlinks) -> IndexStats:
+                pixel_digests, progress, follow_symlinks, extensions) -> IndexStats:
     stats = IndexStats()
     timer = _Timer(stats)
     t_start = time.perf_counter()
@@ -273,7 +277,8 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         with timer("walk"):
             walk_failures: list[LoadFailure] = []
             found = []
-            for p in iter_image_files(roots, follow_symlinks=follow_symlinks, on_error=walk_failures.append):
+            for p in iter_image_files(roots, follow_symlinks=follow_symlinks, extensions=extensions,
+                                      on_error=walk_failures.append, on_skip=stats.passed_over.append):
                 p = os.path.abspath(p)
                 try:
                     p.encode("utf-8")

@@ -27,12 +27,15 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MEMORY_BUDGET",
     "FAILURE_KINDS",
+    "HEIF_EXTENSIONS",
+    "RAW_EXTENSIONS",
     "ImageLoadError",
     "LoadFailure",
     "NotRegularFileError",
     "decode_cost",
     "iter_image_files",
     "load_image",
+    "normalise_extensions",
     "open_regular",
 ]
 
@@ -52,7 +55,16 @@ DEFAULT_MEMORY_BUDGET = 768 << 20
 # colour keeps hashes of the same transparent file identical everywhere.
 BACKGROUND = 255
 
-DEFAULT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+# Camera RAW files, read through rawpy (LibRaw): the embedded JPEG preview when there is one, else a
+# half-size demosaic. Chosen by extension, since most RAW formats are TIFF containers Pillow would misread.
+RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf",
+                            ".orf", ".rw2", ".rwl", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".dcr",
+                            ".mrw", ".mos", ".x3f"})
+# HEIF (iPhone .heic) through pillow-heif, AVIF through pillow-avif-plugin: both optional extras, imported
+# only when such a file is opened (`_register_heif`).
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
+DEFAULT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+                               | HEIF_EXTENSIONS | RAW_EXTENSIONS)
 
 # Every `kind` a LoadFailure can carry, here and in the pipeline, with what it means.
 FAILURE_KINDS = {
@@ -64,7 +76,8 @@ FAILURE_KINDS = {
     "io_error": "any other OS error while reading",
     "empty": "a 0-byte file",
     "not_image": "no image signature Pillow or we recognise",
-    "unsupported": "a recognised image format or pixel mode this build cannot decode",
+    "unsupported": "a recognised image format or pixel mode this build cannot decode (or its optional "
+                   "package, pillow-heif, pillow-avif-plugin or rawpy, is not installed)",
     "truncated": "the file ends before its image data does",
     "corrupt": "the decoder rejected the data",
     "too_large": "over the max_pixels limit or the memory budget (read from the header, before decoding), "
@@ -160,12 +173,17 @@ def load_image(
             size = os.fstat(fp.fileno()).st_size
             if size == 0:
                 raise ImageLoadError(path, "empty file (0 bytes)", "empty")
-            im = _open(path, fp, size, max_pixels)
+            if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+                im, raw_orientation = _open_raw(path, fp, size, max_pixels)
+            else:
+                _register_heif(path, _read_head(fp))
+                fp.seek(0)
+                im, raw_orientation = _open(path, fp, size, max_pixels), None
             orientation = 1
             if min_size is not None and im.format in ("JPEG", "MPO"):
                 # JPEG parses its EXIF at open, so the orientation is known before decoding; min_size
                 # is for the upright image, so a 90-degree orientation swaps the sides to request.
-                orientation = _orientation(im)
+                orientation = _orientation(im) if raw_orientation is None else raw_orientation
                 req = (min_h, min_w) if orientation in (5, 6, 7, 8) else (min_w, min_h)
                 try:
                     im.draft(None, req)
@@ -182,7 +200,7 @@ def load_image(
                 im.load()
             except Exception as exc:
                 raise _decode_error(path, fp, size, exc) from exc
-            orientation = _orientation(im)
+            orientation = _orientation(im) if raw_orientation is None else raw_orientation
             out = _to_rgb_or_l(path, im)
             del im  # when converted, the decoded image is freed before the transpose copies `out`
     return _apply_orientation(out, orientation)
@@ -296,6 +314,82 @@ def _open(path: str, fp, size: int, max_pixels: int | None) -> Image.Image:
             "too_large",
         )
     return im
+
+
+_HEIF_READY: set[str] = set()  # "heif", "avif": plugins registered in this process
+
+
+def _register_heif(path: str, head: bytes) -> None:
+    """Register the HEIF or AVIF Pillow plugin the first time a file of that kind is opened.
+
+    A lazy import: most libraries hold no HEIC, and the extras are optional. A missing package makes
+    the file a failure naming the package to install, never a crash."""
+    if not (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS):
+        return
+    # The major brand may be the generic mif1/msf1 with "avif" among the compatible brands.
+    kind = "avif" if b"avif" in head[8:32] or b"avis" in head[8:32] else "heif"
+    if kind in _HEIF_READY:
+        return
+    try:
+        if kind == "avif":
+            import pillow_avif  # noqa: F401  (registers the AVIF plugin on import)
+        else:
+            import pillow_heif
+            pillow_heif.register_heif_opener()
+    except ImportError:
+        package, extra = ("pillow-avif-plugin", "heif") if kind == "avif" else ("pillow-heif", "heif")
+        raise ImageLoadError(path, f"{kind.upper()} file: needs {package} (pip install imgsim_fast[{extra}])",
+                             "unsupported") from None
+    _HEIF_READY.add(kind)
+
+
+# LibRaw's sizes.flip (0, 3, 5, 6) as the EXIF orientation that puts the preview upright.
+_RAW_FLIP = {0: 1, 3: 3, 5: 8, 6: 6}
+
+
+def _open_raw(path: str, fp, size: int, max_pixels: int | None) -> tuple[Image.Image, int]:
+    """A camera RAW file as a Pillow image (header read, not decoded) and its EXIF-style orientation.
+
+    The embedded JPEG preview is what the camera itself shows, decoded like any JPEG (with draft); a
+    file without one is demosaicked at half size (LibRaw's 2x2 binning, no interpolation): a hash or an
+    embedding needs no more, at a quarter of the cost."""
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageLoadError(path, "camera RAW file: needs rawpy (pip install imgsim_fast[raw])",
+                             "unsupported") from None
+    import io
+
+    try:
+        with rawpy.imread(fp) as raw:
+            flip = _RAW_FLIP.get(int(raw.sizes.flip), 1)
+            w, h = int(raw.sizes.width), int(raw.sizes.height)
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageLoadError(path, f"over the decompression-bomb limit ({w * h} pixels > {max_pixels}; "
+                                           f"{w}x{h})", "too_large")
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                thumb = None
+            if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+                im = _open(path, io.BytesIO(thumb.data), len(thumb.data), max_pixels)
+                # A preview that carries its own EXIF orientation says how to show it; else the RAW's.
+                own = _orientation(im)
+                return im, own if own != 1 else flip
+            if thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
+                return Image.fromarray(thumb.data), flip
+            rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+            return Image.fromarray(rgb), 1  # postprocess applies the flip itself
+    except ImageLoadError:
+        raise
+    except rawpy.LibRawFileUnsupportedError as exc:
+        raise ImageLoadError(path, f"not a RAW file LibRaw can read ({exc})", "unsupported") from exc
+    except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
+        raise ImageLoadError(path, f"corrupt RAW data: {exc}", "corrupt") from exc
+    except MemoryError as exc:
+        raise ImageLoadError(path, "too large: out of memory while decoding", "too_large") from exc
+    except Exception as exc:
+        raise _decode_error(path, fp, size, exc) from exc
 
 
 # Signatures for naming what Pillow could not open: a known format that failed to parse is corrupt,
@@ -468,6 +562,7 @@ def iter_image_files(
     follow_symlinks: bool = False,
     extensions: Iterable[str] | None = DEFAULT_EXTENSIONS,
     on_error: Callable[[LoadFailure], None] | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
     """Yield image file paths under `roots`, files and folders mixed, in a deterministic order.
 
@@ -483,8 +578,10 @@ def iter_image_files(
     Unreadable folders, missing roots, symlink loops, and FIFOs, sockets and devices (named like images,
     directly or through a symlink, or given as roots: never yielded, so nothing downstream opens them)
     go to `on_error` as LoadFailure records (logged as warnings when on_error is None); the walk goes on.
+    Every regular file in a walked folder whose extension is not in `extensions` goes to `on_skip` (its
+    path), so a caller can say how many files it passed over, and which (issue 15).
     """
-    exts = None if extensions is None else _normalise_exts(extensions)
+    exts = None if extensions is None else normalise_extensions(extensions)
     report = on_error if on_error is not None else _log_failure
     if isinstance(roots, (str, bytes, os.PathLike)):
         roots = [roots]
@@ -500,7 +597,7 @@ def iter_image_files(
             report(_os_error(root, exc).to_failure())
             continue
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(root, st, exts, recursive, follow_symlinks, report,
+            yield from _walk_dir(root, st, exts, recursive, follow_symlinks, report, on_skip,
                                  seen_files, seen_dirs, ancestors=())
         elif not stat.S_ISREG(st.st_mode):
             report(_os_error(root, NotRegularFileError(errno.EINVAL, "not a regular file", root)).to_failure())
@@ -508,7 +605,7 @@ def iter_image_files(
             yield root
 
 
-def _walk_dir(path, st, exts, recursive, follow_symlinks, report, seen_files, seen_dirs, ancestors):
+def _walk_dir(path, st, exts, recursive, follow_symlinks, report, on_skip, seen_files, seen_dirs, ancestors):
     key = (st.st_dev, st.st_ino)
     if key in ancestors:
         report(LoadFailure(path, "symlink loop (folder is its own ancestor); not descended", "symlink_loop"))
@@ -543,10 +640,11 @@ def _walk_dir(path, st, exts, recursive, follow_symlinks, report, seen_files, se
             except OSError as exc:
                 report(_os_error(child, exc).to_failure())
                 continue
-            yield from _walk_dir(child, child_st, exts, recursive, follow_symlinks, report,
+            yield from _walk_dir(child, child_st, exts, recursive, follow_symlinks, report, on_skip,
                                  seen_files, seen_dirs, ancestors)
         elif exts is not None and os.path.splitext(entry.name)[1].lower() not in exts:
-            continue
+            if on_skip is not None and is_file and _first_visit(child, seen_files):
+                on_skip(child)
         elif is_file:
             if _first_visit(child, seen_files):
                 yield child
@@ -570,7 +668,8 @@ def _first_visit(path: str, seen: set[str]) -> bool:
     return True
 
 
-def _normalise_exts(extensions: Iterable[str]) -> frozenset[str]:
+def normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
+    """Extensions as the walker compares them: lower case with a leading dot ("JPG" -> ".jpg")."""
     if isinstance(extensions, str):
         extensions = [extensions]
     return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)

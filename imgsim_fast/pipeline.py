@@ -24,8 +24,8 @@ import numpy as np
 
 from . import hashing
 from .codes import words_for_bits
-from .loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, ImageLoadError, LoadFailure, iter_image_files,
-                      load_image)
+from .loading import (DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, ImageLoadError, LoadFailure,
+                      iter_image_files, load_image)
 
 __all__ = ["HashResult", "default_workers", "hash_paths", "process_pool", "run_pool"]
 
@@ -47,6 +47,7 @@ class HashResult:
     codes: dict[str, np.ndarray]  # kind -> (len(paths), words) uint64
     failures: list[LoadFailure] = field(default_factory=list)
     kinds: tuple[str, ...] = ("phash",)
+    passed_over: list[str] = field(default_factory=list)  # files in walked folders not named like images
     mode: str = "fast"
     hash_size: int = 8
 
@@ -90,6 +91,7 @@ def hash_paths(
     max_bytes: int | None = DEFAULT_MEMORY_BUDGET,
     recursive: bool = True,
     follow_symlinks: bool = False,
+    extensions=DEFAULT_EXTENSIONS,
 ) -> HashResult:
     """Hash image files and folders (walked by `loading.iter_image_files`) with the `kinds` hashes.
 
@@ -102,6 +104,8 @@ def hash_paths(
     chunk_size: files per task; None picks up to 32, aiming at 4 chunks per worker.
     max_pixels, max_bytes: `loading.load_image`'s limits; max_bytes is the memory one image may cost a
         worker (default 768 MiB), so a pool needs about workers x (max_bytes + ~170 MiB of code).
+    extensions: the file name extensions a folder walk takes (files named as roots are always taken);
+        the files it passes over are listed in `passed_over`.
 
     A file that fails to load or hash, or whose worker process dies, is a LoadFailure in
     `failures` (walk failures first, then files in input order) and never stops the run.
@@ -119,8 +123,9 @@ def hash_paths(
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
     failures: list[LoadFailure] = []
+    passed_over: list[str] = []
     paths = list(iter_image_files(paths_or_roots, recursive=recursive, follow_symlinks=follow_symlinks,
-                                  on_error=failures.append))
+                                  extensions=extensions, on_error=failures.append, on_skip=passed_over.append))
     cfg = _Config(kinds, mode, hash_size, min_size, max_pixels, max_bytes)
     if chunk_size is None:
         chunk_size = max(1, min(_MAX_AUTO_CHUNK, math.ceil(len(paths) / (_CHUNKS_PER_WORKER * workers))))
@@ -140,7 +145,9 @@ def hash_paths(
             results = run_pool(_hash_chunk, chunks, cfg, workers, bar.update, _failed)
     finally:
         bar.close()
-    return _assemble(results, paths, failures, cfg)
+    result = _assemble(results, paths, failures, cfg)
+    result.passed_over = passed_over
+    return result
 
 
 def _progress_bar(total: int, progress: bool | None):

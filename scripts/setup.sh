@@ -44,11 +44,13 @@ stamp_set() { echo "$2" > ".venv/.stamp-$1"; }
 key() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 # 3. Runtime dependencies. torch is pinned: any other torch requirement pulls CUDA wheels of several GB.
-K=$(key requirements.txt)
+#    pillow-heif (HEIC) requires `pillow`, so it goes in with --no-deps (requirements-nodeps.txt).
+K=$(key requirements.txt requirements-nodeps.txt)
 if ! stamp_ok deps "$K"; then
   log "installing runtime dependencies"
   pip_q --upgrade pip setuptools wheel
   pip_q -r requirements.txt
+  pip_q --no-deps -r requirements-nodeps.txt
   stamp_set deps "$K"
 fi
 
