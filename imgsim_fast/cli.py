@@ -154,6 +154,7 @@ def cmd_dedup(args) -> int:
     from .dedup import DEFAULTS, Thresholds, find_duplicates
     from .dedup import actions as act
     from .dedup import report
+    from .names import display_path
 
     if args.delete and (args.move_to or args.link):
         raise ValueError("--delete cannot be combined with --move-to or --link")
@@ -182,13 +183,13 @@ def cmd_dedup(args) -> int:
     _print_groups(res, args.method)
     if args.json:
         report.write_json(res, args.json)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {display_path(args.json)}")
     if args.csv:
         report.write_csv(res, args.csv)
-        print(f"wrote {args.csv}")
+        print(f"wrote {display_path(args.csv)}")
     if args.html:
         report.write_html(res, args.html, roots=args.paths, reference=args.reference or [], workers=args.workers)
-        print(f"wrote {args.html}")
+        print(f"wrote {display_path(args.html)}")
     status = _exit_status(len(res.paths), len(res.features.failures))
     if op is None or status == 2:
         return status
@@ -206,13 +207,13 @@ def cmd_dedup(args) -> int:
     manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
     rep = act.execute(plan, manifest, {"op": op, "argv": sys.argv[1:]}, roots=roots, quarantine=args.move_to,
                       run_id=run)
-    verb = {"move": "moved to " + str(args.move_to), "hardlink": "replaced by hard links",
+    verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
-    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {manifest}")
+    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
     for a, why in rep.skipped:
-        print(f"  skipped {a.path}: {why}", file=sys.stderr)
+        print(f"  skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
-        print(f"undo with: imgsim undo {manifest}")
+        print(f"undo with: imgsim undo {display_path(manifest)}")
     return 1 if status or rep.skipped else 0
 
 
@@ -229,9 +230,10 @@ def _apply_plan(args, op: str | None) -> int:
     pl.check_plan(plan, list(args.paths) or None)
     stale = pl.stale_entries(plan)
     for e, why in stale:
-        print(f"imgsim: skipped {display_path(e.path)}: {why}", file=sys.stderr)
+        print(f"imgsim: skipped {display_path(e.path)}: {display_path(why)}", file=sys.stderr)
     # The roots bound what a plan may touch unless the command line names narrower ones: show them.
-    print(f"plan {args.apply} (roots {', '.join(display_path(r) for r in plan.roots)}): {len(plan.groups)} groups, "
+    shown_roots = ", ".join(display_path(r) for r in plan.roots)
+    print(f"plan {display_path(args.apply)} (roots {shown_roots}): {len(plan.groups)} groups, "
           f"{len(plan.removals)} files to remove, {len(stale)} skipped")
     if op is None:
         print("nothing changed: add --move-to DIR (with --link hard|sym) or --delete to carry it out")
@@ -249,11 +251,11 @@ def _apply_plan(args, op: str | None) -> int:
     manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
     rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], "plan": os.path.abspath(args.apply)},
                       roots=plan.roots, quarantine=args.move_to, run_id=run)
-    print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {manifest}")
+    print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
     for a, why in rep.skipped:
-        print(f"imgsim: skipped {display_path(a.path)}: {why}", file=sys.stderr)
+        print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
-        print(f"undo with: imgsim undo {manifest}")
+        print(f"undo with: imgsim undo {display_path(manifest)}")
     return 1 if stale or rep.skipped else 0
 
 
@@ -267,7 +269,7 @@ def cmd_undo(args) -> int:
     for p in rep.lost:
         print(f"imgsim: cannot restore deleted file {display_path(p)}", file=sys.stderr)
     for p, why in rep.conflicts:
-        print(f"imgsim: left {display_path(p)} alone: {why}", file=sys.stderr)
+        print(f"imgsim: left {display_path(p)} alone: {display_path(why)}", file=sys.stderr)
     return 1 if rep.lost or rep.conflicts else 0
 
 
@@ -378,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(e) -> int:
-    """A user error: one line on stderr (messages from libraries can hold newlines), exit status 2."""
-    print("imgsim: error: " + " ".join(str(e).split()), file=sys.stderr)
+    """A user error: one line on stderr (messages from libraries can hold newlines), exit status 2. The
+    message can quote a file name, so its control characters are escaped as names are (names.display_path)."""
+    from .names import display_path
+
+    print("imgsim: error: " + display_path(" ".join(str(e).split())), file=sys.stderr)
     return 2
 
 

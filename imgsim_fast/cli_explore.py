@@ -8,6 +8,7 @@ import os
 import sys
 
 from .cli_types import non_negative_int, positive_int
+from .names import display_path
 
 __all__ = ["add_subcommands", "cmd_search", "cmd_explore", "main"]
 
@@ -68,12 +69,14 @@ def cmd_search(args) -> int:
         json.dump([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif not args.out:
+        # Names through display_path: a newline or an escape sequence in a file name must not forge a
+        # result line or reach the terminal (README, "File names").
         for r in results:
             if len(results) > 1:
-                print(f"# {r.query}" + (f"  ERROR: {r.error}" if r.error else ""))
+                print(f"# {display_path(r.query)}" + (f"  ERROR: {display_path(r.error)}" if r.error else ""))
             for h in r.hits:
                 d = f"  d={h.distance}" if h.distance is not None else ""
-                print(f"{h.rank:4d}  {h.score:.4f}{d}  {h.path}")
+                print(f"{h.rank:4d}  {h.score:.4f}{d}  {display_path(h.path)}")
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"{failed} of {len(results)} queries could not be read", file=sys.stderr)
@@ -92,7 +95,7 @@ def cmd_explore(args) -> int:
     html_path, json_path = write_report(exp, out, json_path=args.json_out, workers=args.workers)
     sizes = ", ".join(str(c.size) for c in exp.clusters)
     print(f"{len(exp.paths)} images, {exp.k} clusters ({sizes}), features {exp.features}")
-    print(f"report: {html_path}\ndata:   {json_path}")
+    print(f"report: {display_path(html_path)}\ndata:   {display_path(json_path)}")
     return 0
 
 
