@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     import sqlite3
 
     from .catalog import CatalogError
+    from .loading import ImageLoadError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.DatabaseError as e:  # damage the open-time check could not see (a page read later)
         return _fail(f"the catalog database is damaged or unreadable (sqlite: {e}); run "
                      "`imgsim index --repair DIR`")
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImageLoadError) as e:  # ImageLoadError: a query image that cannot be read
         return _fail(e)
     except RuntimeError as e:
         models = sys.modules.get("imgsim_fast.embedding.models")  # loaded whenever a model was asked for
@@ -384,6 +385,8 @@ def _fail(e) -> int:
     message can quote a file name, so its control characters are escaped as names are (names.display_path)."""
     from .names import display_path
 
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # not "[Errno 2] ...: '/x'"
+        e = f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
     print("imgsim: error: " + display_path(" ".join(str(e).split())), file=sys.stderr)
     return 2
 

@@ -61,14 +61,25 @@ def cosine(text: str) -> float:
     return v
 
 
+# The ISO 8601 prefixes accepted, by length, as strptime formats: each is parsed, so 2020-13-45 or
+# 2021-02-29 is refused, not compared as text.
+_ISO_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d", 13: "%Y-%m-%dT%H", 16: "%Y-%m-%dT%H:%M",
+                19: "%Y-%m-%dT%H:%M:%S"}
 _ISO = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?)?)?")
 
 
 def iso_date(text: str) -> str:
-    """An ISO 8601 date or a prefix of one (2020, 2020-06, 2020-06-01T12:30): the catalog compares the
-    text of dates, so anything else would silently match nothing or everything."""
-    if not _ISO.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2020-06-01 (or 2020, 2020-06)")
+    """An ISO 8601 date or a prefix of one (2020, 2020-06, 2020-06-01T12:30) naming a real day and time:
+    the catalog compares the text of dates, so anything else would silently match nothing or everything."""
+    import datetime
+
+    try:
+        if not _ISO.fullmatch(text):
+            raise ValueError
+        datetime.datetime.strptime(text, _ISO_FORMATS[len(text)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date such as 2020-06-01 (or 2020, 2020-06), "
+                                         "or names no real day") from None
     return text
 
 

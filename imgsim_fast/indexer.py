@@ -277,8 +277,15 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         with timer("walk"):
             walk_failures: list[LoadFailure] = []
             found = []
+            # The catalog's own folder (database, arrays, reports) is not counted as passed over.
+            own = os.path.dirname(os.path.abspath(catalog)) + os.sep
+
+            def passed_over(p: str) -> None:
+                if not os.path.abspath(p).startswith(own):
+                    stats.passed_over.append(p)
+
             for p in iter_image_files(roots, follow_symlinks=follow_symlinks, extensions=extensions,
-                                      on_error=walk_failures.append, on_skip=stats.passed_over.append):
+                                      on_error=walk_failures.append, on_skip=passed_over):
                 p = os.path.abspath(p)
                 try:
                     p.encode("utf-8")
