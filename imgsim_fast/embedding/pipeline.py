@@ -86,10 +86,19 @@ def _crash_failure(path: str) -> LoadFailure:
                        "worker_crash")
 
 
+def _pool(workers: int, ctx) -> ProcessPoolExecutor:
+    """The pipeline's one pool (imgsim_fast.pipeline.process_pool): its workers exit when this process ends,
+    even by kill -9, so an `imgsim index --embed` killed mid-run leaves no decode worker, forkserver or
+    resource tracker behind (issue 11). Imported here, not at the top: only a run with workers needs it."""
+    from ..pipeline import process_pool
+
+    return process_pool(workers, ctx)
+
+
 def _isolate(ctx, spec, files: list[str], task) -> list:
     """After a worker crash: run each file alone in a one-process pool, to blame only the guilty one."""
     out = []
-    pool = ProcessPoolExecutor(1, mp_context=ctx)
+    pool = _pool(1, ctx)
     try:
         for p in files:
             try:
@@ -97,7 +106,7 @@ def _isolate(ctx, spec, files: list[str], task) -> list:
             except BrokenProcessPool:
                 out.append((None, _crash_failure(p)))
                 pool.shutdown(wait=True)
-                pool = ProcessPoolExecutor(1, mp_context=ctx)
+                pool = _pool(1, ctx)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
@@ -113,7 +122,7 @@ def _prepared_stream(paths: list[str], spec: PreprocessSpec, workers: int, chunk
         return
     ctx = _mp_context()
     window = 4 * workers  # chunks in flight: enough to hide decode jitter, bounded memory
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    pool = _pool(workers, ctx)
     inflight: collections.deque = collections.deque()
     nxt = 0
     try:
@@ -131,7 +140,7 @@ def _prepared_stream(paths: list[str], spec: PreprocessSpec, workers: int, chunk
                 inflight.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
                 yield from _isolate(ctx, spec, [p for c in pending for p in c], task)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                pool = _pool(workers, ctx)
                 continue
             yield from res
     finally:

