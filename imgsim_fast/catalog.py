@@ -105,6 +105,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE arrays ADD COLUMN block_rows INTEGER NOT NULL DEFAULT 0;   -- 0: not sealed yet
     ALTER TABLE arrays ADD COLUMN max_tx_rows INTEGER NOT NULL DEFAULT 0;  -- most rows one transaction may append
     """,
+    # 3: photographers' XMP (issue 15): rating and colour label. Files indexed before keep NULL until their
+    # metadata is read again, which the next `imgsim index` does for all of them (meta_sig no longer matches).
+    """
+    ALTER TABLE files ADD COLUMN rating INTEGER;  -- xmp:Rating, -1 (rejected) to 5
+    ALTER TABLE files ADD COLUMN label TEXT;      -- xmp:Label, the colour label as written
+    CREATE INDEX files_rating ON files(rating);
+    UPDATE files SET meta_sig = 'before-schema-3';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -171,6 +179,8 @@ class FileRecord:
     taken: str | None
     lat: float | None
     lon: float | None
+    rating: int | None
+    label: str | None
 
 
 FILE_COLUMNS = tuple(f.name for f in fields(FileRecord))

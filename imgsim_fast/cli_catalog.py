@@ -10,7 +10,7 @@ import os
 import sys
 
 from .catalog import CATALOG_DIRNAME, CATALOG_FILENAME
-from .cli_types import iso_date, non_negative_int, positive_int
+from .cli_types import iso_date, non_negative_int, positive_int, rating_filter
 from .names import display_path
 
 __all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
@@ -73,6 +73,10 @@ def _build_filter(args):
         parts.append(Field("taken", "<", args.before))
     if args.camera:
         parts.append(Field("camera", "contains", args.camera))
+    if args.rating:
+        parts.append(Field("rating", *args.rating))
+    if args.label:
+        parts.append(Field("label", "=", args.label))
     for name in ("width", "height"):
         lo, hi = getattr(args, f"min_{name}"), getattr(args, f"max_{name}")
         if lo is not None or hi is not None:
@@ -112,7 +116,8 @@ def cmd_query(args) -> int:
             rows = [{"path": m.path, "distance": m.distance} for m in hits]
         else:
             rows = [{"path": r.path, "width": r.width, "height": r.height, "taken": r.taken,
-                     "tags": cat.tags(r.id)} for r in select(cat, where, limit=args.top)]
+                     "rating": r.rating, "label": r.label, "tags": cat.tags(r.id)}
+                    for r in select(cat, where, limit=args.top)]
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -133,6 +138,9 @@ def add_filter_options(p, text_flag: str = "--text") -> None:
     p.add_argument("--after", type=iso_date, help="taken on or after (ISO date, e.g. 2020-01-01)")
     p.add_argument("--before", type=iso_date, help="taken before (ISO date)")
     p.add_argument("--camera", help="make/model contains this")
+    p.add_argument("--rating", type=rating_filter, metavar="[OP]STARS",
+                   help="XMP star rating, e.g. '>=4', 5, '<2' (-1: rejected)")
+    p.add_argument("--label", help="XMP colour label, e.g. red (case-insensitive)")
     p.add_argument("--min-width", type=non_negative_int)
     p.add_argument("--max-width", type=non_negative_int)
     p.add_argument("--min-height", type=non_negative_int)

@@ -6,7 +6,8 @@ import argparse
 import math
 import re
 
-__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine", "iso_date", "extension_list"]
+__all__ = ["Parser", "positive_int", "non_negative_int", "bits", "cosine", "iso_date", "extension_list",
+           "rating_filter"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,3 +97,14 @@ def extension_list(text: str) -> frozenset[str]:
     if not items or bad:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of extensions such as jpg,png,heic")
     return normalise_extensions(items)
+
+
+_RATING = re.compile(r"(>=|<=|!=|=|>|<)?\s*(-?\d+)")
+
+
+def rating_filter(text: str) -> tuple[str, int]:
+    """--rating: stars with an optional comparison, `4`, `>=4`, `<3`, `-1` (rejected): (operator, stars)."""
+    m = _RATING.fullmatch(text.strip())
+    if not m or not -1 <= int(m.group(2)) <= 5:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rating such as 4, '>=4' or '<3' (stars -1 to 5)")
+    return m.group(1) or "=", int(m.group(2))

@@ -438,13 +438,13 @@ def _bar(total: int, progress):
 
 
 _META_COLS = ("width", "height", "format", "mode", "meta_error", "description", "text_norm",
-              "artist", "make", "model", "taken", "lat", "lon")
+              "artist", "make", "model", "taken", "lat", "lon", "rating", "label")
 
 
 def _meta_values(md: Metadata) -> tuple:
     desc = md.description
     return (md.width, md.height, md.format, md.mode, "; ".join(md.errors) or None, desc,
-            (desc or "").casefold(), md.artist, md.make, md.model, md.taken, md.lat, md.lon)
+            (desc or "").casefold(), md.artist, md.make, md.model, md.taken, md.lat, md.lon, md.rating, md.label)
 
 
 def _read_md(path, sidecars, mapping, stats) -> Metadata:

@@ -29,6 +29,7 @@ __all__ = [
     "parse_json",
     "load_mapping",
     "normalise_tag",
+    "hierarchy_tags",
 ]
 
 # EXIF tags (TIFF/EXIF 2.32; the XP* tags are Microsoft's, UTF-16LE).
@@ -47,6 +48,10 @@ TAG_XMP_TIFF = 700
 
 NS_DC = "http://purl.org/dc/elements/1.1/"
 NS_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+NS_XMP = "http://ns.adobe.com/xap/1.0/"
+NS_LR = "http://ns.adobe.com/lightroom/1.0/"
+# XMP Specification Part 2, xmp:Rating: -1 (rejected), 0 (unrated) to 5 stars.
+RATING_RANGE = (-1, 5)
 
 # IPTC IIM record 2 datasets (IPTC-NAA IIM 4.2): 25 Keywords, 120 Caption/Abstract.
 IPTC_KEYWORDS = (2, 25)
@@ -78,6 +83,8 @@ class Metadata:
     taken: str | None = None   # 'YYYY-MM-DDTHH:MM:SS'
     lat: float | None = None
     lon: float | None = None
+    rating: int | None = None  # xmp:Rating, -1 (rejected) .. 5; a sidecar's overrides the file's own
+    label: str | None = None   # xmp:Label, the colour label (Lightroom: Red, Yellow, Green, Blue, Purple)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -326,7 +333,9 @@ _DTD_RE = re.compile(r"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 def parse_xmp(data) -> dict:
-    """{'subject': [...], 'description': [...]} from an XMP packet (bytes or str).
+    """{'subject': [...], 'description': [...], 'hierarchical': [...], 'rating': [...], 'label': [...]}
+    from an XMP packet (bytes or str): dc:subject and dc:description, Lightroom's lr:hierarchicalSubject
+    ("Places|Europe|Paris"), xmp:Rating and xmp:Label, each as the strings found (element or attribute).
 
     Raises ValueError for a packet with a DTD: XMP never needs one, and refusing it is the cheap way
     to rule out entity-expansion attacks without defusedxml (expat >= 2.4 also limits them).
@@ -341,9 +350,12 @@ def parse_xmp(data) -> dict:
     if _DTD_RE.search(data):
         raise ValueError("XMP packet with a DTD refused")
     root = ET.fromstring(data)
-    out = {"subject": [], "description": []}
+    out = {"subject": [], "description": [], "hierarchical": [], "rating": [], "label": []}
+    names = {"subject": (NS_DC, "subject"), "description": (NS_DC, "description"),
+             "hierarchical": (NS_LR, "hierarchicalSubject"), "rating": (NS_XMP, "Rating"),
+             "label": (NS_XMP, "Label")}
     for key in out:
-        tag = f"{{{NS_DC}}}{key}"
+        tag = "{%s}%s" % names[key]
         for el in root.iter(tag):
             lis = list(el.iter(f"{{{NS_RDF}}}li"))
             if lis:
@@ -358,8 +370,40 @@ def parse_xmp(data) -> dict:
 
 def _apply_xmp(x: dict, md: Metadata, source: str) -> None:
     md.add_tags(x["subject"], source)
+    md.add_tags(hierarchy_tags(x["hierarchical"]), source)
     for d in x["description"]:
         md.add_text(d, source)
+    # Sidecars are read after the file's own XMP: a sidecar's rating or label (the newer edit) wins.
+    for r in x["rating"][:1]:
+        rating = _rating(r)
+        if rating is None:
+            md.errors.append(f"malformed XMP rating {_clean(r)!r}")
+        else:
+            md.rating = rating
+    for label in x["label"][:1]:
+        md.label = _clean(label) or md.label
+
+
+def hierarchy_tags(paths) -> list[str]:
+    """Lightroom's hierarchical keywords as tags: each path and every ancestor of it, so that
+    `--tag "Places|Europe"` finds "Places|Europe|Paris" ('|' separates levels, spaces around it dropped)."""
+    out = []
+    for p in paths:
+        levels = [lv.strip() for lv in str(p).split("|")]
+        levels = [lv for lv in levels if lv]
+        out += ["|".join(levels[:i]) for i in range(1, len(levels) + 1)]
+    return out
+
+
+def _rating(text) -> int | None:
+    """xmp:Rating as a whole number of stars in RATING_RANGE; None when it is not one ("4.0" is 4)."""
+    try:
+        v = float(str(text).strip())
+    except ValueError:
+        return None
+    if not v.is_integer() or not RATING_RANGE[0] <= v <= RATING_RANGE[1]:
+        return None
+    return int(v)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -26,7 +26,11 @@ FIELDS = {
     "artist": "artist", "make": "make", "model": "model", "taken": "taken", "lat": "lat", "lon": "lon",
     "camera": "trim(coalesce(make, '') || ' ' || coalesce(model, ''))",
     "error": "error", "description": "description",
+    # XMP: stars -1 (rejected) .. 5; the colour label compared casefolded (Lightroom writes "Red").
+    "rating": "rating", "label": "py_casefold(label)",
 }
+# Fields whose SQL is casefolded: a value compared with them is casefolded too (Field, Range).
+_CASEFOLDED = frozenset({"label"})
 _OPS = ("=", "!=", "<", "<=", ">", ">=", "contains")
 
 
@@ -125,7 +129,8 @@ def compile_expr(e: Expr | None) -> tuple[str, list]:
             raise ValueError(f"unknown operator {e.op!r}; expected one of {_OPS}")
         if e.op == "contains":
             return f"coalesce(instr(py_casefold({col}), ?) > 0, 0)", [str(e.value).casefold()]
-        return f"coalesce(({col}) {e.op} ?, 0)", [e.value]
+        value = str(e.value).casefold() if e.name in _CASEFOLDED and e.value is not None else e.value
+        return f"coalesce(({col}) {e.op} ?, 0)", [value]
     if isinstance(e, Range):
         col = _field_sql(e.name)
         parts, params = [], []

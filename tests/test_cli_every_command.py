@@ -27,7 +27,8 @@ CREATES = {("index", "--catalog")}
 OUTPUTS = {"--output", "--json", "--csv", "--html", "--move-to", "--manifest", "--sheet", "--out",
            "--json-out"}
 # Free-text values (tags, descriptions, lists of names): garbage must not crash; it may match nothing.
-FREE_TEXT = {"--kinds", "--keep", "--tag", "--any-tag", "--text", "--contains", "--camera", "--where", "--kind"}
+FREE_TEXT = {"--kinds", "--keep", "--tag", "--any-tag", "--text", "--contains", "--camera", "--where", "--kind",
+             "--label"}
 
 _DRIVER = r"""
 import contextlib, io, json, sys, traceback
