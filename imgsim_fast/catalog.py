@@ -323,6 +323,11 @@ class Catalog:
     """A collection's catalog. Open with write=True in the one process that indexes (an exclusive
     lock on `<catalog>.lock` enforces it); any number of readers may open it meanwhile.
 
+    The lock file stays when the writer closes, on purpose (issue 11 asked why it is left over): flock locks
+    an inode, so a writer that unlinked it on close could let the next writer lock the old, unlinked file
+    while a third creates and locks a new one, two writers at once. It is empty and sits with the
+    catalog's other files (`.imgsim/` by default); readers look at it to tell whether a writer is appending.
+
     Reads that must agree with each other (rows, vectors, array lengths) go inside `snapshot()`,
     one SQLite read transaction; the helpers below that return several things do so themselves.
     """

@@ -99,15 +99,20 @@ def cmd_capabilities(args) -> int:
 
 
 def cmd_hash(args) -> int:
+    import contextlib
+
+    from .atomic_write import check_target, replacing
     from .codes import to_hex
     from .hashing import code_bits
     from .names import path_text
 
     kinds = args.kinds.split(",")
+    if args.output:
+        check_target(args.output)  # before hashing: an output that cannot be written fails now
     result = _hash(args, kinds)
     _report_failures(result)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    try:
+    # -o FILE is written whole or not at all (no half file, no temporary left behind: atomic_write.py)
+    with replacing(args.output, newline="") if args.output else contextlib.nullcontext(sys.stdout) as out:
         hexes = {k: to_hex(result.codes[k], code_bits(k, args.hash_size)) for k in kinds}
         if args.format == "csv":
             w = csv.writer(out)
@@ -124,9 +129,6 @@ def cmd_hash(args) -> int:
             }
             json.dump(doc, out, indent=1)
             out.write("\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     return _exit_status(len(result.paths), len(result.failures))
 
 
@@ -153,6 +155,7 @@ def _print_groups(res, method: str) -> None:
 def cmd_dedup(args) -> int:
     from .dedup import DEFAULTS, Thresholds, find_duplicates
     from .dedup import actions as act
+    from .atomic_write import check_target
     from .dedup import report
     from .names import display_path
 
@@ -171,6 +174,9 @@ def cmd_dedup(args) -> int:
     if not args.paths:
         raise ValueError("dedup needs image files or folders (or --apply PLAN)")
     check_paths_exist(list(args.paths) + list(args.reference or []))
+    for out in (args.json, args.csv, args.html):  # a report that cannot be written fails now, not after the scan
+        if out:
+            check_target(out)
     t = Thresholds(
         phash=DEFAULTS.phash if args.threshold is None else args.threshold,
         dihedral=DEFAULTS.dihedral if args.flip_threshold is None else args.flip_threshold,

@@ -36,12 +36,15 @@ def _is_batch(query: str) -> bool:
 
 
 def cmd_search(args) -> int:
+    from .atomic_write import check_target
     from .search import query_files, search, search_batch, search_text, write_results
 
     if args.query is None and args.text is None:
         raise ValueError("search needs a query: an image, a folder or list file of images, or --text 'words'")
     if args.query is not None and args.text is not None:
         raise ValueError("give a query image (or folder / list file) or --text, not both")
+    if args.out:
+        check_target(args.out)  # before the search: a batch can take minutes
     where = _filter(args)
     with _open_catalog(args.catalog) as cat:
         if args.text is not None:

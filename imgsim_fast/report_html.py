@@ -7,10 +7,10 @@ import html
 import io
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from .atomic_write import check_target, write_text
 from .explore import Exploration
 
 __all__ = ["write_report", "render_html", "SECTIONS"]
@@ -51,9 +51,9 @@ def _thumbnails(paths: list[str], side: int, workers: int | None) -> dict[str, s
     todo = sorted(set(paths))
     if len(todo) < 32 or workers == 1:
         return {p: _thumb_b64((p, side)) for p in todo}
-    from .pipeline import _mp_context
+    from .pipeline import process_pool  # the one pool: its workers die with this process, even by kill -9
 
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=_mp_context()) as pool:
+    with process_pool(workers or os.cpu_count() or 1) as pool:
         return dict(zip(todo, pool.map(_thumb_b64, [(p, side) for p in todo], chunksize=8)))
 
 
@@ -215,11 +215,10 @@ def write_report(exp: Exploration, out_html: str, *, json_path: str | None = Non
     json_path = json_path or os.path.splitext(out_html)[0] + ".json"
     folder = os.path.dirname(os.path.abspath(out_html))
     os.makedirs(folder, exist_ok=True)
+    for path in (json_path, out_html):  # both, before either is written: a report never stands half-made
+        check_target(path)
     rel = os.path.relpath(os.path.abspath(json_path), folder)
     page = render_html(exp, title=title or "imgsim explore", json_name=rel, workers=workers)
     for path, text in ((json_path, json.dumps(exp.to_dict(), indent=1) + "\n"), (out_html, page)):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     return out_html, json_path

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .atomic_write import replacing
 from .catalog import Catalog, embedding_array_name, hash_array_name
 from .names import display_path, path_text
 
@@ -432,11 +433,10 @@ def write_results(results: list[SearchResult], path: str) -> str:
                                ("path", path_text(h.path)),
                                ("score", h.score), ("distance", h.distance), ("file_id", h.file_id)):
                     cols[key].append(v)
-        pq.write_table(pa.table(cols), path)
+        with replacing(path, "wb") as f:
+            pq.write_table(pa.table(cols), f)
         return path
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as f:
         json.dump([r.to_dict() for r in results], f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
     return path

@@ -27,6 +27,8 @@ import zlib
 
 import numpy as np
 
+from .atomic_write import write_text
+
 __all__ = ["VectorIndex", "IndexFileError", "EXACT_THRESHOLD", "DEFAULT_M", "DEFAULT_EF_CONSTRUCTION", "DEFAULT_EF"]
 
 FORMAT_VERSION = 1
@@ -352,7 +354,7 @@ class VectorIndex:
                 os.unlink(tmp)
             raise
         meta = dict(self._meta(), payload_bytes=size, payload_crc32=crc)
-        _atomic_write_text(path + ".json", json.dumps(meta, indent=1))
+        write_text(path + ".json", json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int = -1) -> "VectorIndex":
@@ -410,21 +412,6 @@ def _file_crc(path: str) -> tuple[int, int]:
 def _fsync_path(path: str) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 _META_KEYS = {"format": str, "version": int, "dim": int, "space": str, "mode": str, "M": int,

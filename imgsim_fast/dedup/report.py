@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from ..atomic_write import check_target, write_text
 from ..names import display_path, path_text
 
 __all__ = ["write_json", "write_csv", "write_html", "render_review", "thumbs_folder",
@@ -29,13 +30,6 @@ THUMB_QUALITY = 75  # 3-4 KB per 160 px thumbnail of a photo
 # Marks a thumbnail folder as ours: an existing folder without it is never written into.
 _MARKER = ".imgsim-review"
 _THUMB_NAME = re.compile(r"^\d+\.jpg$")
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _as_text(doc: dict) -> dict:
@@ -58,7 +52,7 @@ def _as_text(doc: dict) -> dict:
 def write_json(result, path: str, extra: dict | None = None) -> None:
     doc = _as_text(result.to_dict())
     doc.update(extra or {})
-    _atomic_text(path, json.dumps(doc, indent=1) + "\n")
+    write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def write_csv(result, path: str) -> None:
@@ -70,7 +64,7 @@ def write_csv(result, path: str) -> None:
         for m in g["members"]:
             w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:-3]]
                        + [g["tier"], m["why"], int(m["removable"])])
-    _atomic_text(path, buf.getvalue())
+    write_text(path, buf.getvalue(), newline="")  # newline="": the csv module wrote its own \r\n
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,9 +186,10 @@ def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(
     roots / reference: the folders the run scanned and its reference folders (they go into the plan)."""
     doc = result.to_dict()
     paths = [m["path"] for g in doc["groups"] for m in g["members"]]
+    check_target(path)  # before the thumbnail folder is made: a page that cannot be written leaves nothing
     folder = thumbs_folder(path)
     _prepare_folder(folder)
     sizes = make_thumbs(paths, folder, workers)
-    _atomic_text(path, render_review(doc, sizes, thumbs=quote(os.path.basename(folder)), roots=roots,
-                                     reference=reference, title=title, page_name=os.path.basename(path)))
+    write_text(path, render_review(doc, sizes, thumbs=quote(os.path.basename(folder)), roots=roots,
+                                   reference=reference, title=title, page_name=os.path.basename(path)))
     return folder
