@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hashing
-from .catalog import Catalog, CatalogDamaged, default_catalog_path, embedding_array_name, hash_array_name
+from .catalog import (CATALOG_DIRNAME, Catalog, CatalogDamaged, default_catalog_path, embedding_array_name,
+                      hash_array_name)
 from .codes import words_for_bits
 from .dedup import file_digest
 from .loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
@@ -277,11 +278,15 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         with timer("walk"):
             walk_failures: list[LoadFailure] = []
             found = []
-            # The catalog's own folder (database, arrays, reports) is not counted as passed over.
-            own = os.path.dirname(os.path.abspath(catalog)) + os.sep
+            # Not counted as passed over: the catalog's files (database, -wal, .lock, .arrays/), the whole
+            # .imgsim folder when the catalog is in one (explore's reports too), and sidecars (.xmp,
+            # .json: read as metadata).
+            own = [os.path.abspath(catalog)]
+            if os.path.basename(os.path.dirname(own[0])) == CATALOG_DIRNAME:
+                own.append(os.path.dirname(own[0]) + os.sep)
 
             def passed_over(p: str) -> None:
-                if not os.path.abspath(p).startswith(own):
+                if not os.path.abspath(p).startswith(tuple(own)) and not p.endswith(_SIDECAR_EXTS):
                     stats.passed_over.append(p)
 
             for p in iter_image_files(roots, follow_symlinks=follow_symlinks, extensions=extensions,

@@ -53,7 +53,7 @@ def test_metadata_rating_label_tags_and_sidecar_override(tmp_path):
 
 
 @pytest.fixture()
-def library(tmp_path):
+def library(tmp_path, capsys):  # capsys first: the index run's stderr is checked
     root = tmp_path / "lib"
     root.mkdir()
     _jpeg(root / "five.jpg", 1, _xmp(rating=5, label="Red", hierarchical=["Places|Europe|Paris"]))
@@ -61,6 +61,7 @@ def library(tmp_path):
     _jpeg(root / "two.jpg", 3, _xmp(rating=2, label="Green", as_elements=True))
     _jpeg(root / "rejected.jpg", 4, _xmp(rating=-1))
     _jpeg(root / "none.jpg", 5)
+    (root / "none.xmp").write_bytes(_xmp(label="Purple"))  # a sidecar: read, not "passed over"
     cat = str(tmp_path / "c.sqlite")
     assert main(["index", str(root), "--catalog", cat, "--workers", "1", "--no-progress"]) == 0
     return root, cat
@@ -74,6 +75,7 @@ def _query(capsys, cat, *args):
 
 def test_query_filters_by_rating_label_and_keyword_path(library, capsys):
     root, cat = library
+    assert "passed over" not in capsys.readouterr().err
     assert _query(capsys, cat, "--rating", ">=4") == ["five.jpg", "four.jpg"]
     assert _query(capsys, cat, "--rating", "2") == ["two.jpg"]
     assert _query(capsys, cat, "--rating", "<0") == ["rejected.jpg"]
@@ -82,6 +84,7 @@ def test_query_filters_by_rating_label_and_keyword_path(library, capsys):
     assert _query(capsys, cat, "--tag", "places|europe") == ["five.jpg"]
     assert _query(capsys, cat, "--tag", "Places") == ["five.jpg", "four.jpg"]
     assert _query(capsys, cat, "--where", "label=GREEN") == ["two.jpg"]
+    assert _query(capsys, cat, "--label", "purple") == ["none.jpg"]
     # search takes the same filters: the nearest pictures among 4-star-and-up ones only.
     capsys.readouterr()
     assert main(["search", str(root / "two.jpg"), "--catalog", cat, "--rating", ">=4", "--json"]) == 0
