@@ -378,7 +378,7 @@ def compare_heldout(head, all_feats, all_files) -> dict:
     files = [all_files[i] for i in rows]
     t = dataclasses.replace(DEFAULTS, **head.meta["thresholds"])
     out = {}
-    for name, pred in (("hand rule (auto)", our_pairs(feats, "auto")),
+    for name, pred in (("hand rule (auto)", our_pairs(feats, "auto", learned=False)),
                        ("learned score", our_pairs(learned_features(feats, head), "auto", t))):
         out[name] = evaluate(pred, files, "test")
     a, b = out["hand rule (auto)"], out["learned score"]

@@ -106,11 +106,13 @@ def imagehash_pairs(files: list[CorpusFile], threshold: int = IMAGEHASH_THRESHOL
     return set(zip(ii.tolist(), jj.tolist())), dt
 
 
-def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate"):
-    """Pairs inside dedup's groups of one tier, exactly as `imgsim dedup` groups them."""
+def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate",
+              learned: bool = True):
+    """Pairs inside dedup's groups of one tier, exactly as `imgsim dedup` groups them (learned=False: with
+    the raw embedding cosine, the hand rule the learned similarity replaced)."""
     from ..dedup import DEFAULTS, group_features
 
-    res = group_features(features, method, thresholds or DEFAULTS, flips=flips)
+    res = group_features(features, method, thresholds or DEFAULTS, flips=flips, learned=learned)
     return _pairs_from_groups([g for g in res.groups if g.tier == tier])
 
 
@@ -137,6 +139,8 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         results[m] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
     pred = our_pairs(feats, "phash", flips=False)
     results["phash-noflip"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+    pred = our_pairs(feats, "auto", learned=False)  # the hand rule on the raw cosine, as it was
+    results["auto-raw-cosine"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
     if details is not None:
         details.update({"results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
                         "files": len(files), "families": len({f.family for f in files}),
@@ -145,7 +149,7 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
     ih = results["imagehash.phash@10"]["test"]
     rows = []
     params = {"files": len(files), "families": len({f.family for f in files}), "split": "test (held out)"}
-    for m in ("auto", "phash", "phash-noflip", "embedding", "exact"):
+    for m in ("auto", "auto-raw-cosine", "phash", "phash-noflip", "embedding", "exact"):
         r = results[m]["test"]
         for metric in ("f1", "precision", "recall"):
             rows.append(Row("accuracy", f"{m} {metric} (held-out)", round(r[metric], 4), "",

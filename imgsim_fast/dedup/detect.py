@@ -58,6 +58,10 @@ class Thresholds:
     # and screenshot false pairs 516 and 593 -> 0 and 3 per 1,000 files (slides 685 -> 113, bursts
     # 172 -> 129: at 64 px slides of one template differ in under 2% of their pixels).
     changed_whole: float = 0.01
+    # A pair the embedding calls alike but the pixel check does not is a look-alike only when the pictures
+    # still line up over most of their area (crops, slides of one template: 1-10% differs); two unrelated
+    # photos the embedding happens to score high differ over a third or more, and are no pair at all.
+    similar_changed: float = 0.25
     changed_crop: float = 0.05
 
     def confirm_needed(self, h: int) -> float:
@@ -250,7 +254,8 @@ class PairJudge:
             changed = min(whole, crop)
             if whole > t.changed_whole and crop > t.changed_crop:
                 rule = ""
-        if not rule and self.method != "exact" and (d0 <= t.similar_phash or (cos is not None and cos >= t.similar_cos)):
+        alike = cos is not None and cos >= t.similar_cos and (changed is None or changed <= t.similar_changed)
+        if not rule and self.method != "exact" and (d0 <= t.similar_phash or alike):
             rule = "similar"
         return Match(rule, d0, dk if self.flips else -1, TRANSFORMS[k] if self.flips else "none", cos, changed)
 
