@@ -33,6 +33,7 @@ __all__ = [
     "LoadFailure",
     "NotRegularFileError",
     "decode_cost",
+    "ensure_heif_plugin",
     "iter_image_files",
     "load_image",
     "normalise_extensions",
@@ -61,7 +62,7 @@ RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".ar
                             ".orf", ".rw2", ".rwl", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".dcr",
                             ".mrw", ".mos", ".x3f"})
 # HEIF (iPhone .heic) through pillow-heif, AVIF through pillow-avif-plugin: both optional extras, imported
-# only when such a file is opened (`_register_heif`).
+# only when such a file is opened (`ensure_heif_plugin`).
 HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif"})
 DEFAULT_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
                                | HEIF_EXTENSIONS | RAW_EXTENSIONS)
@@ -176,7 +177,7 @@ def load_image(
             if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
                 im, raw_orientation = _open_raw(path, fp, size, max_pixels)
             else:
-                _register_heif(path, _read_head(fp))
+                ensure_heif_plugin(path, _read_head(fp))
                 fp.seek(0)
                 im, raw_orientation = _open(path, fp, size, max_pixels), None
             orientation = 1
@@ -319,8 +320,10 @@ def _open(path: str, fp, size: int, max_pixels: int | None) -> Image.Image:
 _HEIF_READY: set[str] = set()  # "heif", "avif": plugins registered in this process
 
 
-def _register_heif(path: str, head: bytes) -> None:
-    """Register the HEIF or AVIF Pillow plugin the first time a file of that kind is opened.
+def ensure_heif_plugin(path: str, head: bytes) -> None:
+    """Register the HEIF or AVIF Pillow plugin the first time a file of that kind (by its first 32 bytes,
+    `head`) is opened, so `Image.open` reads it; nothing for other files. Raises ImageLoadError when the
+    package is not installed.
 
     A lazy import: most libraries hold no HEIC, and the extras are optional. A missing package makes
     the file a failure naming the package to install, never a crash."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, IptcImagePlugin
 
-from .loading import open_regular
+from .loading import ensure_heif_plugin, open_regular
 from .names import path_text
 
 __all__ = [
@@ -166,8 +166,10 @@ def read_metadata(path: str, *, sidecars: list[str] | None = None, mapping_entry
         if fp is not None:
             with fp:
                 try:
+                    ensure_heif_plugin(path, fp.read(32))  # HEIC/AVIF: Pillow reads them once registered
+                    fp.seek(0)
                     im = Image.open(fp)
-                except Exception:  # not an image, a bomb: the loader reports why
+                except Exception:  # not an image, a bomb, no HEIF package: the loader reports why
                     im = None
                 if im is not None:
                     try:

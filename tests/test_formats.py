@@ -139,3 +139,14 @@ def test_index_takes_heic_and_raw_and_counts_what_it_passes_over(twins, tmp_path
     assert (stats["seen"], stats["decoded"], stats["failed"]) == (2, 2, 0)
     assert len(stats["passed_over"]) == 8
     assert p.stderr == "imgsim: 8 files passed over: not images by extension (-v lists them)\n"
+
+
+def test_metadata_reads_heic_and_avif_headers(twins):
+    from imgsim_fast.metadata import read_metadata
+
+    d, _ = twins
+    with Image.open(d / "photo.jpg") as im:
+        size = im.size
+    for name, fmt in (("photo.heic", "HEIF"), ("photo.avif", "AVIF")):
+        md = read_metadata(str(d / name))
+        assert (md.format, (md.width, md.height), md.errors) == (fmt, size, []), name
