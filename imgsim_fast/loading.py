@@ -175,7 +175,7 @@ def load_image(
             if size == 0:
                 raise ImageLoadError(path, "empty file (0 bytes)", "empty")
             if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
-                im, raw_orientation = _open_raw(path, fp, size, max_pixels)
+                im, raw_orientation = _open_raw(path, fp, size, max_pixels, min_size)
             else:
                 ensure_heif_plugin(path, _read_head(fp))
                 fp.seek(0)
@@ -350,12 +350,14 @@ def ensure_heif_plugin(path: str, head: bytes) -> None:
 _RAW_FLIP = {0: 1, 3: 3, 5: 8, 6: 6}
 
 
-def _open_raw(path: str, fp, size: int, max_pixels: int | None) -> tuple[Image.Image, int]:
+def _open_raw(path: str, fp, size: int, max_pixels: int | None,
+              min_size: tuple[int, int] | None) -> tuple[Image.Image, int]:
     """A camera RAW file as a Pillow image (header read, not decoded) and its EXIF-style orientation.
 
     The embedded JPEG preview is what the camera itself shows, decoded like any JPEG (with draft); a
-    file without one is demosaicked at half size (LibRaw's 2x2 binning, no interpolation): a hash or an
-    embedding needs no more, at a quarter of the cost."""
+    file without one, or whose preview is smaller than `min_size` (a 160 x 120 thumbnail), is
+    demosaicked at half size (LibRaw's 2x2 binning, no interpolation): a hash or an embedding needs no
+    more, at a quarter of the cost."""
     try:
         import rawpy
     except ImportError:
@@ -374,13 +376,15 @@ def _open_raw(path: str, fp, size: int, max_pixels: int | None) -> tuple[Image.I
                 thumb = raw.extract_thumb()
             except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
                 thumb = None
+            im = None
             if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
                 im = _open(path, io.BytesIO(thumb.data), len(thumb.data), max_pixels)
+            elif thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
+                im = Image.fromarray(thumb.data)
+            if im is not None and (min_size is None or min(im.size) >= min(min_size)):
                 # A preview that carries its own EXIF orientation says how to show it; else the RAW's.
-                own = _orientation(im)
+                own = _orientation(im) if im.format in ("JPEG", "MPO") else 1
                 return im, own if own != 1 else flip
-            if thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
-                return Image.fromarray(thumb.data), flip
             rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
             return Image.fromarray(rgb), 1  # postprocess applies the flip itself
     except ImageLoadError:

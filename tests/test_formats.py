@@ -79,6 +79,19 @@ def test_raw_reads_the_preview_first_and_demosaics_without_one(twins):
     assert corr > 0.9
 
 
+def test_raw_with_a_thumbnail_too_small_for_the_caller_is_demosaicked(twins, tmp_path):
+    d, _ = twins
+    with Image.open(d / "photo.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+        thumb = im.convert("RGB").resize((40, 24))
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG")
+    write_dng(tmp_path / "tiny.dng", rgb, buf.getvalue(), thumb.size)
+    assert load_image(tmp_path / "tiny.dng").size == (40, 24)  # no size asked for: the preview
+    h, w = rgb.shape[:2]
+    assert load_image(tmp_path / "tiny.dng", min_size=(64, 64)).size == (w // 2, h // 2)
+
+
 def test_unreadable_raw_is_a_per_file_failure(tmp_path):
     (tmp_path / "broken.nef").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
     (tmp_path / "broken.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
