@@ -184,7 +184,8 @@ def cmd_dedup(args) -> int:
     )
     res = find_duplicates(args.paths, method=args.method, thresholds=t, flips=not args.no_flips,
                           reference=args.reference or [], keep_order=args.keep, workers=args.workers,
-                          progress=False if args.no_progress else None)
+                          progress=False if args.no_progress else None, extensions=args.extensions)
+    report_passed_over(res.features.passed_over, args.verbose)
     _report_failures(res.features)
     _print_groups(res, args.method)
     if args.json:
@@ -301,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or delete them")
     p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively); with --apply, "
                                             "the folders the plan may remove files from (default: its roots)")
+    add_walk_options(p)
     p.add_argument("--apply", metavar="PLAN",
                    help="carry out a plan exported from the --html review page instead of scanning (with "
                         "--move-to DIR [--link hard|sym] or --delete; alone, only checks it)")

@@ -163,3 +163,20 @@ def test_metadata_reads_heic_and_avif_headers(twins):
     for name, fmt in (("photo.heic", "HEIF"), ("photo.avif", "AVIF")):
         md = read_metadata(str(d / name))
         assert (md.format, (md.width, md.height), md.errors) == (fmt, size, []), name
+
+
+def test_dedup_groups_every_format_with_its_twins(twins):
+    # The nine files are one picture in nine formats (the DNG through its preview): one duplicate group,
+    # nothing failed; --extensions narrows the walk and says what it passed over.
+    from imgsim_fast.dedup import find_duplicates
+
+    d, _ = twins
+    res = find_duplicates([str(d)], method="phash", workers=1, progress=False)
+    assert not res.features.failures
+    assert [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups if g.tier == "duplicate"] \
+        == [sorted(f"photo.{e}" for e in FORMATS)]
+    assert [os.path.basename(p) for p in res.features.passed_over] == ["notes.txt"]
+    p = _imgsim("dedup", str(d), "--method", "phash", "--extensions", "jpg,dng", "--workers", "1", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "2 images scanned" in p.stdout and "1 duplicate groups" in p.stdout
+    assert "8 files passed over" in p.stderr

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
-from ..loading import ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
+from ..loading import RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
 
 __all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
@@ -105,6 +105,7 @@ class Features:
     # (n, THUMB_SIDE, THUMB_SIDE) uint8: the trimmed grey picture the hashes were computed from, kept for the
     # pair test's pixel check (detect.changed_fraction); 4 KiB a file.
     thumbs: np.ndarray | None = None
+    passed_over: list[str] = field(default_factory=list)  # files in walked folders not named like images
 
     @property
     def paths(self) -> list[str]:
@@ -200,7 +201,14 @@ def estimate_jpeg_quality(table) -> int | None:
 
 
 def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
-    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header only."""
+    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header only.
+
+    A camera RAW file (decoded by loading.load_image through rawpy, not Pillow) gives (0, 0, its extension,
+    None, False): the caller then takes the size of what was decoded, the embedded preview.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext in RAW_EXTENSIONS:
+        return 0, 0, ext[1:].upper(), None, False
     with Image.open(path) as im:
         w, h = im.size
         fmt = im.format or "?"
@@ -219,8 +227,10 @@ def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
 
 
 # A lossless file re-saved from a JPEG keeps the JPEG's 8x8 block edges: the mean jump between pixel
-# columns (rows) at one phase of 8 stands out from the other seven. 1.25 separates re-saves of quality
-# <= 95 JPEGs from camera PNG/TIFF originals, whose phases differ by a few percent (keep corpus, bench).
+# columns (rows) at one phase of 8 stands out from the other seven. It shows clearly for JPEGs of quality
+# 90 and below, hardly at 95 (keep corpus: 1.0-1.45), and it also fires on pictures with a 2- or 4-pixel
+# period (downscaled by a whole factor), so it only orders generations among copies; an exact re-save is
+# recognised by its pixels (keep.derived_from).
 BLOCK_RATIO = 1.25
 _BLOCK_WINDOW = 1024
 
@@ -324,16 +334,19 @@ def _failed_item(item: tuple[int, str], reason: str, kind: str, cfg) -> list[tup
 
 
 def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int | None = None,
-                     progress: bool | None = None, device=None) -> Features:
+                     progress: bool | None = None, device=None, extensions=None) -> Features:
     """Features of image files and folders (walked like `imgsim hash`); bad files become failures.
 
     embed: False, True (the default model, efficientnet-lite0, shipped weights) or a model name.
+    extensions: file name extensions taken from folders (None: loading.DEFAULT_EXTENSIONS).
     workers: decode processes (None: all cores; 1: in this process).
     """
     from ..pipeline import _progress_bar, default_workers, run_pool
 
     failures: list[LoadFailure] = []
-    paths = list(iter_image_files(paths_or_roots, on_error=failures.append))
+    passed_over: list[str] = []
+    walk = {} if extensions is None else {"extensions": extensions}
+    paths = list(iter_image_files(paths_or_roots, on_error=failures.append, on_skip=passed_over.append, **walk))
     model = None
     embed_size = None
     if embed:
@@ -371,7 +384,8 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     if model is not None:
         both = _embed(model, [v for e in epix for v in e], progress)
         emb, centre = both[0::2].copy(), both[1::2].copy()
-    return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs)
+    return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs,
+                    passed_over)
 
 
 def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
