@@ -8,7 +8,7 @@ import time
 
 from .report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "memory")
+SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory")
 
 
 def main(argv=None) -> int:
@@ -54,6 +54,14 @@ def main(argv=None) -> int:
         from . import accuracy
 
         rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "keep" in sections:
+        from . import keep_bench
+
+        rows += keep_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "dedup" in sections:
+        from . import dedup_bench
+
+        rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     if "memory" in sections:
         from . import memory_bench
 
