@@ -39,7 +39,8 @@ TRANSFORMS = ("none", "rot90", "rot180", "rot270", "mirror-lr", "mirror-tb", "tr
 class Thresholds:
     """Pair-test thresholds (pHash bits of 64; cosine similarities). See DEFAULTS for the chosen values."""
 
-    phash: int = 10            # identity pHash distance accepted on its own
+    phash: int = 10            # identity pHash distance accepted on its own ...
+    phash_cos: float = -1.0    # ... when the embedding similarity is at least this (-1: whatever it is)
     dihedral: int = 8          # distance to a flip/rotation accepted on its own
     confirm_phash: int = 28    # largest hash distance an embedding may confirm
     confirm_cos: float = 0.6   # cosine needed at h == phash ...
@@ -235,7 +236,7 @@ class PairJudge:
         rule = ""
         if self.digests[i] == self.digests[j]:
             rule = "exact"
-        elif self.method in ("phash", "auto") and d0 <= t.phash:
+        elif self.method in ("phash", "auto") and d0 <= t.phash and (cos is None or cos >= t.phash_cos):
             rule = "phash"
         elif self.method in ("phash", "auto") and dk <= t.dihedral:
             rule = "flip"
