@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli import main
-from imgsim_fast.dedup import DEFAULTS, DedupResult, Thresholds, find_duplicates, group_features
+from imgsim_fast.dedup import DEFAULTS, LEARNED, DedupResult, Thresholds, find_duplicates, group_features
 from imgsim_fast.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
 from imgsim_fast.dedup.features import EMBED_CROP, Features, FileFacts, compute_features, trim_box
 from imgsim_fast.dedup.keep import keep_ranks, parse_order
@@ -570,5 +570,6 @@ def test_auto_compares_embeddings_by_the_learned_similarity(edited_album):
     assert learned.features.model == raw.model + "+siamese"
     assert learned.features.embeddings.shape[1] < raw.embeddings.shape[1]
     assert learned.thresholds.embed_cos != DEFAULTS.embed_cos
+    assert learned.thresholds.phash_cos == LEARNED["phash_cos"] > DEFAULTS.phash_cos
     hand = group_features(raw, "auto", learned=False)
     assert hand.features.model == raw.model and hand.thresholds == DEFAULTS

@@ -17,7 +17,7 @@ from .detect import DEFAULTS, METHODS, Group, Match, PairJudge, Thresholds, cand
 from .features import Features, FileFacts, compute_features, file_digest
 from .keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order
 
-__all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "METHODS", "DedupResult", "Features", "FileFacts",
+__all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features", "FileFacts",
            "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates", "group_features"]
 
 # The pHash radius of the first, hash-only dedup (kept for callers of the old API; DEFAULTS.phash now).
@@ -149,9 +149,12 @@ def _learned_space(features: Features, thresholds: Thresholds) -> tuple[Features
     # so no cosine band marks them: a pair the learned score calls the same picture and the pixel check
     # does not is the look-alike, and pHash within similar_phash still reports near variants.
     tuned.setdefault("similar_cos", tuned.get("embed_cos", DEFAULTS.similar_cos))
+    # The weights file is data (a retrain may store fields this version does not have): unknown ones are
+    # ignored. LEARNED is ours: a name that is not a Thresholds field is a bug, and replace() says so.
+    tuned = {k: v for k, v in tuned.items() if hasattr(thresholds, k)}
     tuned.update({k: v for k, v in LEARNED.items() if k not in tuned})
-    tuned = {k: v for k, v in tuned.items() if hasattr(thresholds, k) and getattr(thresholds, k) == getattr(DEFAULTS, k)}
-    return learned_features(features, head), dataclasses.replace(thresholds, **tuned)
+    kept = {k: v for k, v in tuned.items() if getattr(thresholds, k) == getattr(DEFAULTS, k)}
+    return learned_features(features, head), dataclasses.replace(thresholds, **kept)
 
 
 def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds = DEFAULTS, *,
