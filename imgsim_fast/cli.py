@@ -205,29 +205,38 @@ def cmd_dedup(args) -> int:
     if not plan:
         print("\nnothing to do")
         return status
+    skipped = _run_actions(args, op, plan, roots, {})
+    return 1 if status or skipped else 0
+
+
+def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -> int:
+    """Confirm a delete, execute `actions` under a fresh manifest (dedup.actions), print what happened.
+    Returns how many were skipped (a delete that is not confirmed skips them all)."""
+    from .dedup import actions as act
+    from .names import display_path
+
     if op == "delete" and not args.yes:
-        answer = input(f"\nDelete {len(plan)} files for good (they cannot be undone)? Type 'yes': ")
+        answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
         if answer.strip().lower() != "yes":
             print("imgsim: nothing deleted", file=sys.stderr)
-            return 1
+            return len(actions)
     run = act.new_run_id()  # time stamp + random suffix: runs in the same second get their own manifests
     manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
-    rep = act.execute(plan, manifest, {"op": op, "argv": sys.argv[1:]}, roots=roots, quarantine=args.move_to,
-                      run_id=run)
+    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], **header}, roots=roots,
+                      quarantine=args.move_to, run_id=run)
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
     print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
     for a, why in rep.skipped:
-        print(f"  skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
+        print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
         print(f"undo with: imgsim undo {display_path(manifest)}")
-    return 1 if status or rep.skipped else 0
+    return len(rep.skipped)
 
 
 def _apply_plan(args, op: str | None) -> int:
     """dedup --apply PLAN: carry out a review page's plan (dedup/plan.py); no scan. A plan that fails its
     checks is refused before anything is touched; changed files are skipped and reported."""
-    from .dedup import actions as act
     from .dedup import plan as pl
     from .names import display_path
 
@@ -249,21 +258,8 @@ def _apply_plan(args, op: str | None) -> int:
     if not actions:
         print("nothing to do")
         return 1 if stale else 0
-    if op == "delete" and not args.yes:
-        answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
-        if answer.strip().lower() != "yes":
-            print("imgsim: nothing deleted", file=sys.stderr)
-            return 1
-    run = act.new_run_id()
-    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
-    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], "plan": os.path.abspath(args.apply)},
-                      roots=plan.roots, quarantine=args.move_to, run_id=run)
-    print(f"{len(rep.done)} files done ({op}); {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
-    for a, why in rep.skipped:
-        print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
-    if op != "delete":
-        print(f"undo with: imgsim undo {display_path(manifest)}")
-    return 1 if stale or rep.skipped else 0
+    skipped = _run_actions(args, op, actions, plan.roots, {"plan": os.path.abspath(args.apply)})
+    return 1 if stale or skipped else 0
 
 
 def cmd_undo(args) -> int:
