@@ -37,7 +37,7 @@ def report_passed_over(paths: list[str], verbose: bool) -> None:
     from .names import display_path
 
     if paths:
-        print(f"imgsim: {len(paths)} files passed over: not images by extension"
+        print(f"imgsim: {len(paths)} file{'s' if len(paths) != 1 else ''} passed over: not images by extension"
               f"{'' if verbose else ' (-v lists them)'}", file=sys.stderr)
     if verbose:
         for p in paths:
@@ -150,6 +150,16 @@ def _print_groups(res, method: str) -> None:
             tag = "keep" if k == 0 else ("dup " if m["removable"] else ("ref " if m["reference"] else "    "))
             why = "" if k == 0 else f"  [{m['why']}]"
             print(f"  {tag} {display_path(os.path.relpath(m['path']))}{why}")
+
+
+def keep_order(text: str) -> tuple[str, ...]:
+    """--keep, checked while the arguments are parsed (a typo must not wait for a whole scan)."""
+    from .dedup.keep import parse_order
+
+    try:
+        return parse_order(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_dedup(args) -> int:
@@ -314,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cosine that matches on its own, whatever the hashes say (default 0.88)")
     p.add_argument("--reference", action="append", metavar="DIR",
                    help="folder whose files are always kept and never touched (repeatable; scanned too)")
-    p.add_argument("--keep", default="content,quality,camera,oldest",
+    p.add_argument("--keep", type=keep_order, default="content,quality,camera,oldest",
                    help="keep-best order, best first, from: content (undistorted, most pixels inside the "
                         "borders), quality (not noisy, earliest generation, colour), camera (EXIF), size, "
                         "oldest, newest, shortest-path (default %(default)s)")
