@@ -1,22 +1,28 @@
-"""Which files are duplicates: candidate pairs (MIH self-join, embedding kNN), one pair test, guarded groups.
+"""Which files are duplicates: candidate pairs (MIH self-join, embedding kNN), one pair test, two tiers of
+guarded groups.
 
 Methods:
 - exact: byte-identical files (content digest).
 - phash: border-trimmed pHash; a pair matches when its codes are within `phash` bits, or one code is within
   `dihedral` bits of one of the 8 flips/rotations of the other (mirrors, 90/180/270 degrees).
-- embedding: cosine similarity of EfficientNet-Lite0 embeddings >= `embed_cos`. A pair's cosine is the
-  larger of whole-whole and, less `centre_discount`, whole(i)-centre(j) or centre(i)-whole(j)
-  (features.EMBED_CROP): a cropped copy looks like its original's centre.
-- auto (default): phash, plus pairs the hashes call borderline that the embedding confirms, plus pairs
-  the embedding alone is sure of (crops, heavy edits). The confirmation asks more of the embedding the
-  further apart the hashes are: a pair whose (identity) pHash distance is h <= confirm_phash matches when
-  cosine >= confirm_cos + confirm_slope * (h - phash). Exact copies always match, in every
-  method.
+- embedding: embedding similarity >= `embed_cos`. A pair's similarity is the larger of whole-whole and, less
+  `centre_discount`, whole(i)-centre(j) or centre(i)-whole(j) (features.EMBED_CROP): a cropped copy looks
+  like its original's centre. The embeddings are the backbone's, or its projection by the learned head
+  (dedup.group_features, embedding/siamese.py), which `auto` uses with its own thresholds.
+- auto (default): phash (a pHash match also needing similarity >= `phash_cos`), plus pairs the hashes call
+  borderline that the embedding confirms, plus pairs the embedding alone is sure of (crops, heavy edits):
+  a pair whose (identity) pHash distance is h <= confirm_phash matches when similarity >= confirm_cos +
+  confirm_slope * (h - phash). An embedding match stays a duplicate only if the pixel check agrees
+  (PairJudge.changed: aligned thumbnails, crop windows). Exact copies always match, in every method.
+
+Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
+bits, or one the embedding accepted and the pixel check refused while the pictures still line up over most
+of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (group_pairs).
 
 Candidates come from `hash_pairs` (the only all-pairs step over hashes: HammingIndex.self_join) and
 `embedding_pairs` (VectorIndex kNN with a score cut); every candidate, and every pair the grouping asks
 about, goes through the same test, `PairJudge.match`. Thresholds and the evidence behind them:
-DEFAULTS below and the README's "Deduplication" section (python -m imgsim_fast.bench accuracy).
+DEFAULTS below, dedup.LEARNED, and the README's "Deduplication" section (python -m imgsim_fast.bench accuracy).
 """
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ import numpy as np
 from ..mih import HammingIndex
 from .features import Features
 
-__all__ = ["METHODS", "Thresholds", "DEFAULTS", "PairJudge", "Match", "hash_pairs", "embedding_pairs",
-           "candidate_pairs", "group_pairs"]
+__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "Group", "hash_pairs",
+           "embedding_pairs", "candidate_pairs", "group_pairs", "changed_fraction", "crop_windows"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
