@@ -150,11 +150,12 @@ def hash_paths(
     return result
 
 
-def _progress_bar(total: int, progress: bool | None):
+def _progress_bar(total: int, progress: bool | None, desc: str | None = None):
+    """A tqdm bar on stderr, shown on a terminal (progress None) or when asked; `desc` names the phase."""
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=not show, smoothing=0.1)
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=not show, smoothing=0.1, desc=desc)
 
 
 def _assemble(results: list[_ChunkResult], paths: list[str], walk_failures: list[LoadFailure],

@@ -573,3 +573,37 @@ def test_auto_compares_embeddings_by_the_learned_similarity(edited_album):
     assert learned.thresholds.phash_cos == LEARNED["phash_cos"] > DEFAULTS.phash_cos
     hand = group_features(raw, "auto", learned=False)
     assert hand.features.model == raw.model and hand.thresholds == DEFAULTS
+
+
+def test_progress_shows_the_embedding_phase_on_a_terminal(tmp_path, photos):
+    # On a terminal (a pty here) dedup shows a bar per phase: decoding, then embedding, which on CPU is the
+    # longer one; a bar that stopped after decoding sat at 100% for most of a run.
+    import pty
+    import subprocess
+    import sys
+
+    for i, p in enumerate(photos[:3]):
+        _rgb(p, 320).save(tmp_path / f"p{i}.jpg", quality=90)
+    import fcntl
+    import struct
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    proc = subprocess.Popen([sys.executable, "-m", "imgsim_fast", "dedup", str(tmp_path), "--workers", "1"],
+                            stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the child closed the pty
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(parent)
+    text = out.decode(errors="replace")
+    assert "decoding" in text and "embedding views" in text, text
+    assert "6/6" in text  # both views of the three files went through the embedding bar

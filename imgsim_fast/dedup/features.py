@@ -361,7 +361,7 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     items = list(enumerate(paths))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     facts, hpix, epix = [], [], []
-    bar = _progress_bar(len(paths), progress)
+    bar = _progress_bar(len(paths), progress, "decoding")
     try:
         if workers == 1 or len(chunks) <= 1:
             results = [_prepare_chunk(c, embed_size) for c in chunks]
@@ -389,12 +389,21 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
 
 
 def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
+    """Embeddings of (s, s, 3) uint8 inputs, in batches, with a bar of its own: on CPU this phase takes
+    longer than decoding, so a bar that stopped at the end of decoding would sit at 100% for most of a run."""
     import torch
 
+    from ..pipeline import _progress_bar
+
     out = np.empty((len(arrays), model.dim), np.float32)
-    for s in range(0, len(arrays), batch):
-        x = torch.from_numpy(np.stack(arrays[s:s + batch]))
-        out[s:s + batch] = model.embed_pixels(x).cpu().numpy()
+    bar = _progress_bar(len(arrays), progress, "embedding views")
+    try:
+        for s in range(0, len(arrays), batch):
+            x = torch.from_numpy(np.stack(arrays[s:s + batch]))
+            out[s:s + batch] = model.embed_pixels(x).cpu().numpy()
+            bar.update(len(arrays[s:s + batch]))
+    finally:
+        bar.close()
     return out
 
 
