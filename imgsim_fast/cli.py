@@ -163,7 +163,7 @@ def keep_order(text: str) -> tuple[str, ...]:
 
 
 def cmd_dedup(args) -> int:
-    from .dedup import DEFAULTS, Thresholds, find_duplicates
+    from .dedup import Thresholds, find_duplicates
     from .dedup import actions as act
     from .atomic_write import check_target
     from .dedup import report
@@ -187,12 +187,17 @@ def cmd_dedup(args) -> int:
     for out in (args.json, args.csv, args.html):  # a report that cannot be written fails now, not after the scan
         if out:
             check_target(out)
-    t = Thresholds(
-        phash=DEFAULTS.phash if args.threshold is None else args.threshold,
-        dihedral=DEFAULTS.dihedral if args.flip_threshold is None else args.flip_threshold,
-        embed_cos=DEFAULTS.embed_cos if args.min_cosine is None else args.min_cosine,
-    )
-    res = find_duplicates(args.paths, method=args.method, thresholds=t, flips=not args.no_flips,
+    if args.move_to:
+        from .dedup.keep import is_under
+
+        inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]
+        if inside:
+            raise ValueError(f"--move-to {args.move_to} is inside the scanned folder {inside[0]}: the next scan would "
+                             "find the quarantined files again; choose a folder outside it")
+    given = {k: v for k, v in (("phash", args.threshold), ("dihedral", args.flip_threshold),
+                               ("embed_cos", args.min_cosine)) if v is not None}
+    t = Thresholds(**given)
+    res = find_duplicates(args.paths, method=args.method, thresholds=t, fixed=tuple(given), flips=not args.no_flips,
                           reference=args.reference or [], keep_order=args.keep, workers=args.workers,
                           progress=False if args.no_progress else None, extensions=args.extensions)
     report_passed_over(res.features.passed_over, args.verbose)
@@ -205,7 +210,8 @@ def cmd_dedup(args) -> int:
         report.write_csv(res, args.csv)
         print(f"wrote {display_path(args.csv)}")
     if args.html:
-        report.write_html(res, args.html, roots=args.paths, reference=args.reference or [], workers=args.workers)
+        report.write_html(res, args.html, roots=list(args.paths) + list(args.reference or []),
+                          reference=args.reference or [], workers=args.workers)
         print(f"wrote {display_path(args.html)}")
     status = _exit_status(len(res.paths), len(res.features.failures))
     if op is None or status == 2:
@@ -226,7 +232,10 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -
     from .names import display_path
 
     if op == "delete" and not args.yes:
-        answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
+        try:
+            answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
+        except EOFError:  # Ctrl-D, or input closed: no
+            answer = ""
         if answer.strip().lower() != "yes":
             print("imgsim: nothing deleted", file=sys.stderr)
             return len(actions)
@@ -268,7 +277,8 @@ def _apply_plan(args, op: str | None) -> int:
     if not actions:
         print("nothing to do")
         return 1 if stale else 0
-    skipped = _run_actions(args, op, actions, plan.roots, {"plan": os.path.abspath(args.apply)})
+    skipped = _run_actions(args, op, actions, list(plan.roots) + list(plan.reference),
+                           {"plan": os.path.abspath(args.apply)})
     return 1 if stale or skipped else 0
 
 
@@ -321,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest distance to a mirrored/rotated variant that matches on its own (default 8)")
     p.add_argument("--no-flips", action="store_true", help="do not match mirrored or 90/180/270-degree copies")
     p.add_argument("--min-cosine", type=cosine, default=None,
-                   help="embedding cosine that matches on its own, whatever the hashes say (default 0.88)")
+                   help="embedding similarity that matches on its own, whatever the hashes say (default 0.77 on "
+                        "the learned similarity that auto uses)")
     p.add_argument("--reference", action="append", metavar="DIR",
                    help="folder whose files are always kept and never touched (repeatable; scanned too)")
     p.add_argument("--keep", type=keep_order, default="content,quality,camera,oldest",

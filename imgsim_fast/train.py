@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from .atomic_write import replacing
 from .bench.corpus import CorpusFile
 
 __all__ = ["train_head", "triplet_loss", "tune_thresholds", "pair_matrix", "fit", "compare_heldout", "main"]
@@ -85,10 +86,8 @@ def extra_pictures(files: list[CorpusFile], cache_dir: str, seed: int) -> list[C
             path = os.path.join(root, f"x{n:03d}_{e}" + (".png" if save["format"] == "PNG" else ".jpg"))
             x.save(path, **save)
             out.append(CorpusFile(path, f.family, "+".join(k for k, _ in steps), "chain", "tune"))
-    tmp = labels + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with replacing(labels) as fh:
         json.dump({"key": key, "files": [dataclasses.asdict(f) for f in out]}, fh)
-    os.replace(tmp, labels)
     return out
 
 
@@ -123,9 +122,8 @@ def features_of(files: list[CorpusFile], cache_dir: str | None):
             raise RuntimeError(f"{len(feats.failures)} training files failed to load: {feats.failures[:3]}")
         if path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "wb") as fh:
+            with replacing(path, "wb") as fh:
                 pickle.dump(feats, fh)
-            os.replace(path + ".tmp", path)
     by_path = {os.path.abspath(f.path): f for f in files}
     return feats, [by_path[os.path.abspath(p)] for p in feats.paths]
 

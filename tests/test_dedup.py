@@ -607,3 +607,22 @@ def test_progress_shows_the_embedding_phase_on_a_terminal(tmp_path, photos):
     text = out.decode(errors="replace")
     assert "decoding" in text and "embedding views" in text, text
     assert "6/6" in text  # both views of the three files went through the embedding bar
+
+
+def test_thresholds_set_on_purpose_survive_the_learned_space(edited_album, tmp_path):
+    # --min-cosine 0.88 typed by a user equals the raw-cosine default; it must stay 0.88, not become the
+    # learned default. And a quarantine inside the scanned folder is refused before anything happens.
+    raw = compute_features([str(edited_album)], embed=True, workers=1, progress=False)
+    t = Thresholds(embed_cos=DEFAULTS.embed_cos)
+    assert group_features(raw, "auto", t, fixed=("embed_cos",)).thresholds.embed_cos == DEFAULTS.embed_cos
+    assert group_features(raw, "auto", t).thresholds.embed_cos == _learned_embed_cos()
+    before = {p: os.path.getmtime(p) for p in map(str, edited_album.iterdir())}
+    assert main(["dedup", str(edited_album), "--move-to", str(edited_album / "q"), "--no-progress"]) == 2
+    assert not (edited_album / "q").exists()
+    assert {p: os.path.getmtime(p) for p in map(str, edited_album.iterdir())} == before
+
+
+def _learned_embed_cos():
+    from imgsim_fast.embedding.siamese import load_head
+
+    return load_head().meta["thresholds"]["embed_cos"]

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from ..atomic_write import replacing
 from .debsrc import unpack_deb
 from .lookalikes import LOOKALIKE_KINDS, build_lookalikes
 from .lookalikes import VERSION as LOOKALIKES_VERSION
@@ -331,11 +332,9 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
             out.save(os.path.join(root, name), **save)
             rows.append({"path": name, "family": family, "kind": kind, "level": level, "split": split,
                          "negative": negative})
-    tmp = labels_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(labels_path) as f:
         json.dump({"key": key, "edits": {f"{k}/{l}": v for (k, l), v in EDITS.items()}, "files": rows}, f,
                   indent=1)
-    os.replace(tmp, labels_path)
     return [_file(root, r) for r in rows]
 
 

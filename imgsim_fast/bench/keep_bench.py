@@ -22,6 +22,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from ..atomic_write import replacing
 from .corpus import _font, source_pictures, split_of, fetch_sources
 from .report import Row
 
@@ -110,9 +111,8 @@ def build(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0) -
             out = make(decoded, rng)
             (save or (lambda im, p: im.save(p, format="PNG")))(out, os.path.join(root, name))
             rows.append({"path": name, "family": family, "kind": kind, "split": split_of(family)})
-    with open(labels + ".tmp", "w", encoding="utf-8") as f:
+    with replacing(labels) as f:
         json.dump({"key": key, "rows": rows}, f)
-    os.replace(labels + ".tmp", labels)
     return root, rows
 
 

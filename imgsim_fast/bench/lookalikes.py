@@ -37,6 +37,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from ..atomic_write import replacing
 from .debsrc import unpack_deb
 
 __all__ = ["LOOKALIKE_KINDS", "build_lookalikes"]
@@ -96,10 +97,8 @@ def build_lookalikes(cache_dir: str, seed: int = 0) -> list[tuple[str, str, str]
         os.makedirs(os.path.join(root, kind), exist_ok=True)
         im.convert("RGB").save(os.path.join(root, rel))
         rows.append((kind, name, rel))
-    tmp = manifest + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(manifest) as f:
         json.dump({"key": key, "pictures": rows}, f, indent=1)
-    os.replace(tmp, manifest)
     return [(k, n, os.path.join(root, p)) for k, n, p in rows]
 
 

@@ -39,10 +39,6 @@ class DedupResult:
     def paths(self) -> list[str]:
         return self.features.paths
 
-    def kept(self, g: Group) -> list[int]:
-        """Members that stay: the keeper, every reference file, and every member of a 'similar' group."""
-        return [m for m in g.members if m not in self.removable(g)]
-
     def removable(self, g: Group) -> list[int]:
         """Members an action may touch: duplicate tier only, not the keeper, not under a reference folder."""
         if g.tier != "duplicate":
@@ -93,7 +89,7 @@ class DedupResult:
 
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
                    flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
-                   roots: list[str] | None = None, learned: bool = True) -> DedupResult:
+                   roots: list[str] | None = None, learned: bool = True, fixed=()) -> DedupResult:
     """Group already computed features (see find_duplicates).
 
     roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
@@ -101,9 +97,10 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     kept in place of a real file nor removed as a duplicate of one.
     learned: compare embeddings by the learned similarity (embedding/siamese.py, the shipped head trained
     with a triplet loss) with the thresholds tuned for it, wherever the embeddings are the head's backbone;
-    a threshold given here that differs from DEFAULTS is kept. False: the raw cosine (the hand rule).
+    a threshold named in `fixed`, or given here with a value other than DEFAULTS', is kept. False: the raw
+    cosine (the hand rule).
     """
-    features, thresholds = _learned_space(features, thresholds) if learned else (features, thresholds)
+    features, thresholds = _learned_space(features, thresholds, fixed) if learned else (features, thresholds)
     order = parse_order(keep_order)
     facts = features.facts
     ref = [bool(reference) and is_under(f.path, list(reference)) for f in facts]
@@ -129,7 +126,7 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
 LEARNED = {"phash_cos": 0.55}
 
 
-def _learned_space(features: Features, thresholds: Thresholds) -> tuple[Features, Thresholds]:
+def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tuple[Features, Thresholds]:
     """(features projected by the learned head, its thresholds) when the head applies, else unchanged.
 
     On the held-out half of the accuracy corpus the learned score beat the raw cosine with the same pair
@@ -153,20 +150,21 @@ def _learned_space(features: Features, thresholds: Thresholds) -> tuple[Features
     # ignored. LEARNED is ours: a name that is not a Thresholds field is a bug, and replace() says so.
     tuned = {k: v for k, v in tuned.items() if hasattr(thresholds, k)}
     tuned.update({k: v for k, v in LEARNED.items() if k not in tuned})
-    kept = {k: v for k, v in tuned.items() if getattr(thresholds, k) == getattr(DEFAULTS, k)}
+    kept = {k: v for k, v in tuned.items() if k not in fixed and getattr(thresholds, k) == getattr(DEFAULTS, k)}
     return learned_features(features, head), dataclasses.replace(thresholds, **kept)
 
 
 def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds = DEFAULTS, *,
                     flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
                     workers: int | None = None, progress: bool | None = None, embed: bool | str | None = None,
-                    device=None, extensions=None) -> DedupResult:
+                    device=None, extensions=None, fixed=()) -> DedupResult:
     """Find duplicate groups among image files and folders (walked recursively). Touches no file.
 
     method: 'auto' (hashes + embeddings, the default), 'phash', 'embedding' or 'exact'.
     reference: folders whose files are always kept (scan them too: pass them in paths_or_roots as well,
         or they are added). keep_order: criteria of keep.CRITERIA, best first.
     embed: None computes embeddings for 'auto' and 'embedding'; False never; a model name to choose one.
+    fixed: names of `thresholds` fields the caller set on purpose (group_features keeps them as they are).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -178,4 +176,4 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
         raise ValueError("method 'embedding' needs embeddings")
     feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device,
                              extensions=extensions)
-    return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots)
+    return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed)

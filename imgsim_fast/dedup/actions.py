@@ -21,6 +21,7 @@ Delete is the only irreversible action; its manifest is a record that undo only 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -346,8 +347,12 @@ def execute(actions: list[Action], manifest_path: str, header: dict | None = Non
                 os.unlink(key_name, dir_fd=qfd)
         raise
     rep = RunReport()
+    full = False
     try:
         for seq, (a, orig) in enumerate(zip(actions, given)):
+            if full:
+                rep.skipped.append((orig, "not tried: no space left on the quarantine's device"))
+                continue
             if within(a.path, folders) is None or within(a.keeper, folders) is None:
                 why = "outside the scanned folders (reached through a symbolic link?)"
             elif a.dest is not None and not under(a.dest, quarantine):
@@ -357,6 +362,10 @@ def execute(actions: list[Action], manifest_path: str, header: dict | None = Non
                     why = _run_one(a, seq, man, run, quarantine)
                 except Blocked as e:
                     why = str(e)
+                except OSError as e:  # one file's failure (a read-only folder, a full disk) ends only its own
+                    # action: its manifest line is written, so undo finds the state whatever step it reached
+                    why = f"{e.strerror or e}"
+                    full = e.errno == errno.ENOSPC
             if why:
                 rep.skipped.append((orig, why))
             else:

@@ -160,8 +160,11 @@ def _why_stale(e: Entry) -> str | None:
         return "file is gone"
     if os.path.islink(e.path) or not os.path.isfile(e.path):
         return "no longer a regular file"
-    if file_digest(e.path) != e.digest:
-        return "file changed since the review (digest differs)"
+    try:
+        if file_digest(e.path) != e.digest:
+            return "file changed since the review (digest differs)"
+    except OSError as exc:  # unreadable now: skipped and reported, as a changed file is
+        return f"cannot be read: {exc.strerror or exc}"
     return None
 
 

@@ -63,17 +63,15 @@ class SiameseHead:
         return (y / np.maximum(norm, 1e-12)).astype(np.float32)
 
     def save(self, path: str) -> None:
-        """Write the head as a .npz (atomically: a temp file, fsync, rename)."""
+        """Write the head as a .npz, atomically (atomic_write.replacing)."""
+        from ..atomic_write import replacing
+
         arrays = {"mean": self.mean.astype(np.float32), "meta": np.array(json.dumps(self.meta, sort_keys=True))}
         for k, (w, b) in enumerate(self.layers):
             arrays[f"w{k}"] = w.astype(np.float32)
             arrays[f"b{k}"] = b.astype(np.float32)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with replacing(path, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "SiameseHead":
