@@ -105,7 +105,7 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
                reference: list[bool] | None = None, inspect: bool = False) -> dict[int, tuple]:
     """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
 
-    inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_copies): a
+    inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
     file found to be an upscale, a lossless re-save or a noisy copy of another member ranks after the rest.
     """
     keys = _fact_ranks(facts, members, order, reference)
