@@ -2,7 +2,6 @@
 forkserver and the resource tracker all end with the main process, as the hashing pool's do
 (tests/test_pipeline.py::test_kill_9_of_the_main_process_leaves_nothing_running)."""
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 from PIL import Image
 
-from test_pipeline import _session_processes
+from test_pipeline import _session_processes, assert_kill_9_leaves_nothing, kill_session
 
 N_FILES = 400  # at ~15-30 ms a file on two busy cores, the run is still embedding when it is killed
 
@@ -46,18 +45,6 @@ def test_kill_9_during_embedding_leaves_nothing_running(tmp_path, photos):
         assert proc.poll() is None, "the run ended before it could be killed: give it more files"
         assert len(_session_processes(proc.pid)) >= 4, "the embedding workers never started"
         time.sleep(0.5)  # let the worker take its first chunks: killed mid-decode, not while starting
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            alive = {p: s for p, s in _session_processes(proc.pid).items() if s != "Z"}
-            if not alive:
-                break
-            time.sleep(0.1)
-        assert not alive, f"still running 5 s after kill -9 of the main process: {alive}"
+        assert_kill_9_leaves_nothing(proc)
     finally:
-        for pid in _session_processes(proc.pid):  # never leave them behind, even when the test fails
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(proc.pid)

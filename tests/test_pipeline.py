@@ -226,6 +226,29 @@ def _session_processes(sid: int) -> dict[int, str]:
     return out
 
 
+def assert_kill_9_leaves_nothing(proc) -> None:
+    """kill -9 the main process of a run started in its own session (start_new_session=True), then assert
+    that no process of that session is alive (zombies aside) 5 s later."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = {p: s for p, s in _session_processes(proc.pid).items() if s != "Z"}
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert not alive, f"still running 5 s after kill -9 of the main process: {alive}"
+
+
+def kill_session(sid: int) -> None:
+    """Never leave a test's processes behind, even when it fails."""
+    for pid in _session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_kill_9_of_the_main_process_leaves_nothing_running(tmp_path):
     # Issue 11: after `kill -9` of `imgsim hash`, the workers waited on their queue for good, holding the
@@ -250,18 +273,6 @@ def test_kill_9_of_the_main_process_leaves_nothing_running(tmp_path):
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed: give it more files"
         assert len(_session_processes(proc.pid)) >= 5
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            alive = {p: s for p, s in _session_processes(proc.pid).items() if s != "Z"}
-            if not alive:
-                break
-            time.sleep(0.1)
-        assert not alive, f"still running 5 s after kill -9 of the main process: {alive}"
+        assert_kill_9_leaves_nothing(proc)
     finally:
-        for pid in _session_processes(proc.pid):  # never leave them behind, even when the test fails
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_session(proc.pid)
