@@ -59,3 +59,17 @@ def tiny_clip(tmp_path_factory):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ["HF_HUB_OFFLINE"] = old
+
+
+def tree_snapshot(*roots) -> dict:
+    """path -> sha256 of every file under `roots`: compared before and after, it shows what a run touched."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        for dp, _, fs in os.walk(root):
+            for f in fs:
+                p = os.path.join(dp, f)
+                with open(p, "rb") as fh:
+                    out[p] = hashlib.sha256(fh.read()).hexdigest()
+    return out

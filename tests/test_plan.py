@@ -12,6 +12,7 @@ from PIL import Image
 from imgsim_fast.cli import main
 from imgsim_fast.dedup.features import file_digest
 from imgsim_fast.dedup.plan import PlanError, parse_plan
+from conftest import tree_snapshot
 
 
 def _album(root, n=3):
@@ -24,17 +25,6 @@ def _album(root, n=3):
         im.resize((200, 150)).save(root / "sub" / f"pic{i}_a.jpg", quality=85)
         im.resize((160, 120)).save(root / "sub" / f"pic{i}_b.jpg", quality=70)
     return root
-
-
-def _snapshot(*roots):
-    out = {}
-    for root in roots:
-        for dp, _, fs in os.walk(root):
-            for f in fs:
-                p = os.path.join(dp, f)
-                with open(p, "rb") as fh:
-                    out[p] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _entry(p):
@@ -64,13 +54,13 @@ def album(tmp_path):
 
 
 def test_apply_moves_exactly_the_plan_and_undo_restores(tmp_path, album, capsys):
-    before = _snapshot(album)
+    before = tree_snapshot(album)
     doc = _plan(album)
     doc["groups"][1]["remove"].pop()  # a person unmarked pic1_b.jpg
     q = tmp_path / "q"
     assert main(["dedup", "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 0
     gone = {str(album / "sub" / n) for n in ("pic0_a.jpg", "pic0_b.jpg", "pic1_a.jpg", "pic2_a.jpg", "pic2_b.jpg")}
-    after = _snapshot(album)
+    after = tree_snapshot(album)
     assert set(after) == set(before) - gone
     assert all(after[p] == before[p] for p in after)
     for p in gone:  # in the quarantine at the same relative place, bytes unchanged
@@ -80,14 +70,14 @@ def test_apply_moves_exactly_the_plan_and_undo_restores(tmp_path, album, capsys)
     assert len(manifests) == 1
     assert json.loads(manifests[0].read_text().splitlines()[0])["plan"] == str(tmp_path / "plan.json")
     assert main(["undo", str(manifests[0])]) == 0
-    assert _snapshot(album) == before
+    assert tree_snapshot(album) == before
 
 
 def test_apply_alone_only_checks(tmp_path, album, capsys):
-    before = _snapshot(album)
+    before = tree_snapshot(album)
     assert main(["dedup", "--apply", _write(tmp_path, _plan(album))]) == 0
     assert "6 files to remove" in capsys.readouterr().out
-    assert _snapshot(album) == before
+    assert tree_snapshot(album) == before
 
 
 def _tampered(album, tmp_path):
@@ -134,7 +124,7 @@ def _tampered(album, tmp_path):
 
 def test_tampered_or_malformed_plans_are_refused_and_touch_nothing(tmp_path, album, capsys):
     cases = _tampered(album, tmp_path)
-    before = _snapshot(album, tmp_path / "elsewhere")
+    before = tree_snapshot(album, tmp_path / "elsewhere")
     q = tmp_path / "q"
     for name, (doc, why) in cases.items():
         plan = _write(tmp_path, doc, f"{name.replace(' ', '_')}.json")
@@ -147,7 +137,7 @@ def test_tampered_or_malformed_plans_are_refused_and_touch_nothing(tmp_path, alb
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("imgsim: error: ") and why in err, (name, err)
         assert not q.exists(), name  # not even the quarantine or a manifest
-        assert _snapshot(album, tmp_path / "elsewhere") == before, name
+        assert tree_snapshot(album, tmp_path / "elsewhere") == before, name
 
 
 def test_changed_files_are_skipped_and_reported_rest_goes_ahead(tmp_path, album, capsys):
@@ -155,15 +145,15 @@ def test_changed_files_are_skipped_and_reported_rest_goes_ahead(tmp_path, album,
     with open(album / "sub" / "pic0_a.jpg", "ab") as f:
         f.write(b"edited after the review")
     (album / "pic2.png").write_bytes((album / "pic2.png").read_bytes() + b"x")  # a keeper changed
-    before = _snapshot(album)
+    before = tree_snapshot(album)
     q = tmp_path / "q"
     assert main(["dedup", "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 1
     err = capsys.readouterr().err
     assert f"skipped {album / 'sub' / 'pic0_a.jpg'}: file changed since the review" in err
     assert err.count("its keeper") == 2  # both removals of group 3 skipped with their keeper
     moved = {str(album / "sub" / n) for n in ("pic0_b.jpg", "pic1_a.jpg", "pic1_b.jpg")}
-    assert set(_snapshot(album)) == set(before) - moved
-    assert all(_snapshot(album)[p] == before[p] for p in set(before) - moved)
+    assert set(tree_snapshot(album)) == set(before) - moved
+    assert all(tree_snapshot(album)[p] == before[p] for p in set(before) - moved)
 
 
 def test_apply_with_hard_links_then_delete(tmp_path, album):

@@ -15,6 +15,7 @@ from PIL import Image
 from imgsim_fast.cli import main
 from imgsim_fast.dedup.report import render_review, write_html
 from imgsim_fast.names import path_text
+from conftest import tree_snapshot
 
 try:
     from playwright import sync_api
@@ -51,16 +52,6 @@ def _rgb(path, side=640):
     return im
 
 
-def _snapshot(root):
-    out = {}
-    for dp, _, fs in os.walk(root):
-        for f in fs:
-            p = os.path.join(dp, f)
-            with open(p, "rb") as fh:
-                out[p] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
 def _export(page, dest):
     with page.expect_download() as dl:
         page.click("#export")
@@ -86,7 +77,7 @@ def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
             im.resize((im.width // 2, im.height // 2)).save(d / "sub" / "p0_small.jpg", quality=80)
     shutil.copy(d / "p2.jpg", d / "sub" / "p2_copy.jpg")
     shutil.copy(d / "p2.jpg", os.path.join(d, "sub", CAFE))
-    before = _snapshot(d)
+    before = tree_snapshot(d)
 
     out = tmp_path / "out"
     out.mkdir()
@@ -148,14 +139,14 @@ def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
 
     q = tmp_path / "Q"
     assert main(["dedup", "--apply", str(tmp_path / "plan.json"), "--move-to", str(q)]) == 0
-    after = _snapshot(d)
+    after = tree_snapshot(d)
     assert set(after) == set(before) - gone  # exactly the chosen files moved; the chosen keepers stayed
     assert keep <= set(after) and str(d / "sub" / "p0_small.jpg") in after
     for p in gone:
         assert hashlib.sha256((q / os.path.relpath(p, d)).read_bytes()).hexdigest() == before[p]
     (manifest,) = glob.glob(str(q / "imgsim-manifest-*.jsonl"))
     assert main(["undo", manifest]) == 0
-    assert _snapshot(d) == before  # every file back, byte-identical
+    assert tree_snapshot(d) == before  # every file back, byte-identical
 
 
 def _doc():
