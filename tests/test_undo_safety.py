@@ -98,6 +98,14 @@ def _undo_refused(capsys, man, *words):
     return err
 
 
+def _undo_refused_untouched(capsys, tree, man, *words):
+    """Undo is refused with one line naming `words`, and not one file under `tree` changed."""
+    before = _snapshot(tree)
+    err = _undo_refused(capsys, man, *words)
+    assert _snapshot(tree) == before
+    return err
+
+
 # ------------------------------------------------------------------------------------------------
 # The manifest is bound to its run
 
@@ -110,9 +118,7 @@ def test_edited_line_is_refused_and_nothing_moves(tmp_path, capsys):
     edited = text.replace("/q/sub/d3.jpg", "/q/sub/d2.jpg", 1)
     assert edited != text
     Path(man).write_text(edited)
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, "changed after the run")
-    assert _snapshot(tmp_path) == before  # not one entry was undone, the valid ones neither
+    _undo_refused_untouched(capsys, tmp_path, man, "changed after the run")
 
 
 def test_version_1_and_garbage_manifests_are_refused(tmp_path, capsys):
@@ -143,9 +149,7 @@ def test_key_must_be_the_users_private_file(tmp_path, capsys, change):
     else:
         os.rename(key, str(tmp_path / "elsewhere.key"))
         os.symlink(str(tmp_path / "elsewhere.key"), key)
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, "key")
-    assert _snapshot(tmp_path) == before
+    _undo_refused_untouched(capsys, tmp_path, man, "key")
 
 
 def test_unsigned_manifest_cannot_ask_for_moves(tmp_path, capsys):
@@ -155,9 +159,7 @@ def test_unsigned_manifest_cannot_ask_for_moves(tmp_path, capsys):
     objs = _lines(man)
     objs[0].update(key=None, quarantine=None)
     Path(man).write_text("".join(json.dumps({k: v for k, v in o.items() if k != "mac"}) + "\n" for o in objs))
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, "no run key")
-    assert _snapshot(tmp_path) == before
+    _undo_refused_untouched(capsys, tmp_path, man, "no run key")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,9 +201,7 @@ def test_crafted_manifests_are_refused_whole(tmp_path, capsys, kind, signed):
         lines[last] = json.dumps(objs[last])  # with its old, now wrong, MAC
         Path(man).write_text("\n".join(lines) + "\n")
         words = ("changed after the run",)
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, *words)
-    assert _snapshot(tmp_path) == before
+    _undo_refused_untouched(capsys, tmp_path, man, *words)
 
 
 def test_signed_entry_never_overwrites_a_file_the_run_did_not_make(tmp_path, capsys):
@@ -237,9 +237,7 @@ def test_root_swapped_for_a_symlink_is_refused(tmp_path, capsys):
     (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
     (tmp_path / "elsewhere" / "sub" / "keep.txt").write_bytes(b"someone else's file")
     os.symlink(tmp_path / "elsewhere", root)
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, "is a symbolic link")
-    assert _snapshot(tmp_path) == before
+    _undo_refused_untouched(capsys, tmp_path, man, "is a symbolic link")
 
 
 def test_quarantine_swapped_for_a_symlink_is_refused(tmp_path, capsys):
@@ -247,9 +245,7 @@ def test_quarantine_swapped_for_a_symlink_is_refused(tmp_path, capsys):
     man = _run(tmp_path, "move")
     os.rename(tmp_path / "q", tmp_path / "q.real")
     os.symlink(tmp_path / "q.real", tmp_path / "q")  # even pointing at the real quarantine, key and all
-    before = _snapshot(tmp_path)
-    _undo_refused(capsys, man, "is a symbolic link")
-    assert _snapshot(tmp_path) == before
+    _undo_refused_untouched(capsys, tmp_path, man, "is a symbolic link")
 
 
 def test_subfolder_swapped_for_a_symlink_leaves_its_entries_alone(tmp_path, capsys):
