@@ -112,12 +112,13 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
     if not inspect or len(members) < 2 or "content" not in order:
         return keys
     derived: set[int] = set()
+    pixels: dict[int, object] = {}
     for _ in range(INSPECT_ROUNDS):
         best = sorted(members, key=lambda m: (m in derived, keys[m]))
         top = best[0]
         if reference and reference[top]:
             break
-        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived])
+        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived], pixels)
         if source is None:
             break
         derived.add(top)
@@ -170,7 +171,7 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
 # Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
 
 
-def derived_from(facts: list[FileFacts], top: int, peers: list[int]) -> int | None:
+def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict | None = None) -> int | None:
     """The member of `peers` that `top` was made from, judging by full-size pixels, or None.
 
     - same size, top lossless, the peer lossy, same pixels: top is a lossless re-save of the peer;
@@ -181,7 +182,7 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int]) -> int | No
     import numpy as np
 
     t = facts[top]
-    cache: dict[int, object] = {}
+    cache = {} if cache is None else cache  # decoded pixels by member, shared across keep_ranks' rounds
 
     def grey(i):
         if i not in cache:
@@ -207,9 +208,9 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int]) -> int | No
             r = a - b
             if float(np.abs(r).mean()) < RESAVE_DIFF:
                 return p
-            if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > _laplacian(b).mean():
-                h = _laplacian(b).ravel()
-                dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), h)[0, 1]
+            lap_b = _laplacian(b)
+            if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > lap_b.mean():
+                dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
                 if np.isfinite(dep) and dep < NOISE_DEPENDENCE:
                     return p
         elif _is_upscale(a, t.trim, b, f.trim):
