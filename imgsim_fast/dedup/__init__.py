@@ -17,8 +17,9 @@ from .detect import DEFAULTS, METHODS, Group, Match, PairJudge, Thresholds, cand
 from .features import Features, FileFacts, compute_features, file_digest
 from .keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order
 
-__all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features", "FileFacts",
-           "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates", "group_features"]
+__all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features",
+           "FileFacts", "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates",
+           "group_features"]
 
 # The pHash radius of the first, hash-only dedup (kept for callers of the old API; DEFAULTS.phash now).
 DEFAULT_THRESHOLD = DEFAULTS.phash
@@ -111,7 +112,8 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     if pointer.any():
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
-    groups = group_pairs(len(features), (ii, jj), judge, lambda members: keep_ranks(facts, members, order, ref, inspect=True))
+    groups = group_pairs(len(features), (ii, jj), judge,
+                         lambda members: keep_ranks(facts, members, order, ref, inspect=True))
     return DedupResult(features, groups, method, thresholds, ref, order)
 
 

@@ -263,7 +263,8 @@ _LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "QOI"})
 
 
 def prepare_file(path: str, embed_size: int | None) -> tuple:
-    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None) for one file.
+    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
+    for one file.
 
     The first embedding input is the trimmed picture squashed to s x s: the whole content, not a centre
     crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
