@@ -1,6 +1,6 @@
 """`python -m imgsim_fast ...` is the `imgsim` command."""
 import sys
 
-from .cli import main
+from imgsim_fast.cli.main import main
 
 sys.exit(main())

@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from .atomic_write import replacing
-from .bench.corpus import CorpusFile
+from imgsim_fast.io.atomic_write import replacing
+from imgsim_fast.bench.corpus import CorpusFile
 
 __all__ = ["train_head", "triplet_loss", "tune_thresholds", "pair_matrix", "fit", "compare_heldout", "main"]
 
@@ -59,7 +59,7 @@ def extra_pictures(files: list[CorpusFile], cache_dir: str, seed: int) -> list[C
     """
     from PIL import Image
 
-    from .bench.corpus import EDITS, apply_edit
+    from imgsim_fast.bench.corpus import EDITS, apply_edit
 
     origs = [f for f in files if f.split == "tune" and f.kind == "original"]
     root = os.path.join(cache_dir, "siamese_extra")
@@ -108,7 +108,7 @@ def features_of(files: list[CorpusFile], cache_dir: str | None):
     The cache key is the files (path, size, mtime) and the source of the feature code, so a change to the
     preprocessing or the model recomputes them.
     """
-    from .dedup.features import compute_features
+    from imgsim_fast.features.extract import compute_features
 
     key = hashlib.sha256(json.dumps([_code_fingerprint()] + [
         (f.path, os.path.getsize(f.path), os.path.getmtime(f.path)) for f in files]).encode()).hexdigest()[:24]
@@ -156,7 +156,7 @@ def train_head(whole: np.ndarray, centre: np.ndarray | None, labels: np.ndarray,
     """
     import torch
 
-    from .embedding.siamese import SiameseHead
+    from imgsim_fast.features.embedding.siamese import SiameseHead
 
     n, d_in = whole.shape
     labels = np.asarray(labels)
@@ -282,7 +282,7 @@ def tune_thresholds(cos: np.ndarray, d0: np.ndarray, dk: np.ndarray, same: np.nd
     Returns (Thresholds, {"f1", "precision", "recall"}). pHash-only thresholds stay at detect.DEFAULTS:
     the learned score only changes the embedding rules.
     """
-    from .dedup.detect import DEFAULTS
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS
 
     iu = np.triu(valid, k=1)
     c, h0, hk, y = cos[iu], d0[iu], dk[iu], same[iu]
@@ -367,9 +367,9 @@ def fit(tune_feats, tune_files, extra_feats, extra_files, seed: int, **kw):
 
 def compare_heldout(head, all_feats, all_files) -> dict:
     """Held-out (test half) metrics of the shipped rule and of the rule on the learned score."""
-    from .bench.accuracy import evaluate, our_pairs
-    from .dedup.detect import DEFAULTS
-    from .embedding.siamese import learned_features
+    from imgsim_fast.bench.accuracy import evaluate, our_pairs
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS
+    from imgsim_fast.features.embedding.siamese import learned_features
 
     rows = np.array([i for i, f in enumerate(all_files) if f.split == "test"])
     feats = subset(all_feats, rows)
@@ -406,7 +406,7 @@ def _print_comparison(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from .embedding.siamese import WEIGHTS_PATH
+    from imgsim_fast.features.embedding.siamese import WEIGHTS_PATH
 
     p = argparse.ArgumentParser(prog="python -m imgsim_fast.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write (default: the shipped one)")
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(out_dir):  # checked now, not after minutes of training
         print(f"error: --out: no such folder {out_dir}", file=sys.stderr)
         return 2
-    from .bench.corpus import build_corpus
+    from imgsim_fast.bench.corpus import build_corpus
 
     t0 = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from imgsim_fast.dedup.report import render_review
+from imgsim_fast.reports.dedup_review import render_review
 
 SEED = 0
 WHYS = ["byte-identical copy", "same picture, 3 bits apart", "mirrored copy, 2 bits apart",

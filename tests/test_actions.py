@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import main
-from imgsim_fast.dedup import actions as act
-from imgsim_fast.dedup import find_duplicates
-from imgsim_fast.dedup import safe_fs as sfs
+from imgsim_fast.cli.main import main
+from imgsim_fast.jobs.dedup import actions as act
+from imgsim_fast.jobs.dedup import find_duplicates
+from imgsim_fast.jobs.dedup import safe_fs as sfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,8 +179,8 @@ def test_cli_refuses_delete_without_yes_and_no_tty(tmp_path):
 # action's completion.
 _CRASH = r"""
 import os, pickle, signal, sys
-from imgsim_fast.dedup import actions as act
-from imgsim_fast.dedup import safe_fs as sfs
+from imgsim_fast.jobs.dedup import actions as act
+from imgsim_fast.jobs.dedup import safe_fs as sfs
 plan, manifest, roots, quarantine, n = pickle.load(open(sys.argv[1], "rb"))
 count = [0]
 def wrap(fn):

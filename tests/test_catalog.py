@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.catalog import Catalog, CatalogError, CatalogLocked, hash_array_name
-from imgsim_fast.indexer import index
+from imgsim_fast.catalog.store import Catalog, CatalogError, CatalogLocked, hash_array_name
+from imgsim_fast.catalog.indexer import index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASH = hash_array_name("phash")
@@ -168,8 +168,10 @@ _CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
 from PIL import Image
-from imgsim_fast import hashing, pipeline, hamming
-from imgsim_fast.indexer import index
+from imgsim_fast.features import hashing
+from imgsim_fast.runtime import pool as pipeline
+from imgsim_fast.index import hamming
+from imgsim_fast.catalog.indexer import index
 hashing.hash_images([Image.new("L", (64, 48))])  # compile the kernels before the clock starts
 print("ready", flush=True)
 index({root!r}, {cat!r}, batch_size=2, workers=1)
@@ -246,7 +248,7 @@ def test_reader_during_write_sees_consistent_state(tmp_path):
 
 
 def test_cli_index_and_query(tmp_path, capsys):
-    from imgsim_fast.cli import main
+    from imgsim_fast.cli.main import main
 
     root = str(tmp_path / "p")
     paths = make_tree(root, 4)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.catalog import Catalog, CatalogDamaged, hash_array_name
-from imgsim_fast.cli import main
-from imgsim_fast.indexer import index
+from imgsim_fast.catalog.store import Catalog, CatalogDamaged, hash_array_name
+from imgsim_fast.cli.main import main
+from imgsim_fast.catalog.indexer import index
 
 PHASH = hash_array_name("phash")
 
@@ -217,7 +217,7 @@ def test_flipped_row_is_recomputed_alone(small_photos, tmp_path):
 
 def test_many_blocks_only_damaged_block_recomputed(tmp_path):
     """With several blocks, a flipped byte costs only its block's rows."""
-    from imgsim_fast import catalog as catalog_mod
+    from imgsim_fast.catalog import store as catalog_mod
 
     cat = str(tmp_path / "c.sqlite")
     rows = catalog_mod.BLOCK_BYTES // 8  # 64-bit codes per block

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.catalog import Catalog
-from imgsim_fast.cli import main
+from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.cli.main import main
 
 
 def _image(path, seed):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import build_parser, main
+from imgsim_fast.cli.main import build_parser, main
 
 # Options whose value names an existing input; given a nonexistent path they must be refused with 2.
 INPUT_PATHS = {"--catalog", "--like", "--apply", "--reference", "--sidecar-map", "--model", "--embed"}
@@ -32,7 +32,7 @@ FREE_TEXT = {"--kinds", "--keep", "--tag", "--any-tag", "--text", "--contains", 
 
 _DRIVER = r"""
 import contextlib, io, json, sys, traceback
-from imgsim_fast.cli import main
+from imgsim_fast.cli.main import main
 out = []
 for argv in json.load(sys.stdin):
     err, std = io.StringIO(), io.StringIO()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from imgsim_fast.codes import from_hex, hamming_reference, pack_bits, to_hex, unpack_bits, words_for_bits
+from imgsim_fast.features.codes import from_hex, hamming_reference, pack_bits, to_hex, unpack_bits, words_for_bits
 
 
 @pytest.mark.parametrize("nbits", [1, 7, 42, 63, 64, 65, 128, 256])

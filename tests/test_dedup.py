@@ -11,11 +11,11 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from imgsim_fast.bench.corpus import apply_edit
-from imgsim_fast.cli import main
-from imgsim_fast.dedup import DEFAULTS, LEARNED, DedupResult, Thresholds, find_duplicates, group_features
-from imgsim_fast.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
-from imgsim_fast.dedup.features import EMBED_CROP, Features, FileFacts, compute_features, trim_box
-from imgsim_fast.dedup.keep import keep_ranks, parse_order
+from imgsim_fast.cli.main import main
+from imgsim_fast.jobs.dedup import DEFAULTS, LEARNED, DedupResult, Thresholds, find_duplicates, group_features
+from imgsim_fast.jobs.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
+from imgsim_fast.features.extract import EMBED_CROP, Features, FileFacts, compute_features, trim_box
+from imgsim_fast.jobs.dedup.keep import keep_ranks, parse_order
 
 
 def _bits(codes8):
@@ -453,14 +453,14 @@ def _crashing_prepare(items, embed_size):
     """A decoder that kills its worker process on one file (as a segfaulting codec would)."""
     if any(p.endswith("crash.png") for _, p in items):
         os._exit(3)
-    from imgsim_fast.dedup import features
+    from imgsim_fast.features import extract as features
 
     return features._prepare_chunk(items, embed_size)
 
 
 def test_feature_worker_crash_costs_only_its_file(tmp_path):
-    from imgsim_fast.dedup import features
-    from imgsim_fast.pipeline import run_pool
+    from imgsim_fast.features import extract as features
+    from imgsim_fast.runtime.pool import run_pool
 
     rng = np.random.default_rng(11)
     paths = []
@@ -486,7 +486,7 @@ def test_byte_identical_copies_all_join_whichever_is_kept():
     facts = [_facts(i, digest="same" if i < 3 else "other", mtime=50.0 if i == 1 else 100.0) for i in range(4)]
     f = Features(facts, codes)
     judge = PairJudge(f, "exact", DEFAULTS)
-    from imgsim_fast.dedup.detect import candidate_pairs
+    from imgsim_fast.jobs.dedup.detect import candidate_pairs
 
     groups = group_pairs(4, candidate_pairs(judge), judge, _ranker(facts))
     assert [(g.tier, g.members) for g in groups] == [("duplicate", [1, 0, 2])]
@@ -623,6 +623,6 @@ def test_thresholds_set_on_purpose_survive_the_learned_space(edited_album, tmp_p
 
 
 def _learned_embed_cos():
-    from imgsim_fast.embedding.siamese import load_head
+    from imgsim_fast.features.embedding.siamese import load_head
 
     return load_head().meta["thresholds"]["embed_cos"]

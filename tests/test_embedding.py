@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from imgsim_fast.embedding import (EmbeddingModel, ModelNotAvailableError, embed_images, embed_paths,
+from imgsim_fast.features.embedding import (EmbeddingModel, ModelNotAvailableError, embed_images, embed_paths,
                                    embed_text, load_model)
-from imgsim_fast.embedding.pipeline import _prepared_stream
-from imgsim_fast.embedding.preprocess import PreprocessSpec, prepare_chunk, prepare_image
-from imgsim_fast.loading import load_image
+from imgsim_fast.features.embedding.batching import _prepared_stream
+from imgsim_fast.features.embedding.preprocess import PreprocessSpec, prepare_chunk, prepare_image
+from imgsim_fast.io.loading import load_image
 
 from conftest import PHOTO_DIR
 
@@ -223,7 +223,7 @@ def test_unavailable_models_give_clear_errors(tmp_path, monkeypatch):
 
 
 def test_device_choice_is_explicit(effnet):
-    from imgsim_fast.embedding import resolve_device
+    from imgsim_fast.features.embedding import resolve_device
 
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert effnet.device.type == "cpu"

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from imgsim_fast.catalog import Catalog
-from imgsim_fast.explore import choose_k, explore, kmeans, pca_2d, silhouette
+from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.jobs.explore import choose_k, explore, kmeans, pca_2d, silhouette
 from test_search import corpus_or_skip
 
 
@@ -142,7 +142,7 @@ def test_statistics(corpus, exp_auto):
 
 @pytest.fixture(scope="module")
 def report(corpus, exp_auto, tmp_path_factory):
-    from imgsim_fast.report_html import write_report
+    from imgsim_fast.reports.explore_html import write_report
 
     out = tmp_path_factory.mktemp("report") / "report.html"
     return write_report(exp_auto, str(out), workers=1)
@@ -199,7 +199,7 @@ def test_report_loads_in_headless_chromium(report, exp_auto, tmp_path):
 
 
 def test_cli_explore(corpus, tmp_path, capsys):
-    from imgsim_fast.cli import main
+    from imgsim_fast.cli.main import main
 
     out = tmp_path / "r.html"
     assert main(["explore", "--catalog", corpus["hash_catalog"], "--k", "5", "--out", str(out), "--workers", "1"]) == 0

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from dng_writer import write_dng
-from imgsim_fast.loading import load_image
-from imgsim_fast.pipeline import hash_paths
+from imgsim_fast.io.loading import load_image
+from imgsim_fast.runtime.pool import hash_paths
 
 FORMATS = ("jpg", "png", "webp", "tif", "bmp", "gif", "heic", "avif", "dng")
 
@@ -110,7 +110,7 @@ def test_missing_optional_decoders_name_the_extra(twins):
         "import json, sys\n"
         "for m in ('pillow_heif', 'pillow_avif', 'rawpy'):\n"
         "    sys.modules[m] = None  # an import of it raises ImportError, as when it is not installed\n"
-        "from imgsim_fast.pipeline import hash_paths\n"
+        "from imgsim_fast.runtime.pool import hash_paths\n"
         f"r = hash_paths({str(d)!r}, workers=1)\n"
         "print(json.dumps({'ok': len(r.paths), 'failed': [[f.path, f.kind, f.reason] for f in r.failures]}))\n"
     )
@@ -155,7 +155,7 @@ def test_index_takes_heic_and_raw_and_counts_what_it_passes_over(twins, tmp_path
 
 
 def test_metadata_reads_heic_and_avif_headers(twins):
-    from imgsim_fast.metadata import read_metadata
+    from imgsim_fast.features.metadata import read_metadata
 
     d, _ = twins
     with Image.open(d / "photo.jpg") as im:
@@ -168,7 +168,7 @@ def test_metadata_reads_heic_and_avif_headers(twins):
 def test_dedup_groups_every_format_with_its_twins(twins):
     # The nine files are one picture in nine formats (the DNG through its preview): one duplicate group,
     # nothing failed; --extensions narrows the walk and says what it passed over.
-    from imgsim_fast.dedup import find_duplicates
+    from imgsim_fast.jobs.dedup import find_duplicates
 
     d, _ = twins
     res = find_duplicates([str(d)], method="phash", workers=1, progress=False)

@@ -1,4 +1,4 @@
-"""Tests of imgsim_fast.hashing: bit identity with imagehash 4.3.2, golden codes, dihedral pHash, properties."""
+"""Tests of imgsim_fast.features.hashing: bit identity with imagehash 4.3.2, golden codes, dihedral pHash, properties."""
 from __future__ import annotations
 
 import io
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imgsim_fast import hashing as H
-from imgsim_fast.codes import hamming_reference, to_hex
+from imgsim_fast.features import hashing as H
+from imgsim_fast.features.codes import hamming_reference, to_hex
 
 PHOTO_DIR = Path(__file__).resolve().parent.parent / ".cache" / "photos"
 PHOTOS = sorted(p for p in PHOTO_DIR.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -199,7 +199,7 @@ def test_phash_core_matches_scipy_reference(seed, levels, hash_size):
     px[2] = (px[2] + px[2][::-1]) // 2
     px[3] = px[3, 0, 0]
     expected = np.stack([H._phash_reference_bits(x, hash_size) for x in px])
-    from imgsim_fast.codes import pack_bits
+    from imgsim_fast.features.codes import pack_bits
 
     np.testing.assert_array_equal(H.phash_from_pixels(px), pack_bits(expected))
 

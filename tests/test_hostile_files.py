@@ -13,8 +13,8 @@ import sys
 import pytest
 from PIL import Image
 
-from imgsim_fast import cli
-from imgsim_fast.names import display_path, path_text
+from imgsim_fast.cli import main as cli_main
+from imgsim_fast.io.names import display_path, path_text
 
 # Name stems; each copy keeps its photo's extension.
 NON_UTF8 = b"\xff\xfe"
@@ -116,9 +116,9 @@ def test_search_batch_out_and_sheets_with_hostile_query_names(salted, tmp_path, 
     for p in good:  # the catalog holds the same photos under plain names
         shutil.copyfile(p, lib / f"{good.index(p)}{os.path.splitext(p)[1]}")
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["index", str(lib), "--no-progress"]) == 0
+    assert cli_main(["index", str(lib), "--no-progress"]) == 0
     out, sheets = tmp_path / "res.json", tmp_path / "sheets"
-    assert cli.main(["search", str(d), "--catalog", str(lib / ".imgsim" / "catalog.sqlite"), "--top", "3",
+    assert cli_main(["search", str(d), "--catalog", str(lib / ".imgsim" / "catalog.sqlite"), "--top", "3",
                      "--out", str(out), "--sheet", str(sheets)]) == 0
     res = json.loads(out.read_text(encoding="utf-8"))
     assert sorted(r["query"] for r in res) == sorted(path_text(p) for p in good)

@@ -8,8 +8,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from imgsim_fast.atomic_write import replacing, write_text
-from imgsim_fast.cli import main
+from imgsim_fast.io.atomic_write import replacing, write_text
+from imgsim_fast.cli.main import main
 
 
 def _tree(root) -> set[str]:

@@ -1,4 +1,4 @@
-"""Tests for imgsim_fast.loading: every bad-file kind, every pixel mode, EXIF orientation, draft decoding,
+"""Tests for imgsim_fast.io.loading: every bad-file kind, every pixel mode, EXIF orientation, draft decoding,
 animated first frames, format round trips, and the folder walker."""
 import io
 import os
@@ -12,8 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from imgsim_fast import loading
-from imgsim_fast.loading import (
+from imgsim_fast.io import loading
+from imgsim_fast.io.loading import (
     BACKGROUND,
     DEFAULT_MAX_PIXELS,
     FAILURE_KINDS,
@@ -594,8 +594,8 @@ def test_non_regular_files_are_refused_and_never_yielded(tmp_path, make):
     # Issue 11: each of these hung (FIFO: open blocks) or never ended (/dev/zero: endless data) when read.
     import socket
 
-    from imgsim_fast.dedup.features import file_digest
-    from imgsim_fast.metadata import read_metadata
+    from imgsim_fast.features.extract import file_digest
+    from imgsim_fast.features.metadata import read_metadata
 
     path = tmp_path / "x.jpg"
     sock = None

@@ -7,9 +7,9 @@ import struct
 import pytest
 from PIL import Image, IptcImagePlugin
 
-from imgsim_fast.catalog import Catalog
-from imgsim_fast.indexer import index
-from imgsim_fast.metadata import load_mapping, parse_xmp, read_metadata
+from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.catalog.indexer import index
+from imgsim_fast.features.metadata import load_mapping, parse_xmp, read_metadata
 
 XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">

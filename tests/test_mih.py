@@ -1,6 +1,6 @@
-"""Multi-index hashing (imgsim_fast.mih): exact results against the NumPy brute force, every search path.
+"""Multi-index hashing (imgsim_fast.index.mih): exact results against the NumPy brute force, every search path.
 
-The oracle is imgsim_fast.codes.hamming_reference with a stable (distance, id) order, so answers must be
+The oracle is imgsim_fast.features.codes.hamming_reference with a stable (distance, id) order, so answers must be
 identical, ties included. Each case runs on the forced table path ('mih'), the forced scan ('scan') and
 the automatic choice ('auto'), so the fallback and the tables are both checked against the same oracle.
 """
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgsim_fast.codes import hamming_reference, pack_bits
-from imgsim_fast.mih import HammingIndex
+from imgsim_fast.features.codes import hamming_reference, pack_bits
+from imgsim_fast.index.mih import HammingIndex
 
 PATHS = ("mih", "scan", "auto")
 AWKWARD = (0, 1, 7, 63, 64, 65)

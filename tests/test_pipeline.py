@@ -1,4 +1,4 @@
-"""Tests for imgsim_fast.pipeline.hash_paths: good files hashed, every bad kind reported, the same answer
+"""Tests for imgsim_fast.runtime.pool.hash_paths: good files hashed, every bad kind reported, the same answer
 on 1 and 2 workers, input order kept, and a worker that dies costing only its file."""
 import io
 import os
@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast import hashing, pipeline
-from imgsim_fast.loading import LoadFailure, load_image
-from imgsim_fast.pipeline import HashResult, hash_paths
+from imgsim_fast.features import hashing
+
+from imgsim_fast.runtime import pool as pipeline
+from imgsim_fast.io.loading import LoadFailure, load_image
+from imgsim_fast.runtime.pool import HashResult, hash_paths
 
 SEED = 7
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import main
-from imgsim_fast.dedup.features import file_digest
-from imgsim_fast.dedup.plan import PlanError, parse_plan
+from imgsim_fast.cli.main import main
+from imgsim_fast.features.extract import file_digest
+from imgsim_fast.jobs.dedup.plan import PlanError, parse_plan
 from conftest import tree_snapshot
 
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgsim_fast.catalog import Catalog, hash_array_name
-from imgsim_fast.codes import hamming_reference
-from imgsim_fast.query import (AllTags, And, AnyTag, Field, Not, Or, Range, Tag, Text, compile_expr, search,
+from imgsim_fast.catalog.store import Catalog, hash_array_name
+from imgsim_fast.features.codes import hamming_reference
+from imgsim_fast.catalog.query import (AllTags, And, AnyTag, Field, Not, Or, Range, Tag, Text, compile_expr, search,
                                select)
 
 PHASH = hash_array_name("phash")
@@ -176,7 +176,7 @@ def test_search_by_indexed_path_on_real_index(tmp_path):
     """End to end: tags from a mapping file, then a filtered similarity query."""
     import json
 
-    from imgsim_fast.indexer import index
+    from imgsim_fast.catalog.indexer import index
     from test_catalog import make_image
 
     root = str(tmp_path / "p")

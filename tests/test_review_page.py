@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import main
-from imgsim_fast.dedup.report import render_review, write_html
-from imgsim_fast.names import path_text
+from imgsim_fast.cli.main import main
+from imgsim_fast.reports.dedup_review import render_review, write_html
+from imgsim_fast.io.names import path_text
 from conftest import tree_snapshot
 
 try:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from conftest import PHOTO_DIR
-from imgsim_fast.catalog import Catalog, embedding_array_name
+from imgsim_fast.catalog.store import Catalog, embedding_array_name
 
 SCENES = {  # four visibly different pictures (a flower, a fish, a creature on black, a desert)
     "calla": "ukui-wallpapers/usr_share_backgrounds_calla.png",
@@ -50,8 +50,8 @@ def _save(im, path, q):
 @functools.lru_cache(maxsize=None)
 def build_corpus(base: str) -> dict:
     """Files under base/corpus, an indexed catalog, and held-out queries (not in the catalog)."""
-    from imgsim_fast.indexer import index
-    from imgsim_fast.loading import load_image
+    from imgsim_fast.catalog.indexer import index
+    from imgsim_fast.io.loading import load_image
 
     root = os.path.join(base, "corpus")
     qdir = os.path.join(base, "queries")
@@ -113,7 +113,7 @@ def _scene_files(corpus, scene):
 
 @pytest.mark.parametrize("method", ["phash", "cnn"])
 def test_held_out_query_returns_its_edited_copies_first(corpus, cat, method):
-    from imgsim_fast.search import search
+    from imgsim_fast.jobs.search import search
 
     for scene, q in corpus["queries"].items():
         assert cat.get(q) is None  # the query is not in the catalog
@@ -129,7 +129,7 @@ def test_held_out_query_returns_its_edited_copies_first(corpus, cat, method):
 
 
 def test_indexed_query_finds_itself_or_excludes_itself(corpus, cat):
-    from imgsim_fast.search import search
+    from imgsim_fast.jobs.search import search
 
     q = next(p for p, s in corpus["truth"].items() if s == "goldfish" and p.endswith("crop.jpg"))
     res = search(cat, q, method="cnn", k=6)
@@ -141,8 +141,8 @@ def test_indexed_query_finds_itself_or_excludes_itself(corpus, cat):
 
 def test_filters_apply_before_ranking(corpus, cat):
     """A filter that excludes the query's own scene but for PNGs still returns k results: filter first."""
-    from imgsim_fast.query import Field
-    from imgsim_fast.search import search
+    from imgsim_fast.catalog.query import Field
+    from imgsim_fast.jobs.search import search
 
     res = search(cat, corpus["queries"]["desert"], method="phash", k=5, where=Field("format", "=", "PNG"))
     assert len(res.hits) == 5
@@ -152,7 +152,7 @@ def test_filters_apply_before_ranking(corpus, cat):
 
 
 def test_batch_equals_single_queries_and_writes_json(corpus, cat, tmp_path):
-    from imgsim_fast.search import search, search_batch, write_results
+    from imgsim_fast.jobs.search import search, search_batch, write_results
 
     qs = list(corpus["queries"].values()) + [corpus["corrupt"], os.path.join(corpus["root"], "calla-q40.jpg")]
     batch = search_batch(cat, qs, method="cnn", k=8)
@@ -171,7 +171,7 @@ def test_batch_equals_single_queries_and_writes_json(corpus, cat, tmp_path):
 
 
 def test_parquet_needs_pyarrow(corpus, cat, tmp_path):
-    from imgsim_fast.search import search_batch, write_results
+    from imgsim_fast.jobs.search import search_batch, write_results
 
     res = search_batch(cat, [corpus["queries"]["mouse"]], k=3)
     try:
@@ -185,7 +185,7 @@ def test_parquet_needs_pyarrow(corpus, cat, tmp_path):
 
 
 def test_missing_array_is_a_clear_error(corpus):
-    from imgsim_fast.search import search
+    from imgsim_fast.jobs.search import search
 
     with Catalog(corpus["hash_catalog"]) as c:
         with pytest.raises(ValueError, match="--embed efficientnet-lite0"):
@@ -199,9 +199,9 @@ def test_missing_array_is_a_clear_error(corpus):
 
 
 def test_text_query_ranks_by_clip_text_tower(corpus, tiny_clip, tmp_path):
-    from imgsim_fast.embedding import embed_text
-    from imgsim_fast.indexer import index
-    from imgsim_fast.search import search
+    from imgsim_fast.features.embedding import embed_text
+    from imgsim_fast.catalog.indexer import index
+    from imgsim_fast.jobs.search import search
 
     catp = str(tmp_path / "clip.sqlite")
     index([corpus["root"]], catp, kinds=("phash",), embed_model=tiny_clip, workers=1, pixel_digests=False)
@@ -224,8 +224,8 @@ def test_text_query_ranks_by_clip_text_tower(corpus, tiny_clip, tmp_path):
 
 
 def test_contact_sheet_layout(corpus, cat, tmp_path):
-    from imgsim_fast.search import search
-    from imgsim_fast.sheet import contact_sheet, thumbnail
+    from imgsim_fast.jobs.search import search
+    from imgsim_fast.reports.sheet import contact_sheet, thumbnail
 
     q = corpus["queries"]["goldfish"]
     res = search(cat, q, method="cnn", k=7)
@@ -247,7 +247,7 @@ def test_contact_sheet_layout(corpus, cat, tmp_path):
 
 
 def test_cli_search_single_batch_and_sheet(corpus, tmp_path, capsys):
-    from imgsim_fast.cli import main
+    from imgsim_fast.cli.main import main
 
     q = corpus["queries"]["mouse"]
     assert main([ "search", q, "--catalog", corpus["catalog"], "--top", "6", "--method", "cnn", "--json",
@@ -269,8 +269,8 @@ def test_cli_search_single_batch_and_sheet(corpus, tmp_path, capsys):
 def test_hnsw_path_equals_exact_and_is_cached(corpus, cat, monkeypatch):
     """Above HNSW_MIN_CANDIDATES the catalog's embeddings go through a cached VectorIndex, over-fetched
     for the filter; at this size HNSW is exact, so both paths must agree."""
-    import imgsim_fast.search as S
-    from imgsim_fast.query import Field
+    import imgsim_fast.jobs.search as S
+    from imgsim_fast.catalog.query import Field
 
     qs = list(corpus["queries"].values())
     where = Field("format", "=", "JPEG")

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from imgsim_fast.embedding.siamese import SiameseHead, learned_cosine, learned_features, load_head
+from imgsim_fast.features.embedding.siamese import SiameseHead, learned_cosine, learned_features, load_head
 from imgsim_fast.train import train_head, triplet_loss
 
 
@@ -16,7 +16,7 @@ def test_shipped_weights_load_and_give_unit_vectors():
     y = head.project(x)
     assert y.shape == (7, head.dim) and y.dtype == np.float32
     assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
-    from imgsim_fast.dedup.detect import DEFAULTS
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS
 
     t = dataclasses.replace(DEFAULTS, **head.meta["thresholds"])  # the tuned thresholds are Thresholds fields
     assert 0 < t.confirm_cos <= 1 and 0 < t.embed_cos <= 1
@@ -51,7 +51,7 @@ def test_training_is_deterministic_and_reduces_the_triplet_loss():
 
 
 def _features(n=9, seed=0):
-    from imgsim_fast.dedup.features import Features
+    from imgsim_fast.features.extract import Features
 
     rng = np.random.default_rng(seed)
     e, c = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in rng.normal(size=(2, n, 1280)).astype(np.float32))
@@ -88,8 +88,8 @@ def test_learned_cosine_is_symmetric_and_matches_brute_force():
 
 
 def test_learned_features_give_dedups_pair_test_the_same_score():
-    from imgsim_fast.dedup.detect import DEFAULTS, PairJudge
-    from imgsim_fast.dedup.features import FileFacts
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
+    from imgsim_fast.features.extract import FileFacts
 
     head = load_head()
     f = _features()

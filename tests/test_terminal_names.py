@@ -8,8 +8,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import main
-from imgsim_fast.names import display_path
+from imgsim_fast.cli.main import main
+from imgsim_fast.io.names import display_path
 
 # ESC [31m (red), a newline, a carriage return and a C1 CSI (U+009B, UTF-8 C2 9B). Valid UTF-8: the catalog
 # skips names that are not (a walk error), so the bad query below carries the non-UTF-8 byte.

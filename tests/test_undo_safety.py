@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsim_fast.cli import main
-from imgsim_fast.dedup import actions as act
-from imgsim_fast.dedup import manifest
-from imgsim_fast.dedup import safe_fs as sfs
-from imgsim_fast.dedup.features import file_digest
+from imgsim_fast.cli.main import main
+from imgsim_fast.jobs.dedup import actions as act
+from imgsim_fast.jobs.dedup import manifest
+from imgsim_fast.jobs.dedup import safe_fs as sfs
+from imgsim_fast.features.extract import file_digest
 
 from test_actions import crash_at_every_step
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.cli import main
-from imgsim_fast.metadata import parse_xmp, read_metadata
+from imgsim_fast.cli.main import main
+from imgsim_fast.features.metadata import parse_xmp, read_metadata
 
 
 def _xmp(rating=None, label=None, hierarchical=(), as_elements=False) -> bytes:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from .report import machine_info, print_table, write_json
+from imgsim_fast.bench.report import machine_info, print_table, write_json
 
 SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory")
 
@@ -26,44 +26,44 @@ def main(argv=None) -> int:
         p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     rows = []
     if "hashing" in sections:
-        from . import hashing_bench
+        from imgsim_fast.bench import hashing_bench
 
         rows += hashing_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     if "hamming" in sections:
-        from . import hamming_bench
+        from imgsim_fast.bench import hamming_bench
 
         sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
         rows += hamming_bench.run(sizes=sizes, seed=args.seed, quick=args.quick)
     if "index" in sections:
-        from . import index_bench
+        from imgsim_fast.bench import index_bench
 
         rows += index_bench.run(quick=args.quick, seed=args.seed)
     if "embedding" in sections:
-        from . import embedding_bench
+        from imgsim_fast.bench import embedding_bench
 
         rows += embedding_bench.run(args.photos, quick=args.quick)
     if "catalog" in sections:
-        from . import catalog_bench
+        from imgsim_fast.bench import catalog_bench
 
         rows += catalog_bench.run(quick=args.quick, seed=args.seed)
     if "search" in sections:
-        from . import search_bench
+        from imgsim_fast.bench import search_bench
 
         rows += search_bench.run(quick=args.quick, seed=args.seed)
     if "accuracy" in sections:
-        from . import accuracy
+        from imgsim_fast.bench import accuracy
 
         rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     if "keep" in sections:
-        from . import keep_bench
+        from imgsim_fast.bench import keep_bench
 
         rows += keep_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     if "dedup" in sections:
-        from . import dedup_bench
+        from imgsim_fast.bench import dedup_bench
 
         rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     if "memory" in sections:
-        from . import memory_bench
+        from imgsim_fast.bench import memory_bench
 
         rows += memory_bench.run(quick=args.quick)
     info = machine_info(args.seed)

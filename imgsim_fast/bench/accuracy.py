@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from .corpus import EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
-from .report import Row, machine_info
+from imgsim_fast.bench.corpus import EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
+from imgsim_fast.bench.report import Row, machine_info
 
 __all__ = ["run", "evaluate", "IMAGEHASH_THRESHOLD"]
 
@@ -110,7 +110,7 @@ def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: 
               learned: bool = True):
     """Pairs inside dedup's groups of one tier, exactly as `imgsim dedup` groups them (learned=False: with
     the raw embedding cosine, the hand rule the learned similarity replaced)."""
-    from ..dedup import DEFAULTS, group_features
+    from imgsim_fast.jobs.dedup import DEFAULTS, group_features
 
     res = group_features(features, method, thresholds or DEFAULTS, flips=flips, learned=learned)
     return _pairs_from_groups([g for g in res.groups if g.tier == tier])
@@ -121,7 +121,7 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
 
     details: if a dict, receives the full metrics per method and split (for --json).
     """
-    from ..dedup.features import compute_features
+    from imgsim_fast.features.extract import compute_features
 
     files = build_corpus(photos_src, cache_dir, quick=quick)
     t0 = time.perf_counter()
@@ -213,7 +213,7 @@ def _fmt(x: float | None) -> str:
 def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
     """Grid search of the auto thresholds on the tune split (pair test only, no grouping): the evidence
     behind detect.DEFAULTS. Prints the best settings at precision >= 0.995."""
-    from ..dedup.features import compute_features
+    from imgsim_fast.features.extract import compute_features
 
     files = build_corpus(photos_src, cache_dir, quick=quick)
     files = [f for f in files if f.split == "tune"]
@@ -228,7 +228,7 @@ def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
     c = feats.embeddings @ feats.embeddings.T
     if feats.centre_embeddings is not None:  # the crosswise cosine of PairJudge.cosine
         x = feats.embeddings @ feats.centre_embeddings.T
-        from ..dedup.detect import DEFAULTS as _D
+        from imgsim_fast.jobs.dedup.detect import DEFAULTS as _D
 
         c = np.maximum(c, np.maximum(x, x.T) - _D.centre_discount)
     fam = np.array([f.family for f in lab])
@@ -254,7 +254,7 @@ def tune(photos_src: str, cache_dir: str, quick: bool = False) -> None:
     for b in sorted((b for b in best if b[1] == 1.0), key=lambda b: -b[2])[:5]:
         print(f"  {b[0]:.4f} {b[1]:.4f} {b[2]:.4f} {b[3]}")
     # The defaults as shipped (pair test and groups), on the tune split only: held-out numbers stay unseen.
-    from ..dedup.detect import DEFAULTS
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS
 
     print(f"\nthe defaults {DEFAULTS} with groups, tune split:")
     for m in METHODS:
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     if args.tune:
         tune(args.photos, cache, args.quick)
         return 0
-    from .report import print_table
+    from imgsim_fast.bench.report import print_table
 
     details: dict = {}
     rows = run(args.photos, cache, quick=args.quick, details=details)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .report import Row, best_time
+from imgsim_fast.bench.report import Row, best_time
 
 SECTION = "catalog"
 
@@ -57,9 +57,9 @@ def _make_photos(root: str, n: int, seed: int, size=(1024, 768)) -> list[str]:
 
 
 def run(quick: bool = False, seed: int = 0, embed_model: str | None = "efficientnet-lite0") -> list[Row]:
-    from .. import hashing
-    from ..indexer import index
-    from ..loading import load_image
+    from imgsim_fast.features import hashing
+    from imgsim_fast.catalog.indexer import index
+    from imgsim_fast.io.loading import load_image
 
     rows: list[Row] = []
     n = 10_000 if quick else 100_000
@@ -106,7 +106,7 @@ def run(quick: bool = False, seed: int = 0, embed_model: str | None = "efficient
         embed_note = "skipped"
         if embed_model:
             try:
-                from ..embedding import embed_paths
+                from imgsim_fast.features.embedding import embed_paths
 
                 embed_paths(photos[:2], model=embed_model, workers=0, progress=False)  # load the model
                 t0 = time.perf_counter()
@@ -130,6 +130,6 @@ def run(quick: bool = False, seed: int = 0, embed_model: str | None = "efficient
 if __name__ == "__main__":  # python -m imgsim_fast.bench.catalog_bench [--quick]
     import sys
 
-    from .report import print_table
+    from imgsim_fast.bench.report import print_table
 
     print_table(run(quick="--quick" in sys.argv))

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from ..atomic_write import replacing
-from .debsrc import unpack_deb
-from .lookalikes import LOOKALIKE_KINDS, build_lookalikes
-from .lookalikes import VERSION as LOOKALIKES_VERSION
+from imgsim_fast.io.atomic_write import replacing
+from imgsim_fast.bench.debsrc import unpack_deb
+from imgsim_fast.bench.lookalikes import LOOKALIKE_KINDS, build_lookalikes
+from imgsim_fast.bench.lookalikes import VERSION as LOOKALIKES_VERSION
 
 __all__ = ["EDITS", "LOOKALIKE_KINDS", "NEGATIVE_EDITS", "CorpusFile", "build_corpus", "fetch_sources",
            "source_pictures"]

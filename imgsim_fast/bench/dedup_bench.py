@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from .report import Row
+from imgsim_fast.bench.report import Row
 
 __all__ = ["TOOLS", "run"]
 
@@ -79,7 +79,7 @@ def _measure(cmd: list[str]) -> tuple[dict, float, int]:
 def _groups(tool: str, folder: str) -> list[list[str]]:
     """One tool's groups of file names (the subprocess side)."""
     if tool.startswith("imgsim-"):
-        from ..dedup import find_duplicates
+        from imgsim_fast.jobs.dedup import find_duplicates
 
         res = find_duplicates([folder], method=tool.split("-", 1)[1], progress=False)
         return [[os.path.basename(res.paths[m]) for m in g.members] for g in res.groups if g.tier == "duplicate"]
@@ -134,8 +134,8 @@ def _folder(cache_dir: str, files, split: str) -> str:
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None,
         tools=TOOLS) -> list[Row]:
-    from .accuracy import evaluate
-    from .corpus import build_corpus
+    from imgsim_fast.bench.accuracy import evaluate
+    from imgsim_fast.bench.corpus import build_corpus
 
     files = build_corpus(photos_src, cache_dir, quick=quick)
     folder = _folder(cache_dir, files, "test")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .report import Row, best_time
+from imgsim_fast.bench.report import Row, best_time
 
 _EXTS = (".jpg", ".jpeg")
 _EF_GRID = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
@@ -34,9 +34,9 @@ def embedding_rows(photos_src: str, quick: bool = False) -> list[Row]:
     import torch
     from PIL import Image
 
-    from ..embedding import embed_paths, load_model
-    from ..embedding.pipeline import default_workers
-    from ..embedding.preprocess import prepare_image
+    from imgsim_fast.features.embedding import embed_paths, load_model
+    from imgsim_fast.features.embedding.batching import default_workers
+    from imgsim_fast.features.embedding.preprocess import prepare_image
 
     # JPEGs only (what photo collections hold, and where reduced-size decoding applies), cycled up to a
     # fixed count so the pool start-up is amortised as it is on a real folder.
@@ -73,7 +73,7 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def hnsw_rows(n: int, d: int = 64, nq: int = 1000, k: int = 10, target: float = 0.95, seed: int = 0) -> list[Row]:
-    from ..vector_index import VectorIndex
+    from imgsim_fast.index.vectors import VectorIndex
 
     rng = np.random.default_rng(seed)
     db = rng.standard_normal((n, d)).astype(np.float32)

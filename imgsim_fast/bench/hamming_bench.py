@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..hamming import hamming_topk, simd_target
-from .report import Row, best_time
+from imgsim_fast.index.hamming import hamming_topk, simd_target
+from imgsim_fast.bench.report import Row, best_time
 
 
 def read_bandwidth_gbs(nbytes: int = 1 << 30) -> float:

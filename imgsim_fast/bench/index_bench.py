@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from ..hamming import simd_target
-from ..mih import HammingIndex
-from .report import Row, best_time
+from imgsim_fast.index.hamming import simd_target
+from imgsim_fast.index.mih import HammingIndex
+from imgsim_fast.bench.report import Row, best_time
 
 RADII = (0, 2, 4, 6, 8, 10, 12)
 JOIN_RADII = (4, 8, 10)
@@ -237,7 +237,7 @@ def run(quick: bool = False, seed: int = 0) -> list[Row]:
 if __name__ == "__main__":
     import sys
 
-    from .report import print_table
+    from imgsim_fast.bench.report import print_table
 
     t0 = time.perf_counter()
     out = run(quick="--quick" in sys.argv)

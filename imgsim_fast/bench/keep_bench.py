@@ -22,9 +22,9 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-from ..atomic_write import replacing
-from .corpus import _font, source_pictures, split_of, fetch_sources
-from .report import Row
+from imgsim_fast.io.atomic_write import replacing
+from imgsim_fast.bench.corpus import _font, source_pictures, split_of, fetch_sources
+from imgsim_fast.bench.report import Row
 
 __all__ = ["EDITS", "build", "run"]
 
@@ -132,8 +132,8 @@ def _with_mtimes(feats, rows: list[dict], mode: str, seed: int):
 
 def evaluate(feats, rows: list[dict], root: str) -> dict:
     """Per split: share of families whose original is kept; per kind: pairwise original-first rate."""
-    from ..dedup import group_features
-    from ..dedup.keep import keep_ranks
+    from imgsim_fast.jobs.dedup import group_features
+    from imgsim_fast.jobs.dedup.keep import keep_ranks
 
     res = group_features(feats, "auto")
     pos = {os.path.basename(p): i for i, p in enumerate(feats.paths)}
@@ -172,7 +172,7 @@ def evaluate(feats, rows: list[dict], root: str) -> dict:
 
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None) -> list[Row]:
-    from ..dedup.features import compute_features
+    from imgsim_fast.features.extract import compute_features
 
     root, rows = build(photos_src, cache_dir, quick)
     t0 = time.perf_counter()

@@ -37,8 +37,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from ..atomic_write import replacing
-from .debsrc import unpack_deb
+from imgsim_fast.io.atomic_write import replacing
+from imgsim_fast.bench.debsrc import unpack_deb
 
 __all__ = ["LOOKALIKE_KINDS", "build_lookalikes"]
 

@@ -16,17 +16,17 @@ import tempfile
 
 from PIL import Image
 
-from ..loading import DEFAULT_MEMORY_BUDGET, decode_cost
-from .report import Row
+from imgsim_fast.io.loading import DEFAULT_MEMORY_BUDGET, decode_cost
+from imgsim_fast.bench.report import Row
 
 # Runs in the child: baseline after imports, then the worker's own chunk function on the one file. The
 # high-water mark is /proc's VmHWM, not getrusage's ru_maxrss, which a child inherits from its parent
 # across fork and exec (the bench process that just drew the PNG would set the baseline).
 _CHILD = """
 import json, sys
-import imgsim_fast._pool_warmup
-from imgsim_fast import hashing
-from imgsim_fast.pipeline import _Config, _hash_chunk
+import imgsim_fast.runtime.warmup
+from imgsim_fast.features import hashing
+from imgsim_fast.runtime.pool import _Config, _hash_chunk
 def hwm_kib():
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))

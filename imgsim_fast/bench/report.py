@@ -42,7 +42,7 @@ def best_time(fn, repeat: int = 3, min_time: float = 0.0) -> float:
 
 
 def machine_info(seed: int) -> dict:
-    from ..capabilities import capabilities
+    from imgsim_fast.runtime.capabilities import capabilities
 
     info = capabilities(torch_info=False)
     info["seed"] = seed

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .report import Row, best_time
+from imgsim_fast.bench.report import Row, best_time
 
 __all__ = ["run"]
 
@@ -40,7 +40,7 @@ def _recall(ids: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _vector_rows(quick: bool, seed: int) -> list[Row]:
-    from ..vector_index import VectorIndex
+    from imgsim_fast.index.vectors import VectorIndex
 
     rng = np.random.default_rng(seed)
     cores = os.cpu_count() or 1
@@ -96,7 +96,7 @@ def _vector_rows(quick: bool, seed: int) -> list[Row]:
 
 
 def _hash_rows(quick: bool, seed: int) -> list[Row]:
-    from ..hamming import hamming_topk, simd_target
+    from imgsim_fast.index.hamming import hamming_topk, simd_target
 
     rng = np.random.default_rng(seed + 1)
     n = N_HASHES_QUICK if quick else N_HASHES
@@ -130,6 +130,6 @@ def run(quick: bool = False, seed: int = 0) -> list[Row]:
 if __name__ == "__main__":
     import sys
 
-    from .report import print_table
+    from imgsim_fast.bench.report import print_table
 
     print_table(run(quick="--quick" in sys.argv))

@@ -1,0 +1,181 @@
+"""`imgsim index` and `imgsim query`: argument handling over indexer.index and query.search/select.
+
+cli.py calls `add_subcommands(sub)`. The catalog defaults to `<first DIR>/.imgsim/catalog.sqlite` for
+index; query, given no --catalog, looks for `.imgsim/catalog.sqlite` in the current folder and its parents.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from imgsim_fast.catalog.store import CATALOG_DIRNAME, CATALOG_FILENAME
+from imgsim_fast.cli.types import iso_date, non_negative_int, positive_int, rating_filter
+from imgsim_fast.io.names import display_path
+
+__all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
+
+
+def _csv_list(values) -> list[str]:
+    out = []
+    for v in values or []:
+        out += [t.strip() for t in v.split(",") if t.strip()]
+    return out
+
+
+def find_catalog(start: str = ".") -> str | None:
+    """The nearest `.imgsim/catalog.sqlite` in `start` or a parent folder."""
+    d = os.path.abspath(start)
+    while True:
+        p = os.path.join(d, CATALOG_DIRNAME, CATALOG_FILENAME)
+        if os.path.exists(p):
+            return p
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def cmd_index(args) -> int:
+    from imgsim_fast.cli.main import report_passed_over
+    from imgsim_fast.catalog.indexer import index
+    from imgsim_fast.io.loading import DEFAULT_EXTENSIONS
+
+    s = index(args.dirs, args.catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
+              embed_model=args.embed, sidecar_map=args.sidecar_map, workers=args.workers,
+              batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair,
+              extensions=args.extensions or DEFAULT_EXTENSIONS)
+    report_passed_over(s.passed_over, args.verbose)
+    for note in s.repair_notes:
+        print(f"imgsim: repaired: {display_path(note)}", file=sys.stderr)  # a note can name a path
+    if args.repair and not s.repair_notes:
+        print("imgsim: nothing damaged", file=sys.stderr)
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=1))
+    else:
+        print(f"{s.seen} files: {s.unchanged} unchanged, {s.added} added, {s.modified} modified, "
+              f"{s.touched} touched, {s.renamed} renamed, {s.copied} copies, {s.removed} removed, "
+              f"{s.backfilled} completed; {s.decoded} decoded, {s.embedded} embedded, "
+              f"{s.failed} errors, {s.walk_errors} walk errors ({s.seconds.get('total', 0):.2f} s)")
+    return 1 if s.failed else 0  # README "Bad input": 1 = some files could not be indexed this run
+
+
+def _build_filter(args):
+    from imgsim_fast.catalog.query import And, AnyTag, Field, Range, Tag, Text
+
+    parts = [Tag(t) for t in _csv_list(args.tag)]
+    if args.any_tag:
+        parts.append(AnyTag(tuple(_csv_list(args.any_tag))))
+    parts += [Text(t) for t in args.text or []]
+    if args.after:
+        parts.append(Field("taken", ">=", args.after))
+    if args.before:
+        parts.append(Field("taken", "<", args.before))
+    if args.camera:
+        parts.append(Field("camera", "contains", args.camera))
+    if args.rating:
+        parts.append(Field("rating", *args.rating))
+    if args.label:
+        parts.append(Field("label", "=", args.label))
+    for name in ("width", "height"):
+        lo, hi = getattr(args, f"min_{name}"), getattr(args, f"max_{name}")
+        if lo is not None or hi is not None:
+            parts.append(Range(name, lo, hi))
+    for spec in args.where or []:  # FIELD=VALUE, or FIELD=LO..HI
+        name, _, value = spec.partition("=")
+        if not value:
+            raise ValueError(f"--where wants FIELD=VALUE or FIELD=LO..HI, got {spec!r}")
+        if ".." in value:
+            lo, _, hi = value.partition("..")
+            parts.append(Range(name, _num(lo) if lo else None, _num(hi) if hi else None))
+        else:
+            parts.append(Field(name, "=", _num(value)))
+    return And(tuple(parts)) if parts else None
+
+
+def _num(s: str):
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    return s
+
+
+def cmd_query(args) -> int:
+    from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.catalog.query import search, select
+
+    path = args.catalog or find_catalog()
+    if path is None:
+        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+    where = _build_filter(args)
+    with Catalog(path) as cat:
+        if args.like:
+            hits = search(cat, where, like=args.like, k=args.top, kind=args.kind)
+            rows = [{"path": m.path, "distance": m.distance} for m in hits]
+        else:
+            rows = [{"path": r.path, "width": r.width, "height": r.height, "taken": r.taken,
+                     "rating": r.rating, "label": r.label, "tags": cat.tags(r.id)}
+                    for r in select(cat, where, limit=args.top)]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in rows:
+            # display_path: a newline or escape sequence in a name must not forge a line or reach the terminal
+            shown = display_path(r["path"])
+            print(f"{r['distance']:4d}  {shown}" if "distance" in r else shown)
+    return 0
+
+
+def add_filter_options(p, text_flag: str = "--text") -> None:
+    """The metadata filters shared by `query`, `search` and `explore`. `search` names the description
+    filter `--contains`, since its own --text is the CLIP text query; _build_filter reads `args.text`."""
+    p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
+    p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
+    p.add_argument(text_flag, action="append", help="description contains this (case-insensitive)")
+    p.add_argument("--after", type=iso_date, help="taken on or after (ISO date, e.g. 2020-01-01)")
+    p.add_argument("--before", type=iso_date, help="taken before (ISO date)")
+    p.add_argument("--camera", help="make/model contains this")
+    p.add_argument("--rating", type=rating_filter, metavar="[OP]STARS",
+                   help="XMP star rating, e.g. '>=4', 5, '<2' (-1: rejected)")
+    p.add_argument("--label", help="XMP colour label, e.g. red (case-insensitive)")
+    p.add_argument("--min-width", type=non_negative_int)
+    p.add_argument("--max-width", type=non_negative_int)
+    p.add_argument("--min-height", type=non_negative_int)
+    p.add_argument("--max-height", type=non_negative_int)
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE|LO..HI",
+                   help="equality or inclusive range on any catalog field (size, format, make, ...)")
+
+
+def add_subcommands(sub) -> None:
+    """Register `index` and `query` on an argparse subparsers object."""
+    p = sub.add_parser("index", help="index folders into a catalog (incremental; resumes after a crash)")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or files) to index")
+    p.add_argument("--catalog", help="catalog file (default: <first DIR>/.imgsim/catalog.sqlite)")
+    p.add_argument("--kinds", default="phash", help="hashes to keep, comma-separated (default phash)")
+    p.add_argument("--mode", choices=("fast", "compat"), default="fast")
+    p.add_argument("--hash-size", type=int, choices=(8, 16), default=8)
+    p.add_argument("--embed", metavar="MODEL", help="also compute embeddings with this model")
+    p.add_argument("--sidecar-map", metavar="FILE", help="CSV or JSON mapping path -> tags/description")
+    p.add_argument("--workers", type=positive_int, default=None, help="hashing processes (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="files per committed batch (default 256)")
+    p.add_argument("--repair", action="store_true",
+                   help="recompute what is damaged in the catalog (array blocks failing their checksums, a "
+                        "missing array file, a corrupt database) instead of refusing to run")
+    p.add_argument("--json", action="store_true", help="print the work counts as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    from imgsim_fast.cli.main import add_walk_options
+
+    add_walk_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("query", help="filter a catalog by tags, text and EXIF; rank by similarity with --like")
+    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    add_filter_options(p)
+    p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image")
+    p.add_argument("--kind", default="phash", help="hash used by --like (default phash)")
+    p.add_argument("--top", type=positive_int, default=20, help="at most this many results (default 20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_query)

@@ -1,0 +1,420 @@
+"""The `imgsim` command line: thin argument handling over the Python API, no algorithms here."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+from imgsim_fast import __version__
+from imgsim_fast.cli.types import Parser, bits, cosine, extension_list, positive_int
+
+
+def _add_hash_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("fast", "compat"), default="fast",
+                   help="fast: reduced-size JPEG decoding (default); compat: prepare images exactly like "
+                        "imagehash 4.3.2, giving identical codes")
+    p.add_argument("--hash-size", type=int, choices=(8, 16), default=8,
+                   help="8 gives 64-bit codes, 16 gives 256-bit (default 8)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    add_walk_options(p)
+
+
+def add_walk_options(p: argparse.ArgumentParser) -> None:
+    """--extensions and -v, for every command that walks folders (hash, dedup, index)."""
+    from imgsim_fast.io.loading import DEFAULT_EXTENSIONS
+
+    p.add_argument("--extensions", type=extension_list, default=None, metavar="LIST",
+                   help="file name extensions to take from folders, comma-separated (e.g. jpg,png,heic; "
+                        f"default: {','.join(sorted(e[1:] for e in DEFAULT_EXTENSIONS))})")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the files passed over by extension")
+
+
+def report_passed_over(paths: list[str], verbose: bool) -> None:
+    """One stderr line counting the files the walk left out by extension; with -v, one line per file."""
+    from imgsim_fast.io.names import display_path
+
+    if paths:
+        print(f"imgsim: {len(paths)} file{'s' if len(paths) != 1 else ''} passed over: not images by extension"
+              f"{'' if verbose else ' (-v lists them)'}", file=sys.stderr)
+    if verbose:
+        for p in paths:
+            print(f"imgsim: passed over {display_path(p)}", file=sys.stderr)
+
+
+def check_paths_exist(paths) -> None:
+    """A path named on the command line that does not exist is bad usage (exit 2), found before any work."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise ValueError(f"{p}: no such file or folder")
+
+
+def _walk_extensions(args):
+    from imgsim_fast.io.loading import DEFAULT_EXTENSIONS
+
+    return DEFAULT_EXTENSIONS if args.extensions is None else args.extensions
+
+
+def _exit_status(n_done: int, n_failed: int) -> int:
+    """README "Exit status": 0 done, 1 some files failed, 2 nothing readable among what was named."""
+    if n_failed and not n_done:
+        return 2
+    return 1 if n_failed else 0
+
+
+def _hash(args, kinds):
+    from imgsim_fast.runtime.pool import hash_paths
+
+    check_paths_exist(args.paths)
+    progress = False if args.no_progress else None
+    result = hash_paths(args.paths, kinds=kinds, mode=args.mode, hash_size=args.hash_size,
+                        workers=args.workers, progress=progress, extensions=_walk_extensions(args))
+    report_passed_over(result.passed_over, args.verbose)
+    return result
+
+
+def _report_failures(result) -> None:
+    from imgsim_fast.io.names import display_path
+
+    for f in result.failures:  # names and reasons escaped: a file name must not drive the terminal
+        print(f"imgsim: skipped {display_path(f.path)}: {display_path(f.reason)}", file=sys.stderr)
+
+
+def cmd_capabilities(args) -> int:
+    from imgsim_fast.runtime.capabilities import capabilities
+
+    info = capabilities(torch_info=not args.short)
+    if args.short:
+        print(f"imgsim_fast {info['imgsim_fast']}, SIMD {info['simd_target']} "
+              f"(available: {', '.join(info['simd_available'])}), {info['pillow']} {info['pillow_version']}, "
+              f"numba {info['numba']}")
+    elif args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:16} {v}")
+    return 0
+
+
+def cmd_hash(args) -> int:
+    import contextlib
+
+    from imgsim_fast.io.atomic_write import check_target, replacing
+    from imgsim_fast.features.codes import to_hex
+    from imgsim_fast.features.hashing import code_bits
+    from imgsim_fast.io.names import path_text
+
+    kinds = args.kinds.split(",")
+    if args.output:
+        check_target(args.output)  # before hashing: an output that cannot be written fails now
+    result = _hash(args, kinds)
+    _report_failures(result)
+    # -o FILE is written whole or not at all (no half file, no temporary left behind: atomic_write.py)
+    with replacing(args.output, newline="") if args.output else contextlib.nullcontext(sys.stdout) as out:
+        hexes = {k: to_hex(result.codes[k], code_bits(k, args.hash_size)) for k in kinds}
+        if args.format == "csv":
+            w = csv.writer(out)
+            w.writerow(["path", *kinds])
+            for i, p in enumerate(result.paths):
+                w.writerow([path_text(p), *(hexes[k][i] for k in kinds)])
+        else:
+            doc = {
+                "mode": args.mode, "hash_size": args.hash_size,
+                "files": [{"path": path_text(p), **{k: hexes[k][i] for k in kinds}}
+                          for i, p in enumerate(result.paths)],
+                "errors": [{"path": path_text(f.path), "kind": f.kind, "reason": path_text(f.reason)}
+                           for f in result.failures],
+            }
+            json.dump(doc, out, indent=1)
+            out.write("\n")
+    return _exit_status(len(result.paths), len(result.failures))
+
+
+def _print_groups(res, method: str) -> None:
+    """The dedup summary and every group, in plain words: duplicates (acted on) first, then look-alikes."""
+    from imgsim_fast.io.names import display_path
+
+    dup = [g for g in res.groups if g.tier == "duplicate"]
+    n_dup = sum(len(res.removable(g)) for g in dup)
+    print(f"{len(res.paths)} images scanned, {len(res.features.failures)} skipped; {len(dup)} duplicate "
+          f"groups, {n_dup} files that duplicate a kept one; {len(res.groups) - len(dup)} groups of look-alikes "
+          f"(reported, never acted on) (method {method}"
+          f"{', embeddings ' + res.features.model if res.features.model else ''})")
+    doc = res.to_dict()
+    for gi, g in enumerate(doc["groups"], 1):
+        kind = "duplicates" if g["tier"] == "duplicate" else "look-alikes, not duplicates"
+        print(f"\ngroup {gi}: {len(g['members'])} files, {kind}{' (exact copies)' if g['exact'] else ''}")
+        for k, m in enumerate(g["members"]):
+            tag = "keep" if k == 0 else ("dup " if m["removable"] else ("ref " if m["reference"] else "    "))
+            why = "" if k == 0 else f"  [{m['why']}]"
+            print(f"  {tag} {display_path(os.path.relpath(m['path']))}{why}")
+
+
+def keep_order(text: str) -> tuple[str, ...]:
+    """--keep, checked while the arguments are parsed (a typo must not wait for a whole scan)."""
+    from imgsim_fast.jobs.dedup.keep import parse_order
+
+    try:
+        return parse_order(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_dedup(args) -> int:
+    from imgsim_fast.jobs.dedup import Thresholds, find_duplicates
+    from imgsim_fast.jobs.dedup import actions as act
+    from imgsim_fast.io.atomic_write import check_target
+    from imgsim_fast.reports import dedup_review as report
+    from imgsim_fast.io.names import display_path
+
+    if args.delete and (args.move_to or args.link):
+        raise ValueError("--delete cannot be combined with --move-to or --link")
+    if args.link and not args.move_to:
+        raise ValueError("--link needs --move-to DIR: the originals go there, so the run can be undone")
+    op = "delete" if args.delete else (f"{args.link}link" if args.link else ("move" if args.move_to else None))
+    if op == "delete" and not args.yes and not sys.stdin.isatty():
+        # No terminal to ask: deleting without an explicit --yes is refused before anything is scanned.
+        print("imgsim: refusing to delete without confirmation: no terminal to ask on; pass --yes",
+              file=sys.stderr)
+        return 2
+    if args.apply:
+        return _apply_plan(args, op)
+    if not args.paths:
+        raise ValueError("dedup needs image files or folders (or --apply PLAN)")
+    check_paths_exist(list(args.paths) + list(args.reference or []))
+    for out in (args.json, args.csv, args.html):  # a report that cannot be written fails now, not after the scan
+        if out:
+            check_target(out)
+    if args.move_to:
+        from imgsim_fast.jobs.dedup.keep import is_under
+
+        inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]
+        if inside:
+            raise ValueError(f"--move-to {args.move_to} is inside the scanned folder {inside[0]}: the next scan would "
+                             "find the quarantined files again; choose a folder outside it")
+    given = {k: v for k, v in (("phash", args.threshold), ("dihedral", args.flip_threshold),
+                               ("embed_cos", args.min_cosine)) if v is not None}
+    t = Thresholds(**given)
+    res = find_duplicates(args.paths, method=args.method, thresholds=t, fixed=tuple(given), flips=not args.no_flips,
+                          reference=args.reference or [], keep_order=args.keep, workers=args.workers,
+                          progress=False if args.no_progress else None, extensions=args.extensions)
+    report_passed_over(res.features.passed_over, args.verbose)
+    _report_failures(res.features)
+    _print_groups(res, args.method)
+    if args.json:
+        report.write_json(res, args.json)
+        print(f"\nwrote {display_path(args.json)}")
+    if args.csv:
+        report.write_csv(res, args.csv)
+        print(f"wrote {display_path(args.csv)}")
+    if args.html:
+        report.write_html(res, args.html, roots=list(args.paths) + list(args.reference or []),
+                          reference=args.reference or [], workers=args.workers)
+        print(f"wrote {display_path(args.html)}")
+    status = _exit_status(len(res.paths), len(res.features.failures))
+    if op is None or status == 2:
+        return status
+    roots = list(args.paths) + list(args.reference or [])
+    plan = act.plan_actions(res, op, roots, args.move_to)
+    if not plan:
+        print("\nnothing to do")
+        return status
+    skipped = _run_actions(args, op, plan, roots, {})
+    return 1 if status or skipped else 0
+
+
+def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -> int:
+    """Confirm a delete, execute `actions` under a fresh manifest (dedup.actions), print what happened.
+    Returns how many were skipped (a delete that is not confirmed skips them all)."""
+    from imgsim_fast.jobs.dedup import actions as act
+    from imgsim_fast.io.names import display_path
+
+    if op == "delete" and not args.yes:
+        try:
+            answer = input(f"\nDelete {len(actions)} files for good (they cannot be undone)? Type 'yes': ")
+        except EOFError:  # Ctrl-D, or input closed: no
+            answer = ""
+        if answer.strip().lower() != "yes":
+            print("imgsim: nothing deleted", file=sys.stderr)
+            return len(actions)
+    run = act.new_run_id()  # time stamp + random suffix: runs in the same second get their own manifests
+    manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
+    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], **header}, roots=roots,
+                      quarantine=args.move_to, run_id=run)
+    verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
+            "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
+    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
+    for a, why in rep.skipped:
+        print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
+    if op != "delete":
+        print(f"undo with: imgsim undo {display_path(manifest)}")
+    return len(rep.skipped)
+
+
+def _apply_plan(args, op: str | None) -> int:
+    """dedup --apply PLAN: carry out a review page's plan (dedup/plan.py); no scan. A plan that fails its
+    checks is refused before anything is touched; changed files are skipped and reported."""
+    from imgsim_fast.jobs.dedup import plan as pl
+    from imgsim_fast.io.names import display_path
+
+    if args.json or args.csv or args.html:
+        raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv or --html")
+    plan = pl.load_plan(args.apply)
+    pl.check_plan(plan, list(args.paths) or None)
+    stale = pl.stale_entries(plan)
+    for e, why in stale:
+        print(f"imgsim: skipped {display_path(e.path)}: {display_path(why)}", file=sys.stderr)
+    # The roots bound what a plan may touch unless the command line names narrower ones: show them.
+    shown_roots = ", ".join(display_path(r) for r in plan.roots)
+    print(f"plan {display_path(args.apply)} (roots {shown_roots}): {len(plan.groups)} groups, "
+          f"{len(plan.removals)} files to remove, {len(stale)} skipped")
+    if op is None:
+        print("nothing changed: add --move-to DIR (with --link hard|sym) or --delete to carry it out")
+        return 1 if stale else 0
+    actions = pl.plan_to_actions(plan, op, args.move_to, {e.path for e, _ in stale})
+    if not actions:
+        print("nothing to do")
+        return 1 if stale else 0
+    skipped = _run_actions(args, op, actions, list(plan.roots) + list(plan.reference),
+                           {"plan": os.path.abspath(args.apply)})
+    return 1 if stale or skipped else 0
+
+
+def cmd_undo(args) -> int:
+    from imgsim_fast.jobs.dedup.actions import undo
+    from imgsim_fast.io.names import display_path
+
+    rep = undo(args.manifest)  # a manifest that fails its checks raises ManifestRefused: one line, exit 2
+    print(f"{len(rep.restored)} files restored, {len(rep.already)} already in place, {len(rep.conflicts)} left "
+          f"alone, {len(rep.lost)} deleted for good")
+    for p in rep.lost:
+        print(f"imgsim: cannot restore deleted file {display_path(p)}", file=sys.stderr)
+    for p, why in rep.conflicts:
+        print(f"imgsim: left {display_path(p)} alone: {display_path(why)}", file=sys.stderr)
+    return 1 if rep.lost or rep.conflicts else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="imgsim", description="Find duplicate, near-duplicate and similar images.")
+    parser.add_argument("--version", action="version", version=f"imgsim_fast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("capabilities", help="show the SIMD target, Pillow flavour, numba, torch and CUDA")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--short", action="store_true", help="one line, without importing torch")
+    p.set_defaults(func=cmd_capabilities)
+
+    p = sub.add_parser("hash", help="perceptual hashes of images or folders")
+    p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--kinds", default="phash", help="comma-separated: phash,ahash,dhash,whash,colorhash")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("-o", "--output", help="write here instead of standard output")
+    _add_hash_options(p)
+    p.set_defaults(func=cmd_hash)
+
+    p = sub.add_parser("dedup", help="find duplicate and near-duplicate images; report (default), move, link "
+                                      "or delete them")
+    p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively); with --apply, "
+                                            "the folders the plan may remove files from (default: its roots)")
+    add_walk_options(p)
+    p.add_argument("--apply", metavar="PLAN",
+                   help="carry out a plan exported from the --html review page instead of scanning (with "
+                        "--move-to DIR [--link hard|sym] or --delete; alone, only checks it)")
+    p.add_argument("--method", choices=("auto", "phash", "embedding", "exact"), default="auto",
+                   help="auto: hashes + embeddings to confirm and to add crops (default); phash: hashes only; "
+                        "embedding: EfficientNet-Lite0 cosine only; exact: byte-identical only")
+    p.add_argument("--threshold", type=bits(64), default=None,
+                   help="largest pHash distance (bits of 64) that matches on its own (default 10)")
+    p.add_argument("--flip-threshold", type=bits(64), default=None,
+                   help="largest distance to a mirrored/rotated variant that matches on its own (default 8)")
+    p.add_argument("--no-flips", action="store_true", help="do not match mirrored or 90/180/270-degree copies")
+    p.add_argument("--min-cosine", type=cosine, default=None,
+                   help="embedding similarity that matches on its own, whatever the hashes say (default 0.77 on "
+                        "the learned similarity that auto uses)")
+    p.add_argument("--reference", action="append", metavar="DIR",
+                   help="folder whose files are always kept and never touched (repeatable; scanned too)")
+    p.add_argument("--keep", type=keep_order, default="content,quality,camera,oldest",
+                   help="keep-best order, best first, from: content (undistorted, most pixels inside the "
+                        "borders), quality (not noisy, earliest generation, colour), camera (EXIF), size, "
+                        "oldest, newest, shortest-path (default %(default)s)")
+    p.add_argument("--json", help="write the groups as JSON to this file")
+    p.add_argument("--csv", help="write one row per group member to this CSV file")
+    p.add_argument("--html", help="write a review page to this file (thumbnails in NAME_files beside it): "
+                                  "change keepers, mark files, export a plan for --apply")
+    p.add_argument("--move-to", metavar="DIR",
+                   help="move duplicates into DIR, keeping their relative paths (undo with imgsim undo)")
+    p.add_argument("--link", choices=("hard", "sym"),
+                   help="replace each duplicate by a hard or symbolic link to the kept file; the original "
+                        "goes to --move-to DIR")
+    p.add_argument("--delete", action="store_true", help="delete duplicates for good (asks, or needs --yes)")
+    p.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    p.add_argument("--manifest", help="where to write the action manifest (default: in the --move-to folder, "
+                                      "or the current folder for --delete)")
+    p.add_argument("--workers", type=positive_int, default=None, help="decode processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("undo", help="put back what an imgsim dedup action did, from its manifest")
+    p.add_argument("manifest", help="the imgsim-manifest-*.jsonl file the action wrote")
+    p.set_defaults(func=cmd_undo)
+
+    from imgsim_fast.cli.catalog import add_subcommands as add_catalog
+    from imgsim_fast.cli.explore import add_subcommands as add_explore
+
+    add_catalog(sub)
+    add_explore(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status (README, "Bad input"): 0 done; 1 done, but some files failed; 2 bad usage or unusable
+    input (a missing path, a damaged, locked, unreadable or too new catalog, an unknown model), always
+    one line on stderr; 130 interrupted; 141 output closed early (a pipe into `head`)."""
+    import sqlite3
+
+    from imgsim_fast.catalog.store import CatalogError
+    from imgsim_fast.io.loading import ImageLoadError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, in the handler below, not as a warning at exit
+        return rc
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, but not with 0, since the run was cut
+        # short (128 + SIGPIPE, what a shell reports for a tool the signal killed).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except CatalogError as e:
+        return _fail(e)
+    except sqlite3.DatabaseError as e:  # damage the open-time check could not see (a page read later)
+        return _fail(f"the catalog database is damaged or unreadable (sqlite: {e}); run "
+                     "`imgsim index --repair DIR`")
+    except (ValueError, OSError, ImageLoadError) as e:  # ImageLoadError: a query image that cannot be read
+        return _fail(e)
+    except RuntimeError as e:
+        models = sys.modules.get("imgsim_fast.features.embedding.models")  # loaded whenever a model was asked for
+        if models is not None and isinstance(e, models.ModelNotAvailableError):
+            return _fail(e)
+        raise
+    except KeyboardInterrupt:
+        print("imgsim: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(e) -> int:
+    """A user error: one line on stderr (messages from libraries can hold newlines), exit status 2. The
+    message can quote a file name, so its control characters are escaped as names are (names.display_path)."""
+    from imgsim_fast.io.names import display_path
+
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # not "[Errno 2] ...: '/x'"
+        e = f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
+    print("imgsim: error: " + display_path(" ".join(str(e).split())), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""What dedup knows about each file: content digest, header facts, border-trimmed dihedral pHash, embeddings.
+
+One decode per file (JPEGs draft-decoded to about FEATURE_SIDE px), in worker processes. Uniform borders
+(letterbox bars, mats, frames) are trimmed from the decoded small image before hashing and embedding, so a
+letterboxed copy hashes like its original. With embeddings, two views are embedded: the trimmed picture and
+its centre EMBED_CROP (a cropped copy is close to its original's centre; detect.py compares them
+crosswise). hashing.py is unchanged: its compat mode still gives imagehash's codes; the trim is dedup's own preparation step (`trim_uniform_borders`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
+from imgsim_fast.io.loading import RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
+
+__all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
+           "noise_sigma", "trim_box", "trim_tolerance",
+           "trim_uniform_borders"]
+
+# Decoded short side: enough for a 224 px embedding input and for finding a border to within 1/256.
+FEATURE_SIDE = 256
+# A border line is "uniform" when TRIM_FRACTION of its pixels are within the tolerance of the outermost
+# line's median. Measured in grey (L), not per RGB channel, so a greyscale copy trims exactly as its colour
+# original does. 98% lets a few noisy pixels through. The tolerance is relative to the picture's contrast
+# (TRIM_CONTRAST x the grey standard deviation of its centre half, which a frame or letterbox bar does not
+# reach), at least TRIM_TOLERANCE_MIN levels: with a fixed 10 levels, a darker, flatter copy (brightness
+# x0.6, contrast x0.6) turned a wallpaper's smooth gradient into "border" its original kept, and the two
+# hashed apart (tune half of the accuracy corpus: strong brightness recall 0.76 with a fixed tolerance,
+# 1.0 with 0.2 x std). 0.2 x std is about 10 levels at a typical photo's std of 50.
+TRIM_CONTRAST = 0.2
+TRIM_TOLERANCE_MIN = 2.0
+TRIM_FRACTION = 0.98
+# Trims under this fraction of a side are ignored: they change a hash by less than the trim's own jitter
+# between a picture and its recompressed copy would.
+TRIM_MIN = 0.02
+# The second embedded view: the centre 80% of each side of the trimmed picture. An 80% crop at any offset
+# is then at most 12.5% of its side away from that view, where it is 25% larger than the whole picture.
+# Tune half, pair test at the default thresholds: strong-crop (80%) recall 0.85 -> 0.94 with the crosswise
+# cosine (detect.PairJudge.cosine, discounted), 1.0 with groups, no new false pair; a 90% or 70% view found
+# one crop fewer. Cost: one more 224 px forward pass per file (~17 ms on one CPU core pair).
+EMBED_CROP = 0.8
+# Never trim more than this fraction of a side in total: a picture that is mostly flat (a logo on white)
+# keeps its content box, and a flat image is left whole.
+TRIM_MAX = 0.8
+_HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
+# The thumbnail kept for the pixel check of the pair test: at 64 px, lines of text and small subjects still
+# differ between look-alikes (slides of one template, frames of a burst) where 32 px blurs them together.
+THUMB_SIDE = 64
+
+
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    """BLAKE2b-128 of a file's bytes: equal digests mean byte-identical files."""
+    h = hashlib.blake2b(digest_size=16)
+    with open_regular(path) as f:  # a FIFO or /dev/zero is refused, not read forever
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class FileFacts:
+    """What keep-best and the reports need about one file, without its pixels (keep.py ranks on these)."""
+
+    path: str
+    size: int
+    mtime: float
+    width: int          # upright pixels of the file
+    height: int
+    format: str         # Pillow's format name: JPEG, PNG, WEBP, ...
+    content_pixels: int  # pixels inside the trimmed box (bars and frames do not count), at full size
+    digest: str
+    trim: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # kept box, fractions (left, top, right, bottom)
+    jpeg_quality: int | None = None  # libjpeg quality estimated from the luminance quantisation table
+    blocky: bool = False     # a lossless file whose pixels carry an 8x8 JPEG block grid: a re-save of a JPEG
+    noise: float = 0.0       # grey noise sigma (Immerkaer) of the small decoded picture
+    colour: bool = True      # False for a greyscale picture (or a colour file holding a grey one)
+    camera: bool = False     # EXIF names a camera make or model
+
+    @property
+    def content_aspect(self) -> float:
+        """Long side / short side of the trimmed content, at full size: a squashed copy differs here."""
+        left, top, right, bottom = self.trim
+        w, h = max(1e-9, (right - left) * self.width), max(1e-9, (bottom - top) * self.height)
+        return max(w, h) / min(w, h)
+
+
+@dataclass
+class Features:
+    """Rows aligned with `facts`: dihedral pHash (n, 8, 1) uint64, embeddings (n, dim) of the trimmed picture
+    and centre_embeddings (n, dim) of its centre EMBED_CROP, or None."""
+
+    facts: list[FileFacts]
+    phash8: np.ndarray
+    embeddings: np.ndarray | None = None
+    failures: list[LoadFailure] = field(default_factory=list)
+    model: str | None = None
+    centre_embeddings: np.ndarray | None = None
+    # (n, THUMB_SIDE, THUMB_SIDE) uint8: the trimmed grey picture the hashes were computed from, kept for the
+    # pair test's pixel check (detect.changed_fraction); 4 KiB a file.
+    thumbs: np.ndarray | None = None
+    passed_over: list[str] = field(default_factory=list)  # files in walked folders not named like images
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.facts]
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Border trimming
+
+
+def _uniform_run(lines: np.ndarray, tolerance: float) -> int:
+    """How many leading lines of (k, L) int16 grey levels are uniform in the first line's level."""
+    dev = np.abs(lines - np.median(lines[0]))
+    ok = (dev <= tolerance).mean(axis=1) >= TRIM_FRACTION
+    if not ok[0]:
+        return 0
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if len(bad) else len(ok)
+
+
+def trim_tolerance(a: np.ndarray) -> float:
+    """Grey levels a border line may deviate by: TRIM_CONTRAST x std of the centre half of a (h, w) image.
+
+    Scales with the picture's contrast, so a brightness/contrast-edited copy trims as its original does.
+    """
+    h, w = a.shape
+    centre = a[h // 4:h - h // 4, w // 4:w - w // 4] if h >= 4 and w >= 4 else a
+    return max(TRIM_TOLERANCE_MIN, TRIM_CONTRAST * float(centre.std()))
+
+
+def trim_box(a: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the content of an (h, w) grey uint8 image with uniform borders removed.
+
+    Each side independently: its outermost line must be uniform (TRIM_FRACTION of pixels within
+    trim_tolerance(a) of the line's median colour), and the trim goes on while lines stay uniform in that
+    colour, plus one line for the resampling and JPEG blur at the edge. At most TRIM_MAX of a side goes.
+    """
+    if a.ndim != 2:
+        raise ValueError(f"trim_box needs a 2-D grey image, got shape {a.shape}")
+    tol = trim_tolerance(a)
+    a = a.astype(np.int16)
+    h, w = a.shape
+    top, bottom, left, right = (_uniform_run(x, tol) for x in (a, a[::-1], a.T, a.T[::-1]))
+    top, bottom = ((t + 1 if t >= TRIM_MIN * h else 0) for t in (top, bottom))
+    left, right = ((t + 1 if t >= TRIM_MIN * w else 0) for t in (left, right))
+    if top + bottom > TRIM_MAX * h:
+        top = bottom = 0
+    if left + right > TRIM_MAX * w:
+        left = right = 0
+    return left, top, w - right, h - bottom
+
+
+def trim_uniform_borders(img: Image.Image) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """(img cropped to its content box, the box as fractions of the size)."""
+    left, top, right, bottom = trim_box(np.asarray(img if img.mode == "L" else img.convert("L")))
+    w, h = img.size
+    box = (left / w, top / h, right / w, bottom / h)
+    if (left, top, right, bottom) == (0, 0, w, h):
+        return img, box
+    return img.crop((left, top, right, bottom)), box
+
+
+# ------------------------------------------------------------------------------------------------
+# Per file (worker side)
+
+
+# libjpeg's luminance quantisation table at quality 50 (ITU-T T.81 Annex K), in zigzag order as Pillow
+# reports it; a file's table is this one scaled by libjpeg's quality rule, which estimate_jpeg_quality inverts.
+_JPEG_LUMA_Q50 = np.array([16, 11, 12, 14, 12, 10, 16, 14, 13, 14, 18, 17, 16, 19, 24, 40, 26, 24, 22, 22, 24,
+                           49, 35, 37, 29, 40, 58, 51, 61, 60, 57, 51, 56, 55, 64, 72, 92, 78, 64, 68, 87, 69,
+                           55, 56, 80, 109, 81, 87, 95, 98, 103, 104, 103, 62, 77, 113, 121, 112, 100, 120, 92,
+                           101, 103, 99], np.float64)
+_QUALITIES = np.arange(1, 101)
+_SCALES = np.where(_QUALITIES < 50, 5000 / _QUALITIES, 200 - 2 * _QUALITIES)
+_TABLES = np.clip(np.floor((_JPEG_LUMA_Q50[None, :] * _SCALES[:, None] + 50) / 100), 1, 255)
+
+
+def estimate_jpeg_quality(table) -> int | None:
+    """The libjpeg quality (1-100) whose luminance table is closest to `table` (64 values), or None.
+
+    Encoders with their own tables (cameras, Photoshop) land on the nearest libjpeg quality, which is what
+    keep-best needs: a re-save at a lower quality has larger divisors, so a smaller estimate.
+    """
+    t = np.asarray(table, dtype=np.float64).ravel()
+    if t.size != 64:
+        return None
+    # Compare in log space: a divisor of 2 against 1 is as far as 100 against 50.
+    err = np.abs(np.log(_TABLES) - np.log(np.maximum(t, 1))[None, :]).sum(axis=1)
+    return int(_QUALITIES[int(np.argmin(err))])
+
+
+def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
+    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header only.
+
+    A camera RAW file (decoded by loading.load_image through rawpy, not Pillow) gives (0, 0, its extension,
+    None, False): the caller then takes the size of what was decoded, the embedded preview.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext in RAW_EXTENSIONS:
+        return 0, 0, ext[1:].upper(), None, False
+    with Image.open(path) as im:
+        w, h = im.size
+        fmt = im.format or "?"
+        q = None
+        tables = getattr(im, "quantization", None)
+        if fmt in ("JPEG", "MPO") and tables:
+            q = estimate_jpeg_quality(tables.get(0, next(iter(tables.values()))))
+        try:
+            exif = im.getexif()
+        except Exception:  # malformed EXIF: no camera, no orientation
+            exif = {}
+        camera = bool(str(exif.get(0x010F, "")).strip() or str(exif.get(0x0110, "")).strip())
+        if exif.get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
+    return w, h, fmt, q, camera
+
+
+# A lossless file re-saved from a JPEG keeps the JPEG's 8x8 block edges: the mean jump between pixel
+# columns (rows) at one phase of 8 stands out from the other seven. It shows clearly for JPEGs of quality
+# 90 and below, hardly at 95 (keep corpus: 1.0-1.45), and it also fires on pictures with a 2- or 4-pixel
+# period (downscaled by a whole factor), so it only orders generations among copies; an exact re-save is
+# recognised by its pixels (keep.derived_from).
+BLOCK_RATIO = 1.25
+_BLOCK_WINDOW = 1024
+
+
+def blockiness(gray: np.ndarray) -> float:
+    """Strongest 8-periodic edge ratio of a full-size grey image: max over phases / median of phases."""
+    a = gray[:_BLOCK_WINDOW, :_BLOCK_WINDOW].astype(np.int16)
+    ratios = []
+    for d in (np.abs(np.diff(a, axis=1)).mean(axis=0), np.abs(np.diff(a, axis=0)).mean(axis=1)):
+        if len(d) < 64:
+            continue
+        phase = np.array([d[p::8].mean() for p in range(8)])
+        med = float(np.median(phase))
+        if med > 0.5:  # a flat picture has no edges to compare
+            ratios.append(float(phase.max()) / med)
+    return max(ratios, default=1.0)
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Immerkaer's fast noise estimate (1996): mean |Laplacian-difference| x sqrt(pi/2) / 6."""
+    a = gray.astype(np.float32)
+    if min(a.shape) < 3:
+        return 0.0
+    c = (a[:-2, :-2] - 2 * a[:-2, 1:-1] + a[:-2, 2:] - 2 * a[1:-1, :-2] + 4 * a[1:-1, 1:-1] - 2 * a[1:-1, 2:]
+         + a[2:, :-2] - 2 * a[2:, 1:-1] + a[2:, 2:])
+    return float(np.abs(c).mean() * math.sqrt(math.pi / 2) / 6)
+
+
+_LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "QOI"})
+
+
+def prepare_file(path: str, embed_size: int | None) -> tuple:
+    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
+    for one file.
+
+    The first embedding input is the trimmed picture squashed to s x s: the whole content, not a centre
+    crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
+    centre EMBED_CROP, squashed likewise: what a cropped copy of the picture looks like.
+    """
+    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE))
+    st = os.stat(path)
+    digest = file_digest(path)
+    width, height, fmt, quality, camera = _header_facts(path)
+    if not width or not height:
+        width, height = img.size
+    blocky = False
+    if fmt in _LOSSLESS:  # decoded at full size anyway: look for a JPEG block grid before reducing
+        blocky = blockiness(np.asarray(img.convert("L") if img.mode != "L" else img)) >= BLOCK_RATIO
+    factor = min(img.size) // FEATURE_SIDE
+    if factor > 1:
+        img = img.reduce(factor)
+    colour = img.mode == "RGB" and _is_colour(np.asarray(img))
+    trimmed, box = trim_uniform_borders(img)
+    gray = trimmed.convert("L") if trimmed.mode != "L" else trimmed
+    noise = noise_sigma(np.asarray(gray))
+    hp = (np.asarray(gray.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.LANCZOS)),
+          np.asarray(gray.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)))
+    ep = None
+    if embed_size:
+        rgb = trimmed.convert("RGB") if trimmed.mode != "RGB" else trimmed
+        w, h = rgb.size
+        mx, my = (1 - EMBED_CROP) / 2 * w, (1 - EMBED_CROP) / 2 * h
+        centre = rgb.crop((round(mx), round(my), round(w - mx), round(h - my)))
+        ep = np.stack([np.asarray(v.resize((embed_size, embed_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+                       for v in (rgb, centre)])
+    # Keep-best counts the content inside the trimmed box, so letterbox bars and mats add nothing.
+    content = round(width * height * (box[2] - box[0]) * (box[3] - box[1]))
+    facts = FileFacts(path, st.st_size, st.st_mtime, width, height, fmt, content, digest, box,
+                      quality, blocky, noise, colour, camera)
+    return facts, hp, ep
+
+
+def _is_colour(rgb: np.ndarray) -> bool:
+    """More than a tint: the mean channel spread exceeds 4 levels (a sepia or grey JPEG stays under it)."""
+    a = rgb.astype(np.int16)
+    spread = np.abs(a[..., 0] - a[..., 1]) + np.abs(a[..., 1] - a[..., 2])
+    return float(spread.mean()) > 4.0
+
+
+def _prepare_chunk(items: list[tuple[int, str]], embed_size: int | None) -> list[tuple[int, object]]:
+    """(input position, features or LoadFailure) for each (position, path)."""
+    out = []
+    for i, p in items:
+        try:
+            out.append((i, prepare_file(p, embed_size)))
+        except ImageLoadError as exc:
+            out.append((i, exc.to_failure()))
+        except OSError as exc:
+            out.append((i, LoadFailure(p, f"{exc.strerror or exc}", "io_error")))
+        except Exception as exc:  # one odd file must not end the run
+            out.append((i, LoadFailure(p, f"unexpected {type(exc).__name__}: {exc}", "error")))
+    return out
+
+
+def _failed_item(item: tuple[int, str], reason: str, kind: str, cfg) -> list[tuple[int, LoadFailure]]:
+    i, path = item
+    return [(i, LoadFailure(path, reason, kind))]
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch (parent side)
+
+
+def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int | None = None,
+                     progress: bool | None = None, device=None, extensions=None) -> Features:
+    """Features of image files and folders (walked like `imgsim hash`); bad files become failures.
+
+    embed: False, True (the default model, efficientnet-lite0, shipped weights) or a model name.
+    extensions: file name extensions taken from folders (None: loading.DEFAULT_EXTENSIONS).
+    workers: decode processes (None: all cores; 1: in this process).
+    """
+    from imgsim_fast.runtime.pool import _progress_bar, default_workers, run_pool
+
+    failures: list[LoadFailure] = []
+    passed_over: list[str] = []
+    walk = {} if extensions is None else {"extensions": extensions}
+    paths = list(iter_image_files(paths_or_roots, on_error=failures.append, on_skip=passed_over.append, **walk))
+    model = None
+    embed_size = None
+    if embed:
+        from imgsim_fast.features.embedding import get_model
+
+        model = get_model("efficientnet-lite0" if embed is True else embed, device)
+        embed_size = model.spec.size
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    chunk = max(1, min(16, math.ceil(len(paths) / (4 * workers)))) if paths else 1
+    items = list(enumerate(paths))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    facts, hpix, epix = [], [], []
+    bar = _progress_bar(len(paths), progress, "decoding")
+    try:
+        if workers == 1 or len(chunks) <= 1:
+            results = [_prepare_chunk(c, embed_size) for c in chunks]
+            bar.update(len(paths))
+        else:
+            # The hashing pipeline's pool: a decoder that kills its worker costs only its own file.
+            results = run_pool(_prepare_chunk, chunks, embed_size, workers, bar.update, _failed_item)
+    finally:
+        bar.close()
+    for _, r in sorted((x for res in results for x in res), key=lambda x: x[0]):
+        if isinstance(r, LoadFailure):
+            failures.append(r)
+        else:
+            facts.append(r[0])
+            hpix.append(r[1])
+            epix.append(r[2])
+    phash8 = phash_dihedral(np.stack([h[0] for h in hpix])) if hpix else np.zeros((0, 8, 1), np.uint64)
+    thumbs = np.stack([h[1] for h in hpix]) if hpix else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
+    emb = centre = None
+    if model is not None:
+        both = _embed(model, [v for e in epix for v in e], progress)
+        emb, centre = both[0::2].copy(), both[1::2].copy()
+    return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs,
+                    passed_over)
+
+
+def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
+    """Embeddings of (s, s, 3) uint8 inputs, in batches, with a bar of its own: on CPU this phase takes
+    longer than decoding, so a bar that stopped at the end of decoding would sit at 100% for most of a run."""
+    import torch
+
+    from imgsim_fast.runtime.pool import _progress_bar
+
+    out = np.empty((len(arrays), model.dim), np.float32)
+    bar = _progress_bar(len(arrays), progress, "embedding views")
+    try:
+        for s in range(0, len(arrays), batch):
+            x = torch.from_numpy(np.stack(arrays[s:s + batch]))
+            out[s:s + batch] = model.embed_pixels(x).cpu().numpy()
+            bar.update(len(arrays[s:s + batch]))
+    finally:
+        bar.close()
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - debugging aid: print the trim box of files
+    for p in sys.argv[1:]:
+        print(p, trim_uniform_borders(load_image(p, min_size=(FEATURE_SIDE, FEATURE_SIDE)))[1])

@@ -1,0 +1,481 @@
+"""Which files are duplicates: candidate pairs (MIH self-join, embedding kNN), one pair test, two tiers of
+guarded groups.
+
+Methods:
+- exact: byte-identical files (content digest).
+- phash: border-trimmed pHash; a pair matches when its codes are within `phash` bits, or one code is within
+  `dihedral` bits of one of the 8 flips/rotations of the other (mirrors, 90/180/270 degrees).
+- embedding: embedding similarity >= `embed_cos`. A pair's similarity is the larger of whole-whole and, less
+  `centre_discount`, whole(i)-centre(j) or centre(i)-whole(j) (features.EMBED_CROP): a cropped copy looks
+  like its original's centre. The embeddings are the backbone's, or its projection by the learned head
+  (dedup.group_features, embedding/siamese.py), which `auto` uses with its own thresholds.
+- auto (default): phash (a pHash match also needing similarity >= `phash_cos`), plus pairs the hashes call
+  borderline that the embedding confirms, plus pairs the embedding alone is sure of (crops, heavy edits):
+  a pair whose (identity) pHash distance is h <= confirm_phash matches when similarity >= confirm_cos +
+  confirm_slope * (h - phash). An embedding match stays a duplicate only if the pixel check agrees
+  (PairJudge.changed: aligned thumbnails, crop windows). Exact copies always match, in every method.
+
+Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
+bits, or one the embedding accepted and the pixel check refused while the pictures still line up over most
+of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (group_pairs).
+
+Candidates come from `hash_pairs` (the only all-pairs step over hashes: HammingIndex.self_join) and
+`embedding_pairs` (VectorIndex kNN with a score cut); every candidate, and every pair the grouping asks
+about, goes through the same test, `PairJudge.match`. Thresholds and the evidence behind them:
+DEFAULTS below, dedup.LEARNED, and the README's "Deduplication" section (python -m imgsim_fast.bench accuracy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imgsim_fast.index.mih import HammingIndex
+from imgsim_fast.features.extract import Features
+
+__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "Group", "hash_pairs",
+           "embedding_pairs", "candidate_pairs", "group_pairs", "changed_fraction", "crop_windows"]
+
+METHODS = ("auto", "phash", "embedding", "exact")
+# Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
+TRANSFORMS = ("none", "rot90", "rot180", "rot270", "mirror-lr", "mirror-tb", "transpose", "anti-transpose")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pair-test thresholds (pHash bits of 64; cosine similarities). See DEFAULTS for the chosen values."""
+
+    phash: int = 10            # identity pHash distance accepted on its own ...
+    phash_cos: float = -1.0    # ... when the embedding similarity is at least this (-1: whatever it is)
+    dihedral: int = 8          # distance to a flip/rotation accepted on its own
+    confirm_phash: int = 28    # largest hash distance an embedding may confirm
+    confirm_cos: float = 0.6   # cosine needed at h == phash ...
+    confirm_slope: float = 0.015  # ... plus this much per bit beyond it (0.87 at h == 28)
+    embed_cos: float = 0.88    # cosine accepted on its own, whatever the hashes say
+    centre_discount: float = 0.05  # a whole-vs-centre cosine counts this much less than a whole-whole one
+    knn: int = 32              # embedding neighbours examined per file
+    similar_phash: int = 18    # the look-alike tier (reported, never acted on): pHash within this ...
+    similar_cos: float = 0.80  # ... or embedding cosine at least this
+    # The pixel check (changed_fraction) of pairs the embedding accepted: such a pair stays a duplicate only
+    # when at most `changed_whole` of its whole thumbnails differs (aligned to a pixel), or at most
+    # `changed_crop` of the best crop window of one against the other (a cropped copy); otherwise it is a
+    # look-alike (dialogs of one application, charts of one style). Hash matches are not checked: at
+    # 64 px a check that separates slides or burst frames also splits JPEG and resized copies (tune half:
+    # recall 0.75 -> 0.62). Tune half, groups: no check P 0.758 R 0.894; these values P 0.954 R 0.764, chart
+    # and screenshot false pairs 516 and 593 -> 0 and 3 per 1,000 files (slides 685 -> 113, bursts
+    # 172 -> 129: at 64 px slides of one template differ in under 2% of their pixels).
+    changed_whole: float = 0.01
+    # A pair the embedding calls alike but the pixel check does not is a look-alike only when the pictures
+    # still line up over most of their area (crops, slides of one template: 1-10% differs); two unrelated
+    # photos the embedding happens to score high differ over a third or more, and are no pair at all.
+    similar_changed: float = 0.25
+    changed_crop: float = 0.05
+
+    def confirm_needed(self, h: int) -> float:
+        """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart."""
+        return self.confirm_cos + self.confirm_slope * max(0, h - self.phash)
+
+
+# Tuned on the "tune" half of the accuracy corpus and reported on the held-out "test" half (README).
+DEFAULTS = Thresholds()
+
+
+DUPLICATE_RULES = ("exact", "phash", "flip", "confirmed", "embedding")
+_TRANSFORM_WORDS = {"rot90": "rotated 90°", "rot180": "rotated 180°", "rot270": "rotated 270°",
+                    "mirror-lr": "mirrored", "mirror-tb": "flipped upside down",
+                    "transpose": "mirrored and rotated", "anti-transpose": "mirrored and rotated"}
+
+
+@dataclass(frozen=True)
+class Match:
+    """Why a pair matched (or not): distances and the rule that fired.
+
+    rule: one of DUPLICATE_RULES (the duplicate tier: the same picture), 'similar' (a look-alike, reported
+    for review only), 'keeper' (a group's kept file against itself) or '' (no match).
+    """
+
+    rule: str
+    phash: int                # identity pHash distance
+    dihedral: int             # smallest distance to a flipped/rotated variant of the other file
+    transform: str            # which variant gave `dihedral`
+    cos: float | None         # embedding cosine similarity, None without embeddings
+    changed: float | None = None  # fraction of the aligned thumbnails that differs (the pixel check)
+
+    @property
+    def duplicate(self) -> bool:
+        return self.rule in DUPLICATE_RULES
+
+    @property
+    def similar(self) -> bool:
+        return self.rule == "similar"
+
+    def __bool__(self) -> bool:
+        """True for the duplicate tier only: the test every removable file passes against its keeper."""
+        return self.duplicate
+
+    def describe(self) -> str:
+        """The match in plain words, e.g. 'mirrored copy, 2 bits apart'."""
+        cos = "" if self.cos is None else f", embedding similarity {self.cos:.2f}"
+        if self.rule == "keeper":
+            return "kept: the best file of the group"
+        if self.rule == "exact":
+            return "byte-identical copy"
+        if self.rule == "phash":
+            return "same picture, " + ("identical hash" if self.phash == 0 else _bits(self.phash) + " apart")
+        if self.rule == "flip":
+            return f"{_TRANSFORM_WORDS.get(self.transform, self.transform)} copy, {_bits(self.dihedral)} apart"
+        if self.rule == "confirmed":
+            return f"edited copy: {_bits(self.phash)} apart{cos}"
+        if self.rule == "embedding":
+            return f"edited or cropped copy{cos}, {_bits(self.phash)} apart"
+        if self.rule == "similar":
+            diff = "" if self.changed is None else f", {self.changed:.0%} of the picture differs"
+            return f"look-alike, not a duplicate: {_bits(self.phash)} apart{cos}{diff}"
+        return "no match"
+
+
+def _bits(d: int) -> str:
+    return f"{d} bit{'s' if d != 1 else ''}"
+
+
+KEEPER = Match("keeper", 0, 0, "none", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pixel check
+
+# A thumbnail pixel has "changed" when the two z-normalised thumbnails (zero mean, unit deviation, so a
+# brightness, contrast or greyscale edit changes nothing) differ there by more than this many deviations.
+CHANGED_TAU = 1.0
+# Crop windows for embedding matches: the whole picture, then 80% and 90% of the side at 3 x 3 offsets,
+# compared at half size (a crop's offset is then off by at most a few pixels).
+_CROP_FRACTIONS = (1.0, 0.8, 0.9)
+_HALF = 32
+
+
+# The deviation is floored, so that in a flat picture (a plain background, a faint gradient) compression
+# noise of a few grey levels does not count as change.
+_MIN_STD = 12.0
+
+
+def _znorm(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=(-2, -1), keepdims=True)
+    return x / np.maximum(x.std(axis=(-2, -1), keepdims=True), _MIN_STD)
+
+
+def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest fraction of differing pixels of z-normalised a and b over shifts of up to one pixel."""
+    h, w = a.shape
+    core = a[1:h - 1, 1:w - 1]
+    return min(float((np.abs(core - b[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]) > CHANGED_TAU).mean())
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def crop_windows(thumb: np.ndarray) -> np.ndarray:
+    """(19, 32, 32) z-normalised windows of a thumbnail, the whole first: what a cropped copy could show."""
+    from PIL import Image
+
+    side = thumb.shape[0]
+    out = []
+    for f in _CROP_FRACTIONS:
+        s = int(round(side * f))
+        offsets = np.unique(np.linspace(0, side - s, 3).astype(int))
+        for oy in offsets:
+            for ox in offsets:
+                win = Image.fromarray(np.ascontiguousarray(thumb[oy:oy + s, ox:ox + s]))
+                out.append(np.asarray(win.resize((_HALF, _HALF), Image.Resampling.BOX), np.float32))
+    return _znorm(np.stack(out))
+
+
+class PairJudge:
+    """The one pair test of a method over a Features set, with the distances it used."""
+
+    def __init__(self, features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
+                 flips: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if method == "embedding" and features.embeddings is None:
+            raise ValueError("method 'embedding' needs embeddings (compute_features(embed=True))")
+        self.f = features
+        self.method = method
+        self.t = thresholds
+        self.flips = flips
+        self.digests = [x.digest for x in features.facts]
+        # Unpacked bits (n, 8, 64) make one pair's 8 distances a single vector operation.
+        n = len(features)
+        words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
+        self._bits = np.unpackbits(np.ascontiguousarray(features.phash8).view(np.uint8).reshape(n, 8, 8 * words),
+                                   axis=2).astype(bool)
+        self.emb = features.embeddings
+        self.centre = features.centre_embeddings
+        self.thumbs = features.thumbs
+        self._zcache: dict[int, np.ndarray] = {}
+        self._wcache: dict[int, np.ndarray] = {}
+
+    def cosine(self, i: int, j: int) -> float | None:
+        """Embedding similarity: whole-whole, or whole-centre either way less `centre_discount` if higher.
+
+        The discount: taking the best of three cosines lifts unrelated pairs too. On the tune half the
+        closest unrelated pair went from 0.768 (whole-whole) to 0.813 (best of three), while the 99.99th
+        percentile of unrelated pairs did not move; 0.05 takes that lift back off the tail.
+        """
+        if self.emb is None:
+            return None
+        c = float(self.emb[i] @ self.emb[j])
+        if self.centre is not None:
+            x = max(float(self.emb[i] @ self.centre[j]), float(self.centre[i] @ self.emb[j]))
+            c = max(c, x - self.t.centre_discount)
+        return c
+
+    def distances(self, i: int, j: int) -> tuple[int, int, int]:
+        """(identity distance, smallest flipped/rotated distance, index of that variant)."""
+        d = (self._bits[i, 0][None, :] != self._bits[j]).sum(axis=1)
+        if not self.flips:
+            return int(d[0]), 10**6, 0
+        k = int(np.argmin(d[1:])) + 1
+        return int(d[0]), int(d[k]), k
+
+    def match(self, i: int, j: int) -> Match:
+        d0, dk, k = self.distances(i, j)
+        cos = self.cosine(i, j)
+        t = self.t
+        rule = ""
+        if self.digests[i] == self.digests[j]:
+            rule = "exact"
+        elif self.method in ("phash", "auto") and d0 <= t.phash and (cos is None or cos >= t.phash_cos):
+            rule = "phash"
+        elif self.method in ("phash", "auto") and dk <= t.dihedral:
+            rule = "flip"
+        elif self.method == "auto" and cos is not None:
+            # Only the identity distance is confirmed: an embedding is not rotation-invariant, so it cannot
+            # vouch for a flipped or rotated hash match (those stand on the hash alone, `dihedral`).
+            if d0 <= t.confirm_phash and cos >= t.confirm_needed(d0):
+                rule = "confirmed"
+            elif cos >= t.embed_cos:
+                rule = "embedding"
+        elif self.method == "embedding" and cos >= t.embed_cos:
+            rule = "embedding"
+        changed = None
+        if rule in ("confirmed", "embedding") and self.thumbs is not None:
+            whole, crop = self.changed(i, j)
+            changed = min(whole, crop)
+            if whole > t.changed_whole and crop > t.changed_crop:
+                rule = ""
+        alike = cos is not None and cos >= t.similar_cos and (changed is None or changed <= t.similar_changed)
+        if not rule and self.method != "exact" and (d0 <= t.similar_phash or alike):
+            rule = "similar"
+        return Match(rule, d0, dk if self.flips else -1, TRANSFORMS[k] if self.flips else "none", cos, changed)
+
+    def changed(self, i: int, j: int) -> tuple[float, float]:
+        """The pixel check of an embedding match: fractions of differing thumbnail pixels, (whole pictures
+        aligned to a pixel, best crop window of either against the other whole: crop_windows)."""
+        whole = changed_fraction(self._z(i), self._z(j))
+        wi, wj = self._windows(i), self._windows(j)  # window 0 is the whole picture
+        crop = min(float((np.abs(wi[1:] - wj[0]) > CHANGED_TAU).mean(axis=(1, 2)).min()),
+                   float((np.abs(wj[1:] - wi[0]) > CHANGED_TAU).mean(axis=(1, 2)).min()))
+        return whole, crop
+
+    def _z(self, i: int) -> np.ndarray:
+        z = self._zcache.get(i)
+        if z is None:
+            z = self._zcache[i] = _znorm(self.thumbs[i].astype(np.float32))
+        return z
+
+    def _windows(self, i: int) -> np.ndarray:
+        w = self._wcache.get(i)
+        if w is None:
+            w = self._wcache[i] = crop_windows(self.thumbs[i])
+        return w
+
+
+# ------------------------------------------------------------------------------------------------
+# Candidate pairs
+
+
+def hash_pairs(phash8: np.ndarray, radius: int, dihedral_radius: int | None = None,
+               chunk_size: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) with pHash within `radius`, or a flip/rotation within `dihedral_radius` (None: none).
+
+    The only all-pairs step over hashes: one HammingIndex (multi-index hashing) over the identity codes,
+    or over all 8 variants of every file (id 8*i + k) when flips are wanted, and its exact self-join.
+    A variant pair counts when one side is an identity code: d(code_i, variant_k(j)).
+    """
+    phash8 = np.ascontiguousarray(phash8, dtype=np.uint64)
+    n, _, words = phash8.shape
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    flips = dihedral_radius is not None
+    index = HammingIndex(bits=64 * words)
+    if flips:
+        index.add(phash8.reshape(n * 8, words), np.arange(n * 8, dtype=np.int64))
+        r = max(radius, dihedral_radius)
+    else:
+        index.add(phash8[:, 0, :], np.arange(n, dtype=np.int64))
+        r = radius
+    out_i, out_j = [], []
+    for a, b, d in index.self_join(r, chunk_size=chunk_size):
+        if flips:
+            ia, ka, ib, kb = a // 8, a % 8, b // 8, b % 8
+            ident = (ka == 0) & (kb == 0)
+            keep = (ia != ib) & ((ka == 0) | (kb == 0)) & np.where(ident, d <= radius, d <= dihedral_radius)
+            a, b = ia[keep], ib[keep]
+        else:
+            keep = d <= radius
+            a, b = a[keep], b[keep]
+        out_i.append(np.minimum(a, b))
+        out_j.append(np.maximum(a, b))
+    return _unique_pairs(out_i, out_j)
+
+
+def embedding_pairs(embeddings: np.ndarray, min_cos: float, k: int = 32,
+                    centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) where j is among i's k nearest embeddings (or i among j's) with cosine >= min_cos.
+
+    A VectorIndex (exact below 10,000 vectors, HNSW above) answers one kNN query per vector; the score cut
+    turns it into a range query bounded by k. With `centre` (the centre-crop views), both views of every
+    file go into one index (row v*n + i is file i) and are queried, so whole-centre pairs are found too
+    (centre-centre ones as well; the pair test decides).
+    """
+    from imgsim_fast.index.vectors import VectorIndex
+
+    n = len(embeddings)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    vecs = embeddings if centre is None else np.concatenate([embeddings, centre])
+    m = len(vecs)
+    vi = VectorIndex(vecs.shape[1])
+    vi.add(vecs, np.arange(m, dtype=np.int64))
+    views = m // n
+    ids, scores = vi.knn(vecs, k=min(views * (k + 1), m))
+    rows = np.repeat(np.arange(m) % n, ids.shape[1])
+    ids, scores = ids.ravel(), scores.ravel()
+    keep = (ids >= 0) & (scores >= min_cos)
+    a, b = rows[keep], ids[keep] % n
+    keep = a != b
+    a, b = a[keep], b[keep]
+    return _unique_pairs([np.minimum(a, b)], [np.maximum(a, b)])
+
+
+def _unique_pairs(ii: list, jj: list) -> tuple[np.ndarray, np.ndarray]:
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i = np.concatenate(ii).astype(np.int64)
+    j = np.concatenate(jj).astype(np.int64)
+    if not len(i):
+        return i, j
+    key = np.unique(i * (int(j.max()) + 1) + j)
+    return key // (int(j.max()) + 1), key % (int(j.max()) + 1)
+
+
+def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair the method could accept, before the pair test: digests, hashes, embeddings."""
+    f, t = judge.f, judge.t
+    parts_i, parts_j = [], []
+    by_digest: dict[str, int] = {}
+    for idx, d in enumerate(judge.digests):  # exact copies: a star on the first file with that digest
+        first = by_digest.setdefault(d, idx)
+        if first != idx:
+            parts_i.append(np.array([first]))
+            parts_j.append(np.array([idx]))
+    if judge.method in ("phash", "auto"):
+        a, b = hash_pairs(f.phash8, max(t.phash, t.similar_phash), t.dihedral if judge.flips else None)
+        parts_i.append(a)
+        parts_j.append(b)
+    if judge.method in ("embedding", "auto") and f.embeddings is not None:
+        a, b = embedding_pairs(f.embeddings, min(t.similar_cos, t.confirm_cos if judge.method == "auto"
+                                                 else t.embed_cos), t.knn, f.centre_embeddings)
+        parts_i.append(a)
+        parts_j.append(b)
+    return _unique_pairs(parts_i, parts_j)
+
+
+# ------------------------------------------------------------------------------------------------
+# Groups
+
+
+@dataclass
+class Group:
+    """One group, best first: members[0] is the keeper, and every other member matched it directly.
+
+    tier 'duplicate': each member is the same picture as the keeper (Match.duplicate); only this tier is
+    ever acted on. tier 'similar': look-alikes of the keeper (bursts, variants, pages of one template),
+    reported for review.
+    """
+
+    members: list[int]
+    matches: list[Match] = field(default_factory=list)  # matches[k]: members[k] against the keeper
+    tier: str = "duplicate"
+
+
+def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, ranker) -> list[Group]:
+    """Duplicate groups, then look-alike groups, from candidate pairs; each a star around its keeper.
+
+    ranker(members) -> {member: sort key}: keep-best among files found together (keep.keep_ranks).
+    Duplicate tier: components of duplicate pairs (union-find); in each, the best-ranked file that has a
+    duplicate left becomes a keeper and takes every remaining file that is a duplicate of it directly; the
+    rest go round again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits,
+    or a run of look-alikes each close to the next, never makes A and C one group unless both match the
+    keeper. Similar tier: the same over the files no duplicate group absorbed (keepers and loners), with
+    pairs of either tier, so a burst of shots shows up once, by its best frame.
+    """
+    ii, jj = pairs
+    dup: dict[int, dict[int, Match]] = {}
+    near: dict[int, dict[int, Match]] = {}
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        m = judge.match(a, b)
+        if m.duplicate or m.similar:
+            for x, y in ((a, b), (b, a)):
+                near.setdefault(x, {})[y] = m
+                if m.duplicate:
+                    dup.setdefault(x, {})[y] = m
+    groups = _stars(n, dup, ranker, "duplicate", judge)
+    absorbed = {m for g in groups for m in g.members[1:]}
+    free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
+    groups += _stars(n, free, ranker, "similar", judge)
+    groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
+    return groups
+
+
+def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str, judge: PairJudge) -> list[Group]:
+    """Star groups over `adj` (see group_pairs). Byte-identical files are candidates only as a star on the
+    first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
+    or of a member: the same bytes match the keeper exactly as the member does."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, nbrs in adj.items():
+        for b in nbrs:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    comps: dict[int, list[int]] = {}
+    for x in adj:
+        comps.setdefault(find(x), []).append(x)
+    digests = judge.digests
+    groups = []
+    for comp in comps.values():
+        if len(comp) < 2:
+            continue
+        rank = ranker(comp)
+        remaining = sorted(comp, key=rank.__getitem__)
+        while len(remaining) >= 2:
+            left = set(remaining)
+            keeper = next((x for x in remaining if left.intersection(adj.get(x, ()))), None)
+            if keeper is None:
+                break
+            near = adj[keeper]
+            chosen = {keeper} | {x for x in remaining if x in near}
+            same = {digests[x] for x in chosen}
+            matches = {x: near[x] for x in chosen if x != keeper}
+            for x in remaining:
+                if x not in chosen and digests[x] in same:
+                    matches[x] = judge.match(keeper, x)
+            members = [keeper] + [x for x in remaining if x in matches]
+            remaining = [x for x in remaining if x != keeper and x not in matches]
+            groups.append(Group(members, [KEEPER] + [matches[x] for x in members[1:]], tier))
+    return groups

@@ -1,0 +1,130 @@
+"""The action manifest's format: JSON lines, each carrying an HMAC-SHA256 over the MAC of the line before and
+its own content, under a random key made for the run and kept beside its quarantine (0600).
+
+A line torn by a kill mid-write does not parse and is skipped (its action had not started); any other change
+to a line, or to the order of lines, breaks the chain. Paths keep their exact bytes: JSON's ASCII escapes
+carry the lone surrogates of undecodable names (PEP 383). What a line may say is checked by actions.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import stat
+
+from imgsim_fast.io.names import display_path as _shown
+from imgsim_fast.jobs.dedup.safe_fs import FILE_FLAGS, NEW_FILE_FLAGS, Blocked, dir_at, fsync_dir
+
+__all__ = ["KEY_NAME", "MANIFEST_VERSION", "ManifestWriter", "line_mac", "parse_lines", "read_key",
+           "verify_chain", "write_key"]
+
+MANIFEST_VERSION = 2  # 2: HMAC chain, recorded folders, run key (version 1 manifests are refused)
+KEY_NAME = re.compile(r"imgsim-run-[0-9A-Za-z-]{1,64}\.key")
+
+
+def line_mac(key: bytes, prev: str, obj: dict) -> str:
+    """HMAC-SHA256 of the previous line's MAC and `obj` as canonical JSON (sorted keys, ASCII escapes,
+    so exact for non-UTF-8 names too)."""
+    body = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, f"{prev}\n{body}".encode("ascii"), hashlib.sha256).hexdigest()
+
+
+class ManifestWriter:
+    """Append-only; every line flushed and fsynced before write() returns; locked (flock) while open, so
+    an undo cannot race the run it undoes."""
+
+    def __init__(self, f, key: bytes | None, prev: str = ""):
+        self.f, self.key, self.prev = f, key, prev
+
+    @classmethod
+    def create(cls, path: str, key: bytes | None, header: dict) -> "ManifestWriter":
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # O_EXCL: a manifest is never overwritten, so an earlier run's undo record cannot be lost.
+        f = os.fdopen(os.open(path, NEW_FILE_FLAGS, 0o644), "ab")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        fsync_dir(os.path.dirname(path))
+        m = cls(f, key)
+        m.write(header)
+        return m
+
+    def write(self, obj: dict) -> None:
+        if self.key is not None:
+            self.prev = line_mac(self.key, self.prev, obj)
+            obj = {**obj, "mac": self.prev}
+        self.f.write(json.dumps(obj).encode("ascii") + b"\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def write_key(quarantine: str, run: str) -> tuple[str, bytes]:
+    """A new random key in the quarantine, readable by its owner only; (file name, key)."""
+    key = secrets.token_bytes(32)
+    name = f"imgsim-run-{run}.key"
+    with dir_at(quarantine) as qfd:
+        fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=qfd)
+        try:
+            os.write(fd, key.hex().encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(qfd)
+    return name, key
+
+
+def read_key(quarantine: str, name: str) -> bytes:
+    """The run's key, if it is a regular file in the quarantine, owned by the user running undo and
+    readable by nobody else (another user cannot have written it); raises Blocked otherwise."""
+    shown = _shown(os.path.join(quarantine, name))
+    with dir_at(quarantine) as qfd:
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=qfd)
+        except OSError as e:
+            why = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be opened ({e.strerror})"
+            raise Blocked(f"its key {shown} {why}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise Blocked(f"its key {shown} is not a private file of this user")
+            text = os.read(fd, 256).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise Blocked(f"its key {shown} is damaged") from None
+
+
+def parse_lines(data: bytes) -> list[tuple[int, dict]]:
+    """(line number, object) of each complete line. A line that does not parse was torn by a kill in the
+    middle of writing it; its action had not started, and the MAC chain skips it."""
+    out = []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(obj, dict):
+            raise Blocked(f"line {n} is not a manifest record")
+        out.append((n, obj))
+    return out
+
+
+def verify_chain(lines: list[tuple[int, dict]], key: bytes) -> str:
+    """Check every line's MAC (removing it from the line); the last MAC, to chain an appended line to."""
+    prev = ""
+    for n, obj in lines:
+        mac = obj.pop("mac", None)
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, line_mac(key, prev, obj)):
+            raise Blocked(f"line {n} was changed after the run (its MAC does not verify)")
+        prev = mac
+    return prev

@@ -1,0 +1,195 @@
+"""Dedup reports: JSON and CSV for machines; for people, a review page on which they decide.
+
+The review page (`write_html`) is rendered from templates/review.html.j2 (Jinja2, autoescaped). Its
+thumbnails are small JPEG files in a folder beside it (`report_files/` for `report.html`, named by
+position, never after a user's file name) and load lazily, so a page of 10,000 groups opens quickly.
+On the page a person changes a group's keeper, marks and unmarks files, filters duplicates from merely
+similar pictures, and exports the decisions as a plan (JSON, format in plan.py) that
+`imgsim dedup --apply PLAN` carries out. Every member carries plain words saying why it is in its group.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+from imgsim_fast.io.atomic_write import check_target, write_text
+from imgsim_fast.io.names import display_path, path_text
+
+__all__ = ["write_json", "write_csv", "write_html", "render_review", "thumbs_folder",
+           "CSV_COLUMNS", "THUMB_SIDE"]
+
+CSV_COLUMNS = ("group", "keep", "reference", "path", "rule", "phash_distance", "flip_distance", "flip",
+               "cosine", "width", "height", "format", "bytes", "digest", "tier", "why", "removable")
+THUMB_SIDE = 160
+THUMB_QUALITY = 75  # 3-4 KB per 160 px thumbnail of a photo
+# Marks a thumbnail folder as ours: an existing folder without it is never written into.
+_MARKER = ".imgsim-review"
+_THUMB_NAME = re.compile(r"^\d+\.jpg$")
+
+
+def _as_text(doc: dict) -> dict:
+    """`doc` with every path made valid Unicode by names.path_text (the rule for JSON and CSV reports); only
+    the review page's plan data keeps exact paths, as a plan must name the very file."""
+    for g in doc["groups"]:
+        g["keep"] = path_text(g["keep"])
+        g["files"] = [path_text(p) for p in g["files"]]
+        for m in g["members"]:
+            m["path"] = path_text(m["path"])
+    for e in doc["errors"]:
+        e["path"] = path_text(e["path"])
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine-readable
+
+
+def write_json(result, path: str, extra: dict | None = None) -> None:
+    doc = _as_text(result.to_dict())
+    doc.update(extra or {})
+    write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def write_csv(result, path: str) -> None:
+    """One row per group member, groups numbered from 1; the keeper is the first row of its group."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for gi, g in enumerate(_as_text(result.to_dict())["groups"], 1):
+        for m in g["members"]:
+            w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:-3]]
+                       + [g["tier"], m["why"], int(m["removable"])])
+    write_text(path, buf.getvalue(), newline="")  # newline="": the csv module wrote its own \r\n
+
+
+# ------------------------------------------------------------------------------------------------
+# The review page
+
+
+def thumbs_folder(page: str) -> str:
+    """The thumbnail folder of a page: report.html -> report_files beside it."""
+    stem = os.path.splitext(os.path.basename(page))[0] or "report"
+    return os.path.join(os.path.dirname(os.path.abspath(page)), f"{stem}_files")
+
+
+def _prepare_folder(folder: str) -> None:
+    """Create the thumbnail folder, or empty an earlier run's one of its thumbnails; refuse a folder of
+    the same name that is not ours (it could hold the user's files)."""
+    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, _MARKER)):
+        if os.listdir(folder):
+            raise ValueError(f"{folder} exists and was not made by imgsim; move it or choose another page name")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, _MARKER), "w", encoding="utf-8") as f:
+        f.write("thumbnails of an imgsim dedup review page\n")
+    for name in os.listdir(folder):
+        if _THUMB_NAME.match(name):
+            os.unlink(os.path.join(folder, name))
+
+
+def _thumb_chunk(chunk: list[tuple[int, str, str]], side: int) -> list[tuple[int, tuple[int, int] | None]]:
+    """Pool worker: write each (index, source, destination) as a JPEG thumbnail; its size, or None."""
+    from imgsim_fast.reports.sheet import thumbnail
+
+    out = []
+    for i, src, dst in chunk:
+        try:
+            im = thumbnail(src, side)
+        except OSError:
+            im = None
+        if im is not None:
+            im.save(dst, format="JPEG", quality=THUMB_QUALITY)
+        out.append((i, None if im is None else im.size))
+    return out
+
+
+def _thumb_failed(item, reason, kind, side):
+    return [(item[0], None)]
+
+
+def make_thumbs(paths: list[str], folder: str, workers: int | None = None,
+                side: int = THUMB_SIDE) -> list[tuple[int, int] | None]:
+    """Thumbnail i of paths[i] as folder/i.jpg, on the pipeline's crash-isolating pool; sizes (None: none)."""
+    from imgsim_fast.runtime.pool import default_workers, run_pool
+
+    items = [(i, p, os.path.join(folder, f"{i}.jpg")) for i, p in enumerate(paths)]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(items) < 32:
+        results = [_thumb_chunk(items, side)]
+    else:
+        step = max(8, min(64, len(items) // (4 * workers) or 1))
+        chunks = [items[k:k + step] for k in range(0, len(items), step)]
+        results = run_pool(_thumb_chunk, chunks, side, workers, lambda n: None, _thumb_failed)
+    sizes: list = [None] * len(paths)
+    for res in results:
+        for i, size in res:
+            sizes[i] = size
+    return sizes
+
+
+_ENV = None
+
+
+def _template():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+
+        # PackageLoader reads the template from the installed package (package data in pyproject.toml).
+        _ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgsim_fast.reports", "templates"),
+                                  autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                  undefined=jinja2.StrictUndefined)
+    return _ENV.get_template("review.html.j2")
+
+
+def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots=(), reference=(),
+                  title: str = "imgsim dedup review", page_name: str = "report.html") -> str:
+    """The review page's HTML for `doc` (DedupResult.to_dict()'s form: groups with "tier", members with "why"
+    and "removable"). Files are numbered in group order; file i's
+    thumbnail is thumbs/i.jpg (a URL relative to the page) of size sizes[i], or absent when that is None."""
+    files = []
+    for g in doc["groups"]:
+        for m in g["members"]:
+            # Exact absolute paths for the plan (a non-UTF-8 name stays lone surrogates, JSON-escaped).
+            path = os.path.abspath(m["path"])
+            tw, th = sizes[len(files)] or (0, 0)
+            files.append([path, m["digest"], m["bytes"], bool(m["removable"]), bool(m["reference"]), m["why"],
+                          m["width"], m["height"], m["format"], tw, th, Path(path).as_uri(), display_path(m["path"])])
+    n_dup = sum(g["tier"] == "duplicate" for g in doc["groups"])
+    data = {
+        "roots": [os.path.abspath(r) for r in roots],
+        "reference": [os.path.abspath(r) for r in reference],
+        "report": path_text(page_name),
+        "thumbs": thumbs,
+        "files": files,
+        "groups": [], "tiers": [g["tier"] for g in doc["groups"]], "exact": [bool(g["exact"]) for g in doc["groups"]],
+    }
+    k = 0
+    for g in doc["groups"]:
+        data["groups"].append(list(range(k, k + len(g["members"]))))
+        k += len(g["members"])
+    return _template().render(
+        title=title, n_duplicate=n_dup, n_similar=len(doc["groups"]) - n_dup,
+        files_scanned=doc["files_scanned"], method=doc["method"], keep_order=", ".join(doc["keep_order"]),
+        roots=[display_path(r) for r in data["roots"]],
+        errors=[{**e, "shown": display_path(e["path"])} for e in doc["errors"]],
+        data=data)
+
+
+def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(), reference=(),
+               workers: int | None = None) -> str:
+    """The review page at `path` and its thumbnails in thumbs_folder(path); returns that folder.
+    roots / reference: the folders the run scanned and its reference folders (they go into the plan)."""
+    doc = result.to_dict()
+    paths = [m["path"] for g in doc["groups"] for m in g["members"]]
+    check_target(path)  # before the thumbnail folder is made: a page that cannot be written leaves nothing
+    folder = thumbs_folder(path)
+    _prepare_folder(folder)
+    sizes = make_thumbs(paths, folder, workers)
+    write_text(path, render_review(doc, sizes, thumbs=quote(os.path.basename(folder)), roots=roots,
+                                   reference=reference, title=title, page_name=os.path.basename(path)))
+    return folder
