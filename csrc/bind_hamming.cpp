@@ -1,16 +1,16 @@
 // pybind11 glue for the Hamming kernels (hamming.h): input checks (TypeError / ValueError), GIL release
 // around the scans, NumPy results. No algorithms here; conversions of user input live in
-// imgsim_fast/hamming.py, which hands over C-contiguous uint64 arrays.
+// imgsim_fast/index/hamming.py, which hands over C-contiguous uint64 arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "bind_args.h"
 #include "cpu_features.h"
 #include "hamming.h"
 
@@ -21,27 +21,8 @@ namespace {
 // Codes wider than this could overflow the int32 distances (64 * words < 2^31).
 constexpr size_t kMaxWords = size_t(1) << 24;
 
-std::string type_name(const py::handle& obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
-
-// A C-contiguous native uint64 array of the given ndim, else TypeError (not an ndarray) or ValueError.
-py::array codes_arg(const py::handle& obj, const char* what, int ndim) {
-    if (!py::isinstance<py::array>(obj)) {
-        throw py::type_error(std::string(what) + " must be a numpy.ndarray of uint64, got " + type_name(obj));
-    }
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    if (!py::array_t<uint64_t>::check_(arr)) {
-        throw py::value_error(std::string(what) + " must have dtype uint64 (native byte order), got " +
-                              std::string(py::str(arr.dtype())));
-    }
-    if (arr.ndim() != ndim) {
-        throw py::value_error(std::string(what) + " must be " + std::to_string(ndim) + "-D, got " +
-                              std::to_string(arr.ndim()) + "-D");
-    }
-    if (!(arr.flags() & py::array::c_style)) {
-        throw py::value_error(std::string(what) + " must be C-contiguous (imgsim_fast.hamming converts it)");
-    }
-    return arr;
-}
+using imgsim_py::codes_arg;
+using imgsim_py::to_array;
 
 size_t words_of(const py::array& a) { return static_cast<size_t>(a.shape(a.ndim() - 1)); }
 
@@ -55,17 +36,6 @@ void check_words(size_t words, size_t other, const char* what) {
 }
 
 const uint64_t* ptr(const py::array& a) { return static_cast<const uint64_t*>(a.data()); }
-
-// A 1-D array owning the vector's buffer (no copy).
-template <typename T>
-py::array_t<T> to_array(std::vector<T>&& v) {
-    auto holder = std::make_unique<std::vector<T>>(std::move(v));
-    const auto n = static_cast<py::ssize_t>(holder->size());
-    T* data = holder->data();
-    py::capsule owner(holder.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    holder.release();
-    return py::array_t<T>({n}, {static_cast<py::ssize_t>(sizeof(T))}, data, owner);
-}
 
 imgsim::Isa isa_arg(const std::string& name) {
     imgsim::Isa isa;

@@ -1,6 +1,6 @@
 // pybind11 glue for multi-index hashing (mih.h): input checks (TypeError / ValueError), GIL release
 // around every search and update, NumPy results, and the mapping of the index's errors to Python's.
-// Conversions of user input live in imgsim_fast/mih.py, which hands over C-contiguous arrays.
+// Conversions of user input live in imgsim_fast/index/mih.py, which hands over C-contiguous arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "bind_args.h"
 #include "mih.h"
 
 namespace py = pybind11;
@@ -19,24 +20,8 @@ using imgsim::MihSelfJoin;
 
 namespace {
 
-std::string type_name(const py::handle& obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
-
-// A C-contiguous native array of T with the given ndim, else TypeError (not an ndarray) or ValueError.
-template <typename T>
-py::array array_arg(const py::handle& obj, const char* what, int ndim, const char* dtype) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(what) + " must be a numpy.ndarray of " + dtype + ", got " + type_name(obj));
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    if (!py::array_t<T>::check_(arr))
-        throw py::value_error(std::string(what) + " must have dtype " + dtype + " (native byte order), got " +
-                              std::string(py::str(arr.dtype())));
-    if (arr.ndim() != ndim)
-        throw py::value_error(std::string(what) + " must be " + std::to_string(ndim) + "-D, got " +
-                              std::to_string(arr.ndim()) + "-D");
-    if (!(arr.flags() & py::array::c_style))
-        throw py::value_error(std::string(what) + " must be C-contiguous (imgsim_fast.mih converts it)");
-    return arr;
-}
+using imgsim_py::array_arg;
+using imgsim_py::to_array;
 
 py::array codes_arg(const MihIndex& ix, const py::handle& obj, const char* what) {
     py::array a = array_arg<uint64_t>(obj, what, 2, "uint64");
@@ -45,16 +30,6 @@ py::array codes_arg(const MihIndex& ix, const py::handle& obj, const char* what)
                               std::to_string(64 * ix.words()) + "-bit codes, got (n, " + std::to_string(a.shape(1)) +
                               ")");
     return a;
-}
-
-// A NumPy array owning the vector's buffer (no copy), with the given shape.
-template <typename T>
-py::array_t<T> to_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-    auto holder = std::make_unique<std::vector<T>>(std::move(v));
-    T* data = holder->data();
-    py::capsule owner(holder.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    holder.release();
-    return py::array_t<T>(shape, data, owner);
 }
 
 uint32_t radius_arg(int64_t r) {

@@ -67,22 +67,17 @@ inline __m256i query_vector(const uint64_t* q) {
     return load(q);
 }
 
-inline uint32_t row_distance(const uint64_t* q, const uint64_t* x, size_t words) {
-    uint64_t s = 0;
-    for (size_t j = 0; j < words; ++j) s += static_cast<uint64_t>(_mm_popcnt_u64(q[j] ^ x[j]));
-    return static_cast<uint32_t>(s);
-}
-
 // The low 32 bits of each 64-bit lane, packed into 128 bits.
 inline __m128i narrow32(__m256i s) {
     return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
 }
 
-template <size_t W, typename T>
-void dist_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T* d) {
-    size_t i = 0;
-    if constexpr (W != 0) {
+// The SIMD blocks hamming_impl.h calls: 4 rows per step for distances, 8 for the filter.
+struct Avx2 {
+    template <size_t W, typename T>
+    static size_t dist_block(const uint64_t* q, const uint64_t* db, size_t n, T* d) {
         const __m256i qv = query_vector<W>(q);
+        size_t i = 0;
         for (; i + 4 <= n; i += 4) {
             const __m128i v = narrow32(block4<W>(qv, db + i * W));
             if constexpr (sizeof(T) == 4) {
@@ -91,19 +86,16 @@ void dist_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T*
                 _mm_storel_epi64(reinterpret_cast<__m128i*>(d + i), _mm_packus_epi32(v, v));
             }
         }
+        return i;
     }
-    const size_t w = W ? W : words;
-    for (; i < n; ++i) d[i] = static_cast<T>(row_distance(q, db + i * w, w));
-}
 
-template <size_t W>
-size_t filter_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, uint32_t thresh,
-                   uint32_t* idx, uint32_t* dist) {
-    size_t c = 0, i = 0;
-    if constexpr (W != 0) {
+    template <size_t W>
+    static size_t filter_block(const uint64_t* q, const uint64_t* db, size_t n, uint32_t thresh, uint32_t* idx,
+                               uint32_t* dist, size_t* count) {
         const __m256i qv = query_vector<W>(q);
         // Distances are < 2^31, so the signed 64-bit compare is exact.
         const __m256i tv = _mm256_set1_epi64x(static_cast<long long>(thresh));
+        size_t c = *count, i = 0;
         for (; i + 8 <= n; i += 8) {
             const __m256i s0 = block4<W>(qv, db + i * W);
             const __m256i s1 = block4<W>(qv, db + (i + 4) * W);
@@ -123,42 +115,19 @@ size_t filter_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words
                 m &= m - 1;
             }
         }
+        *count = c;
+        return i;
     }
-    const size_t w = W ? W : words;
-    for (; i < n; ++i) {
-        const uint32_t d = row_distance(q, db + i * w, w);
-        if (d <= thresh) {
-            idx[c] = static_cast<uint32_t>(i);
-            dist[c] = d;
-            ++c;
-        }
-    }
-    return c;
-}
-
-template <typename T>
-void dist_any(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T* d) {
-    switch (words) {
-        case 1: return dist_impl<1>(q, db, n, words, d);
-        case 2: return dist_impl<2>(q, db, n, words, d);
-        case 4: return dist_impl<4>(q, db, n, words, d);
-        default: return dist_impl<0>(q, db, n, words, d);
-    }
-}
-
-size_t filter_any(const uint64_t* q, const uint64_t* db, size_t n, size_t words, uint32_t thresh,
-                  uint32_t* idx, uint32_t* dist) {
-    switch (words) {
-        case 1: return filter_impl<1>(q, db, n, words, thresh, idx, dist);
-        case 2: return filter_impl<2>(q, db, n, words, thresh, idx, dist);
-        case 4: return filter_impl<4>(q, db, n, words, thresh, idx, dist);
-        default: return filter_impl<0>(q, db, n, words, thresh, idx, dist);
-    }
-}
+};
 
 }  // namespace
+}  // namespace imgsim
 
-const HammingKernels kAvx2Kernels = {dist_any<uint32_t>, dist_any<uint16_t>, filter_any};
+#include "hamming_impl.h"
+
+namespace imgsim {
+
+const HammingKernels kAvx2Kernels = kernels_for<Avx2>();
 
 }  // namespace imgsim
 

@@ -59,17 +59,12 @@ inline __m512i query_vector(const uint64_t* q) {
     return _mm512_maskz_broadcast_i64x4(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
 }
 
-inline uint32_t row_distance(const uint64_t* q, const uint64_t* x, size_t words) {
-    uint64_t s = 0;
-    for (size_t j = 0; j < words; ++j) s += static_cast<uint64_t>(_mm_popcnt_u64(q[j] ^ x[j]));
-    return static_cast<uint32_t>(s);
-}
-
-template <size_t W, typename T>
-void dist_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T* d) {
-    size_t i = 0;
-    if constexpr (W != 0) {
+// The SIMD blocks hamming_impl.h calls: 8 rows per step for distances, 16 for the filter.
+struct Avx512 {
+    template <size_t W, typename T>
+    static size_t dist_block(const uint64_t* q, const uint64_t* db, size_t n, T* d) {
         const __m512i qv = query_vector<W>(q);
+        size_t i = 0;
         for (; i + 8 <= n; i += 8) {
             const __m512i s = block8<W>(qv, db + i * W);
             if constexpr (sizeof(T) == 4) {
@@ -78,20 +73,17 @@ void dist_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T*
                 _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm512_maskz_cvtepi64_epi16(kAll, s));
             }
         }
+        return i;
     }
-    const size_t w = W ? W : words;
-    for (; i < n; ++i) d[i] = static_cast<T>(row_distance(q, db + i * w, w));
-}
 
-template <size_t W>
-size_t filter_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words, uint32_t thresh,
-                   uint32_t* idx, uint32_t* dist) {
-    size_t c = 0, i = 0;
-    if constexpr (W != 0) {
+    template <size_t W>
+    static size_t filter_block(const uint64_t* q, const uint64_t* db, size_t n, uint32_t thresh, uint32_t* idx,
+                               uint32_t* dist, size_t* count) {
         const __m512i qv = query_vector<W>(q);
         const __m512i tv = _mm512_set1_epi64(static_cast<long long>(thresh));
         const __m512i lo32 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        size_t c = *count, i = 0;
         // 16 rows per step: two 8-lane distance vectors, one 16-bit mask, one branch.
         for (; i + 16 <= n; i += 16) {
             const __m512i s0 = block8<W>(qv, db + i * W);
@@ -106,42 +98,19 @@ size_t filter_impl(const uint64_t* q, const uint64_t* db, size_t n, size_t words
             _mm512_mask_compressstoreu_epi32(idx + c, m, i32);
             c += static_cast<size_t>(__builtin_popcount(m));
         }
+        *count = c;
+        return i;
     }
-    const size_t w = W ? W : words;
-    for (; i < n; ++i) {
-        const uint32_t d = row_distance(q, db + i * w, w);
-        if (d <= thresh) {
-            idx[c] = static_cast<uint32_t>(i);
-            dist[c] = d;
-            ++c;
-        }
-    }
-    return c;
-}
-
-template <typename T>
-void dist_any(const uint64_t* q, const uint64_t* db, size_t n, size_t words, T* d) {
-    switch (words) {
-        case 1: return dist_impl<1>(q, db, n, words, d);
-        case 2: return dist_impl<2>(q, db, n, words, d);
-        case 4: return dist_impl<4>(q, db, n, words, d);
-        default: return dist_impl<0>(q, db, n, words, d);
-    }
-}
-
-size_t filter_any(const uint64_t* q, const uint64_t* db, size_t n, size_t words, uint32_t thresh,
-                  uint32_t* idx, uint32_t* dist) {
-    switch (words) {
-        case 1: return filter_impl<1>(q, db, n, words, thresh, idx, dist);
-        case 2: return filter_impl<2>(q, db, n, words, thresh, idx, dist);
-        case 4: return filter_impl<4>(q, db, n, words, thresh, idx, dist);
-        default: return filter_impl<0>(q, db, n, words, thresh, idx, dist);
-    }
-}
+};
 
 }  // namespace
+}  // namespace imgsim
 
-const HammingKernels kAvx512Kernels = {dist_any<uint32_t>, dist_any<uint16_t>, filter_any};
+#include "hamming_impl.h"
+
+namespace imgsim {
+
+const HammingKernels kAvx512Kernels = kernels_for<Avx512>();
 
 }  // namespace imgsim
 

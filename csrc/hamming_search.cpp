@@ -1,15 +1,12 @@
 // Hamming search on top of the dispatched scan kernels: one-to-many, many-to-many tiled for cache, top-k
-// pruned against the current k-th distance, radius search; std::thread over queries.
+// pruned against the current k-th distance, radius search; threads over queries (parallel.h).
 #include <algorithm>
-#include <exception>
 #include <limits>
-#include <mutex>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #include "hamming.h"
 #include "hamming_kernels.h"
+#include "parallel.h"
 
 namespace imgsim {
 namespace {
@@ -27,43 +24,7 @@ constexpr size_t kMinParallelWork = size_t(1) << 16;
 size_t tile_rows(size_t words) { return std::max<size_t>(64, kTileBytes / (8 * words)); }
 
 size_t resolve_threads(int threads, size_t items, size_t work) {
-    size_t t = threads > 0 ? static_cast<size_t>(threads) : std::thread::hardware_concurrency();
-    if (t == 0) t = 1;
-    if (work < kMinParallelWork) t = 1;
-    return std::min(t, std::max<size_t>(items, 1));
-}
-
-// body(begin, end) over [0, n) cut into t contiguous ranges, each on its own std::thread (the caller runs
-// the first). If a thread cannot be started its range runs on the caller. Rethrows the first exception.
-template <class Body>
-void parallel_ranges(size_t n, size_t t, const Body& body) {
-    if (t <= 1 || n <= 1) {
-        body(size_t(0), n);
-        return;
-    }
-    std::exception_ptr err;
-    std::mutex mu;
-    auto run = [&](size_t b, size_t e) {
-        try {
-            body(b, e);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(mu);
-            if (!err) err = std::current_exception();
-        }
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(t - 1);
-    for (size_t k = 1; k < t; ++k) {
-        const size_t b = n * k / t, e = n * (k + 1) / t;
-        try {
-            pool.emplace_back(run, b, e);
-        } catch (const std::system_error&) {
-            run(b, e);
-        }
-    }
-    run(0, n / t);
-    for (auto& th : pool) th.join();
-    if (err) std::rethrow_exception(err);
+    return work < kMinParallelWork ? 1 : thread_count(threads, items);
 }
 
 struct Hit {
@@ -234,9 +195,9 @@ void hamming_many_to_many(const uint64_t* a, size_t n_a, const uint64_t* b, size
     const size_t work = n_a * n_b * words;
     const size_t t = resolve_threads(threads, std::max(n_a, n_b), work);
     if (n_a >= t) {
-        parallel_ranges(n_a, t, [&](size_t i0, size_t i1) { block(i0, i1, 0, n_b); });
+        parallel_for(n_a, t, kQueryBlock, [&](size_t i0, size_t i1, size_t) { block(i0, i1, 0, n_b); });
     } else {  // few queries, many columns: split the db instead
-        parallel_ranges(n_b, t, [&](size_t j0, size_t j1) { block(0, n_a, j0, j1); });
+        parallel_for(n_b, t, T, [&](size_t j0, size_t j1, size_t) { block(0, n_a, j0, j1); });
     }
 }
 
@@ -246,7 +207,7 @@ void hamming_topk(const uint64_t* q, size_t n_q, const uint64_t* db, size_t n, s
     if (n_q == 0 || kk == 0) return;
     const HammingKernels& K = active_kernels();
     const size_t t = resolve_threads(threads, n_q, n_q * n * words);
-    parallel_ranges(n_q, t, [&](size_t q0, size_t q1) {
+    parallel_for(n_q, t, kQueryBlock, [&](size_t q0, size_t q1, size_t) {
         if (kk <= kHeapMaxK) {
             topk_heap(K, q, q0, q1, db, n, words, kk, ids, dists);
         } else {
@@ -265,7 +226,8 @@ RangeResult hamming_radius(const uint64_t* q, size_t n_q, const uint64_t* db, si
     const HammingKernels& K = active_kernels();
     std::vector<QueryHits> hits(n_q);
     const size_t t = resolve_threads(threads, n_q, n_q * n * words);
-    parallel_ranges(n_q, t, [&](size_t q0, size_t q1) { radius_range(K, q, q0, q1, db, n, words, r, hits.data()); });
+    parallel_for(n_q, t, kQueryBlock,
+                 [&](size_t q0, size_t q1, size_t) { radius_range(K, q, q0, q1, db, n, words, r, hits.data()); });
     for (size_t i = 0; i < n_q; ++i) res.lims[i + 1] = res.lims[i] + static_cast<int64_t>(hits[i].ids.size());
     const size_t total = static_cast<size_t>(res.lims[n_q]);
     res.ids.resize(total);
