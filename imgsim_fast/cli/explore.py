@@ -10,7 +10,7 @@ import sys
 from imgsim_fast.cli.types import non_negative_int, positive_int
 from imgsim_fast.io.names import display_path
 
-__all__ = ["add_subcommands", "cmd_search", "cmd_explore", "main"]
+__all__ = ["add_subcommands", "cmd_search", "cmd_explore"]
 
 
 def _open_catalog(path):
