@@ -1,6 +1,6 @@
 """Type stubs for imgsim_fast._core, the native extension built from csrc/ (see setup.py).
 
-Use the wrappers in imgsim_fast.index.hamming: they convert input to the C-contiguous uint64 arrays these
+Use the wrappers in imgsim_fast.indexes.hamming: they convert input to the C-contiguous uint64 arrays these
 functions require (anything else raises TypeError or ValueError here).
 """
 import numpy as np
@@ -45,7 +45,7 @@ class MihSelfJoin:
         RuntimeError if the index changed since the cursor started."""
 
 class MihIndex:
-    """Exact multi-index hashing over 64/128/256-bit codes (use imgsim_fast.index.mih.HammingIndex)."""
+    """Exact multi-index hashing over 64/128/256-bit codes (use imgsim_fast.indexes.mih.HammingIndex)."""
     def __init__(self, bits: int = 64, m: int = 0) -> None:
         """m = 0: round(bits / log2 N) at every rebuild. ValueError for other bits or m outside [bits/32, bits]."""
     @property

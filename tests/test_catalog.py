@@ -170,7 +170,7 @@ sys.path.insert(0, {repo!r})
 from PIL import Image
 from imgsim_fast.features import hashing
 from imgsim_fast.runtime import pool as pipeline
-from imgsim_fast.index import hamming
+from imgsim_fast.indexes import hamming
 from imgsim_fast.catalog.indexer import index
 hashing.hash_images([Image.new("L", (64, 48))])  # compile the kernels before the clock starts
 print("ready", flush=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from imgsim_fast import _core
 from imgsim_fast.features.codes import hamming_reference
-from imgsim_fast.index.hamming import (
+from imgsim_fast.indexes.hamming import (
     available_targets,
     hamming_distance,
     hamming_matrix,
@@ -247,7 +247,7 @@ def test_core_validates_without_the_wrapper():
 
 
 def run_with_env(value):
-    code = "from imgsim_fast.index.hamming import simd_target; print(simd_target())"
+    code = "from imgsim_fast.indexes.hamming import simd_target; print(simd_target())"
     env = dict(os.environ, IMGSIM_ISA=value)
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

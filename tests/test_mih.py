@@ -1,4 +1,4 @@
-"""Multi-index hashing (imgsim_fast.index.mih): exact results against the NumPy brute force, every search path.
+"""Multi-index hashing (imgsim_fast.indexes.mih): exact results against the NumPy brute force, every search path.
 
 The oracle is imgsim_fast.features.codes.hamming_reference with a stable (distance, id) order, so answers must be
 identical, ties included. Each case runs on the forced table path ('mih'), the forced scan ('scan') and
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgsim_fast.features.codes import hamming_reference, pack_bits
-from imgsim_fast.index.mih import HammingIndex
+from imgsim_fast.indexes.mih import HammingIndex
 
 PATHS = ("mih", "scan", "auto")
 AWKWARD = (0, 1, 7, 63, 64, 65)

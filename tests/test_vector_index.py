@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from imgsim_fast.index.vectors import DEFAULT_EF, EXACT_THRESHOLD, IndexFileError, VectorIndex
+from imgsim_fast.indexes.vectors import DEFAULT_EF, EXACT_THRESHOLD, IndexFileError, VectorIndex
 
 
 def unit(x):

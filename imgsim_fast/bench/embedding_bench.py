@@ -73,7 +73,7 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def hnsw_rows(n: int, d: int = 64, nq: int = 1000, k: int = 10, target: float = 0.95, seed: int = 0) -> list[Row]:
-    from imgsim_fast.index.vectors import VectorIndex
+    from imgsim_fast.indexes.vectors import VectorIndex
 
     rng = np.random.default_rng(seed)
     db = rng.standard_normal((n, d)).astype(np.float32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgsim_fast.index.hamming import hamming_topk, simd_target
+from imgsim_fast.indexes.hamming import hamming_topk, simd_target
 from imgsim_fast.bench.report import Row, best_time
 
 

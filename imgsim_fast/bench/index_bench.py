@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from imgsim_fast.index.hamming import simd_target
-from imgsim_fast.index.mih import HammingIndex
+from imgsim_fast.indexes.hamming import simd_target
+from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.bench.report import Row, best_time
 
 RADII = (0, 2, 4, 6, 8, 10, 12)

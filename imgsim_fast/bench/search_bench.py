@@ -40,7 +40,7 @@ def _recall(ids: np.ndarray, exact: np.ndarray) -> float:
 
 
 def _vector_rows(quick: bool, seed: int) -> list[Row]:
-    from imgsim_fast.index.vectors import VectorIndex
+    from imgsim_fast.indexes.vectors import VectorIndex
 
     rng = np.random.default_rng(seed)
     cores = os.cpu_count() or 1
@@ -96,7 +96,7 @@ def _vector_rows(quick: bool, seed: int) -> list[Row]:
 
 
 def _hash_rows(quick: bool, seed: int) -> list[Row]:
-    from imgsim_fast.index.hamming import hamming_topk, simd_target
+    from imgsim_fast.indexes.hamming import hamming_topk, simd_target
 
     rng = np.random.default_rng(seed + 1)
     n = N_HASHES_QUICK if quick else N_HASHES

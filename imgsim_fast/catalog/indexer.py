@@ -594,7 +594,7 @@ def _append_rows(cat, name, data, index_of, have, rows_of) -> None:
 def _pixel_digests(cat: Catalog, array: str, batch_size: int, stats: IndexStats, timer) -> None:
     """Pixel digests of the files that may be pixel-identical to a file with other bytes: same
     (width, height), hash codes within PIXEL_CANDIDATE_RADIUS, different content digests."""
-    from imgsim_fast.index.hamming import hamming_radius
+    from imgsim_fast.indexes.hamming import hamming_radius
 
     rows = cat.conn.execute(
         "SELECT f.width, f.height, f.digest, f.id, f.path, f.pixel_digest, v.row FROM files f "

@@ -195,7 +195,7 @@ def search(cat: Catalog, where: Expr | None = None, *, like, k: int = 20, kind: 
     and rows shared by copies count too), doubling k' until k matches lie strictly nearer than the
     farthest row fetched (so ties at the cut are complete) or the array is exhausted.
     """
-    from imgsim_fast.index.hamming import hamming_distance, hamming_topk
+    from imgsim_fast.indexes.hamming import hamming_distance, hamming_topk
 
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")

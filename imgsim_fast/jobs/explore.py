@@ -212,7 +212,7 @@ def knn_outliers(x: np.ndarray | None = None, codes: np.ndarray | None = None, *
     `x`): cosine distance 1 - cos, exact in blocks up to 20,000 points, HNSW (VectorIndex) beyond.
     Hash codes: Hamming distance / bits, exact (hamming_topk)."""
     if codes is not None:
-        from imgsim_fast.index.hamming import hamming_topk
+        from imgsim_fast.indexes.hamming import hamming_topk
 
         n = codes.shape[0]
         kk = min(k, n - 1)
@@ -237,7 +237,7 @@ def knn_outliers(x: np.ndarray | None = None, codes: np.ndarray | None = None, *
             top = -np.partition(-sims, kk - 1, axis=1)[:, :kk]
             out[s:s + 1024] = (1.0 - top).mean(1)
         return out
-    from imgsim_fast.index.vectors import VectorIndex
+    from imgsim_fast.indexes.vectors import VectorIndex
 
     idx = VectorIndex(x.shape[1], exact_threshold=0)
     idx.add(x, np.arange(n))
@@ -261,7 +261,7 @@ def _quantiles(v: list) -> dict | None:
 def collection_stats(cat: Catalog, *, hash_array: str | None = None, threshold: int | None = None,
                      max_listed: int = 50) -> dict:
     """Formats, file sizes, dimensions, dates, corrupt files, exact and near-duplicate rates."""
-    from imgsim_fast.index.hamming import hamming_radius
+    from imgsim_fast.indexes.hamming import hamming_radius
 
     with cat.snapshot():
         rows = cat.conn.execute("SELECT id, path, size, mtime_ns, width, height, format, error, error_kind, "

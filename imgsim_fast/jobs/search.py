@@ -218,7 +218,7 @@ def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: in
 def _rank_hash(codes_db: np.ndarray, q: np.ndarray, k: int, threads: int | None):
     """Top k per query over the candidates' codes: (idx (m, kk), dist (m, kk)), ties by candidate
     order (= path) as hamming_topk breaks ties by index."""
-    from imgsim_fast.index.hamming import hamming_topk
+    from imgsim_fast.indexes.hamming import hamming_topk
 
     return hamming_topk(np.ascontiguousarray(q), np.ascontiguousarray(codes_db), k, threads=threads)
 
@@ -254,7 +254,7 @@ def _hnsw_for(cat: Catalog, space: _Space):
     Arrays are append-only, so a cached index of the first L rows stays right: rows added since are
     added to it. A catalog rebuilt from scratch (fewer rows, or row 0 changed) rebuilds it.
     """
-    from imgsim_fast.index.vectors import IndexFileError, VectorIndex
+    from imgsim_fast.indexes.vectors import IndexFileError, VectorIndex
 
     data = cat.array(space.array)
     n = len(data)

@@ -29,7 +29,7 @@ def pillow_flavour() -> tuple[str, str]:
 
 def capabilities(torch_info: bool = True) -> dict:
     """A dict describing the runtime. `torch_info=False` skips importing torch (it takes a second)."""
-    from imgsim_fast.index import hamming
+    from imgsim_fast.indexes import hamming
 
     flavour, pil_version = pillow_flavour()
     info = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.context
+from multiprocessing import popen_forkserver, spawn
 import os
 import select
 import sys
@@ -239,16 +241,54 @@ def _hash_chunk(chunk: list[tuple[int, str]], cfg: _Config) -> _ChunkResult:
 # Pool side
 
 
+class _NoMainPopen(popen_forkserver.Popen):
+    """Starts a worker without re-running the caller's main script in it.
+
+    multiprocessing prepares every spawn-style child by importing the parent's `__main__` (as
+    `__mp_main__`), so a script without `if __name__ == "__main__":` runs again in each worker (and in
+    the forkserver, when '__main__' is preloaded) and starts pools of its own: the README example saved as
+    a plain script turned all 546 files of a folder into failures (issue 12). Our workers only run
+    functions of imgsim_fast, which they import by name, so the main module is left out of their
+    preparation data.
+    """
+
+    def _launch(self, process_obj):
+        real = spawn.get_preparation_data
+
+        def without_main(name):
+            data = real(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main  # read once, by the base _launch, in this thread
+        try:
+            super()._launch(process_obj)
+        finally:
+            spawn.get_preparation_data = real
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        return _NoMainPopen(process_obj)
+
+
+class _WorkerContext(multiprocessing.context.ForkServerContext):
+    Process = _WorkerProcess
+
+
+_WORKER_CONTEXT = _WorkerContext()
+
+
 def _mp_context():
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
+    if "forkserver" in multiprocessing.get_all_start_methods():
         # Workers fork from a server that has already imported NumPy, numba, Pillow and the hashing
-        # module and run its kernels once (_pool_warmup), so a pool's first chunk starts at once
-        # rather than ~0.5 s later. Takes effect when this process first starts its forkserver, and
-        # replaces that server's preload list: '__main__', the default, is kept.
-        ctx.set_forkserver_preload(["__main__", "imgsim_fast.runtime.warmup"])
-        return ctx
+        # module and run its kernels once (runtime/warmup.py), so a pool's first chunk starts at once
+        # rather than ~0.5 s later. Takes effect when this process first starts its forkserver. The
+        # caller's '__main__' is not preloaded (see _NoMainPopen).
+        _WORKER_CONTEXT.set_forkserver_preload(["imgsim_fast.runtime.warmup"])
+        return _WORKER_CONTEXT
     return multiprocessing.get_context("spawn")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import functools
 import math
-import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -76,11 +75,6 @@ def default_workers(device: torch.device) -> int:
     return max(1, n // 4) if device.type == "cpu" else max(1, n - 1)
 
 
-def _mp_context():
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 def _crash_failure(path: str) -> LoadFailure:
     return LoadFailure(path, "the decode worker process died on this file (a crash inside the image decoder?)",
                        "worker_crash")
@@ -120,7 +114,7 @@ def _prepared_stream(paths: list[str], spec: PreprocessSpec, workers: int, chunk
         for c in chunks:
             yield from task(spec, c)
         return
-    ctx = _mp_context()
+    ctx = None  # the one pool's context (runtime.pool): forkserver, warm, the caller's script not re-run
     window = 4 * workers  # chunks in flight: enough to hide decode jitter, bounded memory
     pool = _pool(workers, ctx)
     inflight: collections.deque = collections.deque()

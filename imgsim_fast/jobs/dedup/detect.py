@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgsim_fast.index.mih import HammingIndex
+from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import Features
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "Group", "hash_pairs",
@@ -336,7 +336,7 @@ def embedding_pairs(embeddings: np.ndarray, min_cos: float, k: int = 32,
     file go into one index (row v*n + i is file i) and are queried, so whole-centre pairs are found too
     (centre-centre ones as well; the pair test decides).
     """
-    from imgsim_fast.index.vectors import VectorIndex
+    from imgsim_fast.indexes.vectors import VectorIndex
 
     n = len(embeddings)
     if n < 2:

@@ -5,7 +5,7 @@ CVPR 2012 / TPAMI 2014) splits each code into m disjoint substrings with one has
 pigeonhole principle a code within distance r of a query agrees with it to within about r / m bits on
 some substring, so probing small substring neighbourhoods finds every match. Results are exact. When
 probing would cost more than scanning (large r, small index, dense clusters) a query falls back to the
-SIMD scan of imgsim_fast.index.hamming transparently. The algorithm lives in csrc/mih.cpp; this module only
+SIMD scan of imgsim_fast.indexes.hamming transparently. The algorithm lives in csrc/mih.cpp; this module only
 converts input.
 """
 from __future__ import annotations

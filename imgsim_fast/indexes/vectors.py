@@ -328,7 +328,7 @@ class VectorIndex:
     # persistence
 
     def _meta(self) -> dict:
-        return {"format": "imgsim_fast.index.vectors", "version": FORMAT_VERSION, "dim": self.dim,
+        return {"format": "imgsim_fast.indexes.vectors", "version": FORMAT_VERSION, "dim": self.dim,
                 "space": self.space, "mode": self.mode, "M": self.M, "ef_construction": self.ef_construction,
                 "ef": self._ef, "exact_threshold": self.exact_threshold, "seed": self.seed, "count": len(self),
                 "capacity": self._hnsw.get_max_elements() if self._hnsw is not None else None,
@@ -431,7 +431,7 @@ def _read_meta(path: str) -> dict:
         raise IndexFileError(f"{mpath}: cannot read index metadata: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise IndexFileError(f"{mpath}: index metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "imgsim_fast.index.vectors":
+    if not isinstance(meta, dict) or meta.get("format") != "imgsim_fast.indexes.vectors":
         raise IndexFileError(f"{mpath}: not an imgsim_fast vector index metadata file")
     if meta.get("version") != FORMAT_VERSION:
         raise IndexFileError(f"{mpath}: index format version {meta.get('version')!r}, this build reads "
