@@ -90,7 +90,7 @@ class DedupResult:
 
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
                    flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
-                   roots: list[str] | None = None, learned: bool = True, fixed=()) -> DedupResult:
+                   roots: list[str] | None = None, learned: bool = True, fixed=(), pairs=None) -> DedupResult:
     """Group already computed features (see find_duplicates).
 
     roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
@@ -100,6 +100,8 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     with a triplet loss) with the thresholds tuned for it, wherever the embeddings are the head's backbone;
     a threshold named in `fixed`, or given here with a value other than DEFAULTS', is kept. False: the raw
     cosine (the hand rule).
+    pairs: candidate pairs (i, j) found elsewhere (the distributed join of imgsim_fast.cluster); None: found
+    here by candidate_pairs. Either way every pair goes through the same pair test and grouping.
     """
     features, thresholds = _learned_space(features, thresholds, fixed) if learned else (features, thresholds)
     order = parse_order(keep_order)
@@ -108,7 +110,10 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     pointer = np.array([os.path.islink(f.path) or (roots is not None and not is_under(f.path, list(roots)))
                         for f in facts], bool)
     judge = PairJudge(features, method, thresholds, flips=flips)
-    ii, jj = candidate_pairs(judge)
+    if pairs is None:
+        ii, jj = candidate_pairs(judge)
+    else:
+        ii, jj = np.asarray(pairs[0], np.int64), np.asarray(pairs[1], np.int64)
     if pointer.any():
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
