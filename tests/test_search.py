@@ -281,4 +281,4 @@ def test_hnsw_path_equals_exact_and_is_cached(corpus, cat, monkeypatch):
         assert [[h.path for h in r.hits] for r in got] == [[h.path for h in r.hits] for r in exact]
         np.testing.assert_allclose([h.score for r in got for h in r.hits],
                                    [h.score for r in exact for h in r.hits], atol=1e-5)
-    assert os.path.exists(os.path.join(cat.arrays_dir, "embed-efficientnet-lite0.hnsw.json"))
+    assert os.path.exists(os.path.join(cat.arrays_dir, embedding_array_name("efficientnet-lite0") + ".hnsw.json"))

@@ -36,6 +36,8 @@ __all__ = [
     "default_catalog_path",
     "hash_array_name",
     "embedding_array_name",
+    "embedding_array_names",
+    "legacy_embedding_array_name",
 ]
 
 CATALOG_DIRNAME = ".imgsim"
@@ -197,8 +199,27 @@ def hash_array_name(kind: str, hash_size: int = 8, mode: str = "fast") -> str:
     return f"{kind}-{hash_size}-{mode}"
 
 
-def embedding_array_name(model: str) -> str:
+def embedding_array_name(model: str, *, fetch: bool = True) -> str:
+    """Array of one embedding model, named for what the model is (built-in or hub name, or resolved folder,
+    plus a digest of its weights: features/embedding/identity.py), so every spelling of its path meets the
+    same array (issue 15). ValueError when the model's files cannot be found; fetch=False never downloads."""
+    from imgsim_fast.features.embedding.identity import model_identity
+
+    return "embed-" + model_identity(model, fetch=fetch).array_suffix()
+
+
+def legacy_embedding_array_name(model: str) -> str:
+    """The name catalogs written before issue 15 used: the literal `--embed` string."""
     return "embed-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+
+
+def embedding_array_names(model: str) -> list[str]:
+    """Names a reader tries, in order: the model's own, then the literal-string name of older catalogs that
+    no writer has migrated yet (a read-only open never renames; `_adopt_legacy_embedding_arrays` does)."""
+    names = []
+    with contextlib.suppress(ValueError, OSError):
+        names.append(embedding_array_name(model, fetch=False))
+    return names + [legacy_embedding_array_name(model)]
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -377,6 +398,7 @@ class Catalog:
                 self._start_writing()
             if write:
                 os.makedirs(self.arrays_dir, exist_ok=True)
+                self._adopt_legacy_embedding_arrays()
             else:
                 v = self.schema_version()
                 if v == 0:
@@ -524,6 +546,56 @@ class Catalog:
             self.conn.execute("UPDATE arrays SET block_rows = ? WHERE name = ?", (br, name))
             self.conn.executemany("INSERT OR REPLACE INTO array_blocks(array, block, crc) VALUES (?, ?, ?)",
                                   [(name, b, c) for b, c in crcs.items()])
+
+    def _adopt_legacy_embedding_arrays(self) -> None:
+        """Rename embedding arrays named by a literal `--embed` string (before issue 15) to their model's
+        identity, when that string still names a model found without a download: a built-in, a cached hub
+        name, or an absolute folder. A relative path is left alone: it meant the folder under whatever
+        directory the old run was started in, which is not known; readers still find it under the old name.
+        The file gets its new name by a hard link before the commit and loses the old one after, so readers
+        never miss it; a crash in between leaves the old row and a stale link, redone on the next open."""
+        rows = self.conn.execute("SELECT name, params FROM arrays WHERE name LIKE 'embed-%'").fetchall()
+        for old, text in rows:
+            try:
+                model = json.loads(text).get("model")
+            except (ValueError, AttributeError):
+                continue
+            if not isinstance(model, str) or old != legacy_embedding_array_name(model):
+                continue
+            if not os.path.isabs(model) and os.path.exists(model):
+                continue
+            try:
+                new = embedding_array_name(model, fetch=False)
+            except (ValueError, OSError):
+                continue
+            if new == old or self.conn.execute("SELECT 1 FROM arrays WHERE name = ?", (new,)).fetchone():
+                continue
+            old_file, new_file = self._array_path(old), self._array_path(new)
+            moved = False
+            if os.path.exists(old_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(new_file)
+                try:
+                    os.link(old_file, new_file)
+                except OSError:  # no hard links (FAT, exFAT): a rename, undone below if the commit fails
+                    os.replace(old_file, new_file)
+                    moved = True
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("INSERT INTO arrays(name, dtype, width, length, params, block_rows, max_tx_rows) "
+                                  "SELECT ?, dtype, width, length, params, block_rows, max_tx_rows FROM arrays "
+                                  "WHERE name = ?", (new, old))
+                self.conn.execute("UPDATE vectors SET array = ? WHERE array = ?", (new, old))
+                self.conn.execute("UPDATE array_blocks SET array = ? WHERE array = ?", (new, old))
+                self.conn.execute("DELETE FROM arrays WHERE name = ?", (old,))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                if moved:
+                    os.replace(new_file, old_file)
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old_file)
 
     # ------------------------------------------------------------------------------------------
     # Writing (the indexer's side)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from imgsim_fast.io.atomic_write import replacing
-from imgsim_fast.catalog.store import Catalog, embedding_array_name, hash_array_name
+from imgsim_fast.catalog.store import Catalog, embedding_array_names, hash_array_name
 from imgsim_fast.io.names import display_path, path_text
 
 __all__ = ["Hit", "SearchResult", "search", "search_batch", "write_results", "resolve_space",
@@ -91,8 +91,9 @@ def resolve_space(cat: Catalog, method: str = "phash", model: str | None = None,
                 raise ValueError(f"--method clip needs --model (the CLIP folder or hub name the catalog was "
                                  f"indexed with); CLIP embeddings in this catalog: {have}")
             model = clips[0]
-        name = embedding_array_name(model)
-        if name not in arrays:
+        # The model's own name, or the literal-string name of a catalog no writer has migrated yet.
+        name = next((n for n in embedding_array_names(model) if n in arrays), None)
+        if name is None:
             have = [a["params"].get("model", n) for n, a in arrays.items() if n.startswith("embed-")]
             raise ValueError(f"the catalog has no {model!r} embeddings (it has: {', '.join(have) or 'none'}); "
                              f"run `imgsim index DIR --embed {model}` first")
