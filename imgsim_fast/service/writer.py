@@ -1,0 +1,194 @@
+"""The single writer in front of the catalog: one thread owns the write connection and commits queued adds
+and deletes in batches, one transaction per batch.
+
+A request is answered only after the transaction holding its row committed (the catalog's arrays are
+fsynced before the commit, the database runs synchronous=FULL, and an uploaded file is fsynced and renamed
+into the store, its folder fsynced, before the row pointing at it commits), so a kill -9 loses no
+acknowledged image. Batching amortises the fsyncs over the uploads that arrive together; a batch that
+fails is retried one job at a time, so one bad job fails alone.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgsim_fast.catalog.indexer import _insert_file  # the indexer's row writer: one definition of a file row
+from imgsim_fast.catalog.store import Catalog, embedding_array_name
+from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, HASH_KIND, HASH_MODE, HASH_SIZE, Extracted
+
+__all__ = ["AddJob", "DeleteJob", "Writer", "stored_path"]
+
+
+@dataclass
+class AddJob:
+    tmp: str                        # the bytes, fsynced; moved into the store (uploads) or removed (paths)
+    features: Extracted
+    vector: np.ndarray | None
+    source_path: str | None = None  # a server-side file: the row points at it, nothing is copied
+    ext: str = ""
+
+
+@dataclass
+class DeleteJob:
+    file_id: int
+
+
+def stored_path(storage: str, digest: str, ext: str) -> str:
+    """Uploads are stored by content: <storage>/<2 hex>/<digest><ext>."""
+    return os.path.join(storage, digest[:2], digest + ext)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Writer:
+    def __init__(self, catalog: str, storage: str, live, *, model_name: str | None, dim: int | None,
+                 max_batch: int = 64, metrics=None):
+        self.storage = storage
+        self.live = live
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.cat = Catalog(catalog, write=True)
+        try:
+            damage = self.cat.verify()
+            if damage:
+                from imgsim_fast.catalog.store import CatalogDamaged
+
+                raise CatalogDamaged(f"the catalog {self.cat.path} is damaged ({damage[0].array}: {damage[0].reason}); "
+                                     f"run `{self.cat.repair_command()}`", damage)
+            self.cat.declare_batch_rows(max_batch)
+            self.cat.ensure_array(HASH_ARRAY, np.uint64, 1, {"kind": HASH_KIND, "hash_size": HASH_SIZE, "mode": HASH_MODE})
+            self.cat.ensure_array(DIHEDRAL_ARRAY, np.uint64, 8, {"dihedral_of": HASH_ARRAY})
+            self.embed_array = embedding_array_name(model_name) if model_name else None
+            if self.embed_array:
+                self.cat.ensure_array(self.embed_array, np.float32, dim, {"model": model_name})
+        except BaseException:
+            self.cat.close()
+            raise
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="imgsim-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job) -> Future:
+        fut: Future = Future()
+        self._q.put((job, fut))
+        return fut
+
+    def depth(self) -> int:
+        return self._q.qsize()
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=30)
+        self.cat.close()
+
+    # -------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch) -> None:
+        try:
+            done, live_adds, removed, unlink = [], [], [], []
+            with self.cat.transaction():
+                for job, _ in batch:
+                    done.append(self._apply(job, live_adds, removed, unlink))
+        except Exception as e:
+            if len(batch) > 1:
+                for one in batch:
+                    self._commit([one])
+                return
+            batch[0][1].set_exception(e)
+            return
+        for fid in removed:
+            self.live.remove(fid)
+        if live_adds:
+            fids, digests, pixels, codes8, vecs = zip(*live_adds)
+            emb = None
+            if self.live.emb is not None:
+                emb = np.stack([np.zeros(self.live.dim, np.float32) if v is None else v for v in vecs])
+            self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb)
+        for p in unlink:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass  # already gone: the row is what counted
+        if self.metrics is not None:
+            self.metrics.batch(len(batch))
+        for (job, fut), result in zip(batch, done):
+            if isinstance(job, AddJob) and job.source_path is not None:
+                _remove_quietly(job.tmp)
+            fut.set_result(result)
+
+    def _apply(self, job, live_adds, removed, unlink):
+        conn = self.cat.conn
+        if isinstance(job, DeleteJob):
+            row = conn.execute("SELECT path FROM files WHERE id = ?", (job.file_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM files WHERE id = ?", (job.file_id,))
+            removed.append(job.file_id)
+            path = row[0]
+            if path.startswith(self.storage + os.sep) and conn.execute(
+                    "SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is None:
+                unlink.append(path)
+            return True
+        f = job.features
+        if job.source_path is None:
+            path = stored_path(self.storage, f.digest, job.ext)
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(job.tmp, path)
+                _fsync_dir(os.path.dirname(path))
+            else:
+                _remove_quietly(job.tmp)
+            st = os.stat(path)
+        else:
+            path = job.source_path
+            st = f.st
+        old = conn.execute("SELECT id, digest FROM files WHERE path = ?", (path,)).fetchone()
+        if old is not None:
+            if old[1] == f.digest:
+                return old[0], False, path
+            conn.execute("DELETE FROM files WHERE id = ?", (old[0],))  # a server-side file changed since
+            removed.append(old[0])
+        fid = _insert_file(self.cat, path, st, f.digest, f.metadata, "")
+        rows = [(fid, HASH_ARRAY, self.cat.append(HASH_ARRAY, f.codes8[:1])),
+                (fid, DIHEDRAL_ARRAY, self.cat.append(DIHEDRAL_ARRAY, f.codes8.reshape(1, -1)))]
+        if self.embed_array and job.vector is not None:
+            rows.append((fid, self.embed_array, self.cat.append(self.embed_array, job.vector[None])))
+        conn.executemany("INSERT INTO vectors(file_id, array, row) VALUES (?, ?, ?)", rows)
+        md = f.metadata
+        live_adds.append((fid, f.digest, (md.width or 0) * (md.height or 0), f.codes8, job.vector))
+        return fid, True, path
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
