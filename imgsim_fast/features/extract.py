@@ -9,6 +9,7 @@ crosswise). hashing.py is unchanged: its compat mode still gives imagehash's cod
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import sys
@@ -18,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
-from imgsim_fast.io.loading import RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image, open_regular
+from imgsim_fast.io.loading import (RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image,
+                                     open_regular, read_file)
 
 __all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
@@ -200,8 +202,9 @@ def estimate_jpeg_quality(table) -> int | None:
     return int(_QUALITIES[int(np.argmin(err))])
 
 
-def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
-    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header only.
+def _header_facts(path: str, data: bytes) -> tuple[int, int, str, int | None, bool]:
+    """(upright width, height, format, JPEG quality estimate, camera EXIF present) from the header of the
+    file's bytes `data` (nothing decoded).
 
     A camera RAW file (decoded by loading.load_image through rawpy, not Pillow) gives (0, 0, its extension,
     None, False): the caller then takes the size of what was decoded, the embedded preview.
@@ -209,7 +212,7 @@ def _header_facts(path: str) -> tuple[int, int, str, int | None, bool]:
     ext = os.path.splitext(path)[1].lower()
     if ext in RAW_EXTENSIONS:
         return 0, 0, ext[1:].upper(), None, False
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
         fmt = im.format or "?"
         q = None
@@ -270,10 +273,14 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
     crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
     centre EMBED_CROP, squashed likewise: what a cropped copy of the picture looks like.
     """
-    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE))
+    # One open per file (issue 12): its bytes are read once, then digested and decoded from memory, and
+    # the header facts come from the same buffer. The stat is of the path (no open).
     st = os.stat(path)
-    digest = file_digest(path)
-    width, height, fmt, quality, camera = _header_facts(path)
+    data = read_file(path)
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE), data=data)
+    width, height, fmt, quality, camera = _header_facts(path, data)
+    del data
     if not width or not height:
         width, height = img.size
     blocky = False
@@ -342,7 +349,8 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     extensions: file name extensions taken from folders (None: loading.DEFAULT_EXTENSIONS).
     workers: decode processes (None: all cores; 1: in this process).
     """
-    from imgsim_fast.runtime.pool import _progress_bar, default_workers, run_pool
+    from imgsim_fast.runtime.pool import default_workers, run_pool
+    from imgsim_fast.runtime.progress import progress_bar
 
     failures: list[LoadFailure] = []
     passed_over: list[str] = []
@@ -362,7 +370,7 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     items = list(enumerate(paths))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     facts, hpix, epix = [], [], []
-    bar = _progress_bar(len(paths), progress, "decoding")
+    bar = progress_bar(len(paths), progress, "decoding")
     try:
         if workers == 1 or len(chunks) <= 1:
             results = [_prepare_chunk(c, embed_size) for c in chunks]
@@ -394,10 +402,10 @@ def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
     longer than decoding, so a bar that stopped at the end of decoding would sit at 100% for most of a run."""
     import torch
 
-    from imgsim_fast.runtime.pool import _progress_bar
+    from imgsim_fast.runtime.progress import progress_bar
 
     out = np.empty((len(arrays), model.dim), np.float32)
-    bar = _progress_bar(len(arrays), progress, "embedding views")
+    bar = progress_bar(len(arrays), progress, "embedding views")
     try:
         for s in range(0, len(arrays), batch):
             x = torch.from_numpy(np.stack(arrays[s:s + batch]))

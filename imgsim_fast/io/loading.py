@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import logging
 import os
 import stat
@@ -38,6 +39,7 @@ __all__ = [
     "load_image",
     "normalise_extensions",
     "open_regular",
+    "read_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,13 @@ def load_image(
     min_size: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = DEFAULT_MEMORY_BUDGET,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Decode the first frame of an image file into mode "RGB" or "L", upright.
+
+    data: the file's bytes, already read by `read_file` (the one extraction pass reads a file once, then
+        digests and decodes the same buffer); `path` then only names the file in errors and picks the
+        RAW decoder by extension.
 
     min_size: (width, height) the caller needs after orientation; JPEGs are then decoded at the
         smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= min_size (`Image.draft`). Other
@@ -166,12 +173,15 @@ def load_image(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            fp = open_regular(path)
-        except OSError as exc:
-            raise _os_error(path, exc) from exc
+        if data is None:
+            try:
+                fp = open_regular(path)
+            except OSError as exc:
+                raise _os_error(path, exc) from exc
+        else:
+            fp = io.BytesIO(data)
         with fp:
-            size = os.fstat(fp.fileno()).st_size
+            size = os.fstat(fp.fileno()).st_size if data is None else len(data)
             if size == 0:
                 raise ImageLoadError(path, "empty file (0 bytes)", "empty")
             if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
@@ -205,6 +215,24 @@ def load_image(
             out = _to_rgb_or_l(path, im)
             del im  # when converted, the decoded image is freed before the transpose copies `out`
     return _apply_orientation(out, orientation)
+
+
+def read_file(path: PathLike, max_bytes: int | None = DEFAULT_MEMORY_BUDGET) -> bytes:
+    """All bytes of a regular file (`open_regular`), or ImageLoadError: the one read of a file in the
+    extraction pass. A file larger than max_bytes is refused before it is read."""
+    path = os.fspath(path)
+    try:
+        with open_regular(path) as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ImageLoadError(path, f"over the memory budget: the file holds {size >> 20} MiB "
+                                           f"> {max_bytes >> 20} MiB", "too_large")
+            data = fp.read()
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    if not data:
+        raise ImageLoadError(path, "empty file (0 bytes)", "empty")
+    return data
 
 
 def open_regular(path: PathLike):
@@ -363,7 +391,6 @@ def _open_raw(path: str, fp, size: int, max_pixels: int | None,
     except ImportError:
         raise ImageLoadError(path, "camera RAW file: needs rawpy (pip install imgsim_fast[raw])",
                              "unsupported") from None
-    import io
 
     try:
         with rawpy.imread(fp) as raw:
