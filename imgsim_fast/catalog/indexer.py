@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from imgsim_fast.features.codes import words_for_bits
 from imgsim_fast.jobs.dedup import file_digest
 from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
+from imgsim_fast.runtime.progress import progress_bar
 
 __all__ = ["IndexStats", "index", "pixel_digest"]
 
@@ -289,8 +289,10 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                 if not os.path.abspath(p).startswith(tuple(own)) and not p.endswith(_SIDECAR_EXTS):
                     stats.passed_over.append(p)
 
+            walk_bar = progress_bar(None, progress, "walking", unit="file")  # no total: the walk finds it
             for p in iter_image_files(roots, follow_symlinks=follow_symlinks, extensions=extensions,
                                       on_error=walk_failures.append, on_skip=passed_over):
+                walk_bar.update()
                 p = os.path.abspath(p)
                 try:
                     p.encode("utf-8")
@@ -304,6 +306,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     walk_failures.append(LoadFailure(p, f"cannot stat: {e.strerror}", "io_error"))
                     continue
                 found.append((p, st))
+            walk_bar.close()
             stats.seen = len(found)
             stats.walk_errors = len(walk_failures)
 
@@ -342,7 +345,11 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         with timer("digest"):
             vanished = {path: r for path, r in rows.items() if path not in seen_paths}
             cheap = []  # (op, ...) applied in the cheap phase
+            # Digests read every byte of every new or touched file: the slow phase of a first run on a disk.
+            digest_bar = progress_bar(len(touched) + len(new_files), progress if touched or new_files else False,
+                                      "reading")
             for old, p, st, sidecars, entry, sig in touched:
+                digest_bar.update()
                 d = _digest(p, stats)
                 if d is None:
                     continue
@@ -360,6 +367,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     by_digest.setdefault(d, []).append((path, fid, err))
             first_new: dict[str, _Work] = {}
             for p, st, sidecars, entry, sig in new_files:
+                digest_bar.update()
                 d = _digest(p, stats)
                 if d is None:
                     continue
@@ -386,6 +394,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     w = _Work(p, st, d, None, "added", sidecars, sig)
                     first_new[d] = w
                     work.append(w)
+            digest_bar.close()
             stats.removed = len(vanished)
 
         # 4. Cheap changes: nothing decoded. Committed before the slow phase, in chunks.
@@ -406,7 +415,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
 
         # 5. Decode, hash, embed: batches, each one transaction.
         stats.backfilled = sum(1 for w in work if w.kind == "backfill")
-        bar = _bar(len(work), progress)
+        bar = progress_bar(len(work), progress if work else False, "decoding")
         try:
             for i in range(0, len(work), batch_size):
                 _run_batch(cat, work[i:i + batch_size], kinds, mode, hash_size, hash_arrays, embed_model,
@@ -433,13 +442,6 @@ def _digest(path: str, stats: IndexStats) -> str | None:
         return None  # vanished or unreadable since the walk: treated as not seen this run
     stats.digested += 1
     return d
-
-
-def _bar(total: int, progress):
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=not show or total == 0)
 
 
 _META_COLS = ("width", "height", "format", "mode", "meta_error", "description", "text_norm",

@@ -12,7 +12,6 @@ import multiprocessing.context
 from multiprocessing import popen_forkserver, spawn
 import os
 import select
-import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from imgsim_fast.features import hashing
 from imgsim_fast.features.codes import words_for_bits
 from imgsim_fast.io.loading import (DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, ImageLoadError, LoadFailure,
                       iter_image_files, load_image)
+from imgsim_fast.runtime.progress import progress_bar
 
 __all__ = ["HashResult", "default_workers", "hash_paths", "process_pool", "run_pool"]
 
@@ -136,7 +136,7 @@ def hash_paths(
     in_process = workers == 1 or not chunks or (auto and len(chunks) == 1)
     workers = min(workers, len(chunks))
 
-    bar = _progress_bar(len(paths), progress)
+    bar = progress_bar(len(paths), progress)
     try:
         if in_process:
             results = []
@@ -150,14 +150,6 @@ def hash_paths(
     result = _assemble(results, paths, failures, cfg)
     result.passed_over = passed_over
     return result
-
-
-def _progress_bar(total: int, progress: bool | None, desc: str | None = None):
-    """A tqdm bar on stderr, shown on a terminal (progress None) or when asked; `desc` names the phase."""
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=not show, smoothing=0.1, desc=desc)
 
 
 def _assemble(results: list[_ChunkResult], paths: list[str], walk_failures: list[LoadFailure],

@@ -13,7 +13,6 @@ import collections
 import functools
 import math
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from imgsim_fast.io.loading import LoadFailure
 from imgsim_fast.features.embedding.models import DEFAULT_MODEL, EmbeddingModel, load_model, resolve_device
 from imgsim_fast.features.embedding.preprocess import PreprocessSpec, prepare_chunk, prepare_image
+from imgsim_fast.runtime.progress import progress_bar
 
 __all__ = ["EmbedResult", "embed_paths", "embed_images", "embed_text", "get_model"]
 
@@ -141,13 +141,6 @@ def _prepared_stream(paths: list[str], spec: PreprocessSpec, workers: int, chunk
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _progress(total: int, progress, desc: str):
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    return tqdm(total=total, unit="img", desc=desc, disable=not show, dynamic_ncols=True)
-
-
 class _Collector:
     """Runs batches through the model and writes the vectors; on CUDA reads each batch's result one
     batch later through a pinned buffer, so the host never stalls the GPU on a device-to-host copy."""
@@ -220,7 +213,7 @@ def embed_paths(paths: Iterable, model=DEFAULT_MODEL, batch_size: int | None = N
     ok_idx: list[int] = []
     failures: list[LoadFailure] = []
     coll = _Collector(m, len(paths), out_dtype)
-    with _progress(len(paths), progress, f"embed {m.name}") as bar:
+    with progress_bar(len(paths), progress, f"embed {m.name}") as bar:
         for i, (arr, failure) in enumerate(_prepared_stream(paths, m.spec, int(workers), chunk)):
             bar.update(1)
             if failure is not None:
