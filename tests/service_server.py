@@ -57,6 +57,7 @@ class Server:
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        self.log.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -66,7 +67,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
 
 
 def picture(seed: int, size=(320, 240)) -> Image.Image:
