@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_catalog(sub)
     add_explore(sub)
+    from imgsim_fast.cli.cluster import add_subcommands as add_cluster
+    add_cluster(sub)
     from imgsim_fast.cli.serve import add_subcommands as add_serve
     add_serve(sub)
     return parser
