@@ -199,7 +199,8 @@ def cmd_dedup(args) -> int:
     t = Thresholds(**given)
     res = find_duplicates(args.paths, method=args.method, thresholds=t, fixed=tuple(given), flips=not args.no_flips,
                           reference=args.reference or [], keep_order=args.keep, workers=args.workers,
-                          progress=False if args.no_progress else None, extensions=args.extensions)
+                          progress=False if args.no_progress else None, extensions=args.extensions,
+                          catalog=args.catalog)
     report_passed_over(res.features.passed_over, args.verbose)
     _report_failures(res.features)
     _print_groups(res, args.method)
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask before deleting")
     p.add_argument("--manifest", help="where to write the action manifest (default: in the --move-to folder, "
                                       "or the current folder for --delete)")
+    p.add_argument("--catalog", metavar="FILE",
+                   help="keep the files' features in this catalog: a later run reads only new or changed files")
     p.add_argument("--workers", type=positive_int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=cmd_dedup)

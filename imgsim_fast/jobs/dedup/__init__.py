@@ -164,7 +164,7 @@ def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tupl
 def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds = DEFAULTS, *,
                     flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
                     workers: int | None = None, progress: bool | None = None, embed: bool | str | None = None,
-                    device=None, extensions=None, fixed=()) -> DedupResult:
+                    device=None, extensions=None, fixed=(), catalog: str | None = None) -> DedupResult:
     """Find duplicate groups among image files and folders (walked recursively). Touches no file.
 
     method: 'auto' (hashes + embeddings, the default), 'phash', 'embedding' or 'exact'.
@@ -172,6 +172,8 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
         or they are added). keep_order: criteria of keep.CRITERIA, best first.
     embed: None computes embeddings for 'auto' and 'embedding'; False never; a model name to choose one.
     fixed: names of `thresholds` fields the caller set on purpose (group_features keeps them as they are).
+    catalog: a catalog file to keep the features in (catalog/dedup_features.py): files unchanged since a
+        run that stored theirs are not read again. None: the features live in memory for this call.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -181,6 +183,12 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
         embed = method in ("auto", "embedding")
     if method == "embedding" and not embed:
         raise ValueError("method 'embedding' needs embeddings")
-    feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device,
-                             extensions=extensions)
+    if catalog is None:
+        feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device,
+                                 extensions=extensions)
+    else:
+        from imgsim_fast.catalog.dedup_features import dedup_features
+
+        feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
+                                  extensions=extensions)
     return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed)

@@ -1,0 +1,101 @@
+"""Dedup on the catalog (issue 12): `find_duplicates(catalog=...)` / `imgsim dedup --catalog` give exactly
+the groups of an in-memory run, a second run on an unchanged folder decodes nothing, and a changed,
+added or removed file is seen."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from imgsim_fast.catalog import dedup_features as dfs
+from imgsim_fast.catalog.store import Catalog, CatalogDamaged
+from imgsim_fast.cli import main
+from imgsim_fast.jobs.dedup import find_duplicates
+
+
+@pytest.fixture
+def lib(tmp_path, photos):
+    d = tmp_path / "lib"
+    d.mkdir()
+    for i, p in enumerate(photos[:5]):
+        shutil.copyfile(p, d / f"p{i}{os.path.splitext(p)[1]}")
+    with Image.open(photos[1]) as im:
+        rgb = im.convert("RGB")
+        rgb.resize((rgb.width // 2, rgb.height // 2)).save(d / "half.jpg", quality=80)
+        w, h = rgb.size
+        rgb.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(d / "crop.png")
+    (d / "notes.txt").write_text("not a picture")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return d
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+
+def _no_decoding(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("decoded a file that the catalog holds")
+    monkeypatch.setattr(dfs, "compute_features", refuse)
+
+
+@pytest.mark.parametrize("method", ["phash", "auto"])
+def test_catalog_gives_the_in_memory_groups_and_a_second_run_decodes_nothing(lib, tmp_path, monkeypatch, method):
+    cat = str(tmp_path / "c.sqlite")
+    mem = find_duplicates([str(lib)], method=method, workers=1, progress=False)
+    first = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
+    assert mem.groups and _same(mem, first)
+    assert [f.path for f in first.features.failures] == [str(lib / "broken.jpg")]
+    assert first.features.passed_over == [str(lib / "notes.txt")]
+    _no_decoding(monkeypatch)
+    second = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
+    assert _same(mem, second)  # failures too: the broken file is remembered, not retried
+
+
+def test_changed_added_and_removed_files_are_seen(lib, tmp_path, photos):
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    (p0,) = lib.glob("p0.*")
+    with Image.open(photos[6]) as im:                     # p0's bytes change under its name
+        im.convert("RGB").save(p0, format="PNG" if p0.suffix == ".png" else "JPEG")
+    (lib / "crop.png").unlink()
+    shutil.copyfile(photos[2], lib / "again.jpg")         # a byte copy of p2 appears
+    feats, extracted = dfs.dedup_features(cat, [str(lib)], workers=1, progress=False)
+    assert extracted == 2  # p0 and again.jpg; the remembered broken file is not retried
+    assert str(lib / "crop.png") not in feats.paths
+    mem = find_duplicates([str(lib)], method="phash", workers=1, progress=False)
+    assert _same(mem, find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat))
+
+
+def test_cli_dedup_catalog_then_index_on_the_same_catalog(lib, tmp_path, capsys, monkeypatch):
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["dedup", str(lib), "--method", "phash", "--catalog", cat, "--no-progress"]) == 1  # broken.jpg
+    out1 = capsys.readouterr().out
+    assert "half.jpg" in out1
+    # the indexer adds what it owns (plain hashes, metadata) to dedup's rows, and dedup still reuses them
+    assert main(["index", str(lib), "--catalog", cat, "--no-progress"]) in (0, 1)
+    capsys.readouterr()
+    _no_decoding(monkeypatch)
+    assert main(["dedup", str(lib), "--method", "phash", "--catalog", cat, "--no-progress"]) == 1
+    assert capsys.readouterr().out == out1
+
+
+def test_a_damaged_dedup_array_is_refused_in_one_line(lib, tmp_path, capsys):
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    with Catalog(cat) as c:
+        arrays = c.arrays_dir
+    path = os.path.join(arrays, dfs.PHASH8 + ".bin")
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[3] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(CatalogDamaged):
+        find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    assert main(["dedup", str(lib), "--method", "phash", "--catalog", cat, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "--repair" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
