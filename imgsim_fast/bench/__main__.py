@@ -8,7 +8,7 @@ import time
 
 from imgsim_fast.bench.report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory", "serve")
+SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory", "serve", "reuse")
 
 
 def main(argv=None) -> int:
@@ -70,6 +70,10 @@ def main(argv=None) -> int:
         from imgsim_fast.bench import serve_bench
 
         rows += serve_bench.run(quick=args.quick, seed=args.seed)
+    if "reuse" in sections:
+        from imgsim_fast.bench import reuse_bench
+
+        rows += reuse_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
     info = machine_info(args.seed)
     print_table(rows)
     out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
