@@ -594,7 +594,7 @@ def test_non_regular_files_are_refused_and_never_yielded(tmp_path, make):
     # Issue 11: each of these hung (FIFO: open blocks) or never ended (/dev/zero: endless data) when read.
     import socket
 
-    from imgsim_fast.features.extract import file_digest
+    from imgsim_fast.io.digest import file_digest
     from imgsim_fast.features.metadata import read_metadata
 
     path = tmp_path / "x.jpg"

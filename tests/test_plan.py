@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from imgsim_fast.cli.main import main
-from imgsim_fast.features.extract import file_digest
+from imgsim_fast.io.digest import file_digest
 from imgsim_fast.jobs.dedup.plan import PlanError, parse_plan
 from conftest import tree_snapshot
 

@@ -20,7 +20,7 @@ from imgsim_fast.features import hashing
 from imgsim_fast.catalog.store import (CATALOG_DIRNAME, Catalog, CatalogDamaged, default_catalog_path, embedding_array_name,
                       hash_array_name)
 from imgsim_fast.features.codes import words_for_bits
-from imgsim_fast.jobs.dedup import file_digest
+from imgsim_fast.io.digest import file_digest
 from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
 from imgsim_fast.runtime.progress import progress_bar

@@ -8,7 +8,6 @@ crosswise). hashing.py is unchanged: its compat mode still gives imagehash's cod
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -18,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from imgsim_fast.io.digest import bytes_digest, file_digest
 from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
 from imgsim_fast.io.loading import (RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image,
-                                     open_regular, read_file)
+                                     read_file)
 
 __all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
@@ -55,15 +55,6 @@ _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 # The thumbnail kept for the pixel check of the pair test: at 64 px, lines of text and small subjects still
 # differ between look-alikes (slides of one template, frames of a burst) where 32 px blurs them together.
 THUMB_SIDE = 64
-
-
-def file_digest(path: str, chunk: int = 1 << 20) -> str:
-    """BLAKE2b-128 of a file's bytes: equal digests mean byte-identical files."""
-    h = hashlib.blake2b(digest_size=16)
-    with open_regular(path) as f:  # a FIFO or /dev/zero is refused, not read forever
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -277,7 +268,7 @@ def prepare_file(path: str, embed_size: int | None) -> tuple:
     # the header facts come from the same buffer. The stat is of the path (no open).
     st = os.stat(path)
     data = read_file(path)
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    digest = bytes_digest(data)
     img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE), data=data)
     width, height, fmt, quality, camera = _header_facts(path, data)
     del data

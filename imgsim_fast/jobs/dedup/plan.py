@@ -35,14 +35,14 @@ import re
 from dataclasses import dataclass
 
 from imgsim_fast.jobs.dedup.actions import OPS, Action, quarantine_path
-from imgsim_fast.features.extract import file_digest
+from imgsim_fast.io.digest import file_digest
 from imgsim_fast.jobs.dedup.keep import is_under
 
 __all__ = ["PLAN_VERSION", "PlanError", "Entry", "PlanGroup", "Plan", "load_plan", "parse_plan", "check_plan",
            "stale_entries", "plan_to_actions"]
 
 PLAN_VERSION = 1
-_DIGEST = re.compile(r"^[0-9a-f]{32}$")  # features.file_digest: BLAKE2b with a 16-byte digest
+_DIGEST = re.compile(r"^[0-9a-f]{32}$")  # io.digest.file_digest: BLAKE2b with a 16-byte digest
 
 
 class PlanError(ValueError):

@@ -15,7 +15,7 @@ import stat
 from contextlib import contextmanager
 
 from imgsim_fast.io.names import display_path as _shown
-from imgsim_fast.features.extract import file_digest
+from imgsim_fast.io.digest import file_digest
 
 __all__ = ["FILE_FLAGS", "NEW_FILE_FLAGS", "Blocked", "copy_across", "digest_at", "dir_at", "drop_partial",
            "fsync_dir", "is_clean", "lstat_at", "move_at", "open_dir", "rename_noreplace", "resolved", "same_file",
@@ -124,7 +124,7 @@ def digest_at(dfd: int, name: str, st: os.stat_result) -> str | None:
     try:
         if not (stat.S_ISREG(st.st_mode) and same_file(os.fstat(fd), st)):
             return None
-        # The one digest (features.file_digest), of exactly the inode just checked: /dev/fd/N opens the
+        # The one digest (io.digest.file_digest), of exactly the inode just checked: /dev/fd/N opens the
         # file this descriptor holds (Linux: /proc/self/fd; BSD, macOS: fdescfs), not whatever has the name now.
         return file_digest(f"/dev/fd/{fd}")
     finally:
