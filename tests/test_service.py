@@ -240,3 +240,26 @@ def test_keys_cli(tmp_path, capsys):
     assert main(["serve", "keys", "revoke", "--catalog", cat, "nope"]) == 2
     assert main(["serve", "keys", "add", "--catalog", cat, "--scopes", "admin"]) == 2
     assert "scopes must be among read, write" in capsys.readouterr().err
+
+
+def test_clip_text_search_and_anonymous_writes(tmp_path, tiny_clip):
+    """With a CLIP model: embeddings stored and compared (cosine reported), text search ranks by the text
+    tower; --allow-anonymous-writes lets calls without a key read and write."""
+    srv = Server(tmp_path / "c.sqlite", "--embed", tiny_clip, "--allow-anonymous-writes").start()
+    try:
+        env = {"url": srv.url}
+        ready = call(env, "GET", "/v1/ready", key=None).json()
+        assert ready["text_search"] and ready["embedding"]
+        first = upload(env, ORIGINAL, key=None).json()
+        mirrored = upload(env, MIRRORED, key=None).json()
+        d = mirrored["duplicates"][0]
+        assert d["id"] == first["image"]["id"] and d["rule"] == "flip" and -1 <= d["cosine"] <= 1
+        upload(env, OTHER, key=None)
+        r = call(env, "POST", "/v1/search", key=None, json={"text": "a red car", "k": 5}).json()
+        assert r["method"].startswith("embed:") and len(r["hits"]) == 3
+        scores = [h["score"] for h in r["hits"]]
+        assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+        by_id = call(env, "POST", "/v1/search", key=None, json={"id": first["image"]["id"], "k": 5}).json()
+        assert by_id["method"] == r["method"] and len(by_id["hits"]) == 2 and by_id["hits"][0]["distance"] is None
+    finally:
+        srv.stop()

@@ -264,7 +264,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.get("/v1/ready", response_model=M.Health, tags=["ops"], responses={503: {"model": M.ErrorOut}})
     def ready():
-        if not svc.writer._thread.is_alive():
+        if not svc.writer.alive():
             raise ClientError(503, "not_ready", "the writer stopped")
         return M.Health(status="ready", files=len(svc.live), embedding=svc.model.name if svc.model else None,
                         text_search=bool(svc.embedder and svc.embedder.has_text))

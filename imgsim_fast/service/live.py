@@ -129,8 +129,10 @@ class LiveIndex:
     def _view(self):
         with self._lock:
             n = self.n
+            # The digest list itself, not a copy (10^6 strings cost ~10 ms a request): it is only appended to,
+            # and readers index rows below n.
             return (n, self.fids[:n], self.codes[:n], self.codes8[:n], None if self.emb is None else self.emb[:n],
-                    self.alive[:n], self.digests[:n], self.pixels[:n])
+                    self.alive[:n], self.digests, self.pixels[:n])
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -146,8 +148,12 @@ class LiveIndex:
         t = self.t
         # d(stored identity, query variant k): PairJudge.distances(candidate, query) compares exactly these.
         r = max(t.phash, t.similar_phash, t.dihedral)
-        lims, ids, _ = hamming_radius(np.ascontiguousarray(codes8, np.uint64), codes, r)
-        cand = set(ids.tolist())
+        lims, ids, dist = hamming_radius(np.ascontiguousarray(codes8, np.uint64), codes, r)
+        # Only rows some rule could accept go to the pair test: near the picture itself (identity distance within
+        # the look-alike radius), or near one of its flips within the flip radius.
+        ident = ids[:lims[1]][dist[:lims[1]] <= max(t.phash, t.similar_phash)]
+        flips = ids[lims[1]:][dist[lims[1]:] <= t.dihedral]
+        cand = set(ident.tolist()) | set(flips.tolist())
         if emb is not None and emb_db is not None:
             sims = emb_db @ emb
             floor = min(t.similar_cos, t.confirm_cos)
@@ -177,9 +183,20 @@ class LiveIndex:
         is given, else by Hamming distance of `code` (score 1 - d / bits). `allowed`: file ids passing a filter."""
         from imgsim_fast.indexes.hamming import hamming_distance
 
+        from imgsim_fast.indexes.hamming import hamming_topk
+
         n, fids, codes, _, emb_db, alive, _, _ = self._view()
         if n == 0 or k < 1:
             return []
+        dead = n - len(self.row_of)
+        if vector is None and allowed is None and dead <= 4096:
+            # No filter: the SIMD top-k over every row, over-fetched by the dead rows and the excluded one.
+            kk = min(n, k + 1 + dead)
+            idx, dd = hamming_topk(np.ascontiguousarray(code, np.uint64).reshape(1, -1), codes, kk)
+            out = [(int(fids[i]), int(d)) for i, d in zip(idx[0], dd[0])
+                   if i >= 0 and alive[i] and fids[i] != exclude]
+            bits = 64 * self.words
+            return [(f, round(1.0 - d / bits, 6), d) for f, d in out[:k]]
         ok = alive.copy()
         if allowed is not None:
             ok &= np.isin(fids, allowed)
@@ -218,6 +235,8 @@ class LiveIndex:
         if len(rows) >= 2:
             facts = [_facts(digests[i]) for i in rows]
             e = None if emb_db is None else np.ascontiguousarray(emb_db[rows])
+            if e is not None and not np.abs(e).sum(axis=1).all():
+                e = None  # files indexed without this model: the kNN index needs a vector for every file
             judge = PairJudge(Features(facts, np.ascontiguousarray(codes8[rows]), e), "auto", self.t)
             px, ids = pixels[rows], fids[rows]
 

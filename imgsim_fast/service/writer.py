@@ -84,6 +84,9 @@ class Writer:
         self._q.put((job, fut))
         return fut
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def depth(self) -> int:
         return self._q.qsize()
 
