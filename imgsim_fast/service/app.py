@@ -17,12 +17,15 @@ import time
 from contextlib import asynccontextmanager
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+try:
+    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+except ImportError as e:  # the [service] extra; `imgsim serve` turns this into a one-line error
+    raise ImportError("imgsim serve needs the [service] extra: pip install 'imgsim_fast[service]'") from e
 
 from imgsim_fast.catalog import query as q
 from imgsim_fast.features.codes import to_hex
@@ -224,10 +227,14 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     async def _client_error(request, e: ClientError):
         return _error(e.status, e.code, e.message)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return _error(e.status_code, code, str(e.detail))
+    # Routing's own errors (no such route, a method the route lacks), as JSON like every other error.
+    @app.exception_handler(404)
+    async def _not_found(request, e):
+        return _error(404, "not_found", str(getattr(e, "detail", "Not Found")))
+
+    @app.exception_handler(405)
+    async def _bad_method(request, e):
+        return _error(405, "method_not_allowed", str(getattr(e, "detail", "Method Not Allowed")))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):

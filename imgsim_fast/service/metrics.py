@@ -3,7 +3,10 @@ depth and batch sizes, embedding batches, and the number of files searchable. On
 several apps in one process (tests) do not collide."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+try:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+except ImportError as e:  # the [service] extra; `imgsim serve` turns this into a one-line error
+    raise ImportError("imgsim serve needs the [service] extra: pip install 'imgsim_fast[service]'") from e
 
 __all__ = ["Metrics"]
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+try:
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+except ImportError as e:  # the [service] extra; `imgsim serve` turns this into a one-line error
+    raise ImportError("imgsim serve needs the [service] extra: pip install 'imgsim_fast[service]'") from e
 
 __all__ = ["Filters", "SearchRequest", "PathRequest", "Near", "ImageOut", "AddOut", "CheckOut", "Hit",
            "SearchOut", "PageOut", "GroupOut", "GroupsOut", "ErrorOut", "Health"]

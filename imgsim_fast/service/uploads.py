@@ -14,7 +14,10 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+try:
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ImportError as e:  # the [service] extra; `imgsim serve` turns this into a one-line error
+    raise ImportError("imgsim serve needs the [service] extra: pip install 'imgsim_fast[service]'") from e
 
 __all__ = ["ClientError", "Upload", "receive_upload", "copy_confined", "MAX_FIELD_BYTES"]
 
