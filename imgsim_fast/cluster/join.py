@@ -82,7 +82,10 @@ def _keyed(tag: int, codes: np.ndarray, ids: np.ndarray, layout) -> list[np.ndar
     for s, (shift, width) in enumerate(layout):
         rec = np.empty(len(codes), RECORD)
         rec["tag"] = tag
-        rec["key"] = (np.uint64(s) << np.uint64(32)) | ((codes >> np.uint64(shift)) & np.uint64((1 << width) - 1))
+        v = (codes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        if width > 32:  # radius 0: one 64-bit "substring", folded into the key's 32 value bits
+            v = (v ^ (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+        rec["key"] = (np.uint64(s) << np.uint64(32)) | v
         rec["id"] = ids
         rec["code"] = codes
         out.append(rec)
@@ -126,8 +129,10 @@ def split(rec: np.ndarray, partitions: int) -> list[np.ndarray]:
 
 
 def _first_agreement_is(x: np.ndarray, s: int, layout) -> np.ndarray:
-    """For XORs x of pairs met in a bucket of substring s: True where no earlier substring is all zero."""
-    keep = np.ones(len(x), bool)
+    """For XORs x of pairs met in a bucket of substring s: True where substring s is all zero (a folded key
+    can bring others together) and no earlier one is."""
+    shift, width = layout[s]
+    keep = (x & np.uint64(((1 << width) - 1) << shift)) == 0
     for shift, width in layout[:s]:
         keep &= (x & np.uint64(((1 << width) - 1) << shift)) != 0
     return keep

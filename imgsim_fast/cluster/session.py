@@ -40,7 +40,13 @@ def _quiet_data() -> None:
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = DataContext.get_current()
+    import warnings
+
+    with warnings.catch_warnings():
+        # Making the context sets every field, and Ray 2.60 warns about one of its own defaults
+        # (use_push_based_shuffle, use_polars, ...) as if the caller had set them.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
+        ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_operator_progress_bars = False

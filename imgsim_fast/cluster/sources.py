@@ -71,6 +71,7 @@ def list_sources(sources, extensions=None, on_error=None, on_skip=None) -> list[
                 raise ValueError(f"{s[1:]}: no such file list")
             for p in _read_list(s[1:]):
                 if is_url(p):
+                    flush()
                     out.extend(_list_url(p, exts))
                 else:
                     local.append(p)

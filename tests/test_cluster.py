@@ -1,0 +1,290 @@
+"""imgsim cluster (issue 14): the pigeonhole join against detect.hash_pairs, sources and shards, and on a
+local 2-CPU Ray: `imgsim cluster index` + `imgsim cluster dedup` give exactly the groups, JSON and CSV of
+`imgsim dedup --method phash` on 3,000 files (hash-only: embedding 3,000 files on two busy cores would take
+minutes), a re-run skips written shards, and a worker killed with SIGKILL mid-job costs only a retry."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("pyarrow")
+
+from imgsim_fast.cluster import featureset as fs  # noqa: E402
+from imgsim_fast.cluster.join import JoinSpec, records, split, substrings, verify_partition  # noqa: E402
+from imgsim_fast.cluster.sources import list_sources, make_shards  # noqa: E402
+from imgsim_fast.jobs.dedup.detect import hash_pairs  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------
+# The join without Ray
+
+
+def _codes(n: int, rng) -> np.ndarray:
+    """(n, 8) dihedral-like codes: identity codes in planted groups, variants random or copied from
+    another file's identity (a mirrored copy), so every kind of pair occurs."""
+    centres = rng.integers(0, 2**64, max(1, n // 4), dtype=np.uint64)
+    ident = centres[rng.integers(0, len(centres), n)]
+    for _ in range(6):
+        flip = rng.random(n) < 0.5
+        ident[flip] ^= np.uint64(1) << rng.integers(0, 64, flip.sum()).astype(np.uint64)
+    out = np.concatenate([ident[:, None], rng.integers(0, 2**64, (n, 7), dtype=np.uint64)], axis=1)
+    if n >= 4:
+        out[1, 4] = out[3, 0] ^ np.uint64(5)   # file 1 mirrored is file 3, 2 bits off
+        out[2, 0] = out[0, 0]                  # an identical code
+    return out
+
+
+def _join_locally(ph: np.ndarray, spec: JoinSpec, digests=None):
+    rec = records(np.arange(len(ph)), ph, digests, spec)
+    raw_i, raw_j = [], []
+    for part in split(rec, spec.partitions):
+        i, j, _ = verify_partition(spec, [part[: len(part) // 3], part[len(part) // 3:]])
+        raw_i.append(i)
+        raw_j.append(j)
+    return np.concatenate(raw_i), np.concatenate(raw_j)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 63, 64, 65, 700])
+@pytest.mark.parametrize("radius,dihedral", [(18, 8), (10, None), (0, 0)])
+def test_join_equals_single_machine_hash_pairs(n, radius, dihedral):
+    # detect.hash_pairs (one MIH self-join over all 8 variants) is the oracle: the same set, and without
+    # flips every pair leaves the reduce side exactly once (the first-agreeing-substring rule).
+    rng = np.random.default_rng(n * 31 + radius)
+    ph = _codes(n, rng)
+    spec = JoinSpec(radius, dihedral, partitions=3)
+    i, j = _join_locally(ph, spec)
+    a, b = hash_pairs(ph.reshape(n, 8, 1), radius, dihedral)
+    assert set(zip(i.tolist(), j.tolist())) == set(zip(a.tolist(), b.tolist()))
+    assert (i < j).all()
+    if dihedral is None:
+        assert len(i) == len(set(zip(i.tolist(), j.tolist())))
+    if n >= 65 and radius == 18:
+        assert len(a) > n  # planted groups: a join that found nothing would fail here
+
+
+def test_pairs_in_large_buckets_go_through_mih():
+    # 5,000 near-identical codes fill buckets past SCAN_MAX: the multi-index path must agree too.
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**64, dtype=np.uint64)
+    ident = np.full(5000, base, np.uint64)
+    for _ in range(12):
+        ident ^= np.uint64(1) << rng.integers(0, 64, 5000).astype(np.uint64)
+    ph = np.concatenate([ident[:, None], rng.integers(0, 2**64, (5000, 7), dtype=np.uint64)], axis=1)
+    spec = JoinSpec(8, None, partitions=2)
+    i, j = _join_locally(ph, spec)
+    a, b = hash_pairs(ph.reshape(-1, 8, 1), 8, None)
+    assert len(a) > 10_000 and set(zip(i.tolist(), j.tolist())) == set(zip(a.tolist(), b.tolist()))
+
+
+def test_substrings_cover_the_code_disjointly():
+    for r in (0, 1, 8, 10, 18, 63):
+        lay = substrings(r)
+        assert len(lay) == r + 1 and sum(w for _, w in lay) == 64
+        assert [s for s, _ in lay] == list(np.cumsum([0] + [w for _, w in lay])[:-1])
+    with pytest.raises(ValueError):
+        substrings(64)
+
+
+def test_exact_copies_pair_with_the_first_of_their_digest():
+    digests = ["ab" * 16, "cd" * 16, "ab" * 16, "ab" * 15 + "ac", "ab" * 16]
+    spec = JoinSpec(None, None, digests=True, partitions=2)
+    i, j = _join_locally(np.zeros((5, 8), np.uint64), spec, digests)
+    assert sorted(zip(i.tolist(), j.tolist())) == [(0, 2), (0, 4)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+
+def test_sources_folders_lists_and_urls(tmp_path):
+    for name in ("b/2.jpg", "a/1.png", "a/skip.txt", "c.jpg"):
+        p = tmp_path / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x")
+    walk = list_sources([str(tmp_path)])
+    assert [os.path.relpath(p, tmp_path) for p in walk] == ["a/1.png", "b/2.jpg", "c.jpg"]
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{tmp_path}/c.jpg\n# a comment\nfile://{tmp_path}/b\n")
+    assert list_sources([f"@{lst}"]) == [f"{tmp_path}/c.jpg", f"file://{tmp_path}/b/2.jpg"]
+    assert list_sources([str(tmp_path / "c.jpg"), str(tmp_path)])[0] == str(tmp_path / "c.jpg")  # once
+    with pytest.raises(ValueError, match="no such"):
+        list_sources([str(tmp_path / "missing")])
+    shards = make_shards(walk, 2)
+    assert [(s.start, len(s.paths)) for s in shards] == [(0, 2), (2, 1)] and shards[1].name == "shard-000001.parquet"
+
+
+def test_a_url_row_has_the_features_of_its_file(photos):
+    from imgsim_fast.cluster.extract import extract_shard
+
+    local = extract_shard(5, photos[:2])
+    url = extract_shard(5, ["file://" + p for p in photos[:2]])
+    assert local[0] == url[0] == [5, 6]
+    assert [f.path for f in url[1]] == ["file://" + p for p in photos[:2]]
+    assert [f.digest for f in url[1]] == [f.digest for f in local[1]]
+    assert (url[2] == local[2]).all() and (url[3] == local[3]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# On a local 2-CPU Ray
+
+
+def _make_album(root, photos, n: int = 3000, seed: int = 0) -> None:
+    """Real photos with the edits dedup must catch, byte copies, two unreadable files, and distinct
+    synthetic pictures (random 8x8 colour grids, whose pHash codes are close to uniform) up to n files."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    rng = np.random.default_rng(seed)
+    edits = [lambda im: im, lambda im: im.resize((150, 100)), ImageOps.mirror, ImageOps.flip,
+             lambda im: im.rotate(90, expand=True), lambda im: ImageEnhance.Brightness(im).enhance(1.25),
+             lambda im: ImageEnhance.Contrast(im).enhance(0.8), lambda im: im.crop((8, 6, 192, 144)),
+             lambda im: ImageOps.expand(im, (0, 20), fill="black")]
+    k = 0
+    os.makedirs(f"{root}/photos", exist_ok=True)
+    for pi, path in enumerate(photos):
+        with Image.open(path) as im:
+            base = ImageOps.fit(im.convert("RGB"), (200, 150))
+        for e, f in enumerate(edits):
+            f(base).save(f"{root}/photos/p{pi:02d}_{e}.jpg", quality=70 + 3 * e)
+            k += 1
+    for c in range(20):
+        os.makedirs(f"{root}/copies", exist_ok=True)
+        shutil.copy(f"{root}/photos/p{c % len(photos):02d}_0.jpg", f"{root}/copies/copy{c}.jpg")
+        k += 1
+    for bad in ("broken1.jpg", "broken2.png"):
+        with open(f"{root}/copies/{bad}", "wb") as f:
+            f.write(b"\xff\xd8\xff\xe0 not really an image")
+        k += 1
+    while k < n:
+        d = f"{root}/synthetic/{k // 500}"
+        os.makedirs(d, exist_ok=True)
+        grid = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(grid).resize((64, 64), Image.Resampling.BICUBIC).save(
+            f"{d}/s{k:05d}.{'png' if k % 5 == 0 else 'jpg'}")
+        k += 1
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from imgsim_fast.cluster.session import _quiet_data
+
+    _quiet_data()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def album(tmp_path_factory, photos):
+    root = str(tmp_path_factory.mktemp("cluster-album"))
+    _make_album(f"{root}/album", photos)
+    return root
+
+
+def _cli(*argv) -> int:
+    from imgsim_fast.cli.main import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def single_machine(album):
+    """`imgsim dedup --method phash` on the album: the reference answer."""
+    rc = _cli("dedup", f"{album}/album", "--method", "phash", "--workers", 2, "--no-progress",
+              "--json", f"{album}/single.json", "--csv", f"{album}/single.csv")
+    assert rc == 1  # the two unreadable files
+    with open(f"{album}/single.json") as f:
+        return json.load(f)
+
+
+def test_cluster_dedup_gives_the_groups_of_dedup(album, single_machine, local_ray, capsys):
+    t0 = time.perf_counter()
+    assert _cli("cluster", "index", f"{album}/album", "--out", f"{album}/feats", "--shard-size", 200) == 1
+    assert "3000 files in 15 shards: 15 written" in capsys.readouterr().out
+    rc = _cli("cluster", "dedup", f"{album}/feats", "--json", f"{album}/cluster.json",
+              "--csv", f"{album}/cluster.csv", "--plan", f"{album}/plan.json")
+    assert rc == 1
+    with open(f"{album}/cluster.json") as f:
+        doc = json.load(f)
+    dup = [g for g in single_machine["groups"] if g["tier"] == "duplicate"]
+    assert len(dup) >= len(os.listdir(f"{album}/album/photos")) // 9  # each photo's edits form a group
+    assert any(len({m["digest"] for m in g["members"]}) < len(g["members"]) for g in dup)  # byte copies
+    assert len(single_machine["errors"]) == 2
+    assert doc == single_machine
+    with open(f"{album}/cluster.csv", "rb") as a, open(f"{album}/single.csv", "rb") as b:
+        assert a.read() == b.read()
+    # The plan is one `imgsim dedup --apply` accepts, removing exactly the removable members.
+    from imgsim_fast.jobs.dedup.plan import check_plan, load_plan, stale_entries
+
+    plan = load_plan(f"{album}/plan.json")
+    check_plan(plan)
+    assert not stale_entries(plan)
+    removable = sorted(m["path"] for g in doc["groups"] for m in g["members"] if m["removable"])
+    assert sorted(e.path for e in plan.removals) == removable and removable
+    assert _cli("dedup", "--apply", f"{album}/plan.json") == 0
+    print(f"cluster index + dedup: {time.perf_counter() - t0:.1f} s")
+
+
+def test_rerun_skips_written_shards(album, local_ray, capsys):
+    out = f"{album}/feats"
+    if not os.path.isdir(out):
+        pytest.skip("needs the feature set of test_cluster_dedup_gives_the_groups_of_dedup")
+    assert _cli("cluster", "index", f"{album}/album", "--out", out, "--shard-size", 200) == 0
+    assert "0 written, 15 already there" in capsys.readouterr().out
+    before = fs.read_features(out)[0]
+    os.unlink(f"{out}/shard-000003.parquet")
+    _cli("cluster", "index", f"{album}/album", "--out", out, "--shard-size", 200)
+    assert "1 written, 14 already there" in capsys.readouterr().out
+    assert fs.read_features(out)[0].facts == before.facts
+    assert not glob.glob(f"{out}/.*.tmp")
+    # Another request into the same folder is refused in one line, not mixed in.
+    assert _cli("cluster", "index", f"{album}/album", "--out", out, "--shard-size", 100) == 2
+    assert "another request" in capsys.readouterr().err
+
+
+def _task_workers(name: str) -> list[int]:
+    """Pids of Ray worker processes whose title names our task (Ray sets it to ray::<operator>)."""
+    out = []
+    for d in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(d, "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::") and name in cmd:
+            out.append(int(d.split("/")[2]))
+    return out
+
+
+def test_a_worker_killed_mid_job_costs_only_a_retry(album, single_machine, local_ray):
+    out = f"{album}/feats-killed"
+    result = {}
+    job = threading.Thread(target=lambda: result.update(rc=_cli("cluster", "index", f"{album}/album",
+                                                                  "--out", out, "--shard-size", 100)))
+    job.start()
+    killed = None
+    deadline = time.monotonic() + 50
+    while killed is None and job.is_alive() and time.monotonic() < deadline:
+        written = len(glob.glob(f"{out}/shard-*.parquet"))
+        pids = _task_workers("_decode_and_write")
+        if 1 <= written < 25 and pids:
+            os.kill(pids[0], signal.SIGKILL)  # mid-job: some shards written, one in progress in this worker
+            killed = pids[0]
+        time.sleep(0.05)
+    job.join(120)
+    assert killed is not None, "no worker was caught mid-job"
+    assert result["rc"] == 1 and len(glob.glob(f"{out}/shard-*.parquet")) == 30
+    # The killed shard was run again: every row is there, and dedup gives the single-machine answer.
+    assert len(fs.read_features(out)[0]) == 2998
+    doc_path = f"{album}/killed.json"
+    assert _cli("cluster", "dedup", out, "--json", doc_path) == 1
+    with open(doc_path) as f:
+        assert json.load(f) == single_machine
