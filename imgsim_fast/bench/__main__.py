@@ -8,7 +8,7 @@ import time
 
 from imgsim_fast.bench.report import machine_info, print_table, write_json
 
-SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory", "serve", "reuse")
+SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory", "serve", "reuse", "cluster")
 
 
 def main(argv=None) -> int:
@@ -74,6 +74,10 @@ def main(argv=None) -> int:
         from imgsim_fast.bench import reuse_bench
 
         rows += reuse_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "cluster" in sections:
+        from imgsim_fast.bench import cluster_bench
+
+        rows += cluster_bench.run(quick=args.quick, seed=args.seed)
     info = machine_info(args.seed)
     print_table(rows)
     out = args.out or os.path.join(repo, "bench", "results", time.strftime("%Y%m%d-%H%M%S") + ".json")
