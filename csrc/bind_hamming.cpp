@@ -1,6 +1,6 @@
 // pybind11 glue for the Hamming kernels (hamming.h): input checks (TypeError / ValueError), GIL release
 // around the scans, NumPy results. No algorithms here; conversions of user input live in
-// imgsim_fast/index/hamming.py, which hands over C-contiguous uint64 arrays.
+// imgsim_fast/indexes/hamming.py, which hands over C-contiguous uint64 arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -1,6 +1,6 @@
 // pybind11 glue for multi-index hashing (mih.h): input checks (TypeError / ValueError), GIL release
 // around every search and update, NumPy results, and the mapping of the index's errors to Python's.
-// Conversions of user input live in imgsim_fast/index/mih.py, which hands over C-contiguous arrays.
+// Conversions of user input live in imgsim_fast/indexes/mih.py, which hands over C-contiguous arrays.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

@@ -183,23 +183,33 @@ class MihIndex {
 };
 
 // Resumable all-pairs self-join: every pair of live codes within distance r exactly once, as ids
-// (a < b), produced in bounded chunks. Pairs are discovered from the code stored first (the smaller
-// row position), so the tables are probed once per row; chunks follow row order, and within a row
-// (distance, id). Any add/remove after the cursor starts makes next() throw MihConcurrentModification.
+// (a < b), produced in bounded chunks. It does not use the index's query tables: a plan (mih_cost.cpp)
+// picks either the batched scan of each row against the later rows, or the bucket join, which keys the
+// codes on m disjoint bit sets chosen from their bit statistics, sorts them bucket-contiguous one table at
+// a time, and compares whole buckets with their neighbour buckets through the SIMD filter kernel, so a
+// probe is paid once per bucket instead of once per code (mih_selfjoin.cpp). Chunk order is deterministic
+// for a given index and r (any thread count). Any add/remove after the cursor starts makes next() throw
+// MihConcurrentModification.
 class MihSelfJoin {
    public:
     MihSelfJoin(std::shared_ptr<MihIndex> index, uint32_t r, int threads);
+    ~MihSelfJoin();
+    MihSelfJoin(const MihSelfJoin&) = delete;
+    MihSelfJoin& operator=(const MihSelfJoin&) = delete;
     // Fills `out` with at most max_pairs pairs (max_pairs >= 1); returns false once exhausted.
-    // Memory stays O(max_pairs + pairs of one block of rows); blocks shrink when rows are dense.
+    // Memory stays O(max_pairs + pairs of one block of rows or buckets) beside one table's sorted copy
+    // of the codes; blocks shrink when pairs are dense.
     bool next(size_t max_pairs, SelfJoinChunk& out);
 
    private:
+    struct State;
+    // Appends the pairs of the next block of rows or buckets to pending_; false when there is none.
+    bool step(size_t max_pairs, MihIndex& ix);
     std::shared_ptr<MihIndex> index_;
     uint32_t r_;
     int threads_;
     uint64_t version_;
-    size_t row_ = 0;      // next query row
-    size_t block_ = 64;   // rows per parallel block, adapted to the pair density
+    std::unique_ptr<State> st_;
     SelfJoinChunk pending_;
     size_t pending_pos_ = 0;
 };

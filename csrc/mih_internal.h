@@ -51,6 +51,11 @@ constexpr size_t kScanCacheBytes = size_t{16} << 20;
 // indexed rows); then the next query rebuilds the tables.
 constexpr size_t kDeltaRows = 256;
 
+// The bucket self-join keys a table on at most this many bits (its lookup array has 2^bits entries when
+// dense) and uses at most this many tables.
+constexpr size_t kMaxJoinKeyBits = 32;
+constexpr size_t kMaxJoinTables = 64;
+
 // The linear scan filters rows in tiles of this many bytes (they stay in L1d) for blocks of this many
 // queries, so a batch reads the codes from memory once per block (as hamming_search.cpp does).
 constexpr size_t kScanTileBytes = 16 * 1024;
@@ -129,6 +134,25 @@ void radius_rule(uint32_t r, size_t m, std::vector<int>& rad);
 
 // Estimated ns per word for the filter kernel's compute on the active SIMD target. mih_cost.cpp.
 double scan_compute_cost_per_word();
+
+// How the self-join runs (mih_cost.cpp plan_self_join). Either the batched scan of every row against
+// the later rows, or the bucket join: m tables over disjoint bit sets (chosen from the codes' bit
+// statistics, not necessarily contiguous), each joined bucket against bucket (mih_selfjoin.cpp).
+struct JoinPlan {
+    bool scan = true;
+    size_t words = 1;
+    std::vector<std::vector<uint64_t>> masks;  // per table: `words` masks of the bits it keys on
+    std::vector<uint32_t> len;                 // per table: popcount of its masks (<= 32)
+    std::vector<int> rad;                      // per table: substring radius (radius_rule; -1: not joined)
+    double est_ns = 0;                         // estimated cost of the chosen plan
+    double scan_ns = 0;                        // estimated cost of the scan join
+};
+
+// rows: stored rows, `dead` the removed-row bitmap, live: rows not removed. The bucket plan is the
+// cheapest over m and over which near-constant bits to leave out (by the estimates in mih_cost.cpp);
+// `path` forces the scan or the bucket join, else the cheaper one runs.
+JoinPlan plan_self_join(const uint64_t* codes, size_t words, size_t rows, const uint64_t* dead, size_t live,
+                        uint32_t r, MihPath path);
 
 // Queries that chose the scan, gathered from the per-thread lists in query order. mih_search.cpp.
 std::vector<size_t> merge_deferred(std::vector<std::vector<size_t>>& per_thread);
@@ -252,8 +276,23 @@ struct MihIndex::IdMap {
     std::vector<uint32_t> vals;  // row, kEmpty32 or kTomb
     size_t used = 0, tombs = 0;
     uint64_t mask = 0;
+    // While every id equals its row (automatic ids, nothing removed) the map is the identity and stores
+    // nothing: at 10^8 codes the table would take ~6 GB (12 bytes a slot at <= 35% load) beside 1.6 GB
+    // of codes and ids. The first other id or removal builds the table.
+    bool identity = true;
 
     IdMap() { reset(16); }
+    void clear() {
+        identity = true;
+        reset(16);
+    }
+    void materialize() {
+        const size_t n = used;
+        identity = false;
+        reset(16);
+        reserve(n + 1);
+        for (size_t r = 0; r < n; ++r) insert(static_cast<int64_t>(r), static_cast<uint32_t>(r));
+    }
     void reset(size_t cap) {
         keys.assign(cap, 0);
         vals.assign(cap, kEmpty32);
@@ -261,6 +300,7 @@ struct MihIndex::IdMap {
         mask = cap - 1;
     }
     uint32_t find(int64_t k) const {
+        if (identity) return k >= 0 && static_cast<uint64_t>(k) < used ? static_cast<uint32_t>(k) : kEmpty32;
         for (uint64_t i = splitmix64(static_cast<uint64_t>(k)) & mask;; i = (i + 1) & mask) {
             uint32_t v = vals[i];
             if (v == kEmpty32) return kEmpty32;
@@ -268,6 +308,7 @@ struct MihIndex::IdMap {
         }
     }
     void reserve(size_t n) {
+        if (identity) return;
         if ((n + tombs) * 10 <= keys.size() * 7) return;
         size_t cap = 16;
         while (n * 10 > cap * 7 / 2) cap <<= 1;  // rehash to at most ~35% load
@@ -280,6 +321,14 @@ struct MihIndex::IdMap {
             if (ov[i] != kEmpty32 && ov[i] != kTomb) insert(ok[i], ov[i]);
     }
     void insert(int64_t k, uint32_t row) {  // k must be absent; call reserve(used + 1) first
+        if (identity) {
+            if (k == static_cast<int64_t>(row) && row == used) {
+                ++used;
+                return;
+            }
+            materialize();
+        }
+        reserve(used + 1);  // a no-op unless the batch's reserve ran while the map was the identity
         for (uint64_t i = splitmix64(static_cast<uint64_t>(k)) & mask;; i = (i + 1) & mask) {
             if (vals[i] == kEmpty32) {
                 keys[i] = k;
@@ -290,6 +339,7 @@ struct MihIndex::IdMap {
         }
     }
     void erase(int64_t k) {
+        if (identity) materialize();
         for (uint64_t i = splitmix64(static_cast<uint64_t>(k)) & mask;; i = (i + 1) & mask) {
             uint32_t v = vals[i];
             if (v == kEmpty32) return;

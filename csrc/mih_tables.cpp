@@ -142,7 +142,7 @@ void MihIndex::compact_locked() {
     row_ids_.shrink_to_fit();
     dead_.assign((w + 63) / 64, 0);
     n_dead_ = 0;
-    idmap_->reset(16);
+    idmap_->clear();
     idmap_->reserve(w);
     for (size_t r = 0; r < w; ++r) idmap_->insert(row_ids_[r], static_cast<uint32_t>(r));
 }
