@@ -9,21 +9,26 @@ import time
 from imgsim_fast.bench.report import machine_info, print_table, write_json
 
 SECTIONS = ("hashing", "hamming", "index", "embedding", "catalog", "search", "accuracy", "keep", "dedup", "memory", "serve", "reuse", "cluster")
+# Run only when named: its default sizes (up to 10^8 codes) take hours on two cores.
+ON_REQUEST = ("scale",)
 
 
 def main(argv=None) -> int:
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     p = argparse.ArgumentParser(prog="python -m imgsim_fast.bench", description=__doc__)
-    p.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    p.add_argument("sections", nargs="*",
+                   help=f"any of {', '.join(SECTIONS + ON_REQUEST)} (default: all but {', '.join(ON_REQUEST)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--photos", default=os.path.join(repo, ".cache", "photos"), help="folder of real photos")
+    p.add_argument("--sizes", default="1e6,1e7,1e8", help="scale: catalog sizes for the hash self-join")
+    p.add_argument("--embed-sizes", default="1e6", help="scale: catalog sizes for the embedding index ('' for none)")
     p.add_argument("--out", default=None, help="JSON output (default bench/results/<time>.json)")
     args = p.parse_args(argv)
     sections = args.sections or list(SECTIONS)
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(SECTIONS + ON_REQUEST)
     if unknown:
-        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS + ON_REQUEST)}")
     rows = []
     if "hashing" in sections:
         from imgsim_fast.bench import hashing_bench
@@ -74,6 +79,11 @@ def main(argv=None) -> int:
         from imgsim_fast.bench import reuse_bench
 
         rows += reuse_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+    if "scale" in sections:
+        from imgsim_fast.bench import scale_bench
+
+        rows += scale_bench.run(sizes=_sizes(p, args.sizes, "--sizes"),
+                                embed_sizes=_sizes(p, args.embed_sizes, "--embed-sizes"), seed=args.seed)
     if "cluster" in sections:
         from imgsim_fast.bench import cluster_bench
 
@@ -84,6 +94,17 @@ def main(argv=None) -> int:
     write_json(out, info, rows)
     print(f"\nwrote {out}")
     return 0
+
+
+def _sizes(p: argparse.ArgumentParser, text: str, flag: str) -> tuple[int, ...]:
+    """'1e6,1e7' -> (1000000, 10000000); a bad entry is a usage error, not a traceback."""
+    try:
+        sizes = tuple(int(float(s)) for s in text.split(",") if s.strip())
+    except ValueError:
+        p.error(f"{flag} takes comma-separated sizes like 1e6,1e7, got {text!r}")
+    if any(n < 2 for n in sizes):
+        p.error(f"{flag}: every size must be at least 2, got {text!r}")
+    return sizes
 
 
 if __name__ == "__main__":
