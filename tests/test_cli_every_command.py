@@ -19,16 +19,16 @@ from PIL import Image
 from imgsim_fast.cli.main import build_parser, main
 
 # Options whose value names an existing input; given a nonexistent path they must be refused with 2.
-INPUT_PATHS = {"--catalog", "--like", "--apply", "--reference", "--sidecar-map", "--model", "--embed"}
+INPUT_PATHS = {"--catalog", "--like", "--apply", "--reference", "--sidecar-map", "--model", "--embed", "--allow-root"}
 # What makes an input option used, where the base command line alone would ignore it.
 USED_WITH = {("search", "--model"): ["--method", "clip"], ("explore", "--model"): ["--features", "embedding"]}
 # Options naming a file to write (index --catalog creates one): only their missing value is checked here.
-CREATES = {("index", "--catalog")}
+CREATES = {("index", "--catalog"), ("serve", "--catalog"), ("serve", "--storage")}
 OUTPUTS = {"--output", "--json", "--csv", "--html", "--move-to", "--manifest", "--sheet", "--out",
            "--json-out"}
 # Free-text values (tags, descriptions, lists of names): garbage must not crash; it may match nothing.
 FREE_TEXT = {"--kinds", "--keep", "--tag", "--any-tag", "--text", "--contains", "--camera", "--where", "--kind",
-             "--label"}
+             "--label", "--host"}
 
 _DRIVER = r"""
 import contextlib, io, json, sys, traceback
@@ -83,6 +83,8 @@ def setup(tmp_path_factory):
         "search": [str(pics / "0.png"), "--catalog", cat],
         "explore": ["--catalog", cat, "--k", "1", "--features", "phash", "--out", str(d / "r.html"),
                     "--workers", "1"],
+        # serve's base must return: listing the keys (serve itself would run until stopped).
+        "serve": ["keys", "list", "--catalog", cat],
     }
     return d, missing, base
 
