@@ -17,7 +17,7 @@ import numpy as np
 
 from imgsim_fast.catalog.store import hash_array_name
 from imgsim_fast.features import hashing
-from imgsim_fast.features.extract import file_digest
+from imgsim_fast.io.digest import file_digest
 from imgsim_fast.features.metadata import Metadata, read_metadata
 from imgsim_fast.io.loading import load_image
 
