@@ -18,6 +18,18 @@ def real_photos(min_bytes: int = 0) -> list[str]:
     return files
 
 
+@pytest.fixture(scope="session", autouse=True)
+def xdg_data_home(tmp_path_factory):
+    """Catalogs and reports made without --catalog or --out go to the XDG data folder (io/data_dirs.py):
+    a temporary one for the whole run, so that no test writes under the real ~/.local/share. Session
+    scope: session fixtures that index folders run under it too. Subprocesses inherit it."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("xdg-data")
+    mp.setenv("XDG_DATA_HOME", str(path))
+    yield path
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[str]:
     files = real_photos()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.catalog.store import Catalog, CatalogError, CatalogLocked, hash_array_name
+from imgsim_fast.catalog.store import Catalog, CatalogError, CatalogLocked, default_catalog_path, hash_array_name
 from imgsim_fast.catalog.indexer import index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def make_tree(root, n, seed=0):
 
 
 def catalog_of(root):
-    return os.path.join(root, ".imgsim", "catalog.sqlite")
+    return default_catalog_path(root)  # in the XDG data folder (tests/conftest.py makes it a temporary one)
 
 
 def counts(s):

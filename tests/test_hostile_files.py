@@ -13,6 +13,7 @@ import sys
 import pytest
 from PIL import Image
 
+from imgsim_fast.catalog.store import default_catalog_path
 from imgsim_fast.cli import main as cli_main
 from imgsim_fast.io.names import display_path, path_text
 
@@ -118,7 +119,7 @@ def test_search_batch_out_and_sheets_with_hostile_query_names(salted, tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert cli_main(["index", str(lib), "--no-progress"]) == 0
     out, sheets = tmp_path / "res.json", tmp_path / "sheets"
-    assert cli_main(["search", str(d), "--catalog", str(lib / ".imgsim" / "catalog.sqlite"), "--top", "3",
+    assert cli_main(["search", str(d), "--catalog", default_catalog_path(lib), "--top", "3",
                      "--out", str(out), "--sheet", str(sheets)]) == 0
     res = json.loads(out.read_text(encoding="utf-8"))
     assert sorted(r["query"] for r in res) == sorted(path_text(p) for p in good)

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
+from imgsim_fast.catalog.store import default_catalog_path
 from imgsim_fast.io.atomic_write import replacing, write_text
 from imgsim_fast.cli.main import main
 
@@ -21,10 +22,9 @@ def _tree(root) -> set[str]:
 
 
 def _strays(root) -> list[str]:
-    """Temporary and lock files anywhere under root, but the catalog's lock in its own folder (README,
-    "Damaged catalogs": it stays, on purpose)."""
-    return sorted(p for p in _tree(root) if ".tmp" in os.path.basename(p)
-                  or (p.endswith(".lock") and p != os.path.join("photos", ".imgsim", "catalog.sqlite.lock")))
+    """Temporary and lock files anywhere under root (the catalog, and its lock, which stays on purpose:
+    README, "Damaged catalogs", are in the XDG data folder, outside it)."""
+    return sorted(p for p in _tree(root) if ".tmp" in os.path.basename(p) or p.endswith(".lock"))
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def small(tmp_path, photos, capsys):
 
 def test_completed_runs_leave_only_their_outputs(small, capsys):
     root, d = small
-    cat = str(d / ".imgsim" / "catalog.sqlite")
+    cat = default_catalog_path(d)
     out = root / "out"
     out.mkdir()
     assert main(["search", str(d / "p1.jpg"), "--catalog", cat, "--out", str(out / "hits.json")]) == 0
@@ -56,8 +56,10 @@ def test_completed_runs_leave_only_their_outputs(small, capsys):
     assert {p for p in _tree(out) if os.sep not in p} == {"hits.json", "map.html", "map.json", "g.json", "g.csv",
                                                           "review.html", "review_files", "h.csv"}
     assert len((out / "h.csv").read_text().splitlines()) == 1 + 7  # header + every file
-    # The catalog folder holds the catalog's files and nothing else: no SQLite journal left open either.
-    assert set(os.listdir(d / ".imgsim")) == {"catalog.sqlite", "catalog.sqlite.lock", "catalog.sqlite.arrays"}
+    # The catalog folder holds the catalog's files and nothing else: no SQLite journal left open either;
+    # the photo folder holds the photos and nothing else (the catalog is in the XDG data folder).
+    assert set(os.listdir(os.path.dirname(cat))) == {"catalog.sqlite", "catalog.sqlite.lock", "catalog.sqlite.arrays"}
+    assert sorted(os.listdir(d)) == sorted(["p0 copy.jpg"] + [f"p{i}.jpg" for i in range(6)])
     assert oct(os.stat(out / "g.json").st_mode & 0o077) == oct(0o666 & ~_umask() & 0o077)  # a plain file's mode
 
 
@@ -81,7 +83,7 @@ def test_an_output_that_is_a_folder_is_refused_leaving_nothing(small, capsys, ar
     target.mkdir()
     (target / "mine.txt").write_text("the user's file\n")
     before = _tree(root)
-    args = [a.format(d=d, cat=d / ".imgsim" / "catalog.sqlite", target=target) for a in argv]
+    args = [a.format(d=d, cat=default_catalog_path(d), target=target) for a in argv]
     assert main(args) == 2
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("imgsim: error: "), err

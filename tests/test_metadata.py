@@ -7,7 +7,7 @@ import struct
 import pytest
 from PIL import Image, IptcImagePlugin
 
-from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.catalog.store import Catalog, default_catalog_path
 from imgsim_fast.catalog.indexer import index
 from imgsim_fast.features.metadata import load_mapping, parse_xmp, read_metadata
 
@@ -136,7 +136,7 @@ def test_corrupt_sidecar_and_malformed_exif_are_per_file_errors(tmp_path):
     (root / "badexif.jpg").write_bytes(jpeg_bytes(size=(50, 40), exif=bad_exif))
     s = index(str(root))
     assert s.added == 3 and s.failed == 0  # every image still hashed
-    with Catalog(str(root / ".imgsim" / "catalog.sqlite")) as c:
+    with Catalog(default_catalog_path(root)) as c:
         errs = {os.path.basename(r.path): r.meta_error for r in c.files()}
         assert errs["good.jpg"] is None
         assert "corrupt sidecar side.jpg.json" in errs["side.jpg"]
@@ -147,7 +147,7 @@ def test_corrupt_sidecar_and_malformed_exif_are_per_file_errors(tmp_path):
     (root / "side.jpg.json").write_text('{"tags": ["ok"]}')
     s = index(str(root))
     assert (s.unchanged, s.metadata_read, s.decoded) == (3, 1, 0)
-    with Catalog(str(root / ".imgsim" / "catalog.sqlite")) as c:
+    with Catalog(default_catalog_path(root)) as c:
         assert c.tags(c.get(str(root / "side.jpg")).id) == ["ok"]
 
 
@@ -162,7 +162,7 @@ def test_100k_deep_json_sidecar_is_a_per_file_warning(tmp_path):
     os.mkfifo(root / "pipe.jpg")  # and a FIFO named like an image: reported, never opened
     s = index(str(root))
     assert s.added == 2 and s.failed == 0
-    with Catalog(str(root / ".imgsim" / "catalog.sqlite")) as c:
+    with Catalog(default_catalog_path(root)) as c:
         errs = {os.path.basename(r.path): r.meta_error for r in c.files()}
         assert "corrupt sidecar deep.jpg.json: JSON nested deeper than 64 levels" in errs["deep.jpg"]
         assert errs["ok.jpg"] is None

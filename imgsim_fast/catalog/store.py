@@ -190,8 +190,16 @@ _SELECT_FILES = "SELECT " + ", ".join(FILE_COLUMNS) + " FROM files"
 
 
 def default_catalog_path(first_dir: str) -> str:
-    """`<first DIR>/.imgsim/catalog.sqlite`: the catalog travels with the collection it describes."""
-    return os.path.join(os.path.abspath(first_dir), CATALOG_DIRNAME, CATALOG_FILENAME)
+    """The catalog of the collection rooted at `first_dir` when none is named: outside the folder, in
+    the XDG data directory (io/data_dirs.py: `~/.local/share/imgsim/catalogs/<name>/catalog.sqlite`), so
+    a photo folder holds only photos (issue 15). A catalog that an older version made inside the folder,
+    `<first DIR>/.imgsim/catalog.sqlite`, is still the one used while it exists."""
+    from imgsim_fast.io.data_dirs import collection_dir
+
+    legacy = os.path.join(os.path.abspath(first_dir), CATALOG_DIRNAME, CATALOG_FILENAME)
+    if os.path.exists(legacy):
+        return legacy
+    return os.path.join(collection_dir(first_dir), CATALOG_FILENAME)
 
 
 def hash_array_name(kind: str, hash_size: int = 8, mode: str = "fast") -> str:
