@@ -152,7 +152,8 @@ def _imgsim(*args, cwd=None):
     (["hash", "/nonexistent"], "/nonexistent: no such file or folder"),
     (["query", "--like", "missing.jpg"], "missing.jpg: file not found"),
     (["query", "--after", "2020-13-45"], "'2020-13-45' is not an ISO date"),
-    (["search"], "search needs a query: an image, a folder or list file of images, or --text"),
+    # `search` with no example lists the catalog (what `query` without --like did); with both, it says so.
+    (["search", "x.jpg", "--text", "a car"], "give example images (or a folder / list file of them) or --text, not both"),
     (["undo", "/nonexistent"], "/nonexistent: no such file or directory"),
 ])
 def test_issue_examples_as_typed(setup, args, needle):

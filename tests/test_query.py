@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgsim_fast.catalog.store import Catalog, hash_array_name
+from imgsim_fast.catalog.store import Catalog, default_catalog_path, hash_array_name
 from imgsim_fast.features.codes import hamming_reference
-from imgsim_fast.catalog.query import (AllTags, And, AnyTag, Field, Not, Or, Range, Tag, Text, compile_expr, search,
-                               select)
+from imgsim_fast.catalog.query import AllTags, And, AnyTag, Field, Not, Or, Range, Tag, Text, compile_expr, select
+from imgsim_fast.jobs.search import search
 
 PHASH = hash_array_name("phash")
 TAGS = ["beach", "Sun", "dog", "été", "city night", "cat"]
@@ -155,7 +155,7 @@ def test_search_equals_brute_force_ranking(cat, e, k, qi):
     d = {f["path"]: int(hamming_reference(q.reshape(1, 1), cat.codes_ref[f["row"]].reshape(1, 1))[0, 0])
          for f in cands}
     want = sorted(d.items(), key=lambda x: (x[1], x[0]))[:k]
-    got = search(cat, e, like=q, k=k)
+    got = search(cat, q, where=e, k=k).hits  # q: one code, (words,) uint64
     assert [(m.path, m.distance) for m in got] == want
     # A selective filter still returns k results whenever k files pass it (the over-fetch contract).
     assert len(got) == min(k, len(cands))
@@ -184,9 +184,9 @@ def test_search_by_indexed_path_on_real_index(tmp_path):
     with open(os.path.join(root, "map.json"), "w") as f:
         json.dump({os.path.basename(p): ["beach"] for p in paths[::2]}, f)
     index(root, sidecar_map=os.path.join(root, "map.json"))
-    with Catalog(os.path.join(root, ".imgsim", "catalog.sqlite")) as c:
-        hits = search(c, Tag("beach"), like=paths[0], k=3)
+    with Catalog(default_catalog_path(root)) as c:
+        hits = search(c, paths[0], where=Tag("beach"), k=3).hits
         assert hits[0].path == paths[0] and hits[0].distance == 0
         assert {h.path for h in hits} <= set(paths[::2]) and len(hits) == 3
-        outside = search(c, Tag("beach"), like=paths[1], k=10)  # query image not in the filter
+        outside = search(c, paths[1], where=Tag("beach"), k=10).hits  # query image not in the filter
         assert len(outside) == 4 and paths[1] not in {h.path for h in outside}

@@ -152,10 +152,10 @@ def test_filters_apply_before_ranking(corpus, cat):
 
 
 def test_batch_equals_single_queries_and_writes_json(corpus, cat, tmp_path):
-    from imgsim_fast.jobs.search import search, search_batch, write_results
+    from imgsim_fast.jobs.search import search, write_results
 
     qs = list(corpus["queries"].values()) + [corpus["corrupt"], os.path.join(corpus["root"], "calla-q40.jpg")]
-    batch = search_batch(cat, qs, method="cnn", k=8)
+    batch = search(cat, qs, method="cnn", k=8)  # a list: a batch
     assert [r.query for r in batch] == qs
     assert batch[4].error and not batch[4].hits  # the truncated JPEG: an error, the batch goes on
     for q, r in zip(qs, batch):
@@ -171,9 +171,9 @@ def test_batch_equals_single_queries_and_writes_json(corpus, cat, tmp_path):
 
 
 def test_parquet_needs_pyarrow(corpus, cat, tmp_path):
-    from imgsim_fast.jobs.search import search_batch, write_results
+    from imgsim_fast.jobs.search import search, write_results
 
-    res = search_batch(cat, [corpus["queries"]["mouse"]], k=3)
+    res = search(cat, [corpus["queries"]["mouse"]], k=3)
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -274,10 +274,10 @@ def test_hnsw_path_equals_exact_and_is_cached(corpus, cat, monkeypatch):
 
     qs = list(corpus["queries"].values())
     where = Field("format", "=", "JPEG")
-    exact = S.search_batch(cat, qs, method="cnn", k=7, where=where)
+    exact = S.search(cat, qs, method="cnn", k=7, where=where)
     monkeypatch.setattr(S, "HNSW_MIN_CANDIDATES", 1)
     for _ in range(2):  # build, then load from <catalog>.arrays/<array>.hnsw
-        got = S.search_batch(cat, qs, method="cnn", k=7, where=where)
+        got = S.search(cat, qs, method="cnn", k=7, where=where)
         assert [[h.path for h in r.hits] for r in got] == [[h.path for h in r.hits] for r in exact]
         np.testing.assert_allclose([h.score for r in got for h in r.hits],
                                    [h.score for r in exact for h in r.hits], atol=1e-5)

@@ -17,7 +17,8 @@ HOSTILE = b"evil\x1b[31mred\nline\r\xc2\x9b2J.jpg"
 BAD_QUERY = b"bad\x1b[1m\nquery\xff.jpg"
 # Any control character but the newline that ends each line: C0, DEL, C1.
 _RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-_HIT = re.compile(r"^ +\d+  \d\.\d{4}  d=\d+  \S.*$")
+# rank, the distance in words ("0/64 bits, duplicate-close"), the name last.
+_HIT = re.compile(r"^ +\d+  \d+/64 bits, [a-z-]+ *  \S.*$")
 
 
 def _clean(text: str) -> str:
@@ -64,11 +65,12 @@ def test_single_search_and_query_print_escaped_names(hostile_folder, capsys):
     assert len(lines) == 4 and all(_HIT.match(line) for line in lines), lines
     assert lines[0].endswith("  " + display_path(hostile))  # the query itself comes first, distance 0
 
+    # query is search's alias: the same lines.
     assert main(["query", "--catalog", cat, "--like", hostile]) == 0
     out, err = capsys.readouterr()
     lines = _clean(out + err).splitlines()
-    assert len(lines) == 4, lines
-    assert lines[0] == f"   0  {display_path(hostile)}"
+    assert len(lines) == 4 and all(_HIT.match(line) for line in lines), lines
+    assert lines[0] == f"   1  {'0/64 bits, duplicate-close':<26}  {display_path(hostile)}"
 
 
 def test_errors_naming_hostile_files_stay_one_line(hostile_folder, tmp_path, capsys):

@@ -1,22 +1,20 @@
-"""Catalog queries: a small filter expression tree compiled to parameterised SQL, and similarity search
-(filter first, then rank the survivors by Hamming distance of their hash codes).
+"""Catalog filters: a small expression tree compiled to parameterised SQL over the files table, and
+`select`, the files an expression passes. Ranking by similarity is jobs/search.py's (`search`), which
+takes these expressions as its `where`.
 
-    from imgsim_fast.catalog.query import Tag, AnyTag, Text, Range, search
-    search(cat, Tag("beach") & Range("taken", lo="2020-01-01"), like="photo.jpg", k=20)
+    from imgsim_fast.catalog.query import Tag, AnyTag, Text, Range, select
+    select(cat, Tag("beach") & Range("taken", lo="2020-01-01"))
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import numpy as np
-
-from imgsim_fast.catalog.store import Catalog, FileRecord, hash_array_name
+from imgsim_fast.catalog.store import Catalog, FileRecord
 from imgsim_fast.features.metadata import normalise_tag
 
 __all__ = [
     "Expr", "Tag", "AllTags", "AnyTag", "Text", "Field", "Range", "And", "Or", "Not",
-    "FIELDS", "compile_expr", "select", "search", "Match",
+    "FIELDS", "compile_expr", "filter_sql", "select",
 ]
 
 # Queryable fields -> SQL over the files table. `camera` is "make model"; `pixels` is width * height.
@@ -164,85 +162,14 @@ def _prepare(cat: Catalog) -> None:
                              deterministic=True)
 
 
+def filter_sql(cat: Catalog, where: Expr | None) -> tuple[str, list]:
+    """compile_expr(where), ready to run on `cat`'s connection (the functions it calls registered)."""
+    _prepare(cat)
+    return compile_expr(where)
+
+
 def select(cat: Catalog, where: Expr | None = None, limit: int | None = None) -> list[FileRecord]:
     """Files matching `where`, ordered by path."""
-    _prepare(cat)
-    sql, params = compile_expr(where)
+    sql, params = filter_sql(cat, where)
     recs = cat.files(sql, params)
     return recs[:limit] if limit is not None else recs
-
-
-@dataclass
-class Match:
-    path: str
-    distance: int
-    file_id: int
-
-
-# Above this fraction of the array's rows passing the filter, scanning the whole array with an
-# over-fetched top-k beats gathering the candidates' codes first.
-_SCAN_FRACTION = 0.5
-
-
-def search(cat: Catalog, where: Expr | None = None, *, like, k: int = 20, kind: str = "phash",
-           hash_size: int = 8, mode: str = "fast", threads: int | None = None) -> list[Match]:
-    """The k files matching `where` nearest to `like` (an indexed path, any image path, or a code
-    (words,) uint64), by Hamming distance of their `kind` codes; ties by path.
-
-    Filter first: the SQL filter yields the candidate rows. A selective filter gathers their codes and
-    ranks only them, so it returns k results whenever k files match. A loose filter scans the whole
-    array with hamming_topk for k' rows, over-fetched by rows / candidates (dead rows of removed files
-    and rows shared by copies count too), doubling k' until k matches lie strictly nearer than the
-    farthest row fetched (so ties at the cut are complete) or the array is exhausted.
-    """
-    from imgsim_fast.indexes.hamming import hamming_distance, hamming_topk
-
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    _prepare(cat)
-    name = hash_array_name(kind, hash_size, mode)
-    with cat.snapshot():
-        q = _query_code(cat, like, name, kind, hash_size, mode)
-        sql, params = compile_expr(where)
-        cand = cat.conn.execute(
-            f"SELECT v.row, f.path, f.id FROM vectors v JOIN (SELECT id, path FROM files WHERE {sql}) f "
-            "ON f.id = v.file_id WHERE v.array = ?", (*params, name)).fetchall()
-        codes = cat.array(name)
-    if not cand or k == 0:
-        return []
-    q = np.ascontiguousarray(q, dtype=np.uint64).reshape(1, -1)
-    n_rows = len(codes)
-    if len(cand) < _SCAN_FRACTION * n_rows:
-        rows = np.fromiter((c[0] for c in cand), dtype=np.int64, count=len(cand))
-        d = hamming_distance(q, np.ascontiguousarray(codes[rows]))
-        order = sorted(range(len(cand)), key=lambda i: (int(d[i]), cand[i][1]))[:k]
-        return [Match(cand[i][1], int(d[i]), cand[i][2]) for i in order]
-    by_row: dict[int, list] = {}
-    for row, path, fid in cand:
-        by_row.setdefault(row, []).append((path, fid))
-    kk = min(n_rows, int(np.ceil(k * n_rows / len(by_row))) + k)
-    while True:
-        ids, dists = hamming_topk(q, codes, kk, threads=threads)
-        ids, dists = ids[0], dists[0]
-        complete = kk >= n_rows
-        cut = None if complete else int(dists[-1])  # rows at distance < cut are all fetched
-        found = [(int(dd), path, fid) for r, dd in zip(ids, dists) if (cut is None or dd < cut)
-                 for path, fid in by_row.get(int(r), ())]
-        if complete or len(found) >= k:
-            found.sort()
-            return [Match(p, d, f) for d, p, f in found[:k]]
-        kk = min(n_rows, 2 * kk)
-
-
-def _query_code(cat: Catalog, like, name: str, kind: str, hash_size: int, mode: str) -> np.ndarray:
-    if isinstance(like, np.ndarray):
-        return like
-    path = os.fspath(like)
-    v = cat.vector_of(name, path)
-    if v is not None:
-        return v
-    from imgsim_fast.features import hashing
-    from imgsim_fast.io.loading import load_image
-
-    im = load_image(path, min_size=hashing.draft_size((kind,), mode, hash_size))
-    return hashing.hash_images([im], (kind,), mode, hash_size)[kind][0]

@@ -1,7 +1,8 @@
-"""`imgsim index` and `imgsim query`: argument handling over indexer.index and query.search/select.
+"""`imgsim index`, and what the commands reading a catalog share: finding and opening it, and the metadata
+filter options (search, its alias query, explore).
 
-cli.py calls `add_subcommands(sub)`. The catalog defaults to `<first DIR>/.imgsim/catalog.sqlite` for
-index; query, given no --catalog, looks for `.imgsim/catalog.sqlite` in the current folder and its parents.
+cli/main.py calls `add_subcommands(sub)`. The catalog defaults to `<first DIR>/.imgsim/catalog.sqlite` for
+index; readers, given no --catalog, look for `.imgsim/catalog.sqlite` in the current folder and its parents.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from imgsim_fast.catalog.store import CATALOG_DIRNAME, CATALOG_FILENAME
 from imgsim_fast.cli.types import iso_date, non_negative_int, positive_int, rating_filter
 from imgsim_fast.io.names import display_path
 
-__all__ = ["add_subcommands", "cmd_index", "cmd_query", "find_catalog"]
+__all__ = ["add_subcommands", "add_filter_options", "cmd_index", "find_catalog", "open_catalog"]
 
 
 def _csv_list(values) -> list[str]:
@@ -34,6 +35,16 @@ def find_catalog(start: str = ".") -> str | None:
         if parent == d:
             return None
         d = parent
+
+
+def open_catalog(path):
+    """The catalog at `path`, or the nearest one upwards, opened for reading."""
+    from imgsim_fast.catalog.store import Catalog
+
+    path = path or find_catalog()
+    if path is None:
+        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+    return Catalog(path)
 
 
 def cmd_index(args) -> int:
@@ -102,35 +113,8 @@ def _num(s: str):
     return s
 
 
-def cmd_query(args) -> int:
-    from imgsim_fast.catalog.store import Catalog
-    from imgsim_fast.catalog.query import search, select
-
-    path = args.catalog or find_catalog()
-    if path is None:
-        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
-    where = _build_filter(args)
-    with Catalog(path) as cat:
-        if args.like:
-            hits = search(cat, where, like=args.like, k=args.top, kind=args.kind)
-            rows = [{"path": m.path, "distance": m.distance} for m in hits]
-        else:
-            rows = [{"path": r.path, "width": r.width, "height": r.height, "taken": r.taken,
-                     "rating": r.rating, "label": r.label, "tags": cat.tags(r.id)}
-                    for r in select(cat, where, limit=args.top)]
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        for r in rows:
-            # display_path: a newline or escape sequence in a name must not forge a line or reach the terminal
-            shown = display_path(r["path"])
-            print(f"{r['distance']:4d}  {shown}" if "distance" in r else shown)
-    return 0
-
-
 def add_filter_options(p, text_flag: str = "--text") -> None:
-    """The metadata filters shared by `query`, `search` and `explore`. `search` names the description
+    """The metadata filters shared by `search`, its alias `query`, and `explore`. `search` names the description
     filter `--contains`, since its own --text is the CLIP text query; _build_filter reads `args.text`."""
     p.add_argument("--tag", action="append", help="must have this tag (repeat or comma-separate: all of)")
     p.add_argument("--any-tag", action="append", help="comma-separated tags, at least one of them")
@@ -150,7 +134,7 @@ def add_filter_options(p, text_flag: str = "--text") -> None:
 
 
 def add_subcommands(sub) -> None:
-    """Register `index` and `query` on an argparse subparsers object."""
+    """Register `index` on an argparse subparsers object (`query` is search's alias: cli/search.py)."""
     p = sub.add_parser("index", help="index folders into a catalog (incremental; resumes after a crash)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or files) to index")
     p.add_argument("--catalog", help="catalog file (default: <first DIR>/.imgsim/catalog.sqlite)")
@@ -170,12 +154,3 @@ def add_subcommands(sub) -> None:
 
     add_walk_options(p)
     p.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("query", help="filter a catalog by tags, text and EXIF; rank by similarity with --like")
-    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
-    add_filter_options(p)
-    p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image")
-    p.add_argument("--kind", default="phash", help="hash used by --like (default phash)")
-    p.add_argument("--top", type=positive_int, default=20, help="at most this many results (default 20)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_query)

@@ -365,8 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from imgsim_fast.cli.catalog import add_subcommands as add_catalog
     from imgsim_fast.cli.explore import add_subcommands as add_explore
+    from imgsim_fast.cli.search import add_subcommands as add_search
 
     add_catalog(sub)
+    add_search(sub)
     add_explore(sub)
     from imgsim_fast.cli.cluster import add_subcommands as add_cluster
     add_cluster(sub)

@@ -1,56 +1,107 @@
-"""Similar-image search over a catalog: by example image (any file, in the catalog or not) or by text
-(CLIP), with metadata filters, one query or a batch of them (issue 7).
+"""Search a catalog (issues 7 and 15): one function for every way of asking. By example image (any file, in
+the catalog or not; several make a batch) or a stored code or vector, by text (CLIP), ranked by hashes
+(Hamming distance) or embeddings (cosine); or, with neither, the files the metadata filter passes.
 
-    from imgsim_fast.jobs.search import search, search_batch
+    from imgsim_fast.jobs.search import search
     search(cat, "query.jpg", method="cnn", k=20, where=Tag("beach"))
     search(cat, text="a red car", model="/models/clip-vit-b32")
+    search(cat, ["a.jpg", "b.jpg"])                      # a batch: SearchResults, one per example
+    search(cat, where=Field("rating", ">=", 4))          # no example, no text: the files that pass
 
-Methods: a hash kind ("phash", "dhash", ...) ranks by Hamming distance of the catalog's codes; "cnn"
-(EfficientNet-Lite0 unless `model` says otherwise) and "clip" rank by cosine similarity of the catalog's
-embeddings. Filter first, then rank: the metadata filter picks the candidate files, so a selective filter
-still returns k results. Scores are higher-is-closer: cosine similarity for embeddings, 1 - d / bits for
-hashes (the raw distance is kept beside it).
+Filter first, then rank: the filter (catalog/query.py) picks the candidates, so a selective filter still
+returns k results. Byte-identical files (one content digest in the catalog) are one hit carrying the others'
+paths in `copies` (collapse=False lists each). Scores are higher-is-closer: cosine similarity, or 1 - d / bits
+for hashes (the distance beside it); `closeness` puts them in the words of the dedup thresholds
+(jobs/dedup/detect.py DEFAULTS), where those were measured for the method.
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgsim_fast.io.atomic_write import replacing
 from imgsim_fast.catalog.store import Catalog, embedding_array_names, hash_array_name
 from imgsim_fast.io.names import display_path, path_text
 
-__all__ = ["Hit", "SearchResult", "search", "search_batch", "write_results", "resolve_space",
-           "HASH_METHODS", "EMBED_METHODS", "query_files"]
+__all__ = ["Hit", "SearchResult", "SearchResults", "search", "write_results", "resolve_space", "closeness",
+           "HASH_METHODS", "EMBED_METHODS", "ROW_COLUMNS", "query_files"]
 
 HASH_METHODS = ("phash", "ahash", "dhash", "whash", "colorhash")
 EMBED_METHODS = ("cnn", "clip")
+# One row per file of a result: the hit, then each of its identical copies (copy_of = the hit's path).
+ROW_COLUMNS = ("query", "method", "rank", "path", "score", "distance", "bits", "closeness", "copies", "copy_of",
+               "file_id")
 
 
 @dataclass
 class Hit:
     path: str
-    score: float                 # higher is closer: cosine similarity, or 1 - hamming / bits
+    score: float | None          # higher is closer: cosine similarity, or 1 - hamming / bits; None when listing
     rank: int                    # 1-based
     file_id: int
     distance: int | None = None  # Hamming distance (hash methods only)
+    bits: int | None = None      # code length the distance is out of
+    closeness: str | None = None  # "duplicate-close", "similar", "different"; None where no threshold applies
+    copies: list[str] = field(default_factory=list)  # other files with the same bytes (collapsed into this hit)
+
+    def describe(self) -> str:
+        """The distance in words: "2/64 bits, duplicate-close", "cos 0.931, similar", "" when listing."""
+        if self.distance is not None:
+            text = f"{self.distance}/{self.bits} bits"
+        elif self.score is not None:
+            text = f"cos {self.score:.3f}"
+        else:
+            return ""
+        return f"{text}, {self.closeness}" if self.closeness else text
+
+
+class _Rows:
+    """to_rows / to_arrow / to_pandas over `to_rows()`: results as tables (pyarrow, pandas: the [arrow] extra)."""
+
+    def to_arrow(self):
+        from imgsim_fast.io.tables import to_arrow
+
+        return to_arrow(self.to_rows(), ROW_COLUMNS)
+
+    def to_pandas(self):
+        from imgsim_fast.io.tables import to_pandas
+
+        return to_pandas(self.to_rows(), ROW_COLUMNS)
 
 
 @dataclass
-class SearchResult:
-    query: str                   # the query image path, or the text
-    method: str                  # the hash kind, or "embed:<model>"
+class SearchResult(_Rows):
+    query: str | None            # the example image path, the text, or None (filter only)
+    method: str                  # the hash kind, "embed:<model>", or "filter"
     hits: list[Hit] = field(default_factory=list)
-    error: str | None = None     # the query could not be loaded or embedded
+    error: str | None = None     # the example could not be loaded or embedded
 
     def to_dict(self) -> dict:
         """For JSON: paths (and errors, which may quote one) as names.path_text."""
-        return {"query": path_text(self.query), "method": self.method,
+        return {"query": None if self.query is None else path_text(self.query), "method": self.method,
                 "error": None if self.error is None else path_text(self.error),
-                "hits": [dict(asdict(h), path=path_text(h.path)) for h in self.hits]}
+                "hits": [dict(h.__dict__, path=path_text(h.path), copies=[path_text(c) for c in h.copies])
+                         for h in self.hits]}
+
+    def to_rows(self) -> list[dict]:
+        """One row per hit and one per identical copy of it (copy_of names the hit), in rank order."""
+        q = None if self.query is None else path_text(self.query)
+        rows = []
+        for h in self.hits:
+            base = {"query": q, "method": self.method, "rank": h.rank, "score": h.score, "distance": h.distance,
+                    "bits": h.bits, "closeness": h.closeness, "file_id": h.file_id}
+            rows.append(dict(base, path=path_text(h.path), copies=len(h.copies), copy_of=None))
+            rows += [dict(base, path=path_text(c), copies=0, copy_of=path_text(h.path), file_id=None)
+                     for c in h.copies]
+        return rows
+
+
+class SearchResults(list, _Rows):
+    """The results of a batch, one SearchResult per example (or text), in input order."""
+
+    def to_rows(self) -> list[dict]:
+        return [row for r in self for row in r.to_rows()]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,23 +164,68 @@ def resolve_space(cat: Catalog, method: str = "phash", model: str | None = None,
     raise ValueError(f"unknown method {method!r}; expected one of {HASH_METHODS + EMBED_METHODS}")
 
 
+def closeness(space: _Space, distance: int | None, score: float | None, text: bool = False) -> str | None:
+    """A hit's distance in the words of dedup's thresholds (detect.DEFAULTS, the one source of them):
+    "duplicate-close" within what dedup calls a duplicate, "similar" within its look-alike tier, else
+    "different". Only where those thresholds were measured: 64-bit pHash, and cosines of the default
+    embedding model (DEFAULTS are for its backbone vectors, which the catalog stores). Other hashes, CLIP
+    and text-to-image cosines get no word (their scales differ)."""
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS
+
+    if space.kind == "hash":
+        if distance is None or space.hash_kind != "phash" or space.bits != 64:
+            return None
+        return ("duplicate-close" if distance <= DEFAULTS.phash else
+                "similar" if distance <= DEFAULTS.similar_phash else "different")
+    from imgsim_fast.features.embedding.models import DEFAULT_MODEL
+
+    if text or score is None or space.model != DEFAULT_MODEL:
+        return None
+    return ("duplicate-close" if score >= DEFAULTS.embed_cos else
+            "similar" if score >= DEFAULTS.similar_cos else "different")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Candidates: the filter first
 
 
-def _candidates(cat: Catalog, space: _Space, where) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(file ids, paths, rows) of the files passing `where` that have `space`'s array, ordered by path:
-    rank ties then fall to the path, as in query.search."""
-    from imgsim_fast.catalog import query
+def _filter_sql(cat: Catalog, where) -> tuple[str, list]:
+    from imgsim_fast.catalog.query import filter_sql
 
-    query._prepare(cat)  # registers py_casefold, which compiled 'contains' filters call
-    sql, params = query.compile_expr(where)
+    return filter_sql(cat, where)
+
+
+def _candidate_rows(cat: Catalog, space: _Space, where):
+    """(file ids, paths, rows, digests) of the files passing `where` that have `space`'s array, by path."""
+    sql, params = _filter_sql(cat, where)
     rows = cat.conn.execute(
-        f"SELECT f.id, f.path, v.row FROM (SELECT id, path FROM files WHERE {sql}) f "
+        f"SELECT f.id, f.path, v.row, f.digest FROM (SELECT id, path, digest FROM files WHERE {sql}) f "
         "JOIN vectors v ON v.file_id = f.id WHERE v.array = ? ORDER BY f.path", (*params, space.array)).fetchall()
     fids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
     vrows = np.fromiter((r[2] for r in rows), np.int64, len(rows))
-    return fids, [r[1] for r in rows], vrows
+    return fids, [r[1] for r in rows], vrows, [r[3] for r in rows]
+
+
+def _candidates(cat: Catalog, space: _Space, where) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(file ids, paths, rows) of the files passing `where` that have `space`'s array, ordered by path:
+    rank ties then fall to the path."""
+    fids, paths, vrows, _ = _candidate_rows(cat, space, where)
+    return fids, paths, vrows
+
+
+def _collapse(digests: list) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Keep the first (by path) of each set of byte-identical files: (kept indices, kept -> the others).
+    Files without a digest (not read yet, unreadable) are never merged."""
+    first: dict[str, int] = {}
+    keep, copies = [], {}
+    for i, d in enumerate(digests):
+        if d is not None and d in first:
+            copies.setdefault(first[d], []).append(i)
+        else:
+            if d is not None:
+                first[d] = i
+            keep.append(i)
+    return np.asarray(keep, np.int64), copies
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,6 +241,17 @@ def _stored_vector(cat: Catalog, array: str, path: str):
     except UnicodeEncodeError:
         return None
     return cat.vector_of(array, path)
+
+
+def _given_vector(space: _Space, example: np.ndarray, width: int) -> np.ndarray:
+    """An example passed as a code (uint64 words) or a vector (floats), checked against the array."""
+    a = np.asarray(example)
+    want = np.uint64 if space.kind == "hash" else np.float32
+    if a.ndim != 1 or a.shape[0] != width or (space.kind == "hash" and a.dtype != np.uint64):
+        raise ValueError(f"an example given as an array must be one {'uint64 code' if space.kind == 'hash' else 'vector'}"
+                         f" of {width} {'words' if space.kind == 'hash' else 'values'} for {space.method}, "
+                         f"got {a.dtype} {a.shape}")
+    return a.astype(want, copy=False)
 
 
 def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | None):
@@ -178,7 +285,6 @@ def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | 
 
 
 def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: int | None):
-    out = None
     errors: list[str | None] = [None] * len(paths)
     stored, todo = {}, []
     for i, p in enumerate(paths):
@@ -215,13 +321,50 @@ def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: in
 # ---------------------------------------------------------------------------------------------------
 # Ranking
 
+# Above this fraction of the array's rows among the candidates, scanning the whole array with an
+# over-fetched top-k beats gathering the candidates' codes first.
+_SCAN_FRACTION = 0.5
 
-def _rank_hash(codes_db: np.ndarray, q: np.ndarray, k: int, threads: int | None):
-    """Top k per query over the candidates' codes: (idx (m, kk), dist (m, kk)), ties by candidate
-    order (= path) as hamming_topk breaks ties by index."""
+
+def _rank_hash(codes: np.ndarray, vrows: np.ndarray, q: np.ndarray, k: int, threads: int | None):
+    """Top k per query among the candidates (rows `vrows` of `codes`, in path order) by Hamming distance,
+    ties by candidate order: (idx (m, kk), dist (m, kk)), kk = min(k, candidates).
+
+    A selective filter gathers the candidates' codes and ranks only them. A loose one scans the whole
+    array with hamming_topk for k' rows, over-fetched by rows / candidates (rows of removed files and rows
+    shared by copies count too), doubling k' until k candidates lie strictly nearer than the farthest row
+    fetched (so ties at the cut are complete) or the array is exhausted."""
     from imgsim_fast.indexes.hamming import hamming_topk
 
-    return hamming_topk(np.ascontiguousarray(q), np.ascontiguousarray(codes_db), k, threads=threads)
+    kk = min(k, len(vrows))
+    q = np.ascontiguousarray(q, np.uint64)
+    n_rows = len(codes)
+    if len(vrows) < _SCAN_FRACTION * n_rows:  # hamming_topk breaks ties by index = candidate order
+        return hamming_topk(q, np.ascontiguousarray(codes[vrows]), kk, threads=threads)
+    by_row: dict[int, list[int]] = {}
+    for ci, r in enumerate(vrows):
+        by_row.setdefault(int(r), []).append(ci)
+    out_i = np.empty((len(q), kk), np.int64)
+    out_d = np.empty((len(q), kk), np.int64)
+    todo = np.arange(len(q))
+    fetch = min(n_rows, int(np.ceil(k * n_rows / len(by_row))) + k)
+    while len(todo):
+        ids, dists = hamming_topk(q[todo], codes, fetch, threads=threads)
+        complete = fetch >= n_rows
+        again = []
+        for t, qi in enumerate(todo):
+            cut = None if complete else int(dists[t, -1])  # rows at distance < cut are all fetched
+            found = [(int(d), ci) for r, d in zip(ids[t], dists[t]) if cut is None or d < cut
+                     for ci in by_row.get(int(r), ())]
+            if complete or len(found) >= kk:
+                found.sort()
+                out_i[qi] = [ci for _, ci in found[:kk]]
+                out_d[qi] = [d for d, _ in found[:kk]]
+            else:
+                again.append(qi)
+        todo = np.asarray(again, np.int64)
+        fetch = min(n_rows, 2 * fetch)
+    return out_i, out_d
 
 
 def _rank_embed(vecs: np.ndarray, q: np.ndarray, k: int):
@@ -321,65 +464,102 @@ def _rank_embed_hnsw(cat: Catalog, space: _Space, vrows: np.ndarray, q: np.ndarr
 # Public API
 
 
-def search(cat: Catalog, query=None, *, text: str | None = None, method: str = "phash", model: str | None = None,
-           k: int = 20, where=None, exclude_self: bool = False, threads: int | None = None,
-           workers: int | None = None) -> SearchResult:
-    """The k catalog files most similar to `query` (an image path; need not be in the catalog) or to
-    `text` (CLIP only), among the files passing `where` (a query.Expr). Raises ValueError when the
-    query image cannot be loaded."""
-    if (query is None) == (text is None):
-        raise ValueError("give either a query image or text, not both")
+def search(cat, example=None, *, text=None, method: str | None = None, model: str | None = None, k: int = 20,
+           where=None, exclude_self: bool = False, collapse: bool = True, hash_size: int | None = None,
+           mode: str | None = None, threads: int | None = None, workers: int | None = None):
+    """Search the catalog `cat` (a Catalog, or the path of one, opened read-only for the call).
+
+    example: an image path (need not be in the catalog), or a code / vector as an array (uint64 words for a
+      hash method, floats for an embedding); a list or tuple of them is a batch.
+    text: words for CLIP's text tower (a list of them is a batch). Not together with `example`.
+    Neither: the files passing `where`, by path (the first k).
+    method: a hash kind (HASH_METHODS) or "cnn" / "clip"; default phash, or clip for text.
+    where: a filter expression (catalog/query.py: Tag, Text, Field, Range, And, ...), applied first.
+    collapse: byte-identical files are one hit, the others in `Hit.copies`; k counts distinct contents.
+    Returns a SearchResult, or SearchResults (a list) for a batch. A single example that cannot be read
+    raises ValueError; in a batch it gets `error` and no hits.
+    """
+    if not isinstance(cat, Catalog):
+        with Catalog(os.fspath(cat)) as opened:
+            return search(opened, example, text=text, method=method, model=model, k=k, where=where,
+                          exclude_self=exclude_self, collapse=collapse, hash_size=hash_size, mode=mode,
+                          threads=threads, workers=workers)
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    if example is not None and text is not None:
+        raise ValueError("give example images or text, not both")
     if text is not None:
-        return search_text(cat, [text], method="clip" if method in HASH_METHODS else method, model=model,
-                           k=k, where=where)[0]
-    res = search_batch(cat, [query], method=method, model=model, k=k, where=where, exclude_self=exclude_self,
-                       threads=threads, workers=workers)[0]
-    if res.error:
-        raise ValueError(f"{display_path(query)}: {display_path(res.error)}")
-    return res
+        batch = not isinstance(text, str)
+        texts = [str(t) for t in (text if batch else [text])]
+        if method in HASH_METHODS:
+            raise ValueError(f"text queries rank by CLIP embeddings, not by {method} hashes; use --method clip")
+        space = resolve_space(cat, method or "clip", model)
+        from imgsim_fast.features.embedding import embed_text
+
+        q = embed_text(texts, space.model) if texts else np.zeros((0, 1), np.float32)
+        res = _rank(cat, space, texts, q, [None] * len(texts), k, where, False, collapse, threads, text=True)
+        return SearchResults(res) if batch else res[0]
+    if example is None:
+        return _list(cat, where, k, collapse)
+    batch = isinstance(example, (list, tuple))
+    examples = list(example) if batch else [example]
+    space = resolve_space(cat, method or "phash", model, hash_size=hash_size, mode=mode)
+    res = _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers)
+    if batch:
+        return SearchResults(res)
+    if res[0].error:
+        raise ValueError(f"{display_path(res[0].query)}: {display_path(res[0].error)}")
+    return res[0]
 
 
-def search_text(cat: Catalog, texts: list[str], *, method: str = "clip", model: str | None = None, k: int = 20,
-                where=None) -> list[SearchResult]:
-    """Text queries through CLIP's text tower, ranked against the catalog's CLIP image embeddings."""
-    if method not in EMBED_METHODS:
-        raise ValueError("text queries need an embedding method (clip)")
-    space = resolve_space(cat, "clip", model)
-    from imgsim_fast.features.embedding import embed_text
-
-    q = embed_text(list(texts), space.model)
-    return _rank(cat, space, [str(t) for t in texts], q, [None] * len(texts), k, where, False, None)
-
-
-def search_batch(cat: Catalog, queries, *, method: str = "phash", model: str | None = None, k: int = 20,
-                 where=None, exclude_self: bool = False, threads: int | None = None,
-                 workers: int | None = None) -> list[SearchResult]:
-    """One SearchResult per query image, in input order. All cores: queries are hashed or embedded by
-    the parallel pipelines (`workers` processes), and ranked in one batched call (hamming_topk threads
-    or one BLAS matrix product). A query that cannot be loaded gets `error` and no hits."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    paths = [os.fspath(p) for p in queries]
-    space = resolve_space(cat, method, model)
+def _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers):
+    """Examples are paths or arrays: the paths are hashed or embedded together (all cores), the arrays taken
+    as they are; all are ranked in one batched call."""
+    width = cat.arrays()[space.array]["width"]
+    labels, given = [], {}
+    for i, e in enumerate(examples):
+        if isinstance(e, np.ndarray):
+            given[i] = _given_vector(space, e, width)
+            labels.append(f"<{space.method} {'code' if space.kind == 'hash' else 'vector'}>")
+        else:
+            labels.append(os.fspath(e))
+    paths = [p for i, p in enumerate(labels) if i not in given]
     if space.kind == "hash":
-        q, errors = _query_hashes(cat, space, paths, workers)
+        qp, errp = _query_hashes(cat, space, paths, workers)
     else:
-        q, errors = _query_embeddings(cat, space, paths, workers)
-    return _rank(cat, space, paths, q, errors, k, where, exclude_self, threads)
+        qp, errp = _query_embeddings(cat, space, paths, workers)
+    dtype = np.uint64 if space.kind == "hash" else np.float32
+    q = np.zeros((len(examples), width), dtype)
+    errors: list[str | None] = [None] * len(examples)
+    it = iter(zip(qp, errp))
+    for i in range(len(examples)):
+        if i in given:
+            q[i] = given[i]
+        else:
+            v, errors[i] = next(it)
+            if errors[i] is None:
+                q[i] = v
+    return _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads)
 
 
-def _rank(cat, space, labels, q, errors, k, where, exclude_self, threads) -> list[SearchResult]:
+def _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads, text=False) -> list[SearchResult]:
     with cat.snapshot():
-        fids, cpaths, vrows = _candidates(cat, space, where)
+        fids, cpaths, vrows, digests = _candidate_rows(cat, space, where)
         data = cat.array(space.array)
+    copies_of: dict[int, list[int]] = {}
+    all_paths = cpaths
+    if collapse:
+        keep, copies = _collapse(digests)
+        copies_of = {j: copies[int(c)] for j, c in enumerate(keep) if int(c) in copies}
+        fids, vrows, cpaths = fids[keep], vrows[keep], [cpaths[int(c)] for c in keep]
     results = [SearchResult(lbl, space.method, error=e) for lbl, e in zip(labels, errors)]
     ok = [i for i, e in enumerate(errors) if e is None]
-    if not ok or not len(fids):
+    if not ok or not len(fids) or k == 0:
         return results
     kk = min(len(fids), k + (1 if exclude_self else 0))
     qq = q[ok]
     if space.kind == "hash":
-        idx, dist = _rank_hash(np.asarray(data[vrows]), qq, kk, threads)
+        idx, dist = _rank_hash(data, vrows, qq, kk, threads)
         scores = 1.0 - dist / space.bits
     elif len(fids) >= HNSW_MIN_CANDIDATES:
         idx, scores = _rank_embed_hnsw(cat, space, vrows, np.ascontiguousarray(qq, np.float32), kk)
@@ -392,14 +572,36 @@ def _rank(cat, space, labels, q, errors, k, where, exclude_self, threads) -> lis
         hits = []
         for j in range(idx.shape[1]):
             c = int(idx[t, j])
-            if c < 0 or cpaths[c] == me:
+            if c < 0:
                 continue
-            hits.append(Hit(cpaths[c], round(float(scores[t, j]), 6), len(hits) + 1, int(fids[c]),
-                            None if dist is None else int(dist[t, j])))
+            group = [cpaths[c]] + [all_paths[o] for o in copies_of.get(c, ())]
+            if me in group:  # the example itself is left out; an identical copy of it stays a hit
+                group.remove(me)
+                if not group:
+                    continue
+            d = None if dist is None else int(dist[t, j])
+            s = round(float(scores[t, j]), 6)
+            fid = int(fids[c]) if group[0] == cpaths[c] else _file_id(cat, group[0])
+            hits.append(Hit(group[0], s, len(hits) + 1, fid, d, space.bits if d is not None else None,
+                            closeness(space, d, s, text), group[1:]))
             if len(hits) == k:
                 break
         results[qi].hits = hits
     return results
+
+
+def _file_id(cat: Catalog, path: str) -> int:
+    return cat.conn.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()[0]
+
+
+def _list(cat: Catalog, where, k: int, collapse: bool) -> SearchResult:
+    """No example, no text: the first k files passing `where`, by path (byte copies collapsed)."""
+    sql, params = _filter_sql(cat, where)
+    rows = cat.conn.execute(f"SELECT id, path, digest FROM files WHERE {sql} ORDER BY path", params).fetchall()
+    keep, copies = _collapse([r[2] for r in rows]) if collapse else (np.arange(len(rows)), {})
+    hits = [Hit(rows[int(c)][1], None, j + 1, rows[int(c)][0], copies=[rows[o][1] for o in copies.get(int(c), ())])
+            for j, c in enumerate(keep[:k])]
+    return SearchResult(None, "filter", hits)
 
 
 def query_files(spec: str) -> list[str]:
@@ -417,27 +619,10 @@ def query_files(spec: str) -> list[str]:
     return [spec]
 
 
-def write_results(results: list[SearchResult], path: str) -> str:
-    """Write results as JSON (a list of {query, method, error, hits}) or, for a `.parquet` path, as one
-    row per hit (query, rank, path, score, distance, file_id). Parquet needs pyarrow, which imgsim_fast
-    does not depend on: install it yourself to use it."""
-    if path.lower().endswith(".parquet"):
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError("writing Parquet needs pyarrow (`pip install pyarrow`); write .json instead") from None
-        cols = {"query": [], "method": [], "rank": [], "path": [], "score": [], "distance": [], "file_id": []}
-        for r in results:
-            for h in r.hits:
-                for key, v in (("query", path_text(r.query)), ("method", r.method), ("rank", h.rank),
-                               ("path", path_text(h.path)),
-                               ("score", h.score), ("distance", h.distance), ("file_id", h.file_id)):
-                    cols[key].append(v)
-        with replacing(path, "wb") as f:
-            pq.write_table(pa.table(cols), f)
-        return path
-    with replacing(path) as f:
-        json.dump([r.to_dict() for r in results], f, indent=1)
-        f.write("\n")
-    return path
+def write_results(results, path: str) -> str:
+    """Results to `path` by its extension (io/tables.py): .json, a list of {query, method, error, hits} as
+    before; .csv and .parquet, the rows of `to_rows()` (one per hit and per identical copy)."""
+    from imgsim_fast.io.tables import write_table
+
+    results = results if isinstance(results, SearchResults) else SearchResults(results)
+    return write_table(path, results.to_rows(), ROW_COLUMNS, json_doc=[r.to_dict() for r in results])
