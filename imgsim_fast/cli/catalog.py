@@ -1,8 +1,10 @@
 """`imgsim index`, and what the commands reading a catalog share: finding and opening it, and the metadata
 filter options (search, its alias query, explore).
 
-cli/main.py calls `add_subcommands(sub)`. The catalog defaults to `<first DIR>/.imgsim/catalog.sqlite` for
-index; readers, given no --catalog, look for `.imgsim/catalog.sqlite` in the current folder and its parents.
+cli/main.py calls `add_subcommands(sub)`. The catalog of a folder defaults to the XDG data folder
+(store.default_catalog_path: `~/.local/share/imgsim/catalogs/<name>/catalog.sqlite`), or to the
+`<DIR>/.imgsim/catalog.sqlite` an older version made, while that exists; readers given no --catalog take
+the catalog of the current folder or of the nearest parent folder that has one.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import os
 import sys
 
-from imgsim_fast.catalog.store import CATALOG_DIRNAME, CATALOG_FILENAME
+from imgsim_fast.catalog.store import CATALOG_DIRNAME, default_catalog_path
 from imgsim_fast.cli.types import iso_date, non_negative_int, positive_int, rating_filter
 from imgsim_fast.io.names import display_path
 
@@ -25,10 +27,11 @@ def _csv_list(values) -> list[str]:
 
 
 def find_catalog(start: str = ".") -> str | None:
-    """The nearest `.imgsim/catalog.sqlite` in `start` or a parent folder."""
+    """The catalog of `start` or of its nearest parent folder that has one (default_catalog_path: in the
+    XDG data folder, or inside the folder where an older version put it)."""
     d = os.path.abspath(start)
     while True:
-        p = os.path.join(d, CATALOG_DIRNAME, CATALOG_FILENAME)
+        p = default_catalog_path(d)
         if os.path.exists(p):
             return p
         parent = os.path.dirname(d)
@@ -37,13 +40,29 @@ def find_catalog(start: str = ".") -> str | None:
         d = parent
 
 
+_NOTED: set[str] = set()
+
+
+def note_legacy_catalog(path: str) -> None:
+    """Say once per run that an in-folder catalog of an older version is in use (new ones go to the XDG
+    data folder), so a user knows where it is and how to move it."""
+    path = os.path.abspath(path)
+    if os.path.basename(os.path.dirname(path)) != CATALOG_DIRNAME or path in _NOTED:
+        return
+    _NOTED.add(path)
+    print(f"imgsim: using the catalog inside the folder, made by an older version: {display_path(path)} "
+          "(new catalogs go to the XDG data folder; pass --catalog to choose)", file=sys.stderr)
+
+
 def open_catalog(path):
     """The catalog at `path`, or the nearest one upwards, opened for reading."""
     from imgsim_fast.catalog.store import Catalog
 
-    path = path or find_catalog()
-    if path is None:
-        raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+    if not path:
+        path = find_catalog()
+        if path is None:
+            raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+        note_legacy_catalog(path)
     return Catalog(path)
 
 
@@ -52,7 +71,12 @@ def cmd_index(args) -> int:
     from imgsim_fast.catalog.indexer import index
     from imgsim_fast.io.loading import DEFAULT_EXTENSIONS
 
-    s = index(args.dirs, args.catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
+    catalog = args.catalog
+    if catalog is None and args.dirs and os.path.exists(args.dirs[0]):  # a missing DIR: index() says so
+        first = args.dirs[0] if os.path.isdir(args.dirs[0]) else os.path.dirname(os.path.abspath(args.dirs[0]))
+        catalog = default_catalog_path(first)
+        note_legacy_catalog(catalog)
+    s = index(args.dirs, catalog, kinds=_csv_list([args.kinds]), mode=args.mode, hash_size=args.hash_size,
               embed_model=args.embed, sidecar_map=args.sidecar_map, workers=args.workers,
               batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair,
               extensions=args.extensions or DEFAULT_EXTENSIONS)
@@ -137,7 +161,8 @@ def add_subcommands(sub) -> None:
     """Register `index` on an argparse subparsers object (`query` is search's alias: cli/search.py)."""
     p = sub.add_parser("index", help="index folders into a catalog (incremental; resumes after a crash)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or files) to index")
-    p.add_argument("--catalog", help="catalog file (default: <first DIR>/.imgsim/catalog.sqlite)")
+    p.add_argument("--catalog", help="catalog file (default: ~/.local/share/imgsim/catalogs/<DIR name>-<hash>/"
+                                     "catalog.sqlite, under $XDG_DATA_HOME if set)")
     p.add_argument("--kinds", default="phash", help="hashes to keep, comma-separated (default phash)")
     p.add_argument("--mode", choices=("fast", "compat"), default="fast")
     p.add_argument("--hash-size", type=int, choices=(8, 16), default=8)
