@@ -99,36 +99,31 @@ def cmd_capabilities(args) -> int:
 
 
 def cmd_hash(args) -> int:
-    import contextlib
-
-    from imgsim_fast.io.atomic_write import check_target, replacing
-    from imgsim_fast.features.codes import to_hex
-    from imgsim_fast.features.hashing import code_bits
-    from imgsim_fast.io.names import path_text
+    from imgsim_fast.io.tables import FORMATS, check_table_target, write_table
 
     kinds = args.kinds.split(",")
-    if args.output:
-        check_target(args.output)  # before hashing: an output that cannot be written fails now
+    fmt = args.format or "json"
+    if args.output:  # the format: --format, else the name's extension (.json, .csv, .parquet), else JSON
+        if args.format is None and os.path.splitext(args.output)[1].lower() in FORMATS:
+            fmt = FORMATS[os.path.splitext(args.output)[1].lower()]
+        check_table_target(args.output, fmt)  # before hashing: an output that cannot be written fails now
     result = _hash(args, kinds)
     _report_failures(result)
-    # -o FILE is written whole or not at all (no half file, no temporary left behind: atomic_write.py)
-    with replacing(args.output, newline="") if args.output else contextlib.nullcontext(sys.stdout) as out:
-        hexes = {k: to_hex(result.codes[k], code_bits(k, args.hash_size)) for k in kinds}
-        if args.format == "csv":
-            w = csv.writer(out)
-            w.writerow(["path", *kinds])
-            for i, p in enumerate(result.paths):
-                w.writerow([path_text(p), *(hexes[k][i] for k in kinds)])
-        else:
-            doc = {
-                "mode": args.mode, "hash_size": args.hash_size,
-                "files": [{"path": path_text(p), **{k: hexes[k][i] for k in kinds}}
-                          for i, p in enumerate(result.paths)],
-                "errors": [{"path": path_text(f.path), "kind": f.kind, "reason": path_text(f.reason)}
-                           for f in result.failures],
-            }
-            json.dump(doc, out, indent=1)
-            out.write("\n")
+    from imgsim_fast.io.names import path_text
+
+    rows, columns = result.to_rows(), ("path", *kinds)
+    doc = {"mode": args.mode, "hash_size": args.hash_size, "files": rows,
+           "errors": [{"path": path_text(f.path), "kind": f.kind, "reason": path_text(f.reason)}
+                      for f in result.failures]}
+    if args.output:  # written whole or not at all (no half file, no temporary left behind: atomic_write.py)
+        write_table(args.output, rows, columns, json_doc=doc, fmt=fmt)
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows([r[c] for c in columns] for r in rows)
+    else:
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
     return _exit_status(len(result.paths), len(result.failures))
 
 
@@ -187,6 +182,10 @@ def cmd_dedup(args) -> int:
     for out in (args.json, args.csv, args.html):  # a report that cannot be written fails now, not after the scan
         if out:
             check_target(out)
+    if args.out:
+        from imgsim_fast.io.tables import check_table_target
+
+        check_table_target(args.out)
     if args.move_to:
         from imgsim_fast.jobs.dedup.keep import is_under
 
@@ -210,6 +209,9 @@ def cmd_dedup(args) -> int:
     if args.csv:
         report.write_csv(res, args.csv)
         print(f"wrote {display_path(args.csv)}")
+    if args.out:
+        report.write_out(res, args.out)
+        print(f"wrote {display_path(args.out)}")
     if args.html:
         report.write_html(res, args.html, roots=list(args.paths) + list(args.reference or []),
                           reference=args.reference or [], workers=args.workers)
@@ -260,8 +262,8 @@ def _apply_plan(args, op: str | None) -> int:
     from imgsim_fast.jobs.dedup import plan as pl
     from imgsim_fast.io.names import display_path
 
-    if args.json or args.csv or args.html:
-        raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv or --html")
+    if args.json or args.csv or args.out or args.html:
+        raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv, --out or --html")
     plan = pl.load_plan(args.apply)
     pl.check_plan(plan, list(args.paths) or None)
     stale = pl.stale_entries(plan)
@@ -310,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash", help="perceptual hashes of images or folders")
     p.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--kinds", default="phash", help="comma-separated: phash,ahash,dhash,whash,colorhash")
-    p.add_argument("--format", choices=("json", "csv"), default="json")
-    p.add_argument("-o", "--output", help="write here instead of standard output")
+    p.add_argument("--format", choices=("json", "csv"), default=None,
+                   help="default: from the --out name (.json, .csv, .parquet), else json")
+    p.add_argument("-o", "--out", "--output", dest="output",
+                   help="write here instead of standard output: .json, .csv or .parquet (the [arrow] extra)")
     _add_hash_options(p)
     p.set_defaults(func=cmd_hash)
 
@@ -342,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "oldest, newest, shortest-path (default %(default)s)")
     p.add_argument("--json", help="write the groups as JSON to this file")
     p.add_argument("--csv", help="write one row per group member to this CSV file")
+    p.add_argument("--out", metavar="FILE", help="write the groups to FILE by its extension: .json (as --json), "
+                                                 ".csv (as --csv) or .parquet (the CSV's rows; the [arrow] extra)")
     p.add_argument("--html", help="write a review page to this file (thumbnails in NAME_files beside it): "
                                   "change keepers, mark files, export a plan for --apply")
     p.add_argument("--move-to", metavar="DIR",

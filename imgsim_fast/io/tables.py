@@ -41,13 +41,15 @@ def table_format(path) -> str:
     """"json", "csv" or "parquet" from the extension of `path` (case-insensitive); ValueError otherwise."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in FORMATS:
-        raise ValueError(f"{os.fspath(path)}: --out writes .json, .csv or .parquet, not {ext or 'a name without an extension'}")
+        raise ValueError(f"{os.fspath(path)}: --out writes .json, .csv or .parquet, not "
+                         f"{ext or 'a name without an extension'}")
     return FORMATS[ext]
 
 
-def check_table_target(path) -> str:
-    """Before slow work: the format is known, the target writable, and pyarrow there when Parquet is asked for."""
-    fmt = table_format(path)
+def check_table_target(path, fmt: str | None = None) -> str:
+    """Before slow work: the format is known (`fmt`, else the extension's), the target writable, and pyarrow
+    there when Parquet is asked for. Returns the format."""
+    fmt = fmt or table_format(path)
     check_target(path)
     if fmt == "parquet":
         _require("pyarrow.parquet")
@@ -76,11 +78,13 @@ def _csv_value(v):
     return v
 
 
-def write_table(path, rows: list[dict], columns, *, json_doc=None) -> str:
-    """Write `rows` to `path` in the format its extension names, whole or not at all (atomic_write).
+def write_table(path, rows: list[dict], columns, *, json_doc=None, fmt: str | None = None) -> str:
+    """Write `rows` to `path` in the format its extension names (or `fmt`), whole or not at all (atomic_write).
     json_doc: what a .json file holds instead of the list of rows, where a command's JSON has always been
-    a richer document (search: queries with their errors; dedup: groups with their thresholds)."""
-    fmt = table_format(path)
+    a richer document (search: queries with their errors)."""
+    fmt = fmt or table_format(path)
+    if fmt not in FORMATS.values():
+        raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS.values())}")
     columns = list(columns)
     if fmt == "json":
         doc = json_doc if json_doc is not None else [{c: r.get(c) for c in columns} for r in rows]

@@ -248,8 +248,8 @@ def _given_vector(space: _Space, example: np.ndarray, width: int) -> np.ndarray:
     a = np.asarray(example)
     want = np.uint64 if space.kind == "hash" else np.float32
     if a.ndim != 1 or a.shape[0] != width or (space.kind == "hash" and a.dtype != np.uint64):
-        raise ValueError(f"an example given as an array must be one {'uint64 code' if space.kind == 'hash' else 'vector'}"
-                         f" of {width} {'words' if space.kind == 'hash' else 'values'} for {space.method}, "
+        what = f"uint64 code of {width} words" if space.kind == "hash" else f"vector of {width} values"
+        raise ValueError(f"an example given as an array must be one {what} for {space.method}, "
                          f"got {a.dtype} {a.shape}")
     return a.astype(want, copy=False)
 
@@ -539,10 +539,14 @@ def _search_examples(cat, space, examples, k, where, exclude_self, collapse, thr
             v, errors[i] = next(it)
             if errors[i] is None:
                 q[i] = v
-    return _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads)
+    own = [None if i in given else os.path.abspath(p) for i, p in enumerate(labels)]
+    return _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads, own=own)
 
 
-def _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads, text=False) -> list[SearchResult]:
+def _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threads, text=False,
+          own=None) -> list[SearchResult]:
+    """Rank the candidates for each query vector; own[i]: the absolute path of example i (None for a given
+    array or text), which heads its identical copies or, with exclude_self, is left out."""
     with cat.snapshot():
         fids, cpaths, vrows, digests = _candidate_rows(cat, space, where)
         data = cat.array(space.array)
@@ -568,15 +572,17 @@ def _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threa
         idx, scores = _rank_embed(np.asarray(data[vrows], np.float32), np.ascontiguousarray(qq, np.float32), kk)
         dist = None
     for t, qi in enumerate(ok):
-        me = os.path.abspath(labels[qi]) if exclude_self else None
+        me = own[qi] if own else None
         hits = []
         for j in range(idx.shape[1]):
             c = int(idx[t, j])
             if c < 0:
                 continue
             group = [cpaths[c]] + [all_paths[o] for o in copies_of.get(c, ())]
-            if me in group:  # the example itself is left out; an identical copy of it stays a hit
+            if me in group:  # the example itself heads its copies, or is left out (an identical copy stays a hit)
                 group.remove(me)
+                if not exclude_self:
+                    group.insert(0, me)
                 if not group:
                     continue
             d = None if dist is None else int(dist[t, j])

@@ -9,8 +9,6 @@ similar pictures, and exports the decisions as a plan (JSON, format in plan.py) 
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -19,12 +17,11 @@ from urllib.parse import quote
 
 from imgsim_fast.io.atomic_write import check_target, write_text
 from imgsim_fast.io.names import display_path, path_text
+from imgsim_fast.jobs.dedup.rows import ROW_COLUMNS, rows_of
 
-__all__ = ["write_json", "write_csv", "write_html", "render_review", "thumbs_folder",
-           "CSV_COLUMNS", "THUMB_SIDE"]
+__all__ = ["write_json", "write_csv", "write_out", "write_html", "render_review", "thumbs_folder",
+           "THUMB_SIDE"]
 
-CSV_COLUMNS = ("group", "keep", "reference", "path", "rule", "phash_distance", "flip_distance", "flip",
-               "cosine", "width", "height", "format", "bytes", "digest", "tier", "why", "removable")
 THUMB_SIDE = 160
 THUMB_QUALITY = 75  # 3-4 KB per 160 px thumbnail of a photo
 # Marks a thumbnail folder as ours: an existing folder without it is never written into.
@@ -57,14 +54,19 @@ def write_json(result, path: str, extra: dict | None = None) -> None:
 
 def write_csv(result, path: str) -> None:
     """One row per group member, groups numbered from 1; the keeper is the first row of its group."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(CSV_COLUMNS)
-    for gi, g in enumerate(_as_text(result.to_dict())["groups"], 1):
-        for m in g["members"]:
-            w.writerow([gi, int(m["keep"]), int(m["reference"])] + [m[c] for c in CSV_COLUMNS[3:-3]]
-                       + [g["tier"], m["why"], int(m["removable"])])
-    write_text(path, buf.getvalue(), newline="")  # newline="": the csv module wrote its own \r\n
+    write_out(result, path, "csv")
+
+
+def write_out(result, path: str, fmt: str | None = None) -> None:
+    """`result` to `path` in the format its extension names (io/tables.py): .json the document of
+    write_json, .csv and .parquet its rows (jobs/dedup/rows.py). fmt forces one, whatever the name."""
+    from imgsim_fast.io import tables
+
+    fmt = fmt or tables.table_format(path)
+    if fmt == "json":
+        write_json(result, path)
+    else:
+        tables.write_table(path, rows_of(result.to_dict()), ROW_COLUMNS, fmt=fmt)
 
 
 # ------------------------------------------------------------------------------------------------

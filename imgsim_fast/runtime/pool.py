@@ -56,6 +56,26 @@ class HashResult:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def to_rows(self) -> list[dict]:
+        """One row per hashed file: the path (names.path_text) and each kind's code in hex."""
+        from imgsim_fast.features.codes import to_hex
+        from imgsim_fast.io.names import path_text
+
+        hexes = {k: to_hex(self.codes[k], hashing.code_bits(k, self.hash_size)) for k in self.kinds}
+        return [{"path": path_text(p), **{k: hexes[k][i] for k in self.kinds}} for i, p in enumerate(self.paths)]
+
+    def to_arrow(self):
+        """The rows as a pyarrow Table (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_arrow
+
+        return to_arrow(self.to_rows(), ("path", *self.kinds))
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_pandas
+
+        return to_pandas(self.to_rows(), ("path", *self.kinds))
+
 
 class _Config(NamedTuple):
     kinds: tuple[str, ...]

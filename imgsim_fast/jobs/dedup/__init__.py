@@ -46,6 +46,26 @@ class DedupResult:
             return []
         return [m for k, m in enumerate(g.members) if k > 0 and not self.reference[m]]
 
+    def to_rows(self) -> list[dict]:
+        """One row per group member (jobs/dedup/rows.py): what --csv and --out FILE.parquet hold."""
+        from imgsim_fast.jobs.dedup.rows import rows_of
+
+        return rows_of(self.to_dict())
+
+    def to_arrow(self):
+        """The rows as a pyarrow Table (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_arrow
+        from imgsim_fast.jobs.dedup.rows import ROW_COLUMNS
+
+        return to_arrow(self.to_rows(), ROW_COLUMNS)
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_pandas
+        from imgsim_fast.jobs.dedup.rows import ROW_COLUMNS
+
+        return to_pandas(self.to_rows(), ROW_COLUMNS)
+
     def to_dict(self) -> dict:
         facts = self.features.facts
         return {
