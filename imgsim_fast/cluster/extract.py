@@ -206,7 +206,7 @@ def index(sources, out: str, *, embed: bool | str = False, shard_size: int = DEF
     embed: False, True (the default model) or a model name. address: a running Ray cluster (None: the
     one this process already joined, else a local one with num_cpus workers).
     """
-    from imgsim_fast.cluster.session import cluster_gpus, connect
+    from imgsim_fast.cluster.session import cluster_cpus, cluster_gpus, connect
 
     t0 = time.perf_counter()
     model = None
@@ -233,9 +233,14 @@ def index(sources, out: str, *, embed: bool | str = False, shard_size: int = DEF
             size = get_model(model).spec.size
             gpus = cluster_gpus(ray)
             actors = embed_actors or max(1, gpus)
-            ds = ds.map(_decode, fn_kwargs={"embed_size": size}, num_cpus=1, **retry)
+            # A CPU actor holds its CPU for the whole job: on a small cluster it takes part of one, so the
+            # decoders feeding it can always be scheduled (with whole CPUs, one CPU would deadlock).
+            cpus = cluster_cpus(ray)
+            cpu_share = min(1.0, cpus / (2 * actors))
+            decode_cpus = 1.0 if gpus else min(1.0, cpus - cpu_share * actors)
+            ds = ds.map(_decode, fn_kwargs={"embed_size": size}, num_cpus=decode_cpus, **retry)
             ds = ds.map(_EmbedWriter, fn_constructor_args=(os.path.abspath(out), model), concurrency=actors,
-                        **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+                        **({"num_gpus": 1} if gpus else {"num_cpus": cpu_share}))
         for row in ds.iter_rows():
             summary.failed += int(row["failed"])
     summary.seconds = time.perf_counter() - t0

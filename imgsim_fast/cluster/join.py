@@ -228,10 +228,12 @@ def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarra
 # On Ray
 
 
-def _map_task(load, arg, spec: JoinSpec):
+def _map_task(load, arg, spec: JoinSpec, only):
     rows, phash8, digests = load(arg)
     rec = records(rows, phash8, digests, spec)
-    return (*split(rec, spec.partitions), {"files": len(rows), "records": len(rec), "bytes": int(rec.nbytes)})
+    parts = split(rec, spec.partitions)
+    return (*(parts if only is None else [parts[p] for p in only]),
+            {"files": len(rows), "records": len(rec), "bytes": int(rec.nbytes)})
 
 
 def _reduce_task(spec: JoinSpec, collect: bool, *parts):
@@ -240,21 +242,24 @@ def _reduce_task(spec: JoinSpec, collect: bool, *parts):
     return (i, j, stats) if collect else (None, None, stats)
 
 
-def join(inputs: list[tuple], spec: JoinSpec, *, collect: bool = True, ray=None) -> tuple[np.ndarray, np.ndarray, JoinStats]:
+def join(inputs: list[tuple], spec: JoinSpec, *, collect: bool = True, ray=None,
+         only_partitions: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, JoinStats]:
     """All pairs of files within the spec's distances: (i, j) sorted by (i, j), i < j, each once, and stats.
 
     inputs: (load, arg) per map task; load(arg) -> (rows, phash8 (n, 8) uint64 or None, digests or None),
     run on the workers, so no code passes through the driver. Rows must be below 2^32. collect=False
     leaves the pairs on the workers and counts them (the benchmark). Tasks killed with their worker are
     run again by Ray (max_retries), and map outputs lost with a node are rebuilt from lineage.
+    only_partitions: reduce these partitions only (the benchmark's sample of a join too large to finish
+    here); the map side still keys every record, and stats count all of them.
     """
     if ray is None:
         import ray
     t0 = time.perf_counter()
-    P = spec.partitions
+    P = spec.partitions if only_partitions is None else len(only_partitions)
     mapper = ray.remote(num_cpus=1, max_retries=4)(_map_task).options(num_returns=P + 1)
     reducer = ray.remote(num_cpus=1, max_retries=4)(_reduce_task).options(num_returns=3)
-    maps = [mapper.remote(load, arg, spec) for load, arg in inputs]
+    maps = [mapper.remote(load, arg, spec, only_partitions) for load, arg in inputs]
     reds = [reducer.remote(spec, collect, *[m[p] for m in maps]) for p in range(P)]
     st = JoinStats()
     for m in ray.get([m[P] for m in maps]):
