@@ -237,8 +237,11 @@ def _map_task(load, arg, spec: JoinSpec, only):
 
 
 def _reduce_task(spec: JoinSpec, collect: bool, *parts):
+    t0 = time.perf_counter()
     i, j, stats = verify_partition(spec, list(parts))
     stats["pairs"] = len(i)
+    stats["records"] = sum(len(p) for p in parts)
+    stats["seconds"] = time.perf_counter() - t0
     return (i, j, stats) if collect else (None, None, stats)
 
 
@@ -266,12 +269,15 @@ def join(inputs: list[tuple], spec: JoinSpec, *, collect: bool = True, ray=None,
         st.files += m["files"]
         st.records += m["records"]
         st.shuffle_bytes += m["bytes"]
+    st.seconds["map"] = time.perf_counter() - t0
+    st.seconds["reduce_tasks"] = []  # (records, seconds) per reduce task
     out_i, out_j = [], []
     for i_ref, j_ref, s_ref in reds:
         s = ray.get(s_ref)
         st.verified += s["verified"]
         st.largest_bucket = max(st.largest_bucket, s["largest_bucket"])
         st.pairs += s["pairs"]
+        st.seconds["reduce_tasks"].append((s["records"], s["seconds"]))
         if collect:
             out_i.append(ray.get(i_ref))
             out_j.append(ray.get(j_ref))
