@@ -85,6 +85,8 @@ def setup(tmp_path_factory):
                     "--workers", "1"],
         # serve's base must return: listing the keys (serve itself would run until stopped).
         "serve": ["keys", "list", "--catalog", cat],
+        # a local Ray (started once, ~10 s): the nested subcommands' own options are tested in test_cluster.py
+        "cluster": ["index", str(pics), "--out", str(d / "features"), "--workers", "1"],
     }
     return d, missing, base
 

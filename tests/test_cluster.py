@@ -288,3 +288,24 @@ def test_a_worker_killed_mid_job_costs_only_a_retry(album, single_machine, local
     assert _cli("cluster", "dedup", out, "--json", doc_path) == 1
     with open(doc_path) as f:
         assert json.load(f) == single_machine
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["cluster", "dedup", "{tmp}/missing"], "not an imgsim feature set"),
+    (["cluster", "index", "{tmp}/missing", "--out", "{tmp}/out"], "no such file or folder"),
+    (["cluster", "index", "@{tmp}/missing.txt", "--out", "{tmp}/out"], "no such file list"),
+    (["cluster", "dedup", "{tmp}", "--method", "bogus"], "invalid choice"),
+    (["cluster", "dedup", "{tmp}", "--similar-threshold", "65"], "--similar-threshold"),
+    (["cluster", "index", "{tmp}", "--out", "{tmp}/out", "--shard-size", "0"], "--shard-size"),
+    (["cluster", "index", "{tmp}", "--out", "{tmp}/x.jpg"], "is not a folder"),
+])
+def test_cluster_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv, needle):
+    # All refused before Ray starts: a nonexistent source creates no --out folder either.
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    try:
+        rc = _cli(*[a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()

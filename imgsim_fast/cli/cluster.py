@@ -70,7 +70,8 @@ def cmd_cluster_dedup(args) -> int:
     if args.plan and roots is None:
         raise ValueError("--plan needs a feature set of local folders: a plan names files `imgsim dedup --apply` "
                          "can reach")
-    given = {k: v for k, v in (("phash", args.threshold), ("dihedral", args.flip_threshold)) if v is not None}
+    given = {k: v for k, v in (("phash", args.threshold), ("dihedral", args.flip_threshold),
+                               ("similar_phash", args.similar_threshold)) if v is not None}
     res = cluster_dedup(args.features, args.method, Thresholds(**given), flips=not args.no_flips,
                         reference=args.reference or [], keep_order=args.keep, fixed=tuple(given),
                         address=args.address, num_cpus=args.workers, partitions=args.partitions)
@@ -119,6 +120,11 @@ def add_subcommands(sub) -> None:
                         "features, and find embedding candidates on the driver")
     q.add_argument("--threshold", type=bits(64), default=None, help="as imgsim dedup (default 10)")
     q.add_argument("--flip-threshold", type=bits(64), default=None, help="as imgsim dedup (default 8)")
+    q.add_argument("--similar-threshold", type=bits(64), default=None,
+                   help="pHash distance of the look-alike tier (default 18, as imgsim dedup). The join's radius is "
+                        "the larger of this and --threshold, and its cost grows steeply with it: at 10^7 files "
+                        "and more, pass --similar-threshold 10 (look-alikes then come from the hashes' own "
+                        "radius only)")
     q.add_argument("--no-flips", action="store_true", help="do not match mirrored or rotated copies")
     q.add_argument("--reference", action="append", metavar="DIR", help="folder whose files are always kept")
     q.add_argument("--keep", type=keep_order, default="content,quality,camera,oldest", help="as imgsim dedup")

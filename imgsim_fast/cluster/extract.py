@@ -174,6 +174,11 @@ def _prepare_folder(out: str, sources: list[str], extensions, shard_size: int, m
     ask = {"sources": [s if s.startswith("@") or is_url(s) else os.path.abspath(s) for s in sources],
            "extensions": None if extensions is None else sorted(extensions), "shard_size": shard_size,
            "model": model}
+    for s in sources:  # before anything is created
+        if not (s.startswith("@") or is_url(s)) and not os.path.exists(s):
+            raise ValueError(f"{s}: no such file or folder")
+        if s.startswith("@") and not os.path.isfile(s[1:]):
+            raise ValueError(f"{s[1:]}: no such file list")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out} exists and is not a folder")
     os.makedirs(out, exist_ok=True)
