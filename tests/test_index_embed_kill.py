@@ -32,14 +32,14 @@ def test_kill_9_during_embedding_leaves_nothing_running(tmp_path, photos):
         k = i // len(small)
         x, y = k % 8 * 4, k // 8 * 4
         im.crop((x, y, x + im.width - 40, y + im.height - 40)).save(d / f"f{i:04d}.jpg", quality=80)
-    # --workers 1 hashes in the main process, so the only pool of the run is the embedding pipeline's
-    # (one decode worker on two cores): every process beside the main one below is the embedding stage's.
+    # The run's one pool is the extraction's (features/extract.py: read, decode, hash and prepare the
+    # embedding inputs); the model runs in the main process between batches.
     proc = subprocess.Popen([sys.executable, "-m", "imgsim_fast", "index", str(d), "--embed", "efficientnet-lite0",
-                             "--workers", "1", "--no-progress", "--catalog", str(tmp_path / "c.sqlite")],
+                             "--workers", "2", "--no-progress", "--catalog", str(tmp_path / "c.sqlite")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
-        # main + resource tracker + forkserver + a decode worker
+        # main + resource tracker + forkserver + decode workers
         while len(_session_processes(proc.pid)) < 4 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed: give it more files"

@@ -82,3 +82,19 @@ def test_search_of_an_unindexed_query_opens_it_once(folder, tmp_path, opens):
         res = ims.search(cat, q, k=2, workers=1)
     assert res.hits and opens[os.path.abspath(q)] == 1
     assert not any(opens[p] for p in _images(folder))  # catalog files are read from the catalog only
+
+
+@pytest.mark.parametrize("extra", [{}, {"embed_model": "efficientnet-lite0"},
+                                   {"dedup": True, "dedup_model": "efficientnet-lite0"}])
+def test_index_opens_each_file_once_and_a_second_run_none(folder, tmp_path, opens, extra):
+    """Digest, metadata, hashes, embedding inputs and dedup's features: one read of each file; an
+    unchanged folder is not opened at all."""
+    import imgsim_fast as ims
+
+    cat = str(tmp_path / "c.sqlite")
+    s = ims.index([str(folder)], catalog=cat, workers=1, **extra)
+    assert s.added == 5 and s.decoded == 5
+    assert {p: opens[p] for p in _images(folder)} == {p: 1 for p in _images(folder)}
+    opens.clear()
+    s = ims.index([str(folder)], catalog=cat, workers=1, **extra)
+    assert s.unchanged == 5 and not any(opens[p] for p in _images(folder))

@@ -1,16 +1,20 @@
 """Incremental indexing of folders into a catalog: decode and hash only what is new or changed.
 
-A file is unchanged when (size, mtime_ns, dev, inode) match its row: nothing is read. Otherwise its
-content digest decides: equal digest -> only the stat is updated; a new path whose digest belongs to a
-vanished path is a rename, to a live path a copy: both reuse the stored codes without decoding. Only the
-rest is decoded, in batches, each committed in one transaction, so a kill loses at most one batch and
-the next run picks up where this one stopped (issue 5).
+A file is unchanged when (size, mtime_ns, dev, inode) match its row: nothing is read. Otherwise it is read
+once (features/extract.py, on the one pool): its content digest decides: equal digest -> only the stat is
+updated; a new path whose digest belongs to a vanished path is a rename, to a live path a copy: both reuse
+the stored rows. The workers know the catalog's digests, so such a file is digested but not decoded; the
+rest is decoded once, at the size the widest consumer needs (plain hashes, embedding input, dedup's
+features), from the bytes already read. Batches are committed in one transaction each, so a kill loses at
+most one batch and the next run picks up where this one stopped (issue 5).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -20,10 +24,13 @@ from imgsim_fast.features import hashing
 from imgsim_fast.catalog.store import (CATALOG_DIRNAME, Catalog, CatalogDamaged, default_catalog_path, embedding_array_name,
                       hash_array_name)
 from imgsim_fast.features.codes import words_for_bits
-from imgsim_fast.io.digest import file_digest
 from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
 from imgsim_fast.runtime.progress import progress_bar
+from imgsim_fast.catalog import dedup_features as dedup_arrays
+from imgsim_fast.features.extract import ExtractSpec, Extracted, extract_chunk, extract_failed
+from imgsim_fast.features.hashing import phash_dihedral
+from imgsim_fast.runtime.pool import default_workers, run_pool
 
 __all__ = ["IndexStats", "index", "pixel_digest"]
 
@@ -143,7 +150,8 @@ class _Work:
     kind: str            # added, modified, backfill
     sidecars: list[str]
     sig: str
-    copies: list = field(default_factory=list)  # (path, st, sidecars, sig) of in-run copies
+    copies: list = field(default_factory=list)  # (path, st, metadata, sig) of in-run copies
+    result: object = None  # the file's Extracted (or LoadFailure) from this run's read
 
 
 def index(
@@ -162,6 +170,8 @@ def index(
     follow_symlinks: bool = False,
     repair: bool = False,
     extensions=DEFAULT_EXTENSIONS,
+    dedup: bool = False,
+    dedup_model: str | None = None,
 ) -> IndexStats:
     """Bring the catalog (default `<first root>/.imgsim/catalog.sqlite`) up to date with `roots`.
 
@@ -179,6 +189,11 @@ def index(
         damaged database is moved aside and the roots indexed afresh.
     extensions: the file name extensions the walk takes; rows of indexed files the walk no longer takes
         are removed like those of vanished files (the catalog mirrors what was asked for).
+    dedup: also keep dedup's features (catalog/dedup_features.py), from the same read and decode;
+        dedup_model: and its two embedded views by this model. kinds may then be empty.
+
+    Each file is read once (features/extract.py): its digest, metadata and, unless the catalog already
+    holds its content, one decode feeding every array asked for.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -188,22 +203,24 @@ def index(
     for r in roots:  # checked before a catalog is created: a typo must not leave one in the parent folder
         if not os.path.exists(r):
             raise ValueError(f"{r}: no such file or folder")
-    kinds = hashing._check_kinds(kinds)
-    hashing.draft_size(kinds, mode, hash_size)  # validates mode and hash_size
+    kinds = hashing._check_kinds(kinds) if kinds or not dedup else ()
+    hashing.draft_size(kinds or ("phash",), mode, hash_size)  # validates mode and hash_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if embed_model:
-        _load_model(embed_model)  # an unknown model fails now, not after the hashing work
+    for m in (embed_model, dedup_model):
+        if m:
+            _load_model(m)  # an unknown model fails now, not after the hashing work
     catalog = catalog or default_catalog_path(roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0]))
     common = dict(sidecar_map=sidecar_map, workers=workers, batch_size=batch_size, progress=progress,
                   follow_symlinks=follow_symlinks, extensions=extensions)
+    dd = dict(dedup=dedup, dedup_model=dedup_model)
     repaired, notes = 0, []
     if repair:
         repaired, notes, extra = _repair(catalog, kinds, mode, hash_size, embed_model)
         for cfg in extra:  # damaged arrays of other settings, recomputed before the run asked for
-            _index_once(roots, catalog, **cfg, **common, pixel_digests=False)
+            _index_once(roots, catalog, **cfg, **common, pixel_digests=False, dedup=False, dedup_model=None)
     stats = _index_once(roots, catalog, kinds=kinds, mode=mode, hash_size=hash_size, embed_model=embed_model,
-                        pixel_digests=pixel_digests, **common)
+                        pixel_digests=pixel_digests, **common, **dd)
     stats.repaired, stats.repair_notes = repaired, notes
     return stats
 
@@ -241,7 +258,7 @@ def _repair(catalog: str, kinds, mode, hash_size, embed_model) -> tuple[int, lis
     for d in damage:
         notes.append(f"array {d.array} {d.reason}: {lost[d.array]} entries to recompute")
         p = params.get(d.array, {})
-        if d.array in wanted:
+        if d.array in wanted or d.array.startswith("dedup-"):  # dedup's arrays: its next run backfills them
             continue
         if "model" in p:
             extra.append(dict(kinds=kinds, mode=mode, hash_size=hash_size, embed_model=p["model"]))
@@ -252,7 +269,7 @@ def _repair(catalog: str, kinds, mode, hash_size, embed_model) -> tuple[int, lis
 
 
 def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_map, workers, batch_size,
-                pixel_digests, progress, follow_symlinks, extensions) -> IndexStats:
+                pixel_digests, progress, follow_symlinks, extensions, dedup, dedup_model) -> IndexStats:
     stats = IndexStats()
     timer = _Timer(stats)
     t_start = time.perf_counter()
@@ -268,6 +285,8 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                              {"kind": k, "hash_size": hash_size, "mode": mode})
         embed_array = embedding_array_name(embed_model) if embed_model else None
         wanted = list(hash_arrays.values()) + ([embed_array] if embed_array else [])
+        if dedup:
+            wanted += dedup_arrays.ensure_arrays(cat, _load_model(dedup_model) if dedup_model else None)
 
         if sidecar_map is None:
             stored = cat.get_meta("sidecar_map")
@@ -341,67 +360,9 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                 else:
                     new_files.append((p, st, sidecars, entry, sig))
 
-        # 3. Digests of what changed or appeared; renames and copies found by digest.
-        with timer("digest"):
-            vanished = {path: r for path, r in rows.items() if path not in seen_paths}
-            cheap = []  # (op, ...) applied in the cheap phase
-            # Digests read every byte of every new or touched file: the slow phase of a first run on a disk.
-            digest_bar = progress_bar(len(touched) + len(new_files), progress if touched or new_files else False,
-                                      "reading")
-            for old, p, st, sidecars, entry, sig in touched:
-                digest_bar.update()
-                d = _digest(p, stats)
-                if d is None:
-                    continue
-                if d == old[6]:
-                    stats.touched += 1
-                    cheap.append(("touch", old[0], p, st, sidecars, entry, sig, old[8] != sig))
-                    if old[7] is None and old[0] not in complete:
-                        work.append(_Work(p, st, d, old[0], "backfill", sidecars, sig))
-                else:
-                    stats.modified += 1
-                    work.append(_Work(p, st, d, old[0], "modified", sidecars, sig))
-            by_digest: dict[str, list] = {}
-            if new_files:
-                for fid, path, d, err in cat.conn.execute("SELECT id, path, digest, error FROM files WHERE digest IS NOT NULL"):
-                    by_digest.setdefault(d, []).append((path, fid, err))
-            first_new: dict[str, _Work] = {}
-            for p, st, sidecars, entry, sig in new_files:
-                digest_bar.update()
-                d = _digest(p, stats)
-                if d is None:
-                    continue
-                cands = by_digest.get(d, [])
-                gone = sorted(c for c in cands if c[0] in vanished)
-                live = sorted(c for c in cands if c[0] not in vanished and (c[2] is not None or c[1] in complete))
-                if gone:
-                    src = gone[0]
-                    del vanished[src[0]]
-                    cands.remove(src)
-                    cands.append((p, src[1], src[2]))
-                    stats.renamed += 1
-                    cheap.append(("rename", src[1], p, st, sidecars, entry, sig, True))
-                    if src[2] is None and src[1] not in complete:
-                        work.append(_Work(p, st, d, src[1], "backfill", sidecars, sig))
-                elif live:
-                    stats.copied += 1
-                    cheap.append(("copy", live[0][1], p, st, sidecars, entry, sig, d))
-                elif d in first_new:
-                    stats.copied += 1
-                    first_new[d].copies.append((p, st, sidecars, sig))
-                else:
-                    stats.added += 1
-                    w = _Work(p, st, d, None, "added", sidecars, sig)
-                    first_new[d] = w
-                    work.append(w)
-            digest_bar.close()
-            stats.removed = len(vanished)
-
-        # 4. Cheap changes: nothing decoded. Committed before the slow phase, in chunks.
+        # 3. The cheap changes first, in chunks: files whose sidecars or mapping entry changed.
         with timer("write"):
-            ops = [("remove", r[0]) for r in vanished.values()]
-            ops += cheap
-            ops += [("meta", fid, p, sc, e, sig) for fid, p, sc, e, sig in unchanged_meta]
+            ops = [("meta", fid, p, sc, e, sig) for fid, p, sc, e, sig in unchanged_meta]
             for i in range(0, max(len(ops), 1), 1000):
                 with cat.transaction():
                     if i == 0:
@@ -413,35 +374,39 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     for op in ops[i:i + 1000]:
                         _apply_cheap(cat, op, mapping, stats)
 
-        # 5. Decode, hash, embed: batches, each one transaction.
-        stats.backfilled = sum(1 for w in work if w.kind == "backfill")
-        bar = progress_bar(len(work), progress if work else False, "decoding")
+        # 4. One read per file of what changed, appeared or lacks an array (features/extract.py): its digest
+        # and metadata, and, unless the catalog already holds its content, one decode feeding every array
+        # asked for. Renames and copies are then found by digest and reuse the stored rows. Batches, each
+        # committed in one transaction with its cheap changes, so a kill loses at most one batch.
+        run = _Run(cat, rows, seen_paths, complete, mapping, stats, timer, workers, kinds=kinds, mode=mode,
+                   hash_size=hash_size, hash_arrays=hash_arrays, embed_model=embed_model, embed_array=embed_array,
+                   dedup=dedup, dedup_model=dedup_model)
+        items = [("backfill", w) for w in work] + [("touched", t) for t in touched] + [("new", n) for n in new_files]
+        bar = progress_bar(len(items), progress if items else False, "reading and decoding")
         try:
-            for i in range(0, len(work), batch_size):
-                _run_batch(cat, work[i:i + batch_size], kinds, mode, hash_size, hash_arrays, embed_model,
-                           embed_array, complete, mapping, workers, stats, timer)
-                bar.update(len(work[i:i + batch_size]))
+            for i in range(0, len(items), batch_size):
+                run.batch(items[i:i + batch_size])
+                bar.update(len(items[i:i + batch_size]))
         finally:
             bar.close()
+            run.close()
+        stats.removed = len(run.vanished)
+        with timer("write"):
+            gone = [r[0] for r in run.vanished.values()]
+            for i in range(0, len(gone), 1000):
+                with cat.transaction():
+                    cat.conn.executemany("DELETE FROM files WHERE id = ?", [(fid,) for fid in gone[i:i + 1000]])
 
         # 6. Pixel digests where dimensions collide.
-        if pixel_digests:
+        if pixel_digests and kinds:
             _pixel_digests(cat, hash_arrays[kinds[0]], batch_size, stats, timer)
-        with cat.transaction():
-            cat.set_meta("last_index", {"roots": roots, "kinds": list(kinds), "mode": mode,
-                                        "hash_size": hash_size, "embed_model": embed_model,
-                                        "time": time.time()})
+        if kinds:  # a dedup-only run (no plain hashes) says nothing about the catalog's search settings
+            with cat.transaction():
+                cat.set_meta("last_index", {"roots": roots, "kinds": list(kinds), "mode": mode,
+                                            "hash_size": hash_size, "embed_model": embed_model,
+                                            "time": time.time()})
     stats.seconds["total"] = time.perf_counter() - t_start
     return stats
-
-
-def _digest(path: str, stats: IndexStats) -> str | None:
-    try:
-        d = file_digest(path)
-    except OSError:
-        return None  # vanished or unreadable since the walk: treated as not seen this run
-    stats.digested += 1
-    return d
 
 
 _META_COLS = ("width", "height", "format", "mode", "meta_error", "description", "text_norm",
@@ -479,18 +444,20 @@ def _insert_file(cat: Catalog, path: str, st, digest: str, md: Metadata, sig: st
 
 
 def _apply_cheap(cat: Catalog, op: tuple, mapping: dict, stats: IndexStats) -> None:
+    """A change that decodes nothing. `md` in an op is the metadata the extraction read from the file's
+    bytes (None: nothing to rewrite); a "meta" op (sidecars changed, image unchanged) reads it here."""
     kind = op[0]
-    if kind == "remove":
-        cat.conn.execute("DELETE FROM files WHERE id = ?", (op[1],))
-    elif kind in ("touch", "rename"):
-        _, fid, p, st, sidecars, entry, sig, reread = op
+    if kind in ("touch", "rename"):
+        _, fid, p, st, md, sig = op
         cat.conn.execute("UPDATE files SET path = ?, size = ?, mtime_ns = ?, dev = ?, inode = ? WHERE id = ?",
                          (p, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, fid))
-        if reread:  # a renamed file has other sidecars; its embedded metadata is the same
-            _write_meta(cat, fid, _read_md(p, sidecars, mapping, stats), sig)
+        if md is not None:  # a renamed file has other sidecars; a touched one may have new ones
+            stats.metadata_read += 1
+            _write_meta(cat, fid, md, sig)
     elif kind == "copy":
-        _, src, p, st, sidecars, entry, sig, d = op
-        _copy_row(cat, src, p, st, d, _read_md(p, sidecars, mapping, stats), sig)
+        _, src, p, st, md, sig, d = op
+        stats.metadata_read += 1
+        _copy_row(cat, src, p, st, d, md, sig)
     elif kind == "meta":
         _, fid, p, sidecars, entry, sig = op
         _write_meta(cat, fid, _read_md(p, sidecars, mapping, stats), sig)
@@ -504,77 +471,221 @@ def _copy_row(cat: Catalog, src: int, p: str, st, d: str, md: Metadata, sig: str
                      (fid, src))
 
 
-def _run_batch(cat, batch: list[_Work], kinds, mode, hash_size, hash_arrays, embed_model, embed_array,
-               complete, mapping, workers, stats, timer) -> None:
-    from imgsim_fast.runtime.pool import hash_paths
+class _Run:
+    """The read-and-decode phase of one index run: extraction in batches on the one pool, classification of
+    each file by its digest (touched, modified, renamed, copied, added), and one transaction per batch."""
 
-    with timer("metadata"):
-        mds = {w.path: _read_md(w.path, w.sidecars, mapping, stats) for w in batch if w.kind != "backfill"}
-    have: dict[int, set[str]] = {}
-    backfill_ids = [w.row_id for w in batch if w.kind == "backfill"]
-    if backfill_ids:
-        q = ",".join("?" * len(backfill_ids))
-        for fid, name in cat.conn.execute(f"SELECT file_id, array FROM vectors WHERE file_id IN ({q})", backfill_ids):
-            have.setdefault(fid, set()).add(name)
-    need_hash = [w for w in batch if w.kind != "backfill" or not set(hash_arrays.values()) <= have.get(w.row_id, set())]
-    with timer("decode_hash"):
-        res = hash_paths([w.path for w in need_hash], kinds=kinds, mode=mode, hash_size=hash_size,
-                         workers=workers, progress=False) if need_hash else None
-    stats.decoded += len(need_hash)
-    codes_of: dict[str, int] = {p: i for i, p in enumerate(res.paths)} if res else {}
-    errors: dict[str, tuple[str, str]] = {f.path: (f.reason, f.kind) for f in res.failures} if res else {}
-    emb_of: dict[str, int] = {}
-    emb = None
-    if embed_array:
-        to_embed = [w.path for w in batch if w.path not in errors
-                    and (w.kind != "backfill" or embed_array not in have.get(w.row_id, set()))]
-        if to_embed:
-            from imgsim_fast.features.embedding import embed_paths
+    def __init__(self, cat, rows, seen_paths, complete, mapping, stats, timer, workers, *, kinds, mode, hash_size,
+                 hash_arrays, embed_model, embed_array, dedup, dedup_model):
+        self.cat, self.complete, self.mapping, self.stats, self.timer = cat, complete, mapping, stats, timer
+        self.workers = default_workers() if workers is None else workers
+        self.hash_arrays, self.embed_array = hash_arrays, embed_array
+        self.vanished = {path: r for path, r in rows.items() if path not in seen_paths}
+        self.by_digest: dict[str, list] = {}
+        for fid, path, d, err in cat.conn.execute("SELECT id, path, digest, error FROM files WHERE digest IS NOT NULL"):
+            self.by_digest.setdefault(d, []).append((path, fid, err))
+        self.model = _load_model(embed_model) if embed_model else None
+        self.dedup = dedup
+        self.dedup_model = _load_model(dedup_model) if dedup_model else None
+        if self.dedup_model is not None:
+            for name in dedup_arrays.model_arrays(self.dedup_model.name):
+                cat.ensure_array(name, np.float32, self.dedup_model.dim, {"model": self.dedup_model.name})
+        if self.model is not None:
+            cat.ensure_array(embed_array, np.float32, self.model.dim, {"model": embed_model})
+        # The digests the catalog holds, for the workers: such a file is read (digest, metadata) but not
+        # decoded, since it is touched, renamed or copied and its rows are reused.
+        self._tmp = tempfile.mkdtemp(prefix="imgsim-index-")
+        known = np.array(sorted(self.by_digest), dtype="S32")
+        table = os.path.join(self._tmp, "digests.S32")
+        known.tofile(table)
+        common = dict(kinds=tuple(kinds), mode=mode, hash_size=hash_size, metadata=True,
+                      embed=self.model.spec if self.model is not None else None, dedup=dedup,
+                      dedup_embed_size=self.dedup_model.spec.size if self.dedup_model is not None else None)
+        self.spec_all = ExtractSpec(**common)
+        self.spec_skip = ExtractSpec(**common, skip_digests=table if len(known) else None)
 
-            with timer("embed"):
-                emb = embed_paths(to_embed, model=embed_model)
-            stats.embedded += len(emb.paths)
-            finite = np.isfinite(np.asarray(emb.vectors)).all(axis=1) if len(emb.paths) else []
-            emb_of = {p: i for i, p in enumerate(emb.paths) if finite[i]}
-            for f in emb.failures:
-                errors.setdefault(f.path, (f"embedding failed: {f.reason}", f.kind))
-            for i in np.flatnonzero(~np.asarray(finite, bool)):  # a NaN row would score 1e31 against everything
-                errors.setdefault(emb.paths[i], ("embedding failed: the model returned NaN or infinity",
-                                                 "hash_error"))
-            if len(emb.paths):
-                cat.ensure_array(embed_array, np.float32, int(np.asarray(emb.vectors).shape[1]), {"model": embed_model})
-    with timer("write"), cat.transaction():
-        rows_of: dict[str, dict[str, int]] = {}
-        missing = {w.path: have.get(w.row_id, set()) if w.kind == "backfill" else set() for w in batch}
-        if res and len(res.paths):
-            for k, name in hash_arrays.items():
-                _append_rows(cat, name, res.codes[k], codes_of, missing, rows_of)
-        if emb is not None and len(emb.paths):
-            _append_rows(cat, embed_array, np.asarray(emb.vectors, dtype=np.float32), emb_of, missing, rows_of)
-        for w in batch:
-            err = errors.get(w.path)
-            vec = {} if err else rows_of.get(w.path, {})
-            if w.kind == "added":
-                fid = _insert_file(cat, w.path, w.st, w.digest, mds[w.path], w.sig, *(err or (None, None)))
-            elif w.kind == "modified":
-                fid = w.row_id
-                cat.conn.execute("UPDATE files SET size = ?, mtime_ns = ?, dev = ?, inode = ?, digest = ?, "
-                                 "pixel_digest = NULL, error = ?, error_kind = ? WHERE id = ?",
-                                 (w.st.st_size, w.st.st_mtime_ns, w.st.st_dev, w.st.st_ino, w.digest,
-                                  *(err or (None, None)), fid))
-                cat.conn.execute("DELETE FROM vectors WHERE file_id = ?", (fid,))
-                _write_meta(cat, fid, mds[w.path], w.sig)
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _extract(self, items: list[tuple], spec: ExtractSpec) -> dict[int, object]:
+        if not items:
+            return {}
+        with self.timer("read_decode"):
+            if self.workers == 1 or len(items) == 1:
+                results = extract_chunk(items, spec)
             else:
-                fid = w.row_id
+                chunk = max(1, min(16, -(-len(items) // (4 * self.workers))))
+                chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+                results = [x for part in run_pool(extract_chunk, chunks, spec, self.workers, lambda n: None,
+                                                  extract_failed) for x in part]
+        out = dict(results)
+        self.stats.digested += sum(1 for r in out.values() if isinstance(r, Extracted))
+        return out
+
+    def batch(self, items: list[tuple[str, tuple]]) -> None:
+        stats, complete, vanished = self.stats, self.complete, self.vanished
+        skip, full = [], []
+        for k, (what, item) in enumerate(items):
+            if what == "backfill":
+                full.append((k, item.path))
+            else:
+                p, sidecars, entry = (item[1], item[3], item[4]) if what == "touched" else (item[0], item[2], item[3])
+                skip.append((k, p, sidecars, entry))
+        results = self._extract(skip, self.spec_skip)
+        results.update(self._extract(full, self.spec_all))
+
+        cheap, work, first_new = [], [], {}
+        for k, (what, item) in enumerate(items):
+            r = results[k]
+            if what == "backfill":
+                item.result = r
+                work.append(item)
+                continue
+            if not isinstance(r, Extracted):
+                continue  # vanished or unreadable since the walk: treated as not seen this run
+            d = r.digest
+            if what == "touched":
+                old, p, st, sidecars, entry, sig = item
+                if d == old[6]:
+                    stats.touched += 1
+                    cheap.append(("touch", old[0], p, st, r.metadata if old[8] != sig else None, sig))
+                    if old[7] is None and old[0] not in complete:
+                        work.append(_Work(p, st, d, old[0], "backfill", sidecars, sig, result=r))
+                else:
+                    stats.modified += 1
+                    work.append(_Work(p, st, d, old[0], "modified", sidecars, sig, result=r))
+                continue
+            p, st, sidecars, entry, sig = item
+            cands = self.by_digest.get(d, [])
+            gone = sorted(c for c in cands if c[0] in vanished)
+            live = sorted(c for c in cands if c[0] not in vanished and (c[2] is not None or c[1] in complete))
+            if gone:
+                src = gone[0]
+                del vanished[src[0]]
+                cands.remove(src)
+                cands.append((p, src[1], src[2]))
+                stats.renamed += 1
+                cheap.append(("rename", src[1], p, st, r.metadata, sig))
+                if src[2] is None and src[1] not in complete:
+                    work.append(_Work(p, st, d, src[1], "backfill", sidecars, sig, result=r))
+            elif live:
+                stats.copied += 1
+                cheap.append(("copy", live[0][1], p, st, r.metadata, sig, d))
+            elif d in first_new:
+                stats.copied += 1
+                first_new[d].copies.append((p, st, r.metadata, sig))
+            else:
+                stats.added += 1
+                w = _Work(p, st, d, None, "added", sidecars, sig, result=r)
+                first_new[d] = w
+                work.append(w)
+
+        # A file the workers did not decode (its content was known) that needs arrays after all: a modified
+        # file now holding another file's bytes, a copy of a file still lacking an array. Rare: read again.
+        again = [(k, w.path) for k, w in enumerate(work)
+                 if not isinstance(w.result, Extracted) or (not w.result.decoded and w.result.failure is None)]
+        again = [(k, p) for k, p in again if not isinstance(work[k].result, LoadFailure)]
+        for k, r in self._extract(again, self.spec_all).items():
+            work[k].result = r
+        stats.decoded += sum(1 for w in work if isinstance(w.result, Extracted) and w.result.decoded)
+        stats.backfilled += sum(1 for w in work if w.kind == "backfill")
+        self._write(cheap, work)
+
+    def _write(self, cheap: list, work: list[_Work]) -> None:
+        cat, stats = self.cat, self.stats
+        have: dict[int, set[str]] = {}
+        backfill_ids = [w.row_id for w in work if w.kind == "backfill"]
+        if backfill_ids:
+            q = ",".join("?" * len(backfill_ids))
+            for fid, name in cat.conn.execute(f"SELECT file_id, array FROM vectors WHERE file_id IN ({q})",
+                                              backfill_ids):
+                have.setdefault(fid, set()).add(name)
+        errors: dict[str, tuple[str, str]] = {}
+        ok: list[_Work] = []
+        for w in work:
+            r = w.result
+            failure = r if isinstance(r, LoadFailure) else r.failure
+            if failure is not None:
+                errors[w.path] = (failure.reason, failure.kind)
+            else:
+                ok.append(w)
+        arrays: dict[str, tuple[np.ndarray, list[str]]] = {}  # array -> (rows, paths)
+        if ok and self.hash_arrays:
+            for kind, name in self.hash_arrays.items():
+                arrays[name] = (np.stack([w.result.codes[kind] for w in ok]), [w.path for w in ok])
+        if self.model is not None:
+            todo = [w for w in ok if w.kind != "backfill" or self.embed_array not in have.get(w.row_id, set())]
+            if todo:
+                with self.timer("embed"):
+                    vecs = _embed(self.model, [w.result.embed_input for w in todo])
+                stats.embedded += len(todo)
+                finite = np.isfinite(vecs).all(axis=1)
+                for w in (w for w, f in zip(todo, finite) if not f):  # a NaN row would score 1e31 against all
+                    errors[w.path] = ("embedding failed: the model returned NaN or infinity", "hash_error")
+                arrays[self.embed_array] = (vecs[finite], [w.path for w, f in zip(todo, finite) if f])
+        if self.dedup and ok:
+            dd = [w for w in ok if w.path not in errors]
+            facts = [w.result.dedup for w in dd]
+            phash8 = phash_dihedral(np.stack([f[1][0] for f in facts]))
+            paths = [w.path for w in dd]
+            arrays[dedup_arrays.PHASH8] = (np.ascontiguousarray(phash8[:, :, 0]), paths)
+            arrays[dedup_arrays.THUMBS] = (np.stack([f[1][1].reshape(-1) for f in facts]), paths)
+            arrays[dedup_arrays.FACTS] = (np.array([dedup_arrays.fact_row(f[0]) for f in facts], np.float64), paths)
+            if self.dedup_model is not None:
+                with self.timer("embed"):
+                    both = _embed(self.dedup_model, [v for f in facts for v in f[2]])
+                emb, centre = dedup_arrays.model_arrays(self.dedup_model.name)
+                arrays[emb] = (both[0::2].copy(), paths)
+                arrays[centre] = (both[1::2].copy(), paths)
+        with self.timer("write"), cat.transaction():
+            for op in cheap:
+                _apply_cheap(cat, op, self.mapping, stats)
+            rows_of: dict[str, dict[str, int]] = {}
+            missing = {w.path: have.get(w.row_id, set()) if w.kind == "backfill" else set() for w in work}
+            for name, (data, paths) in arrays.items():
+                keep = [i for i, p in enumerate(paths) if p not in errors]
+                _append_rows(cat, name, data[keep], {paths[i]: j for j, i in enumerate(keep)}, missing, rows_of)
+            for w in work:
+                err = errors.get(w.path)
+                vec = {} if err else rows_of.get(w.path, {})
+                md = w.result.metadata if isinstance(w.result, Extracted) else None
+                if w.kind == "added":
+                    stats.metadata_read += 1
+                    fid = _insert_file(cat, w.path, w.st, w.digest, md or Metadata(), w.sig, *(err or (None, None)))
+                    self.by_digest.setdefault(w.digest, []).append((w.path, fid, err[0] if err else None))
+                elif w.kind == "modified":
+                    stats.metadata_read += 1
+                    fid = w.row_id
+                    cat.conn.execute("UPDATE files SET size = ?, mtime_ns = ?, dev = ?, inode = ?, digest = ?, "
+                                     "pixel_digest = NULL, error = ?, error_kind = ? WHERE id = ?",
+                                     (w.st.st_size, w.st.st_mtime_ns, w.st.st_dev, w.st.st_ino, w.digest,
+                                      *(err or (None, None)), fid))
+                    cat.conn.execute("DELETE FROM vectors WHERE file_id = ?", (fid,))
+                    _write_meta(cat, fid, md or Metadata(), w.sig)
+                else:
+                    fid = w.row_id
+                    if err:
+                        cat.conn.execute("UPDATE files SET error = ?, error_kind = ? WHERE id = ?", (*err, fid))
                 if err:
-                    cat.conn.execute("UPDATE files SET error = ?, error_kind = ? WHERE id = ?", (*err, fid))
-            if err:
-                stats.failed += 1
-            cat.conn.executemany("INSERT OR REPLACE INTO vectors(file_id, array, row) VALUES (?, ?, ?)",
-                                 [(fid, n, r) for n, r in vec.items()])
-            for p, st, sidecars, sig in w.copies:
-                _copy_row(cat, fid, p, st, w.digest, _read_md(p, sidecars, mapping, stats), sig)
-    stats.batches += 1
+                    stats.failed += 1
+                cat.conn.executemany("INSERT OR REPLACE INTO vectors(file_id, array, row) VALUES (?, ?, ?)",
+                                     [(fid, n, r) for n, r in vec.items()])
+                if not err and w.kind != "backfill":
+                    self.complete.add(fid)  # a later batch's copy of this file reuses its rows
+                for p, st, cmd, sig in w.copies:
+                    stats.metadata_read += 1
+                    _copy_row(cat, fid, p, st, w.digest, cmd or Metadata(), sig)
+        stats.batches += 1
+
+
+def _embed(model, arrays: list) -> np.ndarray:
+    """Embeddings of prepared uint8 inputs, 32 at a time (the extraction prepared them in the workers)."""
+    import torch
+
+    out = np.empty((len(arrays), model.dim), np.float32)
+    for s in range(0, len(arrays), 32):
+        out[s:s + 32] = model.embed_pixels(torch.from_numpy(np.stack(arrays[s:s + 32]))).cpu().numpy()
+    return out
 
 
 # Pixel-identical files have equal pHash codes when both decode at full size, and codes a few bits

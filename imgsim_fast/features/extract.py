@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from imgsim_fast.io.digest import bytes_digest, file_digest
-from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, phash_dihedral
-from imgsim_fast.io.loading import (RAW_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image,
-                                     read_file)
+from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, draft_size, hash_images, phash_dihedral
+from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, RAW_EXTENSIONS, ImageLoadError,
+                                     LoadFailure, iter_image_files, load_image, read_file)
 
-__all__ = ["FileFacts", "Features", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
+__all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "extract_chunk", "extract_file", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
            "trim_uniform_borders"]
 
@@ -256,22 +256,162 @@ def noise_sigma(gray: np.ndarray) -> float:
 _LOSSLESS = frozenset({"PNG", "TIFF", "BMP", "GIF", "PPM", "QOI"})
 
 
+# ------------------------------------------------------------------------------------------------
+# The extraction pass: one read, one decode, everything every job needs
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    """What to extract from each file. Every consumer says what it needs; the file is read once and
+    decoded once, at the largest size any consumer asks for (compat hashes: full size).
+
+    kinds / mode / hash_size: the catalog's plain hash codes (hashing.hash_images).
+    embed: the catalog's embedding input, prepared as the model was trained (embedding/preprocess.py).
+    dedup: dedup's features (trimmed dihedral pHash pixels, thumbnail, keep-best facts); dedup_embed_size:
+        also its two embedded views at this side.
+    metadata: EXIF/XMP/IPTC from the same bytes, plus the sidecars and mapping entry of each item.
+    skip_digests: a file of sorted hex digests (S32 rows): a file whose digest is there is digested (and
+        its metadata read) but not decoded, because the catalog already holds what its decode would give.
+    """
+
+    kinds: tuple = ()
+    mode: str = "fast"
+    hash_size: int = 8
+    embed: object = None  # PreprocessSpec (kept untyped: this module must not import torch's side)
+    dedup: bool = False
+    dedup_embed_size: int | None = None
+    metadata: bool = False
+    skip_digests: str | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_bytes: int | None = DEFAULT_MEMORY_BUDGET
+
+    def min_size(self) -> tuple[int, int] | None:
+        """The decode size for every consumer at once; None: full size."""
+        sides = []
+        if self.kinds:
+            d = draft_size(self.kinds, self.mode, self.hash_size)
+            if d is None:
+                return None
+            sides.append(max(d))
+        if self.embed is not None:
+            sides.append(self.embed.min_decode_size)
+        if self.dedup:
+            sides.append(FEATURE_SIDE)
+        side = max(sides, default=FEATURE_SIDE)
+        return side, side
+
+
+@dataclass
+class Extracted:
+    """What one read of one file gave. `failure` is set when the bytes were read (digest known) but the
+    picture could not be decoded or hashed; `decoded` is False when the digest was in skip_digests."""
+
+    path: str
+    size: int
+    digest: str
+    metadata: object = None         # features.metadata.Metadata
+    decoded: bool = False
+    failure: LoadFailure | None = None
+    codes: dict | None = None       # kind -> (words,) uint64
+    embed_input: np.ndarray | None = None  # (s, s, 3) uint8
+    dedup: tuple | None = None      # (FileFacts, (hash pixels, thumbnail), views (2, s, s, 3) or None)
+
+
+_SKIP_CACHE: dict[str, np.ndarray] = {}
+
+
+def _skipped(digest: str, table: str | None) -> bool:
+    if table is None:
+        return False
+    known = _SKIP_CACHE.get(table)
+    if known is None:
+        known = _SKIP_CACHE[table] = np.fromfile(table, dtype="S32")
+    key = np.bytes_(digest.encode())
+    i = int(np.searchsorted(known, key))
+    return i < len(known) and known[i] == key
+
+
+def extract_file(path: str, spec: ExtractSpec, sidecars: list[str] | None = None,
+                 mapping_entry: dict | None = None) -> Extracted:
+    """One file, read once (`read_file`): digest, metadata, then one decode feeding every consumer of
+    `spec`. Raises ImageLoadError only when the file cannot be read at all."""
+    st = os.stat(path)
+    try:
+        data = read_file(path, spec.max_bytes)
+    except ImageLoadError as exc:
+        if exc.kind != "too_large":
+            raise
+        # Too large to hold: digested in chunks (a second read, of such files only), so the catalog records
+        # the failure and does not try again until the file changes.
+        return Extracted(path, st.st_size, file_digest(path), failure=exc.to_failure())
+    out = Extracted(path, len(data), bytes_digest(data))
+    if spec.metadata:
+        from imgsim_fast.features.metadata import read_metadata
+
+        out.metadata = read_metadata(path, sidecars=sidecars or [], mapping_entry=mapping_entry, data=data)
+    if _skipped(out.digest, spec.skip_digests):
+        return out
+    try:
+        img = load_image(path, min_size=spec.min_size(), max_pixels=spec.max_pixels, max_bytes=spec.max_bytes,
+                         data=data)
+        out.decoded = True
+        if spec.kinds:
+            codes = hash_images([img], spec.kinds, spec.mode, spec.hash_size)
+            out.codes = {k: v[0] for k, v in codes.items()}
+        if spec.embed is not None:
+            from imgsim_fast.features.embedding.preprocess import prepare_image
+
+            out.embed_input = prepare_image(img, spec.embed)
+        if spec.dedup:
+            out.dedup = _dedup_features(img, path, st, out.digest, _header_facts(path, data), spec.dedup_embed_size)
+    except ImageLoadError as exc:
+        out.failure = exc.to_failure()
+    except MemoryError:
+        out.failure = LoadFailure(path, "out of memory while decoding or resizing", "too_large")
+    except Exception as exc:  # an odd decoder or a bug: this file fails, the run goes on
+        out.failure = LoadFailure(path, f"unexpected {type(exc).__name__}: {exc}", "error")
+    return out
+
+
+def extract_chunk(items: list[tuple], spec: ExtractSpec) -> list[tuple[int, object]]:
+    """Worker task: (position, Extracted or LoadFailure) for each (position, path[, sidecars, entry])."""
+    out = []
+    for item in items:
+        i, p = item[0], item[1]
+        try:
+            out.append((i, extract_file(p, spec, *item[2:])))
+        except ImageLoadError as exc:
+            out.append((i, exc.to_failure()))
+        except OSError as exc:
+            out.append((i, LoadFailure(p, f"{exc.strerror or exc}", "io_error")))
+        except Exception as exc:  # one odd file must not end the run
+            out.append((i, LoadFailure(p, f"unexpected {type(exc).__name__}: {exc}", "error")))
+    return out
+
+
+def extract_failed(item: tuple, reason: str, kind: str, cfg) -> list[tuple[int, LoadFailure]]:
+    """run_pool's stand-in result for an item whose worker died."""
+    return [(item[0], LoadFailure(item[1], reason, kind))]
+
+
 def prepare_file(path: str, embed_size: int | None) -> tuple:
+    """Dedup's features of one file: (FileFacts, (hash pixels, thumbnail), views or None)."""
+    r = extract_file(path, ExtractSpec(dedup=True, dedup_embed_size=embed_size))
+    if r.failure is not None:
+        raise ImageLoadError(path, r.failure.reason, r.failure.kind)
+    return r.dedup
+
+
+def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str, header: tuple,
+                    embed_size: int | None) -> tuple:
     """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
-    for one file.
+    from the decoded picture.
 
     The first embedding input is the trimmed picture squashed to s x s: the whole content, not a centre
     crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
     centre EMBED_CROP, squashed likewise: what a cropped copy of the picture looks like.
     """
-    # One open per file (issue 12): its bytes are read once, then digested and decoded from memory, and
-    # the header facts come from the same buffer. The stat is of the path (no open).
-    st = os.stat(path)
-    data = read_file(path)
-    digest = bytes_digest(data)
-    img = load_image(path, min_size=(FEATURE_SIDE, FEATURE_SIDE), data=data)
-    width, height, fmt, quality, camera = _header_facts(path, data)
-    del data
+    width, height, fmt, quality, camera = header
     if not width or not height:
         width, height = img.size
     blocky = False
@@ -309,17 +449,11 @@ def _is_colour(rgb: np.ndarray) -> bool:
 
 
 def _prepare_chunk(items: list[tuple[int, str]], embed_size: int | None) -> list[tuple[int, object]]:
-    """(input position, features or LoadFailure) for each (position, path)."""
+    """(input position, dedup features or LoadFailure) for each (position, path): extract_chunk with
+    dedup's spec."""
     out = []
-    for i, p in items:
-        try:
-            out.append((i, prepare_file(p, embed_size)))
-        except ImageLoadError as exc:
-            out.append((i, exc.to_failure()))
-        except OSError as exc:
-            out.append((i, LoadFailure(p, f"{exc.strerror or exc}", "io_error")))
-        except Exception as exc:  # one odd file must not end the run
-            out.append((i, LoadFailure(p, f"unexpected {type(exc).__name__}: {exc}", "error")))
+    for i, r in extract_chunk(items, ExtractSpec(dedup=True, dedup_embed_size=embed_size)):
+        out.append((i, r if isinstance(r, LoadFailure) else (r.failure or r.dedup)))
     return out
 
 

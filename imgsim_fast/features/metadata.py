@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -150,19 +151,24 @@ def sidecar_candidates(path: str) -> list[str]:
 # Entry point
 
 
-def read_metadata(path: str, *, sidecars: list[str] | None = None, mapping_entry: dict | None = None) -> Metadata:
+def read_metadata(path: str, *, sidecars: list[str] | None = None, mapping_entry: dict | None = None,
+                  data: bytes | None = None) -> Metadata:
     """Everything known about `path` besides its pixels.
 
     sidecars: the sidecar files that exist (None: look for `sidecar_candidates(path)`).
     mapping_entry: this file's entry from `load_mapping` ({"tags": [...], "description": ...}).
+    data: the image file's bytes when already read (the extraction pass): the file is not opened again.
     """
     md = Metadata()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            fp = open_regular(path)  # never a FIFO or a device: those would block or never end
-        except OSError:  # missing, unreadable, not a regular file: the loader reports why
-            fp = None
+        if data is not None:
+            fp = io.BytesIO(data)
+        else:
+            try:
+                fp = open_regular(path)  # never a FIFO or a device: those would block or never end
+            except OSError:  # missing, unreadable, not a regular file: the loader reports why
+                fp = None
         if fp is not None:
             with fp:
                 try:

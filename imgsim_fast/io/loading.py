@@ -230,9 +230,7 @@ def read_file(path: PathLike, max_bytes: int | None = DEFAULT_MEMORY_BUDGET) -> 
             data = fp.read()
     except OSError as exc:
         raise _os_error(path, exc) from exc
-    if not data:
-        raise ImageLoadError(path, "empty file (0 bytes)", "empty")
-    return data
+    return data  # b"" for an empty file: load_image(data=b"") says "empty file"
 
 
 def open_regular(path: PathLike):
