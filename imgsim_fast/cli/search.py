@@ -75,7 +75,8 @@ def cmd_search(args) -> int:
             qs = [q for e in examples for q in query_files(e)]
             if not qs:
                 raise ValueError(f"{examples[0]}: no query images found")
-            results = search(cat, qs, exclude_self=args.exclude_self, workers=args.workers, **common)
+            results = search(cat, qs, exclude_self=args.exclude_self, workers=args.workers,
+                             progress=False if args.no_progress else None, **common)
         elif examples:
             results = SearchResults([search(cat, examples[0], exclude_self=args.exclude_self, workers=args.workers,
                                             **common)])
@@ -114,7 +115,7 @@ def cmd_query(args) -> int:
     ns.examples = [args.like] if args.like else []
     ns.method, ns.contains, ns.text = args.kind, args.text, None
     ns.model = ns.sheet = ns.out = ns.workers = None
-    ns.exclude_self, ns.legacy_json = False, True
+    ns.exclude_self, ns.legacy_json, ns.no_progress = False, True, True  # one example: nothing to show
     return cmd_search(ns)
 
 
@@ -142,6 +143,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="write results to FILE: .json, .csv or .parquet (the [arrow] extra)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--workers", type=positive_int, default=None, help="query decoding processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar (batches show one)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("query", help="alias of search with its older flags: filters, --like IMAGE, --kind HASH")

@@ -254,7 +254,7 @@ def _given_vector(space: _Space, example: np.ndarray, width: int) -> np.ndarray:
     return a.astype(want, copy=False)
 
 
-def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | None):
+def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | None, progress=False):
     """Codes (n, words) for query images, and per query an error or None. Indexed files reuse their
     stored codes; the rest are hashed, in parallel processes when there are many."""
     from imgsim_fast.features.codes import words_for_bits
@@ -269,10 +269,10 @@ def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | 
         else:
             todo.append(i)
     if todo:
-        from imgsim_fast.runtime.pool import hash_paths
+        from imgsim_fast.features.hash_files import hash_paths
 
         res = hash_paths([paths[i] for i in todo], kinds=(space.hash_kind,), mode=space.mode,
-                         hash_size=space.hash_size, workers=1 if len(todo) < 64 else workers, progress=False)
+                         hash_size=space.hash_size, workers=1 if len(todo) < 64 else workers, progress=progress)
         got = {os.path.abspath(p): c for p, c in zip(res.paths, res.codes[space.hash_kind])}
         reasons = {os.path.abspath(f.path): f.reason for f in res.failures}
         for i in todo:
@@ -284,7 +284,7 @@ def _query_hashes(cat: Catalog, space: _Space, paths: list[str], workers: int | 
     return out, errors
 
 
-def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: int | None):
+def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: int | None, progress=False):
     errors: list[str | None] = [None] * len(paths)
     stored, todo = {}, []
     for i, p in enumerate(paths):
@@ -300,7 +300,7 @@ def _query_embeddings(cat: Catalog, space: _Space, paths: list[str], workers: in
     if todo:
         from imgsim_fast.features.embedding import embed_paths
 
-        emb = embed_paths([paths[i] for i in todo], model=space.model, workers=workers, progress=False)
+        emb = embed_paths([paths[i] for i in todo], model=space.model, workers=workers, progress=progress)
         dim = emb.vectors.shape[1]
     if dim is None:
         return np.zeros((len(paths), 0), np.float32), errors
@@ -466,7 +466,8 @@ def _rank_embed_hnsw(cat: Catalog, space: _Space, vrows: np.ndarray, q: np.ndarr
 
 def search(cat, example=None, *, text=None, method: str | None = None, model: str | None = None, k: int = 20,
            where=None, exclude_self: bool = False, collapse: bool = True, hash_size: int | None = None,
-           mode: str | None = None, threads: int | None = None, workers: int | None = None):
+           mode: str | None = None, threads: int | None = None, workers: int | None = None,
+           progress: bool | None = False):
     """Search the catalog `cat` (a Catalog, or the path of one, opened read-only for the call).
 
     example: an image path (need not be in the catalog), or a code / vector as an array (uint64 words for a
@@ -476,6 +477,7 @@ def search(cat, example=None, *, text=None, method: str | None = None, model: st
     method: a hash kind (HASH_METHODS) or "cnn" / "clip"; default phash, or clip for text.
     where: a filter expression (catalog/query.py: Tag, Text, Field, Range, And, ...), applied first.
     collapse: byte-identical files are one hit, the others in `Hit.copies`; k counts distinct contents.
+    progress: bars on stderr while example images are hashed or embedded (None: when stderr is a terminal).
     Returns a SearchResult, or SearchResults (a list) for a batch. A single example that cannot be read
     raises ValueError; in a batch it gets `error` and no hits.
     """
@@ -483,7 +485,7 @@ def search(cat, example=None, *, text=None, method: str | None = None, model: st
         with Catalog(os.fspath(cat)) as opened:
             return search(opened, example, text=text, method=method, model=model, k=k, where=where,
                           exclude_self=exclude_self, collapse=collapse, hash_size=hash_size, mode=mode,
-                          threads=threads, workers=workers)
+                          threads=threads, workers=workers, progress=progress)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be an integer >= 0, got {k!r}")
     if example is not None and text is not None:
@@ -504,7 +506,7 @@ def search(cat, example=None, *, text=None, method: str | None = None, model: st
     batch = isinstance(example, (list, tuple))
     examples = list(example) if batch else [example]
     space = resolve_space(cat, method or "phash", model, hash_size=hash_size, mode=mode)
-    res = _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers)
+    res = _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers, progress)
     if batch:
         return SearchResults(res)
     if res[0].error:
@@ -512,7 +514,7 @@ def search(cat, example=None, *, text=None, method: str | None = None, model: st
     return res[0]
 
 
-def _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers):
+def _search_examples(cat, space, examples, k, where, exclude_self, collapse, threads, workers, progress=False):
     """Examples are paths or arrays: the paths are hashed or embedded together (all cores), the arrays taken
     as they are; all are ranked in one batched call."""
     width = cat.arrays()[space.array]["width"]
@@ -525,9 +527,9 @@ def _search_examples(cat, space, examples, k, where, exclude_self, collapse, thr
             labels.append(os.fspath(e))
     paths = [p for i, p in enumerate(labels) if i not in given]
     if space.kind == "hash":
-        qp, errp = _query_hashes(cat, space, paths, workers)
+        qp, errp = _query_hashes(cat, space, paths, workers, progress)
     else:
-        qp, errp = _query_embeddings(cat, space, paths, workers)
+        qp, errp = _query_embeddings(cat, space, paths, workers, progress)
     dtype = np.uint64 if space.kind == "hash" else np.float32
     q = np.zeros((len(examples), width), dtype)
     errors: list[str | None] = [None] * len(examples)
