@@ -309,3 +309,29 @@ def test_cluster_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv, n
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_partitioned_embedding_search_matches_the_single_machine_one(local_ray):
+    # detect.embedding_pairs is the oracle. One cell probed by all: the same pairs exactly. 8 cells, each
+    # vector probing its 3 nearest: recall stays high (a search that lost its cells would not).
+    from imgsim_fast.cluster.embed_join import embedding_join, given
+    from imgsim_fast.jobs.dedup.detect import embedding_pairs
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 32))
+    emb = centres[rng.integers(0, 40, 600)] + 0.35 * rng.normal(size=(600, 32))
+    centre = emb + 0.2 * rng.normal(size=emb.shape)
+    emb, centre = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (emb, centre))
+    a, b = embedding_pairs(emb.astype(np.float32), 0.8, 8, centre.astype(np.float32))
+    want = set(zip(a.tolist(), b.tolist()))
+    rows = np.arange(600)
+    inputs = [(given, (rows[s:s + 200], emb[s:s + 200], centre[s:s + 200])) for s in (0, 200, 400)]
+    sample = np.concatenate([emb, centre])
+    i, j = embedding_join(inputs, sample, 0.8, 8, cells=1, probes=1, partitions=2, ray=local_ray)
+    got = set(zip(i.tolist(), j.tolist()))
+    assert len(want) > 1000
+    # fp16 on the wire: a pair at the cut or the k-th place can flip; allow a few of thousands.
+    assert len(got ^ want) <= len(want) // 500, (len(got - want), len(want - got))
+    i, j = embedding_join(inputs, sample, 0.8, 8, cells=8, probes=3, partitions=3, ray=local_ray)
+    got = set(zip(i.tolist(), j.tolist()))
+    assert len(got & want) >= 0.95 * len(want) and len(got - want) <= len(want) // 100

@@ -3,10 +3,9 @@ and guarded grouping as `imgsim dedup` (jobs/dedup.group_features with pairs=...
 
 The join covers what detect.candidate_pairs finds from hashes and digests, at the same radii (pHash within
 max(phash, similar_phash), a flip or rotation within dihedral, byte-identical files), so on the same files
-the groups are those of `imgsim dedup`. Only the files that occur in a pair are read back onto the driver:
-pairs are far fewer than images. Embedding candidates (methods auto and embedding) are found on the driver
-with detect.embedding_pairs over every embedding: the partitioned search of issue 14 is not built, so those
-methods fit one machine's memory only.
+the groups are those of `imgsim dedup`. Embedding candidates (methods auto and embedding) come from the
+partitioned search of cluster.embed_join (exact up to 50,000 files, k-means cells with multi-assignment
+above). Only the files that occur in a pair are read back onto the driver: pairs are far fewer than images.
 """
 from __future__ import annotations
 
@@ -75,10 +74,9 @@ def cluster_dedup(folder: str, method: str = "phash", thresholds: Thresholds = D
     spec = join_spec(method, thresholds, flips, partitions or max(2, 2 * cluster_cpus(ray)))
     ii, jj, stats = join([(load_shard, os.path.abspath(p)) for p in shards], spec, ray=ray)
     if method in ("auto", "embedding"):
-        feats, rows = fs.read_features(folder)  # every embedding: the driver-side kNN below needs them all
-        ii, jj = _with_embedding_pairs(feats, rows, ii, jj, method, thresholds, fixed)
-    else:
-        feats, rows = fs.read_features(folder, np.union1d(ii, jj))
+        a, b = _embedding_candidates(folder, shards, meta, method, thresholds, fixed, ray, spec.partitions)
+        ii, jj = _union(np.concatenate([ii, a]), np.concatenate([jj, b]))
+    feats, rows = fs.read_features(folder, np.union1d(ii, jj))
     li, lj = np.searchsorted(rows, ii), np.searchsorted(rows, jj)  # rows are sorted: pair order is kept
     roots = local_roots(meta["sources"])
     res = group_features(feats, method, thresholds, flips, list(reference), keep_order, roots=roots, fixed=fixed,
@@ -90,18 +88,46 @@ def cluster_dedup(folder: str, method: str = "phash", thresholds: Thresholds = D
                               files_scanned=total, join_stats=stats)
 
 
-def _with_embedding_pairs(feats, rows, ii, jj, method, t, fixed):
-    """Hash pairs (rows) plus detect.embedding_pairs, as detect.candidate_pairs combines them."""
-    from imgsim_fast.jobs.dedup import _learned_space
-    from imgsim_fast.jobs.dedup.detect import embedding_pairs
+def load_embeddings(arg):
+    """Embedding-join input of one shard, read on the worker, in the space the pair test compares in: the
+    learned head's projection when group_features will use it (jobs/dedup._learned_space)."""
+    path, learned = arg
+    rows, emb, centre = fs.read_embeddings(path)
+    if learned:
+        from imgsim_fast.features.embedding.siamese import load_head
 
-    f, t = _learned_space(feats, t, fixed)  # the space group_features will compare in, as candidate_pairs sees it
-    a, b = embedding_pairs(f.embeddings, min(t.similar_cos, t.confirm_cos if method == "auto" else t.embed_cos),
-                           t.knn, f.centre_embeddings)
-    i = np.concatenate([ii, rows[a]])
-    j = np.concatenate([jj, rows[b]])
+        head = load_head()
+        emb, centre = head.project(emb), head.project(centre)
+    return rows, emb, centre
+
+
+# Rows of the sample the k-means centroids are trained on, and files per cell: up to 50,000 files there is
+# one cell, and the partitioned search is exactly detect.embedding_pairs; above, each vector probes its
+# PROBES nearest cells (recall measured in tests/test_cluster.py).
+CENTROID_SAMPLE = 20_000
+FILES_PER_CELL = 50_000
+PROBES = 4
+
+
+def _embedding_candidates(folder, shards, meta, method, thresholds, fixed, ray, partitions):
+    """Embedding pairs of a feature set as detect.candidate_pairs finds them (cluster.embed_join)."""
+    from imgsim_fast.cluster.embed_join import embedding_join
+    from imgsim_fast.jobs.dedup import _learned_space
+
+    sample, _ = fs.read_features(folder, np.arange(min(meta["rows"], CENTROID_SAMPLE)))
+    if not len(sample):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    f, t = _learned_space(sample, thresholds, fixed)  # the space and thresholds group_features will use
+    learned = f.model != sample.model
+    min_cos = min(t.similar_cos, t.confirm_cos if method == "auto" else t.embed_cos)
+    vectors = np.concatenate([f.embeddings, f.centre_embeddings])
+    return embedding_join([(load_embeddings, (os.path.abspath(p), learned)) for p in shards], vectors, min_cos, t.knn,
+                          cells=max(1, meta["rows"] // FILES_PER_CELL), probes=PROBES, partitions=partitions, ray=ray)
+
+
+def _union(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not len(i):
-        return i, j
+        return i.astype(np.int64), j.astype(np.int64)
     key = np.unique((i.astype(np.uint64) << np.uint64(32)) | j.astype(np.uint64))
     return (key >> np.uint64(32)).astype(np.int64), (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
 

@@ -18,7 +18,7 @@ from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure
 
 __all__ = ["META_NAME", "LISTING_NAME", "shard_table", "write_shard", "read_meta", "write_meta", "shard_paths",
-           "read_codes", "read_digests", "read_features", "count_rows"]
+           "read_codes", "read_digests", "read_embeddings", "read_features", "count_rows"]
 
 META_NAME = "imgsim-features.json"
 LISTING_NAME = "listing.parquet"
@@ -126,6 +126,21 @@ def read_digests(path: str) -> tuple[np.ndarray, list[str]]:
     return t["row"].to_numpy().astype(np.int64), t["digest"].to_pylist()
 
 
+def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, embeddings, centre views) float32 of the readable files of one shard."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["row", "embedding", "centre_embedding", "error_kind"])
+    t = t.filter(pc.is_null(t["error_kind"]))
+    n = t.num_rows
+
+    def mat(col):
+        return t[col].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, -1)
+
+    return t["row"].to_numpy().astype(np.int64), mat("embedding"), mat("centre_embedding")
+
+
 def count_rows(folder: str) -> tuple[int, list[LoadFailure]]:
     """(readable files, failures) over every shard, reading two small columns only."""
     import pyarrow.parquet as pq
@@ -168,7 +183,8 @@ def read_features(folder: str, rows=None) -> tuple[Features, np.ndarray]:
     thumbs = np.frombuffer(b"".join(d["thumb"]), np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE)
     emb = centre = None
     if "embedding" in t.column_names:
-        emb = np.array(d["embedding"], dtype=np.float32).reshape(n, -1)
-        centre = np.array(d["centre_embedding"], dtype=np.float32).reshape(n, -1)
+        dim = t.schema.field("embedding").type.list_size
+        emb = np.array(d["embedding"], dtype=np.float32).reshape(n, dim)
+        centre = np.array(d["centre_embedding"], dtype=np.float32).reshape(n, dim)
     f = Features(facts, phash8, emb, [], meta.get("model"), centre, thumbs)
     return f, np.asarray(d["row"], np.int64)
