@@ -53,7 +53,7 @@ def test_completed_runs_leave_only_their_outputs(small, capsys):
     assert main(["hash", str(d), "--workers", "1", "--no-progress", "--format", "csv", "-o", str(out / "h.csv")]) == 0
     capsys.readouterr()
     assert _strays(root) == []
-    assert {p for p in _tree(out) if os.sep not in p} == {"hits.json", "map.html", "map.json", "g.json", "g.csv",
+    assert {p for p in _tree(out) if os.sep not in p} == {"hits.json", "map.html", "map.json", "map_files", "g.json", "g.csv",
                                                           "review.html", "review_files", "h.csv"}
     assert len((out / "h.csv").read_text().splitlines()) == 1 + 7  # header + every file
     # The catalog folder holds the catalog's files and nothing else: no SQLite journal left open either;

@@ -1,28 +1,28 @@
-"""Exploration of a catalog: clusters (k-means, k given or chosen by silhouette), representatives, outliers,
-a 2-D map (PCA) and collection statistics (issue 7). report_html.py draws the result.
+"""Exploration of a catalog (issues 7, 15): clusters that are there (density clusters, or k-means when k is
+given), representatives, outliers, a 2-D map and collection statistics. reports/explore_html.py draws it.
 
 Features: the catalog's embeddings (unit vectors) where it has them, else its hash codes unpacked to
-+-1 vectors, whose squared Euclidean distance is exactly 4 x the Hamming distance, so k-means and PCA on
-them are k-means and PCA under Hamming geometry.
++-1 vectors, whose squared Euclidean distance is exactly 4 x the Hamming distance, so clusters and maps
+of them follow Hamming geometry. Wider than explore_clusters.REDUCED_DIMS, they are first projected on
+their principal axes. Clusters: explore_clusters.py; the map: explore_map.py.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.jobs.explore_clusters import (MIN_CLUSTER_SIZE, PERSISTENCE_MIN, REDUCED_DIMS, _sqdist,
+                                               density_clusters, kmeans, pca)
+from imgsim_fast.jobs.explore_map import layout_2d, trustworthiness
+from imgsim_fast.runtime.progress import phase
 
-__all__ = ["Cluster", "Exploration", "explore", "kmeans", "choose_k", "silhouette", "pca_2d", "knn_outliers",
-           "collection_stats", "K_SAMPLE", "K_MAX"]
+__all__ = ["Cluster", "Exploration", "explore", "knn_outliers", "collection_stats", "NO_STRUCTURE"]
 
-# Silhouette for choosing k is computed on at most this many points (seeded sample): it needs their
-# pairwise distances, 1,000^2 floats, and a 1,000-point sample estimates the mean silhouette to ~0.01.
-K_SAMPLE = 1000
-# Largest k tried when choosing: a report of more clusters than this is no longer an overview.
-K_MAX = 20
+# What the report and the CLI say when no cluster is clear (issue 15: explore must not invent groups).
+NO_STRUCTURE = "no clear cluster structure"
 # Neighbours the outlier score averages over: an image with a few near-copies of its own still has
 # them among its 5 nearest, so only images unlike anything in the collection score high.
 OUTLIER_K = 5
@@ -39,6 +39,7 @@ class Cluster:
     members: list[int]            # indices into Exploration.paths, nearest the centre first
     representatives: list[int]    # the first few members: the images nearest the cluster centre
     spread: float                 # mean distance of the members to the centre
+    persistence: float | None     # eps_death / eps_birth (explore_clusters.persistence); None for k-means
 
 
 @dataclass
@@ -46,164 +47,48 @@ class Exploration:
     paths: list[str]
     file_ids: list[int]
     features: str                 # "embed:<model>" or "hash:<array>"
-    k: int
-    k_rule: str                   # how k was set
-    silhouettes: dict             # k -> mean silhouette on the sample (when k was chosen)
-    labels: np.ndarray            # cluster id per path
+    k: int                        # clusters found (or given)
+    k_rule: str                   # how they were found
+    structure: bool               # False: no clear cluster structure (no cluster passed the test)
+    verdict: str                  # one line for people: what the clustering found
+    labels: np.ndarray            # cluster id per path, -1 for files in no clear cluster
     clusters: list[Cluster]
     outliers: list[tuple[int, float]]  # (index, score), most isolated first
     outlier_rule: str
-    xy: np.ndarray                # (n, 2) PCA map
-    explained: list[float]        # variance fraction of the two map axes
+    xy: np.ndarray                # (n, 2) map
+    map_method: str               # how the map was made
+    map_trust: dict               # trustworthiness of the map and of PCA, for comparison
+    rejected: list[float] = field(default_factory=list)  # persistence of the density clusters not kept
     stats: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
+    @property
+    def unclustered(self) -> list[int]:
+        return np.flatnonzero(self.labels < 0).tolist()
+
     def to_dict(self) -> dict:
+        def num(v):
+            return None if v is None else (str(v) if not np.isfinite(v) else round(float(v), 4))
+
         return {
-            "features": self.features, "k": self.k, "k_rule": self.k_rule,
-            "silhouettes": {str(k): round(v, 4) for k, v in self.silhouettes.items()},
+            "features": self.features, "k": self.k, "k_rule": self.k_rule, "structure": self.structure,
+            "verdict": self.verdict,
             "files": [{"path": p, "file_id": f, "cluster": int(c), "x": round(float(x), 5), "y": round(float(y), 5)}
                       for p, f, c, (x, y) in zip(self.paths, self.file_ids, self.labels, self.xy)],
-            "clusters": [{"id": c.id, "size": c.size, "spread": round(c.spread, 5),
+            "clusters": [{"id": c.id, "size": c.size, "spread": round(c.spread, 5), "persistence": num(c.persistence),
                           "representatives": [self.paths[i] for i in c.representatives],
                           "members": [self.paths[i] for i in c.members]} for c in self.clusters],
+            "unclustered": [self.paths[i] for i in self.unclustered],
+            "rejected_persistence": [num(r) for r in self.rejected],
             "outliers": [{"path": self.paths[i], "score": round(s, 5)} for i, s in self.outliers],
             "outlier_rule": self.outlier_rule,
-            "map": {"method": "PCA (numpy SVD) of the features", "explained_variance": self.explained},
+            "map": {"method": self.map_method, "trustworthiness": self.map_trust},
             "stats": self.stats, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
 # ---------------------------------------------------------------------------------------------------
-# Geometry
-
-
-def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances (n, k), clipped at 0 (the expansion can go slightly negative)."""
-    d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0, out=d)
-
-
-def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn with probability
-    proportional to its squared distance to the nearest centre chosen so far."""
-    n = x.shape[0]
-    centres = np.empty((k, x.shape[1]), x.dtype)
-    centres[0] = x[rng.integers(n)]
-    d = _sqdist(x, centres[:1])[:, 0]
-    for j in range(1, k):
-        tot = d.sum()
-        i = rng.integers(n) if tot <= 0 else rng.choice(n, p=d / tot)
-        centres[j] = x[i]
-        d = np.minimum(d, _sqdist(x, centres[j:j + 1])[:, 0])
-    return centres
-
-
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd's k-means with k-means++ seeding, best of n_init seeded runs: (labels, centres, inertia).
-
-    NumPy rather than scipy.cluster.vq.kmeans2: kmeans2 has no restarts and warns on an empty cluster;
-    here an emptied cluster is re-seeded with the point farthest from its centre, so k clusters come back
-    whenever there are at least k distinct points.
-    """
-    x = np.ascontiguousarray(x, np.float32)
-    n = x.shape[0]
-    if not 1 <= k <= max(1, n):
-        raise ValueError(f"k must be in 1..{n}, got {k}")
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(n_init):
-        c = _kmeanspp(x, k, rng)
-        labels = np.full(n, -1, np.int64)
-        for _ in range(max_iter):
-            d = _sqdist(x, c)
-            new = d.argmin(1)
-            if np.array_equal(new, labels):
-                break
-            labels = new
-            counts = np.bincount(labels, minlength=k)
-            for j in np.flatnonzero(counts == 0):  # re-seed an empty cluster with the worst-fitted point
-                far = int(d[np.arange(n), labels].argmax())
-                labels[far] = j
-                d[far] = 0
-                counts = np.bincount(labels, minlength=k)
-            sums = np.zeros_like(c)
-            np.add.at(sums, labels, x)
-            c = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        inertia = float(_sqdist(x, c)[np.arange(n), labels].sum())
-        if best is None or inertia < best[2] - 1e-9:
-            best = (labels.copy(), c.copy(), inertia)
-    return best
-
-
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette (Rousseeuw 1987) with Euclidean distances; a point alone in its cluster scores 0."""
-    x = np.asarray(x, np.float64)
-    d = np.sqrt(_sqdist(x, x))
-    ks = np.unique(labels)
-    if len(ks) < 2:
-        return 0.0
-    n = len(labels)
-    onehot = (labels[:, None] == ks[None, :]).astype(np.float64)
-    counts = onehot.sum(0)
-    sums = d @ onehot  # (n, clusters): total distance from each point to each cluster
-    own = np.searchsorted(ks, labels)
-    own_n = counts[own]
-    a = np.where(own_n > 1, sums[np.arange(n), own] / np.maximum(own_n - 1, 1), 0.0)
-    mean_to = sums / counts[None, :]
-    mean_to[np.arange(n), own] = np.inf
-    b = mean_to.min(1)
-    s = np.where(own_n > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
-
-
-def choose_k(x: np.ndarray, *, seed: int = 0, k_max: int = K_MAX, sample: int = K_SAMPLE) -> tuple[int, dict]:
-    """k in 2..min(k_max, n - 1) with the highest mean silhouette on a seeded sample of at most `sample`
-    points; ties to the smaller k. Silhouette rather than the elbow: it needs no threshold on a curve's
-    bend, and scores a split by how much nearer points are to their own cluster than to the next one,
-    which is what 'distinct scenes' means. Fewer than 3 points: k = 1."""
-    n = x.shape[0]
-    if n < 3:
-        return 1, {}
-    rng = np.random.default_rng(seed)
-    xs = x[np.sort(rng.choice(n, sample, replace=False))] if n > sample else x
-    distinct = len(np.unique(np.round(xs, 5), axis=0))
-    scores = {}
-    for k in range(2, min(k_max, xs.shape[0] - 1, distinct) + 1):
-        labels, _, _ = kmeans(xs, k, seed=seed, n_init=2)
-        scores[k] = silhouette(xs, labels)
-    if not scores:
-        return 1, {}
-    best = max(scores.values())
-    return min(k for k, s in scores.items() if s >= best - 1e-9), scores
-
-
-def pca_2d(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """Projection on the first two principal axes (SVD of the centred data, or of its d x d covariance
-    when n > d), signs fixed so the largest loading of each axis is positive: the same data always
-    gives the same map."""
-    x = np.asarray(x, np.float64)
-    n, d = x.shape
-    if n == 0:
-        return np.zeros((0, 2)), [0.0, 0.0]
-    xc = x - x.mean(0)
-    if n <= d:
-        _, s, vt = np.linalg.svd(xc, full_matrices=False)
-        var = s ** 2
-    else:
-        w, v = np.linalg.eigh(xc.T @ xc)
-        order = np.argsort(w)[::-1]
-        var, vt = np.maximum(w[order], 0), v[:, order].T
-    axes = np.zeros((2, d))
-    m = min(2, vt.shape[0])
-    axes[:m] = vt[:m]
-    for i in range(m):
-        j = np.argmax(np.abs(axes[i]))
-        if axes[i, j] < 0:
-            axes[i] = -axes[i]
-    tot = var.sum()
-    explained = [float(var[i] / tot) if tot > 0 and i < len(var) else 0.0 for i in range(2)]
-    return xc @ axes.T, explained
+# Outliers
 
 
 def knn_outliers(x: np.ndarray | None = None, codes: np.ndarray | None = None, *, k: int = OUTLIER_K,
@@ -366,62 +251,98 @@ def _features(cat: Catalog, features: str, model: str | None, where):
 
 
 def explore(cat: Catalog, *, k: int | None = None, features: str = "auto", model: str | None = None,
-            where=None, n_outliers: int = 12, n_representatives: int = 6, seed: int = 0) -> Exploration:
+            where=None, n_outliers: int = 12, n_representatives: int = 6, seed: int = 0,
+            min_cluster_size: int = MIN_CLUSTER_SIZE, map_method: str = "umap",
+            progress: bool | None = False) -> Exploration:
     """Cluster, rank outliers, map and describe the catalog's files (those passing `where`).
 
     features: "auto" (embeddings if the catalog has any, the default model's first; else hashes),
-    "embedding", or a hash kind ("phash", ...). k: clusters; None chooses it (choose_k).
+    "embedding", or a hash kind ("phash", ...).
+    k: None finds density clusters (HDBSCAN, kept when persistent: explore_clusters.density_clusters)
+        and may find none; a number partitions every file into k clusters with k-means.
+    map_method: "umap" or "pca" (explore_map.layout_2d).
+    progress: bars on stderr for the slow phases (None: when stderr is a terminal).
     """
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if min_cluster_size < 2:
+        raise ValueError(f"min_cluster_size must be >= 2, got {min_cluster_size}")
     timings = {}
     t0 = time.perf_counter()
     fids, paths, x, codes, name, bits = _features(cat, features, model, where)
     timings["features"] = time.perf_counter() - t0
     n = len(paths)
-    stats = collection_stats(cat)
-    timings["stats"] = time.perf_counter() - t0 - timings["features"]
-    if n == 0:
-        return Exploration([], [], name, 0, "no files with these features", {}, np.zeros(0, np.int64), [], [],
-                           "", np.zeros((0, 2)), [0.0, 0.0], stats, timings)
     t = time.perf_counter()
-    if k is None:
-        k, sil = choose_k(x, seed=seed)
-        rule = (f"chosen: highest mean silhouette for k in 2..{K_MAX} on a seeded sample of at most "
-                f"{K_SAMPLE} files")
-    else:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k, sil, rule = min(k, n), {}, "given"
-    labels, centres, _ = kmeans(x, k, seed=seed)
-    timings["cluster"] = time.perf_counter() - t
-    d = np.sqrt(_sqdist(x, centres))[np.arange(n), labels]
-    if bits:
-        d = d * d / 4.0 / bits  # +-1 vectors: squared distance = 4 x Hamming; report Hamming / bits
-    clusters = []
-    for j in range(k):
-        m = np.flatnonzero(labels == j)
-        if not len(m):
-            continue
-        m = m[np.lexsort((m, d[m]))]
-        clusters.append(Cluster(j, len(m), m.tolist(), m[:n_representatives].tolist(), float(d[m].mean())))
-    clusters.sort(key=lambda c: (-c.size, c.members[0]))
-    relabel = {c.id: i for i, c in enumerate(clusters)}  # cluster 0 = the largest
-    for c in clusters:
-        c.id = relabel[c.id]
-    labels = np.array([relabel[int(v)] for v in labels], np.int64)
+    stats = collection_stats(cat)
+    timings["stats"] = time.perf_counter() - t
+    if n == 0:
+        return Exploration([], [], name, 0, "no files with these features", False, "no files to explore",
+                           np.zeros(0, np.int64), [], [], "", np.zeros((0, 2)), "", {}, [], stats, timings)
+    reduced = pca(x, REDUCED_DIMS)[0] if x.shape[1] > REDUCED_DIMS else np.asarray(x, np.float64)
 
     t = time.perf_counter()
-    score = knn_outliers(x if codes is None else None, codes, bits=bits or 64)
+    persist: dict[int, float] = {}
+    rejected: list[float] = []
+    with phase("clustering", progress):
+        if k is None:
+            found = density_clusters(reduced, min_cluster_size=min_cluster_size)
+            labels, persist, rejected = found.labels, found.persistence, found.rejected
+            k = len(persist)
+            rule = (f"density clusters (HDBSCAN, at least {min_cluster_size} files) kept when they persist while "
+                    f"the density falls by {PERSISTENCE_MIN}x or more")
+        else:
+            k = min(k, n)
+            labels = kmeans(x, k, seed=seed)[0]
+            rule = "given: k-means puts every file in one of k clusters"
+    timings["cluster"] = time.perf_counter() - t
+    clusters, labels = _describe_clusters(x, labels, bits, persist, n_representatives)
+    clustered = int((labels >= 0).sum())
+    if k and rule.startswith("given"):
+        verdict = f"{k} clusters (k given)"
+    elif k:
+        verdict = (f"{k} clear cluster{'s' if k != 1 else ''} holding {clustered} of {n} files; "
+                   f"{n - clustered} in no clear cluster")
+    else:
+        why = (f"{len(rejected)} candidate group{'s' if len(rejected) != 1 else ''} did not persist "
+               f"(best {max(rejected):.2f}x, needed {PERSISTENCE_MIN}x)" if rejected else
+               f"no {min_cluster_size} or more files are denser together than around them")
+        verdict = f"{NO_STRUCTURE}: {why}"
+
+    t = time.perf_counter()
+    with phase("outliers", progress):
+        score = knn_outliers(x if codes is None else None, codes, bits=bits or 64)
     order = np.lexsort((np.arange(n), -score))[:min(n_outliers, n)]
     outliers = [(int(i), float(score[i])) for i in order]
     timings["outliers"] = time.perf_counter() - t
     t = time.perf_counter()
-    xy, explained = pca_2d(x)
+    with phase(f"map ({map_method})", progress):
+        xy, how = layout_2d(reduced, map_method, seed=seed)
+        trust = {"k": 5, "map": trustworthiness(reduced, xy, seed=seed)}
+        if not how.startswith("PCA"):
+            trust["pca"] = trustworthiness(reduced, pca(reduced, 2)[0], seed=seed)
     timings["map"] = time.perf_counter() - t
     metric = "cosine distance" if codes is None else "Hamming distance / bits"
-    return Exploration(paths, [int(f) for f in fids], name, k, rule, sil, labels, clusters, outliers,
+    return Exploration(paths, [int(f) for f in fids], name, k, rule, bool(k), verdict, labels, clusters, outliers,
                        f"mean {metric} to the {min(OUTLIER_K, max(n - 1, 0))} nearest other files, highest first",
-                       xy, explained, stats, timings)
+                       xy, how, trust, rejected, stats, timings)
 
 
-def default_report_path(cat: Catalog) -> str:
-    return os.path.join(os.path.dirname(cat.path), "report.html")
+def _describe_clusters(x, labels, bits, persist, n_representatives) -> tuple[list[Cluster], np.ndarray]:
+    """Clusters ordered largest first (cluster 0 the largest), members nearest their centre first;
+    labels renumbered to match."""
+    clusters = []
+    for j in sorted(set(labels.tolist()) - {-1}):
+        m = np.flatnonzero(labels == j)
+        centre = x[m].mean(0, keepdims=True)
+        d = np.sqrt(_sqdist(np.asarray(x[m], np.float64), np.asarray(centre, np.float64)))[:, 0]
+        if bits:
+            d = d * d / 4.0 / bits  # +-1 vectors: squared distance = 4 x Hamming; report Hamming / bits
+        o = np.lexsort((m, d))
+        m, d = m[o], d[o]
+        clusters.append(Cluster(j, len(m), m.tolist(), m[:n_representatives].tolist(), float(d.mean()),
+                                persist.get(j)))
+    clusters.sort(key=lambda c: (-c.size, c.members[0]))
+    relabel = {c.id: i for i, c in enumerate(clusters)}
+    for c in clusters:
+        c.id = relabel[c.id]
+    return clusters, np.array([relabel.get(int(v), -1) for v in labels], np.int64)
