@@ -33,7 +33,7 @@ _WHERE = {
     "HammingIndex": "imgsim_fast.indexes.mih",
     "VectorIndex": "imgsim_fast.indexes.vectors",
     # hashes
-    "hash_paths": "imgsim_fast.runtime.pool",
+    "hash_paths": "imgsim_fast.features.hash_files",
     "hash_images": "imgsim_fast.features.hashing",
     "phash_from_pixels": "imgsim_fast.features.hashing",
     "ahash_from_pixels": "imgsim_fast.features.hashing",

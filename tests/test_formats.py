@@ -14,7 +14,7 @@ from PIL import Image
 
 from dng_writer import write_dng
 from imgsim_fast.io.loading import load_image
-from imgsim_fast.runtime.pool import hash_paths
+from imgsim_fast.features.hash_files import hash_paths
 
 FORMATS = ("jpg", "png", "webp", "tif", "bmp", "gif", "heic", "avif", "dng")
 
@@ -110,7 +110,7 @@ def test_missing_optional_decoders_name_the_extra(twins):
         "import json, sys\n"
         "for m in ('pillow_heif', 'pillow_avif', 'rawpy'):\n"
         "    sys.modules[m] = None  # an import of it raises ImportError, as when it is not installed\n"
-        "from imgsim_fast.runtime.pool import hash_paths\n"
+        "from imgsim_fast.features.hash_files import hash_paths\n"
         f"r = hash_paths({str(d)!r}, workers=1)\n"
         "print(json.dumps({'ok': len(r.paths), 'failed': [[f.path, f.kind, f.reason] for f in r.failures]}))\n"
     )

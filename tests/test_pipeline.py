@@ -1,4 +1,4 @@
-"""Tests for imgsim_fast.runtime.pool.hash_paths: good files hashed, every bad kind reported, the same answer
+"""Tests for imgsim_fast.features.hash_files.hash_paths: good files hashed, every bad kind reported, the same answer
 on 1 and 2 workers, input order kept, and a worker that dies costing only its file."""
 import io
 import os
@@ -16,9 +16,10 @@ from PIL import Image
 
 from imgsim_fast.features import hashing
 
+from imgsim_fast.features.extract import ExtractSpec, extract_chunk, extract_failed
 from imgsim_fast.runtime import pool as pipeline
 from imgsim_fast.io.loading import LoadFailure, load_image
-from imgsim_fast.runtime.pool import HashResult, hash_paths
+from imgsim_fast.features.hash_files import HashResult, hash_paths
 
 SEED = 7
 
@@ -178,18 +179,18 @@ def test_bad_arguments(tree):
 # Worker functions for the crash tests: module-level so the pool can pickle them by name.
 
 
-def crashing_chunk(chunk, cfg):
-    """_hash_chunk, except that a file named crash.* kills its worker process outright."""
+def crashing_chunk(chunk, spec):
+    """extract_chunk, except that a file named crash.* kills its worker process outright."""
     if any(os.path.basename(path).startswith("crash.") for _, path in chunk):
         os._exit(3)
-    return pipeline._hash_chunk(chunk, cfg)
+    return extract_chunk(chunk, spec)
 
 
-def raising_chunk(chunk, cfg):
-    """_hash_chunk, except that a file named raise.* raises past it (as a bug in the worker would)."""
+def raising_chunk(chunk, spec):
+    """extract_chunk, except that a file named raise.* raises past it (as a bug in the worker would)."""
     if any(os.path.basename(path).startswith("raise.") for _, path in chunk):
         raise RuntimeError("boom")
-    return pipeline._hash_chunk(chunk, cfg)
+    return extract_chunk(chunk, spec)
 
 
 @pytest.mark.parametrize("fn,name,kind", [(crashing_chunk, "crash.png", "worker_crash"),
@@ -200,16 +201,18 @@ def test_worker_failure_costs_only_its_file(tmp_path, fn, name, kind):
         p = tmp_path / (name if i == 3 else f"ok{i}.png")
         synthetic(SEED + 10 + i, (48, 48)).save(p)
         paths.append(str(p))
-    cfg = pipeline._Config(("phash",), "fast", 8, hashing.draft_size(("phash",)), None, None)
+    spec = ExtractSpec(kinds=("phash",), digest=False, max_pixels=None, max_bytes=None)
     items = list(enumerate(paths))
     chunks = [items[i:i + 2] for i in range(0, len(items), 2)]
     done = []
-    results = pipeline.run_pool(fn, chunks, cfg, 2, done.append, pipeline._failed)
+    results = sorted((x for part in pipeline.run_pool(fn, chunks, spec, 2, done.append, extract_failed) for x in part),
+                     key=lambda x: x[0])
     assert sum(done) == len(paths)
-    result = pipeline._assemble(results, paths, [], cfg)
-    assert result.paths == paths[:3] + paths[4:]
-    assert [(os.path.basename(f.path), f.kind) for f in result.failures] == [(name, kind)]
-    assert np.array_equal(result.codes["phash"], reference_codes(result.paths, ("phash",))["phash"])
+    failed = [(os.path.basename(r.path), r.kind) for _, r in results if isinstance(r, LoadFailure)]
+    assert failed == [(name, kind)]
+    hashed = [(paths[i], r.codes["phash"]) for i, r in results if not isinstance(r, LoadFailure)]
+    assert [p for p, _ in hashed] == paths[:3] + paths[4:]
+    assert np.array_equal(np.stack([c for _, c in hashed]), reference_codes(paths[:3] + paths[4:], ("phash",))["phash"])
 
 
 def _session_processes(sid: int) -> dict[int, str]:

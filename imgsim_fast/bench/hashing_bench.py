@@ -61,7 +61,7 @@ def _rates(files: list[str], cache: str, repeat_for_pool: int) -> tuple[float, f
     """
     from PIL import Image
 
-    from imgsim_fast.runtime.pool import hash_paths
+    from imgsim_fast.features.hash_files import hash_paths
 
     ours1 = len(files) / best_time(lambda: hash_paths(files, kinds=("phash",), workers=1, progress=False), repeat=3)
     many = _linked_copies(files, os.path.join(cache, "bench_links", hashlib.sha1("\n".join(files).encode()).hexdigest()[:12]), repeat_for_pool)
@@ -84,7 +84,7 @@ def run(photos_src: str, cache: str, quick: bool = False) -> list[Row]:
     from PIL import Image
 
     from imgsim_fast.features.codes import hamming_reference
-    from imgsim_fast.runtime.pool import hash_paths
+    from imgsim_fast.features.hash_files import hash_paths
 
     reencoded = jpeg_folder(photos_src, os.path.join(cache, "bench_jpeg"))
     shipped = sorted(p for p in glob.glob(os.path.join(photos_src, "**", "*"), recursive=True)

@@ -26,17 +26,18 @@ _CHILD = """
 import json, sys
 import imgsim_fast.runtime.warmup
 from imgsim_fast.features import hashing
-from imgsim_fast.runtime.pool import _Config, _hash_chunk
+from imgsim_fast.features.extract import ExtractSpec, Extracted, extract_chunk
 def hwm_kib():
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
 path, max_bytes, kinds, mode = sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(",")), sys.argv[4]
 base = hwm_kib()
-cfg = _Config(kinds, mode, 8, hashing.draft_size(kinds, mode, 8), None, max_bytes)
-r = _hash_chunk([(0, path)], cfg)
+spec = ExtractSpec(kinds=kinds, mode=mode, digest=False, max_pixels=None, max_bytes=max_bytes)
+(_, r), = extract_chunk([(0, path)], spec)
 peak = hwm_kib()
-print(json.dumps({"base_kib": base, "peak_kib": peak, "hashed": len(r.indices),
-                  "failures": [f.kind for _, f in r.failures]}))
+failure = r if not isinstance(r, Extracted) else r.failure
+print(json.dumps({"base_kib": base, "peak_kib": peak, "hashed": int(failure is None),
+                  "failures": [] if failure is None else [failure.kind]}))
 """
 
 

@@ -65,7 +65,7 @@ def _exit_status(n_done: int, n_failed: int) -> int:
 
 
 def _hash(args, kinds):
-    from imgsim_fast.runtime.pool import hash_paths
+    from imgsim_fast.features.hash_files import hash_paths
 
     check_paths_exist(args.paths)
     progress = False if args.no_progress else None

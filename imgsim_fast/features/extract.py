@@ -272,6 +272,8 @@ class ExtractSpec:
     metadata: EXIF/XMP/IPTC from the same bytes, plus the sidecars and mapping entry of each item.
     skip_digests: a file of sorted hex digests (S32 rows): a file whose digest is there is digested (and
         its metadata read) but not decoded, because the catalog already holds what its decode would give.
+    digest: False leaves Extracted.digest None (a BLAKE2b pass over the bytes costs about as much as the
+        reduced decode of a JPEG; `imgsim hash` needs none).
     """
 
     kinds: tuple = ()
@@ -282,6 +284,7 @@ class ExtractSpec:
     dedup_embed_size: int | None = None
     metadata: bool = False
     skip_digests: str | None = None
+    digest: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
@@ -308,7 +311,7 @@ class Extracted:
 
     path: str
     size: int
-    digest: str
+    digest: str | None
     metadata: object = None         # features.metadata.Metadata
     decoded: bool = False
     failure: LoadFailure | None = None
@@ -343,8 +346,8 @@ def extract_file(path: str, spec: ExtractSpec, sidecars: list[str] | None = None
             raise
         # Too large to hold: digested in chunks (a second read, of such files only), so the catalog records
         # the failure and does not try again until the file changes.
-        return Extracted(path, st.st_size, file_digest(path), failure=exc.to_failure())
-    out = Extracted(path, len(data), bytes_digest(data))
+        return Extracted(path, st.st_size, file_digest(path) if spec.digest else None, failure=exc.to_failure())
+    out = Extracted(path, len(data), bytes_digest(data) if spec.digest else None)
     if spec.metadata:
         from imgsim_fast.features.metadata import read_metadata
 
@@ -356,7 +359,10 @@ def extract_file(path: str, spec: ExtractSpec, sidecars: list[str] | None = None
                          data=data)
         out.decoded = True
         if spec.kinds:
-            codes = hash_images([img], spec.kinds, spec.mode, spec.hash_size)
+            try:
+                codes = hash_images([img], spec.kinds, spec.mode, spec.hash_size)
+            except Exception as exc:  # noqa: BLE001 - the picture decoded, the hash did not: say which
+                raise ImageLoadError(path, f"hashing failed: {type(exc).__name__}: {exc}", "hash_error") from exc
             out.codes = {k: v[0] for k, v in codes.items()}
         if spec.embed is not None:
             from imgsim_fast.features.embedding.preprocess import prepare_image
