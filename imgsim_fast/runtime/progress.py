@@ -18,19 +18,20 @@ def shown(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
 
-def progress_bar(total: int | None, progress: bool | None, desc: str | None = None, unit: str = "img"):
+def progress_bar(total: int | None, progress: bool | None, desc: str | None = None, unit: str = "img",
+                 bar_format: str | None = None):
     """A tqdm bar on stderr; `desc` names the phase (decoding, embedding, ...)."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, file=sys.stderr, disable=not shown(progress), smoothing=0.1, desc=desc,
-                dynamic_ncols=True)
+                dynamic_ncols=True, bar_format=bar_format)
 
 
 @contextlib.contextmanager
 def phase(desc: str, progress: bool | None, tick: float = 0.5):
     """For a step that reports no count (clustering, a layout): a bar with no total whose elapsed time
     moves while the step runs, so a long step is never a silent terminal. Yields nothing useful."""
-    bar = progress_bar(None, progress, desc, unit="s")
+    bar = progress_bar(None, progress, desc, bar_format="{desc}: {elapsed}{postfix}")
     if bar.disable:
         yield
         return
