@@ -71,17 +71,20 @@ def test_join_equals_single_machine_hash_pairs(n, radius, dihedral):
         assert len(a) > n  # planted groups: a join that found nothing would fail here
 
 
-def test_pairs_in_large_buckets_go_through_mih():
-    # 5,000 near-identical codes fill buckets past SCAN_MAX: the multi-index path must agree too.
+@pytest.mark.parametrize("dihedral", [None, 6])
+def test_pairs_in_large_buckets_go_through_mih(dihedral):
+    # 5,000 near-identical codes fill buckets past SCAN_MAX, and their variants (other files' codes, one bit
+    # off) make identity x variant buckets past SCAN_MAX^2: the multi-index paths must agree too.
     rng = np.random.default_rng(7)
     base = rng.integers(0, 2**64, dtype=np.uint64)
     ident = np.full(5000, base, np.uint64)
     for _ in range(12):
         ident ^= np.uint64(1) << rng.integers(0, 64, 5000).astype(np.uint64)
-    ph = np.concatenate([ident[:, None], rng.integers(0, 2**64, (5000, 7), dtype=np.uint64)], axis=1)
-    spec = JoinSpec(8, None, partitions=2)
+    variants = [np.roll(ident, k) ^ (np.uint64(1) << rng.integers(0, 64, 5000).astype(np.uint64)) for k in range(1, 8)]
+    ph = np.stack([ident, *variants], axis=1)
+    spec = JoinSpec(8, dihedral, partitions=2)
     i, j = _join_locally(ph, spec)
-    a, b = hash_pairs(ph.reshape(-1, 8, 1), 8, None)
+    a, b = hash_pairs(ph.reshape(-1, 8, 1), 8, dihedral)
     assert len(a) > 10_000 and set(zip(i.tolist(), j.tolist())) == set(zip(a.tolist(), b.tolist()))
 
 

@@ -138,33 +138,44 @@ def _first_agreement_is(x: np.ndarray, s: int, layout) -> np.ndarray:
     return keep
 
 
-def _within(a_codes: np.ndarray, b_codes: np.ndarray | None, r: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Index pairs (a, b) with distance <= r: a < b within one set (b_codes None), else a x b; and how many
-    distances or candidates were checked."""
+def _within(a_codes: np.ndarray, b_codes: np.ndarray | None, r: int, keep) -> tuple[np.ndarray, np.ndarray, int]:
+    """Index pairs (a, b) with distance <= r that keep(a, b) accepts: a < b within one set (b_codes None),
+    else a x b; and how many distances or candidates were checked. keep runs on each chunk of hits, so a
+    large bucket never holds the pairs it will drop (most of them: a near pair agrees on most substrings,
+    and only the first keeps it)."""
     from imgsim_fast.indexes.hamming import hamming_matrix
     from imgsim_fast.indexes.mih import HammingIndex
+
+    def kept(a, b):
+        k = keep(a, b)
+        return a[k], b[k]
 
     ka = len(a_codes)
     if b_codes is None:
         if ka <= SCAN_MAX:
             d = hamming_matrix(a_codes.reshape(-1, 1), a_codes.reshape(-1, 1), threads=1)
-            a, b = np.nonzero(np.triu(d <= r, 1))
-            return a, b, ka * (ka - 1) // 2
+            return (*kept(*np.nonzero(np.triu(d <= r, 1))), ka * (ka - 1) // 2)
         ix = HammingIndex(64)
         ix.add(a_codes.reshape(-1, 1), np.arange(ka, dtype=np.int64))
-        got = [(x, y) for x, y, _ in ix.self_join(r, threads=1)]
-        a = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.int64)
-        b = np.concatenate([g[1] for g in got]) if got else np.zeros(0, np.int64)
-        return a, b, len(a)
-    kb = len(b_codes)
-    if ka * kb <= SCAN_MAX * SCAN_MAX:
-        d = hamming_matrix(a_codes.reshape(-1, 1), b_codes.reshape(-1, 1), threads=1)
-        a, b = np.nonzero(d <= r)
-        return a, b, ka * kb
-    ix = HammingIndex(64)
-    ix.add(b_codes.reshape(-1, 1), np.arange(kb, dtype=np.int64))
-    lims, ids, _ = ix.radius(a_codes.reshape(-1, 1), r, threads=1)
-    return np.repeat(np.arange(ka), np.diff(lims)), ids, len(ids)
+        got, n = [], 0
+        for x, y, _ in ix.self_join(r, threads=1):
+            n += len(x)
+            got.append(kept(x, y))
+    else:
+        kb = len(b_codes)
+        if ka * kb <= SCAN_MAX * SCAN_MAX:
+            d = hamming_matrix(a_codes.reshape(-1, 1), b_codes.reshape(-1, 1), threads=1)
+            return (*kept(*np.nonzero(d <= r)), ka * kb)
+        ix = HammingIndex(64)
+        ix.add(b_codes.reshape(-1, 1), np.arange(kb, dtype=np.int64))
+        got, n = [], 0
+        for s in range(0, ka, 1 << 16):  # queries in blocks: the hits of one block at a time
+            lims, ids, _ = ix.radius(a_codes[s:s + (1 << 16)].reshape(-1, 1), r, threads=1)
+            n += len(ids)
+            got.append(kept(s + np.repeat(np.arange(len(lims) - 1), np.diff(lims)), ids))
+    if not got:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), n
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), n
 
 
 def _digest_pairs(rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,20 +213,21 @@ def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarra
             layout = spec.layout(tag)
             if tag == _IDENT:
                 codes, ids = bucket["code"], bucket["id"]
-                x, y, n = _within(codes, None, spec.radius)
+                x, y, n = _within(codes, None, spec.radius,
+                                  lambda x, y: _first_agreement_is(codes[x] ^ codes[y], s, layout))
                 fx, fy = ids[x], ids[y]
-                keep = _first_agreement_is(codes[x] ^ codes[y], s, layout)
             else:
                 left = bucket[bucket["id"] % 8 == 0]
                 right = bucket[bucket["id"] % 8 != 0]
                 if not len(left) or not len(right):
                     continue
-                x, y, n = _within(left["code"], right["code"], spec.dihedral)
-                fx, fy = left["id"][x] // 8, right["id"][y] // 8
-                keep = (fx != fy) & _first_agreement_is(left["code"][x] ^ right["code"][y], s, layout)
+                lc, rc, lf, rf = left["code"], right["code"], left["id"] // 8, right["id"] // 8
+                x, y, n = _within(lc, rc, spec.dihedral,
+                                  lambda x, y: (lf[x] != rf[y]) & _first_agreement_is(lc[x] ^ rc[y], s, layout))
+                fx, fy = lf[x], rf[y]
             stats["verified"] += n
-            out_i.append(np.minimum(fx, fy)[keep])
-            out_j.append(np.maximum(fx, fy)[keep])
+            out_i.append(np.minimum(fx, fy))
+            out_j.append(np.maximum(fx, fy))
     i = np.concatenate(out_i).astype(np.int64)
     j = np.concatenate(out_j).astype(np.int64)
     if len(i):  # flips meet one pair of files through several variants: once per partition here
