@@ -72,9 +72,18 @@ def test_join_equals_single_machine_hash_pairs(n, radius, dihedral):
 
 
 @pytest.mark.parametrize("dihedral", [None, 6])
-def test_pairs_in_large_buckets_go_through_mih(dihedral):
-    # 5,000 near-identical codes fill buckets past SCAN_MAX, and their variants (other files' codes, one bit
-    # off) make identity x variant buckets past SCAN_MAX^2: the multi-index paths must agree too.
+def test_pairs_in_large_buckets_go_through_mih(dihedral, monkeypatch):
+    # Near-identical codes fill buckets past SCAN_MAX (lowered to 64 here, so the test stays small), and
+    # their variants (other files' codes, one bit off) make identity x variant buckets past SCAN_MAX^2:
+    # both multi-index paths (self_join, radius) must agree with the oracle too.
+    from imgsim_fast.cluster import join
+    from imgsim_fast.indexes.mih import HammingIndex
+
+    monkeypatch.setattr(join, "SCAN_MAX", 64)
+    used = []
+    for name in ("self_join", "radius"):
+        real = getattr(HammingIndex, name)
+        monkeypatch.setattr(HammingIndex, name, lambda self, *a, _r=real, _n=name, **k: used.append(_n) or _r(self, *a, **k))
     rng = np.random.default_rng(7)
     base = rng.integers(0, 2**64, dtype=np.uint64)
     ident = np.full(5000, base, np.uint64)
@@ -84,6 +93,7 @@ def test_pairs_in_large_buckets_go_through_mih(dihedral):
     ph = np.stack([ident, *variants], axis=1)
     spec = JoinSpec(8, dihedral, partitions=2)
     i, j = _join_locally(ph, spec)
+    assert set(used) == ({"self_join"} if dihedral is None else {"self_join", "radius"})
     a, b = hash_pairs(ph.reshape(-1, 8, 1), 8, dihedral)
     assert len(a) > 10_000 and set(zip(i.tolist(), j.tolist())) == set(zip(a.tolist(), b.tolist()))
 
