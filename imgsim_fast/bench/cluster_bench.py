@@ -106,8 +106,8 @@ def run_one(n: int, radius: int, dihedral: int | None, partitions: int, seed: in
 
 def run_sampled(n: int, radius: int, partitions: int, sample: int, seed: int = 0) -> dict:
     """A join too large to finish here: every code generated, keyed and split by the map side (measured),
-    `sample` of the `partitions` reduce tasks run (measured); the whole reduce side extrapolated from the
-    sample's seconds per record (an estimate: bucket sizes vary, and a bucket's cost grows faster than its
+    `sample` of the `partitions` reduce tasks run (measured, CPU seconds); the whole reduce side extrapolated
+    from the sample's CPU seconds per record (an estimate: bucket sizes vary, and a bucket's cost grows faster than its
     size)."""
     import ray
 
