@@ -34,7 +34,8 @@ from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import Features
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "Group", "hash_pairs",
-           "embedding_pairs", "candidate_pairs", "group_pairs", "changed_fraction", "crop_windows"]
+           "embedding_pairs", "candidate_pairs", "group_pairs", "changed_fraction", "changed_fractions",
+           "crop_windows"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
@@ -165,10 +166,15 @@ def _znorm(x: np.ndarray) -> np.ndarray:
 
 def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
     """Smallest fraction of differing pixels of z-normalised a and b over shifts of up to one pixel."""
-    h, w = a.shape
-    core = a[1:h - 1, 1:w - 1]
-    return min(float((np.abs(core - b[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]) > CHANGED_TAU).mean())
-               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return float(changed_fractions(a[None], b[None])[0])
+
+
+def changed_fractions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """changed_fraction of each pair of z-normalised thumbnails a[k], b[k] ((m, h, w) each)."""
+    _, h, w = a.shape
+    core = a[:, 1:h - 1, 1:w - 1]
+    return np.min([(np.abs(core - b[:, 1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]) > CHANGED_TAU).mean(axis=(1, 2))
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
 
 
 def crop_windows(thumb: np.ndarray) -> np.ndarray:
@@ -201,11 +207,11 @@ class PairJudge:
         self.t = thresholds
         self.flips = flips
         self.digests = [x.digest for x in features.facts]
-        # Unpacked bits (n, 8, 64) make one pair's 8 distances a single vector operation.
+        ids: dict = {}
+        self._digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
         n = len(features)
         words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
-        self._bits = np.unpackbits(np.ascontiguousarray(features.phash8).view(np.uint8).reshape(n, 8, 8 * words),
-                                   axis=2).astype(bool)
+        self.codes = np.ascontiguousarray(features.phash8, dtype=np.uint64).reshape(n, 8, words)
         self.emb = features.embeddings
         self.centre = features.centre_embeddings
         self.thumbs = features.thumbs
@@ -213,7 +219,14 @@ class PairJudge:
         self._wcache: dict[int, np.ndarray] = {}
 
     def cosine(self, i: int, j: int) -> float | None:
-        """Embedding similarity: whole-whole, or whole-centre either way less `centre_discount` if higher.
+        """Embedding similarity of one pair (see cosines)."""
+        c = self.cosines(np.array([i]), np.array([j]))
+        return None if c is None else float(c[0])
+
+    def cosines(self, ii: np.ndarray, jj: np.ndarray) -> np.ndarray | None:
+        """Embedding similarity of pairs: whole-whole, or whole-centre either way less `centre_discount` if
+        higher. Row dot products summed the same way whatever the number of pairs, so a pair scores the same
+        alone or among millions.
 
         The discount: taking the best of three cosines lifts unrelated pairs too. On the tune half the
         closest unrelated pair went from 0.768 (whole-whole) to 0.813 (best of three), while the 99.99th
@@ -221,58 +234,105 @@ class PairJudge:
         """
         if self.emb is None:
             return None
-        c = float(self.emb[i] @ self.emb[j])
+        c = _rowdot(self.emb, ii, self.emb, jj)
         if self.centre is not None:
-            x = max(float(self.emb[i] @ self.centre[j]), float(self.centre[i] @ self.emb[j]))
-            c = max(c, x - self.t.centre_discount)
-        return c
+            x = np.maximum(_rowdot(self.emb, ii, self.centre, jj), _rowdot(self.centre, ii, self.emb, jj))
+            c = np.maximum(c, x - np.float32(self.t.centre_discount))
+        return c.astype(np.float64)
 
     def distances(self, i: int, j: int) -> tuple[int, int, int]:
-        """(identity distance, smallest flipped/rotated distance, index of that variant)."""
-        d = (self._bits[i, 0][None, :] != self._bits[j]).sum(axis=1)
+        """(identity distance, smallest flipped/rotated distance, index of that variant) of one pair."""
+        d0, dk, k = self._distances(np.array([i]), np.array([j]))
+        return int(d0[0]), int(dk[0]), int(k[0])
+
+    def _distances(self, ii: np.ndarray, jj: np.ndarray):
+        """Identity distance d(code_i, code_j), and the smallest d(code_i, variant_k(code_j)) over the 7
+        flips/rotations with its k, for arrays of pairs (one popcount over the packed words)."""
+        d = np.bitwise_count(self.codes[ii, :1, :] ^ self.codes[jj]).sum(axis=2, dtype=np.int64)  # (m, 8)
         if not self.flips:
-            return int(d[0]), 10**6, 0
-        k = int(np.argmin(d[1:])) + 1
-        return int(d[0]), int(d[k]), k
+            return d[:, 0], np.full(len(ii), 10**6, np.int64), np.zeros(len(ii), np.int64)
+        k = np.argmin(d[:, 1:], axis=1) + 1
+        return d[:, 0], d[np.arange(len(ii)), k], k
 
     def match(self, i: int, j: int) -> Match:
-        d0, dk, k = self.distances(i, j)
-        cos = self.cosine(i, j)
-        t = self.t
-        rule = ""
-        if self.digests[i] == self.digests[j]:
-            rule = "exact"
-        elif self.method in ("phash", "auto") and d0 <= t.phash and (cos is None or cos >= t.phash_cos):
-            rule = "phash"
-        elif self.method in ("phash", "auto") and dk <= t.dihedral:
-            rule = "flip"
-        elif self.method == "auto" and cos is not None:
+        """The pair test of one pair (match_pairs on one pair: the same decision)."""
+        return self._matches(np.array([i], np.int64), np.array([j], np.int64))[0][0]
+
+    def match_pairs(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 1 << 16) -> list[tuple[int, int, Match]]:
+        """The pair test over arrays of candidate pairs, vectorised; (i, j, Match) of the pairs with a rule
+        (duplicate or similar), in input order."""
+        ii, jj = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
+        out = []
+        for s in range(0, len(ii), chunk):
+            a, b = ii[s:s + chunk], jj[s:s + chunk]
+            matches, keep = self._matches(a, b)
+            out += [(int(a[x]), int(b[x]), matches[x]) for x in np.flatnonzero(keep)]
+        return out
+
+    def _matches(self, ii: np.ndarray, jj: np.ndarray) -> tuple[list[Match], np.ndarray]:
+        """(a Match per pair, mask of the pairs with a rule). The rules, in order of precedence: exact,
+        phash, flip, then (auto) confirmed or embedding, which must pass the pixel check; else similar."""
+        t, m = self.t, len(ii)
+        d0, dk, k = self._distances(ii, jj)
+        cos = self.cosines(ii, jj)
+        hashes = self.method in ("phash", "auto")
+        rule = np.zeros(m, np.int8)  # index into _RULES
+        exact = self._digest_ids[ii] == self._digest_ids[jj]
+        rule[exact] = 1
+        free = rule == 0
+        if hashes:
+            ok = free & (d0 <= t.phash)
+            if cos is not None:
+                ok &= cos >= t.phash_cos
+            rule[ok] = 2
+            free = rule == 0
+            rule[free & (dk <= t.dihedral)] = 3
+            free = rule == 0
+        if cos is not None and self.method == "auto":
             # Only the identity distance is confirmed: an embedding is not rotation-invariant, so it cannot
             # vouch for a flipped or rotated hash match (those stand on the hash alone, `dihedral`).
-            if d0 <= t.confirm_phash and cos >= t.confirm_needed(d0):
-                rule = "confirmed"
-            elif cos >= t.embed_cos:
-                rule = "embedding"
-        elif self.method == "embedding" and cos >= t.embed_cos:
-            rule = "embedding"
-        changed = None
-        if rule in ("confirmed", "embedding") and self.thumbs is not None:
-            whole, crop = self.changed(i, j)
-            changed = min(whole, crop)
-            if whole > t.changed_whole and crop > t.changed_crop:
-                rule = ""
-        alike = cos is not None and cos >= t.similar_cos and (changed is None or changed <= t.similar_changed)
-        if not rule and self.method != "exact" and (d0 <= t.similar_phash or alike):
-            rule = "similar"
-        return Match(rule, d0, dk if self.flips else -1, TRANSFORMS[k] if self.flips else "none", cos, changed)
+            needed = t.confirm_cos + t.confirm_slope * np.maximum(0, d0 - t.phash)
+            conf = free & (d0 <= t.confirm_phash) & (cos >= needed)
+            rule[conf] = 4
+            rule[free & ~conf & (cos >= t.embed_cos)] = 5
+        elif cos is not None and self.method == "embedding":
+            rule[free & (cos >= t.embed_cos)] = 5
+        changed = np.full(m, np.nan)
+        check = np.flatnonzero((rule >= 4) & (self.thumbs is not None))
+        if len(check):
+            whole, crop = self._changed(ii[check], jj[check])
+            changed[check] = np.minimum(whole, crop)
+            rule[check[(whole > t.changed_whole) & (crop > t.changed_crop)]] = 0
+        if self.method != "exact":
+            alike = np.zeros(m, bool) if cos is None else (cos >= t.similar_cos) & ~(changed > t.similar_changed)
+            rule[(rule == 0) & ((d0 <= t.similar_phash) | alike)] = 6
+        transforms = [TRANSFORMS[x] for x in k.tolist()] if self.flips else ["none"] * m
+        dks = dk.tolist() if self.flips else [-1] * m
+        coss = [None] * m if cos is None else cos.tolist()
+        chg = [None if c != c else c for c in changed.tolist()]  # NaN: not checked
+        matches = [Match(_RULES[r], d, e, tr, c, x)
+                   for r, d, e, tr, c, x in zip(rule.tolist(), d0.tolist(), dks, transforms, coss, chg)]
+        return matches, rule > 0
 
     def changed(self, i: int, j: int) -> tuple[float, float]:
-        """The pixel check of an embedding match: fractions of differing thumbnail pixels, (whole pictures
-        aligned to a pixel, best crop window of either against the other whole: crop_windows)."""
-        whole = changed_fraction(self._z(i), self._z(j))
-        wi, wj = self._windows(i), self._windows(j)  # window 0 is the whole picture
-        crop = min(float((np.abs(wi[1:] - wj[0]) > CHANGED_TAU).mean(axis=(1, 2)).min()),
-                   float((np.abs(wj[1:] - wi[0]) > CHANGED_TAU).mean(axis=(1, 2)).min()))
+        """The pixel check of one pair (see _changed)."""
+        whole, crop = self._changed(np.array([i]), np.array([j]))
+        return float(whole[0]), float(crop[0])
+
+    def _changed(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """The pixel check of embedding matches: fractions of differing thumbnail pixels, (whole pictures
+        aligned to a pixel, best crop window of either against the other whole: crop_windows). Pairs go in
+        chunks small enough to stay in cache (a pair's windows are 78 KB)."""
+        whole = np.empty(len(ii))
+        crop = np.empty(len(ii))
+        for s in range(0, len(ii), chunk):
+            a, b = ii[s:s + chunk].tolist(), jj[s:s + chunk].tolist()
+            za, zb = np.stack([self._z(x) for x in a]), np.stack([self._z(x) for x in b])
+            whole[s:s + chunk] = changed_fractions(za, zb)
+            wa, wb = np.stack([self._windows(x) for x in a]), np.stack([self._windows(x) for x in b])
+            crop[s:s + chunk] = np.minimum(  # window 0 is the whole picture
+                (np.abs(wa[:, 1:] - wb[:, :1]) > CHANGED_TAU).mean(axis=(2, 3)).min(axis=1),
+                (np.abs(wb[:, 1:] - wa[:, :1]) > CHANGED_TAU).mean(axis=(2, 3)).min(axis=1))
         return whole, crop
 
     def _z(self, i: int) -> np.ndarray:
@@ -286,6 +346,14 @@ class PairJudge:
         if w is None:
             w = self._wcache[i] = crop_windows(self.thumbs[i])
         return w
+
+
+_RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
+
+
+def _rowdot(a: np.ndarray, ii: np.ndarray, b: np.ndarray, jj: np.ndarray) -> np.ndarray:
+    """a[ii] . b[jj] row by row (float32, each row summed alone: the same value in any batch)."""
+    return np.einsum("ij,ij->i", a[ii], b[jj], optimize=False) if len(ii) else np.zeros(0, np.float32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,13 +489,11 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
     ii, jj = pairs
     dup: dict[int, dict[int, Match]] = {}
     near: dict[int, dict[int, Match]] = {}
-    for a, b in zip(ii.tolist(), jj.tolist()):
-        m = judge.match(a, b)
-        if m.duplicate or m.similar:
-            for x, y in ((a, b), (b, a)):
-                near.setdefault(x, {})[y] = m
-                if m.duplicate:
-                    dup.setdefault(x, {})[y] = m
+    for a, b, m in judge.match_pairs(ii, jj):  # the pair test over all candidates at once
+        for x, y in ((a, b), (b, a)):
+            near.setdefault(x, {})[y] = m
+            if m.duplicate:
+                dup.setdefault(x, {})[y] = m
     groups = _stars(n, dup, ranker, "duplicate", judge)
     absorbed = {m for g in groups for m in g.members[1:]}
     free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
@@ -440,22 +506,19 @@ def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str, judge: P
     """Star groups over `adj` (see group_pairs). Byte-identical files are candidates only as a star on the
     first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
     or of a member: the same bytes match the keeper exactly as the member does."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, nbrs in adj.items():
-        for b in nbrs:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
     comps: dict[int, list[int]] = {}
-    for x in adj:
-        comps.setdefault(find(x), []).append(x)
+    if adj:
+        # Components in native code (scipy's connected_components over the pair graph); members in the
+        # order the adjacency lists them, as before.
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        a = np.fromiter((x for x, nbrs in adj.items() for _ in nbrs), np.int64)
+        b = np.fromiter((y for nbrs in adj.values() for y in nbrs), np.int64)
+        _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
+                                        directed=False)
+        for x in adj:
+            comps.setdefault(int(label[x]), []).append(x)
     digests = judge.digests
     groups = []
     for comp in comps.values():
