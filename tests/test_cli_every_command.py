@@ -23,7 +23,7 @@ INPUT_PATHS = {"--catalog", "--like", "--apply", "--reference", "--sidecar-map",
 # What makes an input option used, where the base command line alone would ignore it.
 USED_WITH = {("search", "--model"): ["--method", "clip"], ("explore", "--model"): ["--features", "embedding"]}
 # Options naming a file to write (index --catalog creates one): only their missing value is checked here.
-CREATES = {("index", "--catalog"), ("serve", "--catalog"), ("serve", "--storage")}
+CREATES = {("index", "--catalog"), ("dedup", "--catalog"), ("serve", "--catalog"), ("serve", "--storage")}
 OUTPUTS = {"--output", "--json", "--csv", "--html", "--move-to", "--manifest", "--sheet", "--out",
            "--json-out"}
 # Free-text values (tags, descriptions, lists of names): garbage must not crash; it may match nothing.
