@@ -104,3 +104,19 @@ def test_a_damaged_dedup_array_is_refused_in_one_line(lib, tmp_path, capsys):
     assert main(["dedup", str(lib), "--method", "phash", "--catalog", cat, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "damaged" in err and "--repair" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_explore_statistics_use_dedups_test_on_its_stored_features(lib, tmp_path):
+    """One definition of duplicate: once dedup has stored its features, explore's near-duplicate count runs
+    dedup's own pair test on them, and every member of a duplicate group is counted."""
+    from imgsim_fast.jobs.explore import near_duplicates
+
+    cat = str(tmp_path / "c.sqlite")
+    res = find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    in_groups = {res.paths[m] for g in res.groups if g.tier == "duplicate" for m in g.members}
+    assert len(in_groups) >= 2
+    with Catalog(cat) as c:
+        nd = near_duplicates(c, [str(p) for p in sorted(lib.iterdir()) if p.suffix != ".txt"
+                                 and p.name != "broken.jpg"])
+    assert nd["test"].startswith("dedup's pair test (phash")
+    assert nd["files_with_a_duplicate"] == len(in_groups)

@@ -17,7 +17,7 @@ from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
-__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "model_arrays"]
+__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "model_arrays", "read_features"]
 
 PHASH8 = "dedup-phash8"
 THUMBS = "dedup-thumb64"
@@ -82,8 +82,23 @@ def dedup_features(catalog: str, roots, *, embed: bool | str = False, workers: i
     own = os.path.abspath(catalog)  # the catalog's own files (-wal, .arrays/...) are not passed-over pictures
     paths = list(iter_image_files(roots, on_error=failures.append, **walk,
                                   on_skip=lambda p: None if os.path.abspath(p).startswith(own) else passed_over.append(p)))
-    with Catalog(catalog) as cat, cat.snapshot():
-        wanted = [PHASH8, THUMBS, FACTS] + (list(model_arrays(model.name)) if model is not None else [])
+    with Catalog(catalog) as cat:
+        feats, missing = read_features(cat, paths, model.name if model is not None else None)
+    feats.failures = failures + feats.failures + [  # changed again between the index run and this read
+        LoadFailure(p, "changed while it was being read; run again", "io_error") for p in missing]
+    feats.passed_over = passed_over
+    return feats, stats.decoded
+
+
+def read_features(cat: Catalog, paths: list[str], model: str | None = None) -> tuple[Features, list[str]]:
+    """(dedup's Features of `paths`, the paths lacking them) from the catalog's dedup-* arrays, in the order
+    given; rows are found by absolute path. A path without a row, or whose row records an error, is a
+    failure; one whose row lacks dedup's arrays (indexed without them) is left out and listed as missing."""
+    with cat.snapshot():
+        wanted = [PHASH8, THUMBS, FACTS] + (list(model_arrays(model)) if model is not None else [])
+        if not set(wanted) <= set(cat.arrays()):
+            return Features([], np.zeros((0, 8, 1), np.uint64), thumbs=np.zeros((0, THUMB_SIDE, THUMB_SIDE),
+                                                                                 np.uint8)), list(paths)
         rows = {}
         for fid, path, digest, fmt, err, kind in cat.conn.execute(
                 "SELECT id, path, digest, format, error, error_kind FROM files"):
@@ -94,26 +109,27 @@ def dedup_features(catalog: str, roots, *, embed: bool | str = False, workers: i
                                                 wanted):
             if fid in by_id:
                 by_id[fid][5][array] = row
-        good, file_failures = [], []
+        good, failures, missing = [], [], []
         for p in paths:
             r = rows.get(os.path.abspath(p))
             if r is None:
-                file_failures.append(LoadFailure(p, "vanished or unreadable while indexing", "io_error"))
+                failures.append(LoadFailure(p, "vanished or unreadable while indexing", "io_error"))
             elif r[3] is not None:
-                file_failures.append(LoadFailure(p, r[3], r[4]))
+                failures.append(LoadFailure(p, r[3], r[4]))
+            elif not set(wanted) <= set(r[5]):
+                missing.append(p)
             else:
                 try:
                     good.append((p, os.stat(p), r))
                 except OSError as e:
-                    file_failures.append(LoadFailure(p, f"cannot stat: {e.strerror}", "io_error"))
+                    failures.append(LoadFailure(p, f"cannot stat: {e.strerror}", "io_error"))
         arrays = {a: np.asarray(cat.array(a)[np.array([r[5][a] for _, _, r in good], np.int64)]) for a in wanted}
     n = len(good)
     facts = [_facts_of(arrays[FACTS][j], p, st, r[2], r[1]) for j, (p, st, r) in enumerate(good)]
     emb = centre = None
     if model is not None:
-        e, c = model_arrays(model.name)
+        e, c = model_arrays(model)
         emb, centre = arrays[e], arrays[c]
-    feats = Features(facts, arrays[PHASH8].reshape(n, 8, 1), emb, failures + file_failures,
-                     model.name if model is not None else None, centre,
-                     arrays[THUMBS].reshape(n, THUMB_SIDE, THUMB_SIDE), passed_over)
-    return feats, stats.decoded
+    feats = Features(facts, arrays[PHASH8].reshape(n, 8, 1), emb, failures, model, centre,
+                     arrays[THUMBS].reshape(n, THUMB_SIDE, THUMB_SIDE))
+    return feats, missing

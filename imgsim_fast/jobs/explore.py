@@ -26,10 +26,6 @@ NO_STRUCTURE = "no clear cluster structure"
 # Neighbours the outlier score averages over: an image with a few near-copies of its own still has
 # them among its 5 nearest, so only images unlike anything in the collection score high.
 OUTLIER_K = 5
-# Near-duplicate radius for the statistics, in bits of a 64-bit pHash: imagededup's default, and what the
-# dedup report measured (edited copies within 6 bits, unrelated photos above 20). Kept here rather than
-# imported, so the statistics do not move when the dedup package tunes its own default.
-NEAR_DUP_BITS = 10
 
 
 @dataclass
@@ -143,11 +139,63 @@ def _quantiles(v: list) -> dict | None:
     return {"min": float(a.min()), "median": float(np.median(a)), "max": float(a.max()), "mean": float(a.mean())}
 
 
+def near_duplicates(cat: Catalog, paths: list[str], hash_array: str | None = None,
+                    threshold: int | None = None) -> dict | None:
+    """How many files have a duplicate, or a look-alike, by dedup's pair test (jobs/dedup/detect.py: the
+    one definition of "duplicate", so explore and dedup never disagree about a pair).
+
+    With dedup's features in the catalog (`imgsim dedup --catalog`), the whole test as dedup runs it:
+    trimmed dihedral pHash, embeddings in the learned space when stored, the pixel check. Otherwise its
+    pHash rule on the catalog's plain pHash codes (`hash_array`): no flips or trimmed borders, so mirrored
+    and letterboxed copies are not counted. threshold: the pHash rule's bits (default: dedup's).
+    """
+    import dataclasses
+
+    from imgsim_fast.catalog.dedup_features import model_arrays, read_features
+    from imgsim_fast.features.extract import Features, FileFacts
+    from imgsim_fast.jobs.dedup import _learned_space
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, candidate_pairs
+
+    t = DEFAULTS if threshold is None else dataclasses.replace(DEFAULTS, phash=threshold)
+    arrays = cat.arrays()
+    models = sorted(p["model"] for n, p in ((n, a["params"]) for n, a in arrays.items())
+                    if n.startswith("dedup-emb-") and "model" in p and model_arrays(p["model"])[1] in arrays)
+    feats, missing = read_features(cat, paths, models[0] if models else None)
+    if paths and not missing and not feats.failures:
+        method = "auto" if feats.embeddings is not None else "phash"
+        feats, t = _learned_space(feats, t) if method == "auto" else (feats, t)
+        judge = PairJudge(feats, method, t)
+        test = f"dedup's pair test ({method}, stored dedup features)"
+    else:
+        if hash_array is None or not paths:
+            return None
+        fids, _, codes = cat.vectors(hash_array)
+        by_id = {r[0]: r for r in cat.conn.execute("SELECT id, path, size, digest FROM files WHERE error IS NULL")}
+        facts = [FileFacts(by_id[f][1], by_id[f][2], 0.0, 0, 0, "", 0, by_id[f][3] or f"row-{f}")
+                 for f in fids.tolist() if f in by_id]
+        codes = np.ascontiguousarray(codes[[i for i, f in enumerate(fids.tolist()) if f in by_id]], np.uint64)
+        if not len(facts):
+            return None
+        feats = Features(facts, np.repeat(codes[:, None, :], 8, axis=1))
+        judge = PairJudge(feats, "phash", t, flips=False)
+        test = f"dedup's pHash rule on {hash_array} (within {t.phash} bits; no flips, no trimmed borders)"
+    ii, jj = candidate_pairs(judge)
+    dup, alike = set(), set()
+    pairs = 0
+    for a, b, m in judge.match_pairs(ii, jj):
+        if m.duplicate:
+            dup.update((a, b))
+            pairs += 1
+        else:
+            alike.update((a, b))
+    n = len(feats)
+    return {"test": test, "files": n, "files_with_a_duplicate": len(dup), "rate": round(len(dup) / n, 4),
+            "duplicate_pairs": pairs, "files_with_only_a_look_alike": len(alike - dup)}
+
+
 def collection_stats(cat: Catalog, *, hash_array: str | None = None, threshold: int | None = None,
                      max_listed: int = 50) -> dict:
     """Formats, file sizes, dimensions, dates, corrupt files, exact and near-duplicate rates."""
-    from imgsim_fast.indexes.hamming import hamming_radius
-
     with cat.snapshot():
         rows = cat.conn.execute("SELECT id, path, size, mtime_ns, width, height, format, error, error_kind, "
                                 "taken FROM files ORDER BY path").fetchall()
@@ -157,16 +205,7 @@ def collection_stats(cat: Catalog, *, hash_array: str | None = None, threshold: 
         if hash_array is None:
             hash_array = next((n for n in sorted(arrays) if n.startswith("phash-")),
                               next((n for n in sorted(arrays) if not n.startswith("embed-")), None))
-        near = None
-        if hash_array is not None:
-            fids, _, codes = cat.vectors(hash_array)
-            t = NEAR_DUP_BITS if threshold is None else threshold
-            if len(fids):
-                codes = np.ascontiguousarray(codes, np.uint64)
-                lims, _, _ = hamming_radius(codes, codes, t)
-                has = np.diff(lims) > 1  # itself, and at least one other file
-                near = {"hash": hash_array, "threshold_bits": t, "files_with_a_near_duplicate": int(has.sum()),
-                        "rate": round(float(has.mean()), 4), "pairs": int((np.diff(lims) - 1).sum() // 2)}
+        near = near_duplicates(cat, [r[1] for r in rows if r[7] is None], hash_array, threshold)
     ok = [r for r in rows if r[7] is None]
     bad = [r for r in rows if r[7] is not None]
     formats: dict[str, int] = {}

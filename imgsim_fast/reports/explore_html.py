@@ -59,8 +59,8 @@ def _stats_rows(s: dict) -> list[tuple[str, str]]:
             ("top resolutions", s["top_resolutions"]), ("taken (EXIF)", s["taken"]), ("file mtime", s["mtime"]),
             ("exact duplicates", s["exact_duplicates"]),
             ("near-duplicate rate", "-" if not near else
-             f"{near['rate']:.1%} of files ({near['files_with_a_near_duplicate']:,}) have another within "
-             f"{near['threshold_bits']} bits of {near['hash']}")]
+             f"{near['rate']:.1%} of files ({near['files_with_a_duplicate']:,}) have a duplicate, "
+             f"{near['files_with_only_a_look_alike']:,} more only a look-alike, by {near['test']}")]
     return [(label, _fmt(v)) for label, v in rows]
 
 
