@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from imgsim_fast.io.digest import bytes_digest, file_digest
-from imgsim_fast.features.hashing import PHASH_HIGHFREQ_FACTOR, draft_size, hash_images, phash_dihedral
+from imgsim_fast.features.hashing import (PHASH_HIGHFREQ_FACTOR, draft_size, hash_images, phash_dihedral,
+                                         prepare_fast)
 from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, RAW_EXTENSIONS, ImageLoadError,
                                      LoadFailure, iter_image_files, load_image, read_file)
 
@@ -272,6 +273,8 @@ class ExtractSpec:
     metadata: EXIF/XMP/IPTC from the same bytes, plus the sidecars and mapping entry of each item.
     skip_digests: a file of sorted hex digests (S32 rows): a file whose digest is there is digested (and
         its metadata read) but not decoded, because the catalog already holds what its decode would give.
+    dihedral: also the 8 flips/rotations of the first kind's code (pHash only; variant 0 is that code), for
+        the service's flip rule between stored files.
     digest: False leaves Extracted.digest None (a BLAKE2b pass over the bytes costs about as much as the
         reduced decode of a JPEG; `imgsim hash` needs none).
     """
@@ -285,6 +288,7 @@ class ExtractSpec:
     metadata: bool = False
     skip_digests: str | None = None
     digest: bool = True
+    dihedral: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
@@ -317,6 +321,7 @@ class Extracted:
     failure: LoadFailure | None = None
     codes: dict | None = None       # kind -> (words,) uint64
     embed_input: np.ndarray | None = None  # (s, s, 3) uint8
+    codes8: np.ndarray | None = None  # (8, words) uint64: spec.dihedral
     dedup: tuple | None = None      # (FileFacts, (hash pixels, thumbnail), views (2, s, s, 3) or None)
 
 
@@ -364,6 +369,8 @@ def extract_file(path: str, spec: ExtractSpec, sidecars: list[str] | None = None
             except Exception as exc:  # noqa: BLE001 - the picture decoded, the hash did not: say which
                 raise ImageLoadError(path, f"hashing failed: {type(exc).__name__}: {exc}", "hash_error") from exc
             out.codes = {k: v[0] for k, v in codes.items()}
+            if spec.dihedral:
+                out.codes8 = phash_dihedral(prepare_fast(img, "phash", spec.hash_size)[None])[0]
         if spec.embed is not None:
             from imgsim_fast.features.embedding.preprocess import prepare_image
 
