@@ -399,6 +399,37 @@ def test_cli_explore(corpus, tmp_path, capsys):
         assert json.load(f)["k"] == 5
 
 
+@pytest.mark.parametrize("ext", ["csv", "parquet", "json"])
+def test_cli_explore_out_table(corpus, tmp_path, capsys, ext):
+    """--out with .csv, .parquet or .json: one row per file, the same rows as Exploration.to_rows()."""
+    import csv
+
+    from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.cli.main import main
+    from imgsim_fast.jobs.explore import ROW_COLUMNS, explore
+
+    out = tmp_path / f"files.{ext}"
+    assert main(["explore", "--catalog", corpus["hash_catalog"], "--out", str(out), "--workers", "1", "--map", "pca",
+                 "--no-progress"]) == 0
+    assert f"table:  {out}" in capsys.readouterr().out
+    with Catalog(corpus["hash_catalog"]) as cat:
+        rows = explore(cat, map_method="pca").to_rows()
+    if ext == "parquet":
+        import pyarrow.parquet as pq
+
+        got = pq.read_table(out).to_pylist()
+    elif ext == "json":
+        with open(out) as f:
+            got = json.load(f)
+    else:
+        with open(out, newline="") as f:
+            got = list(csv.DictReader(f))
+        rows = [{c: "" if r[c] is None else str(int(r[c]) if isinstance(r[c], bool) else r[c]) for c in ROW_COLUMNS}
+                for r in rows]  # flags as 1/0, as every CSV of the project writes them
+    assert len(got) == 25 and [r["path"] for r in got] == [r["path"] for r in rows]
+    assert [(r["cluster"], r["representative"]) for r in got] == [(r["cluster"], r["representative"]) for r in rows]
+
+
 def test_cli_explore_writes_nothing_in_the_photo_folder(corpus, tmp_path, capsys, xdg_data_home, monkeypatch):
     """DIR's catalog is found in the data folder, and the report goes beside it there by default."""
     from imgsim_fast.catalog.indexer import index

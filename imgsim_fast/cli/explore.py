@@ -57,19 +57,32 @@ def cmd_explore(args) -> int:
 
     where = _filter(args)
     progress = False if args.no_progress else None
-    for out in (args.out, args.json_out):  # an output that cannot be written fails now, not after the work
+    # --out names the HTML report, or with .json, .csv or .parquet a table of one row per file (the report
+    # then goes to its default place).
+    table = args.out if args.out and not args.out.lower().endswith((".html", ".htm")) else None
+    if table:
+        from imgsim_fast.io.tables import check_table_target
+
+        check_table_target(table)
+    for out in (None if table else args.out, args.json_out):  # unwritable outputs fail now, not after the work
         if out and os.path.isdir(os.path.dirname(os.path.abspath(out))):  # a missing folder is made later
             check_target(out)
     with _open_catalog(args.catalog, args.dir) as cat:
         exp = explore(cat, k=args.k, features=args.features, model=args.model, where=where,
                       n_outliers=args.outliers, seed=args.seed, min_cluster_size=args.min_cluster_size,
                       map_method=args.map, progress=progress)
-        out = args.out or default_report_path(cat.path)
+        out = (None if table else args.out) or default_report_path(cat.path)
     html_path, json_path = write_report(exp, out, json_path=args.json_out, workers=args.workers,
                                         progress=progress)
     sizes = f" (sizes {', '.join(str(c.size) for c in exp.clusters)})" if exp.clusters else ""
     print(f"{len(exp.paths)} images, features {exp.features}: {exp.verdict}{sizes}")
     print(f"report: {display_path(html_path)}\ndata:   {display_path(json_path)}")
+    if table:
+        from imgsim_fast.io.tables import write_table
+        from imgsim_fast.jobs.explore import ROW_COLUMNS
+
+        write_table(table, exp.to_rows(), ROW_COLUMNS)
+        print(f"table:  {display_path(table)}")
     return 0
 
 
@@ -104,9 +117,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--outliers", type=non_negative_int, default=12, help="outliers to list (default 12)")
     p.add_argument("--seed", type=int, default=0)
     _add_filters(p)
-    p.add_argument("--out", metavar="HTML",
-                   help="report file, thumbnails in NAME_files beside it (default: explore.html beside the "
-                        "catalog, in the data folder)")
+    p.add_argument("--out", metavar="FILE",
+                   help="report file (.html; thumbnails in NAME_files beside it; default: explore.html beside the "
+                        "catalog, in the data folder), or a table of one row per file: .json, .csv or .parquet")
     p.add_argument("--json-out", metavar="JSON", help="data file (default: the report's path with .json)")
     p.add_argument("--workers", type=positive_int, default=None, help="thumbnail processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")

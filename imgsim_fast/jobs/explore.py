@@ -19,7 +19,8 @@ from imgsim_fast.jobs.explore_clusters import (MIN_CLUSTER_SIZE, PERSISTENCE_MIN
 from imgsim_fast.jobs.explore_map import layout_2d, trustworthiness
 from imgsim_fast.runtime.progress import phase
 
-__all__ = ["Cluster", "Exploration", "explore", "knn_outliers", "collection_stats", "NO_STRUCTURE"]
+__all__ = ["Cluster", "Exploration", "ROW_COLUMNS", "explore", "knn_outliers", "collection_stats",
+           "near_duplicates", "NO_STRUCTURE"]
 
 # What the report and the CLI say when no cluster is clear (issue 15: explore must not invent groups).
 NO_STRUCTURE = "no clear cluster structure"
@@ -36,6 +37,9 @@ class Cluster:
     representatives: list[int]    # the first few members: the images nearest the cluster centre
     spread: float                 # mean distance of the members to the centre
     persistence: float | None     # eps_death / eps_birth (explore_clusters.persistence); None for k-means
+
+
+ROW_COLUMNS = ("path", "file_id", "cluster", "x", "y", "representative", "outlier_score")
 
 
 @dataclass
@@ -61,6 +65,29 @@ class Exploration:
     @property
     def unclustered(self) -> list[int]:
         return np.flatnonzero(self.labels < 0).tolist()
+
+    def to_rows(self) -> list[dict]:
+        """One row per file: its cluster (-1: none), map position, whether it represents its cluster, and its
+        outlier score when it is among the listed outliers (names.path_text for the path)."""
+        from imgsim_fast.io.names import path_text
+
+        reps = {i for c in self.clusters for i in c.representatives}
+        score = dict(self.outliers)
+        return [{"path": path_text(p), "file_id": int(f), "cluster": int(c), "x": float(x), "y": float(y),
+                 "representative": i in reps, "outlier_score": score.get(i)}
+                for i, (p, f, c, (x, y)) in enumerate(zip(self.paths, self.file_ids, self.labels, self.xy))]
+
+    def to_arrow(self):
+        """The rows as a pyarrow Table (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_arrow
+
+        return to_arrow(self.to_rows(), ROW_COLUMNS)
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame (the [arrow] extra)."""
+        from imgsim_fast.io.tables import to_pandas
+
+        return to_pandas(self.to_rows(), ROW_COLUMNS)
 
     def to_dict(self) -> dict:
         def num(v):
