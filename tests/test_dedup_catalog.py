@@ -37,12 +37,15 @@ def _same(a, b) -> bool:
 
 
 def _no_decoding(monkeypatch):
-    """Any read of an image file by the indexer's extraction fails the test (workers=1: in this process)."""
+    """Any read of an image file fails the test (workers=1: in this process): the indexer's extraction, and
+    keep-best's full-size look (its verdicts are remembered in the catalog)."""
     from imgsim_fast.catalog import indexer
+    from imgsim_fast.io import loading
 
     def refuse(*a, **k):
         raise AssertionError("read a file that the catalog holds")
     monkeypatch.setattr(indexer, "extract_chunk", refuse)
+    monkeypatch.setattr(loading, "load_image", refuse)
 
 
 @pytest.mark.parametrize("method", ["phash", "auto"])
@@ -53,6 +56,7 @@ def test_catalog_gives_the_in_memory_groups_and_a_second_run_decodes_nothing(lib
     assert mem.groups and _same(mem, first)
     assert [f.path for f in first.features.failures] == [str(lib / "broken.jpg")]
     assert first.features.passed_over == [str(lib / "notes.txt")]
+    assert dfs.load_verdicts(cat)  # keep-best looked at full-size pixels (half.jpg against p1): remembered
     _no_decoding(monkeypatch)
     second = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
     assert _same(mem, second)  # failures too: the broken file is remembered, not retried

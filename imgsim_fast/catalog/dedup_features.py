@@ -17,7 +17,8 @@ from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
-__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "model_arrays", "read_features"]
+__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_verdicts", "model_arrays",
+           "read_features", "save_verdicts"]
 
 PHASH8 = "dedup-phash8"
 THUMBS = "dedup-thumb64"
@@ -133,3 +134,19 @@ def read_features(cat: Catalog, paths: list[str], model: str | None = None) -> t
     feats = Features(facts, arrays[PHASH8].reshape(n, 8, 1), emb, failures, model, centre,
                      arrays[THUMBS].reshape(n, THUMB_SIDE, THUMB_SIDE))
     return feats, missing
+
+
+# Keep-best's verdicts (keep.derived_from: "this file is an upscale / re-save / noisy copy of that one"), by
+# "digest:digest": they depend on the bytes only, and each one costs two full-size decodes.
+_VERDICTS = "dedup_keep_verdicts"
+
+
+def load_verdicts(catalog: str) -> dict:
+    with Catalog(catalog) as cat:
+        v = cat.get_meta(_VERDICTS, {})
+    return {k: bool(x) for k, x in v.items()} if isinstance(v, dict) else {}
+
+
+def save_verdicts(catalog: str, verdicts: dict) -> None:
+    with Catalog(catalog, write=True) as cat, cat.transaction():
+        cat.set_meta(_VERDICTS, {k: int(v) for k, v in sorted(verdicts.items())})

@@ -110,7 +110,8 @@ class DedupResult:
 
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
                    flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
-                   roots: list[str] | None = None, learned: bool = True, fixed=(), pairs=None) -> DedupResult:
+                   roots: list[str] | None = None, learned: bool = True, fixed=(), pairs=None,
+                   verdicts: dict | None = None) -> DedupResult:
     """Group already computed features (see find_duplicates).
 
     roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
@@ -138,7 +139,7 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
     groups = group_pairs(len(features), (ii, jj), judge,
-                         lambda members: keep_ranks(facts, members, order, ref, inspect=True))
+                         lambda members: keep_ranks(facts, members, order, ref, inspect=True, verdicts=verdicts))
     return DedupResult(features, groups, method, thresholds, ref, order)
 
 
@@ -206,9 +207,16 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     if catalog is None:
         feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device,
                                  extensions=extensions)
-    else:
-        from imgsim_fast.catalog.dedup_features import dedup_features
+        return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed)
+    from imgsim_fast.catalog.dedup_features import dedup_features, load_verdicts, save_verdicts
 
-        feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
-                                  extensions=extensions)
-    return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed)
+    feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
+                              extensions=extensions)
+    # Keep-best's looks at full-size pixels are remembered in the catalog too, by pair of content digests.
+    verdicts = load_verdicts(catalog)
+    known = dict(verdicts)
+    res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
+                         verdicts=verdicts)
+    if verdicts != known:
+        save_verdicts(catalog, verdicts)
+    return res

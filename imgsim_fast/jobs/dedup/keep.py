@@ -102,11 +102,14 @@ def _generation(f: FileFacts) -> int:
 
 
 def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...] = DEFAULT_ORDER,
-               reference: list[bool] | None = None, inspect: bool = False) -> dict[int, tuple]:
+               reference: list[bool] | None = None, inspect: bool = False,
+               verdicts: dict | None = None) -> dict[int, tuple]:
     """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
 
     inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
     file found to be an upscale, a lossless re-save or a noisy copy of another member ranks after the rest.
+    verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
+    so a second dedup of an unchanged collection decodes nothing).
     """
     keys = _fact_ranks(facts, members, order, reference)
     if not inspect or len(members) < 2 or "content" not in order:
@@ -118,7 +121,8 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
         top = best[0]
         if reference and reference[top]:
             break
-        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived], pixels)
+        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived], pixels,
+                              verdicts)
         if source is None:
             break
         derived.add(top)
@@ -171,7 +175,8 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
 # Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
 
 
-def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict | None = None) -> int | None:
+def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict | None = None,
+                 verdicts: dict | None = None) -> int | None:
     """The member of `peers` that `top` was made from, judging by full-size pixels, or None.
 
     - same size, top lossless, the peer lossy, same pixels: top is a lossless re-save of the peer;
@@ -179,8 +184,6 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
     - top larger, same shape, and no more detail than the peer's upscale: top is an upscaled copy.
     A file that cannot be read now is never judged derived.
     """
-    import numpy as np
-
     t = facts[top]
     cache = {} if cache is None else cache  # decoded pixels by member, shared across keep_ranks' rounds
 
@@ -199,23 +202,38 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
             abs(math.log(t.content_aspect / f.content_aspect)) <= ASPECT_TOLERANCE
         if not (same_size or bigger):
             continue
+        key = f"{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
+        if verdicts is not None and key in verdicts:
+            if verdicts[key]:
+                return p
+            continue
         a, b = grey(top), grey(p)
         if a is None or b is None:
-            continue
-        if same_size:
-            if a.shape != b.shape:
-                continue
-            r = a - b
-            if float(np.abs(r).mean()) < RESAVE_DIFF:
-                return p
-            lap_b = _laplacian(b)
-            if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > lap_b.mean():
-                dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
-                if np.isfinite(dep) and dep < NOISE_DEPENDENCE:
-                    return p
-        elif _is_upscale(a, t.trim, b, f.trim):
+            continue  # not remembered: the file may be readable next time
+        found = _derived(a, b, t, f, same_size)
+        if verdicts is not None:
+            verdicts[key] = found
+        if found:
             return p
     return None
+
+
+def _derived(a, b, t: FileFacts, f: FileFacts, same_size: bool) -> bool:
+    """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
+    import numpy as np
+
+    if same_size:
+        if a.shape != b.shape:
+            return False
+        r = a - b
+        if float(np.abs(r).mean()) < RESAVE_DIFF:
+            return True
+        lap_b = _laplacian(b)
+        if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > lap_b.mean():
+            dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
+            return bool(np.isfinite(dep) and dep < NOISE_DEPENDENCE)
+        return False
+    return bool(_is_upscale(a, t.trim, b, f.trim))
 
 
 def _full_grey(path: str):
