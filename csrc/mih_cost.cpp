@@ -62,7 +62,9 @@ bool MihIndex::radius_prefers_scan(uint32_t r, size_t scan_rows, size_t batch, d
 // exact (the restricted distance of a pair within r is still <= r).
 namespace {
 
-// Nanoseconds, one core, fitted on 10^6..10^7 pHash-like 64-bit codes (imgsim_fast/bench/scale_bench.py).
+// Nanoseconds, one core; set by hand and checked on 10^6 pHash-like codes at r = 10 (scale_bench's data),
+// where the plans measured m = 4: 1.9-3.1 s, m = 5: 4.5 s, m = 3: 17 s, and the model ranks them alike
+// (1.8, 3.0, 11.4 s). The absolute estimate runs low by up to 2x; only the ranking decides a plan.
 constexpr double kJoinBuildCost = 15.0;  // per row per table: key, counting-sort scatter, code gather
 constexpr double kJoinLookupCost = 3.0;  // per neighbour key looked up (keys near each other share lines)
 constexpr double kJoinCallCost = 6.0;    // per (code, non-empty neighbour bucket)
