@@ -15,6 +15,7 @@ import numpy as np
 
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, METHODS, Group, Match, PairJudge, Thresholds, candidate_pairs, group_pairs
 from imgsim_fast.features.extract import Features, FileFacts, compute_features, file_digest
+from imgsim_fast.runtime.progress import phase
 from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order
 
 __all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features",
@@ -111,7 +112,7 @@ class DedupResult:
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
                    flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
                    roots: list[str] | None = None, learned: bool = True, fixed=(), pairs=None,
-                   verdicts: dict | None = None) -> DedupResult:
+                   verdicts: dict | None = None, progress: bool | None = False) -> DedupResult:
     """Group already computed features (see find_duplicates).
 
     roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
@@ -123,6 +124,7 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     cosine (the hand rule).
     pairs: candidate pairs (i, j) found elsewhere (the distributed join of imgsim_fast.cluster); None: found
     here by candidate_pairs. Either way every pair goes through the same pair test and grouping.
+    progress: the pair search and the grouping show their elapsed time on stderr (None: on a terminal).
     """
     features, thresholds = _learned_space(features, thresholds, fixed) if learned else (features, thresholds)
     order = parse_order(keep_order)
@@ -132,14 +134,16 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
                         for f in facts], bool)
     judge = PairJudge(features, method, thresholds, flips=flips)
     if pairs is None:
-        ii, jj = candidate_pairs(judge)
+        with phase("finding pairs", progress):
+            ii, jj = candidate_pairs(judge)
     else:
         ii, jj = np.asarray(pairs[0], np.int64), np.asarray(pairs[1], np.int64)
     if pointer.any():
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
-    groups = group_pairs(len(features), (ii, jj), judge,
-                         lambda members: keep_ranks(facts, members, order, ref, inspect=True, verdicts=verdicts))
+    with phase(f"grouping {len(ii):,} candidate pairs", progress):
+        groups = group_pairs(len(features), (ii, jj), judge,
+                             lambda members: keep_ranks(facts, members, order, ref, inspect=True, verdicts=verdicts))
     return DedupResult(features, groups, method, thresholds, ref, order)
 
 
@@ -207,7 +211,8 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     if catalog is None:
         feats = compute_features(roots, embed=embed, workers=workers, progress=progress, device=device,
                                  extensions=extensions)
-        return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed)
+        return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
+                              progress=progress)
     from imgsim_fast.catalog.dedup_features import dedup_features, load_verdicts, save_verdicts
 
     feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
@@ -216,7 +221,7 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     verdicts = load_verdicts(catalog)
     known = dict(verdicts)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
-                         verdicts=verdicts)
+                         verdicts=verdicts, progress=progress)
     if verdicts != known:
         save_verdicts(catalog, verdicts)
     return res
