@@ -7,7 +7,8 @@ from PIL import Image
 
 from imgsim_fast.features import hashing
 
-from imgsim_fast.runtime import pool as pipeline  # noqa: F401  (pipeline holds the worker function)
+from imgsim_fast.features import extract  # noqa: F401  (the workers' function: extract_chunk)
+from imgsim_fast.runtime import pool  # noqa: F401
 
 
 def _warm() -> None:
