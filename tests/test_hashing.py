@@ -396,3 +396,32 @@ def test_invalid_inputs():
         H.colorhash_from_pixels(np.zeros((1, 2, 10), np.uint8))
     with pytest.raises(ValueError):
         H.prepare_fast(Image.new("L", (8, 8)), "xhash")
+
+
+def test_grey_jpeg_decode_hashes_as_the_colour_decode_does(photos, tmp_path):
+    """Fast mode decodes a JPEG straight to its luma plane when every hash asked for is grey (issue 12: the
+    reduced decode is then the whole cost). The codes stay within the draft's own jitter of the colour
+    decode's, and a colour hash or compat mode still decodes in colour."""
+    from PIL import Image
+
+    from imgsim_fast.features.extract import ExtractSpec
+    from imgsim_fast.features.hashing import draft_size, hash_images
+    from imgsim_fast.io.loading import load_image
+
+    worst = 0
+    for i, p in enumerate(photos[:8]):
+        jpg = tmp_path / f"{i}.jpg"
+        with Image.open(p) as im:
+            im.convert("RGB").save(jpg, quality=90)
+        side = draft_size(("phash", "dhash"))
+        grey = load_image(jpg, min_size=side, grey=True)
+        colour = load_image(jpg, min_size=side)
+        assert grey.mode == "L" and colour.mode == "RGB" and grey.size == colour.size
+        a, b = hash_images([grey], ("phash", "dhash")), hash_images([colour], ("phash", "dhash"))
+        for k in ("phash", "dhash"):
+            worst = max(worst, int(np.bitwise_count(a[k] ^ b[k]).sum()))
+    assert worst <= 2, worst
+    assert ExtractSpec(kinds=("phash", "dhash")).grey_only()
+    assert not ExtractSpec(kinds=("phash", "colorhash")).grey_only()
+    assert not ExtractSpec(kinds=("phash",), mode="compat").grey_only()
+    assert not ExtractSpec(kinds=("phash",), dedup=True).grey_only()

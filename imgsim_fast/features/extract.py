@@ -292,6 +292,12 @@ class ExtractSpec:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_bytes: int | None = DEFAULT_MEMORY_BUDGET
 
+    def grey_only(self) -> bool:
+        """Every consumer reads grey levels only (fast-mode pHash, aHash, dHash, wHash): a JPEG can then be
+        decoded straight to its luma plane. Compat mode decodes as imagehash does (RGB, then convert)."""
+        return (bool(self.kinds) and self.mode == "fast" and "colorhash" not in self.kinds
+                and self.embed is None and not self.dedup and not self.dihedral)
+
     def min_size(self) -> tuple[int, int] | None:
         """The decode size for every consumer at once; None: full size."""
         sides = []
@@ -361,7 +367,7 @@ def extract_file(path: str, spec: ExtractSpec, sidecars: list[str] | None = None
         return out
     try:
         img = load_image(path, min_size=spec.min_size(), max_pixels=spec.max_pixels, max_bytes=spec.max_bytes,
-                         data=data)
+                         data=data, grey=spec.grey_only())
         out.decoded = True
         if spec.kinds:
             try:
