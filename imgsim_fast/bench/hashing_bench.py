@@ -65,6 +65,7 @@ def _rates(files: list[str], cache: str, repeat_for_pool: int) -> tuple[float, f
 
     ours1 = len(files) / best_time(lambda: hash_paths(files, kinds=("phash",), workers=1, progress=False), repeat=3)
     many = _linked_copies(files, os.path.join(cache, "bench_links", hashlib.sha1("\n".join(files).encode()).hexdigest()[:12]), repeat_for_pool)
+    hash_paths(many[:4], kinds=("phash",), workers=2, progress=False)  # the forkserver starts once per process
     ours_all = len(many) / best_time(lambda: hash_paths(many, kinds=("phash",), workers=None, progress=False), repeat=2)
     try:
         import imagehash
