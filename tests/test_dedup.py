@@ -470,7 +470,7 @@ def test_feature_worker_crash_costs_only_its_file(tmp_path):
         paths.append(str(p))
     items = list(enumerate(paths))
     chunks = [items[i:i + 2] for i in range(0, len(items), 2)]
-    results = run_pool(_crashing_prepare, chunks, None, 2, lambda n: None, features._failed_item)
+    results = run_pool(_crashing_prepare, chunks, None, 2, lambda n: None, features.extract_failed)
     out = dict(x for res in results for x in res)
     assert sorted(out) == list(range(6))
     assert out[2].kind == "worker_crash" and out[2].path == paths[2]

@@ -37,14 +37,14 @@ def _same(a, b) -> bool:
 
 
 def _no_decoding(monkeypatch):
-    """Any read of an image file fails the test (workers=1: in this process): the indexer's extraction, and
+    """Any read of an image file fails the test (workers=1: in this process): the extraction pass, and
     keep-best's full-size look (its verdicts are remembered in the catalog)."""
-    from imgsim_fast.catalog import indexer
+    from imgsim_fast.features import extract
     from imgsim_fast.io import loading
 
     def refuse(*a, **k):
         raise AssertionError("read a file that the catalog holds")
-    monkeypatch.setattr(indexer, "extract_chunk", refuse)
+    monkeypatch.setattr(extract, "extract_chunk", refuse)
     monkeypatch.setattr(loading, "load_image", refuse)
 
 

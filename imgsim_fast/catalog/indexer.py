@@ -28,9 +28,9 @@ from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailu
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
 from imgsim_fast.runtime.progress import progress_bar
 from imgsim_fast.catalog import dedup_features as dedup_arrays
-from imgsim_fast.features.extract import ExtractSpec, Extracted, extract_chunk, extract_failed
+from imgsim_fast.features.extract import ExtractSpec, Extracted, embed_inputs, extract_many
 from imgsim_fast.features.hashing import phash_dihedral
-from imgsim_fast.runtime.pool import default_workers, run_pool
+from imgsim_fast.runtime.pool import default_workers
 
 __all__ = ["IndexStats", "index", "pixel_digest"]
 
@@ -508,17 +508,8 @@ class _Run:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _extract(self, items: list[tuple], spec: ExtractSpec) -> dict[int, object]:
-        if not items:
-            return {}
         with self.timer("read_decode"):
-            if self.workers == 1 or len(items) == 1:
-                results = extract_chunk(items, spec)
-            else:
-                chunk = max(1, min(16, -(-len(items) // (4 * self.workers))))
-                chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-                results = [x for part in run_pool(extract_chunk, chunks, spec, self.workers, lambda n: None,
-                                                  extract_failed) for x in part]
-        out = dict(results)
+            out = dict(extract_many(items, spec, self.workers))
         self.stats.digested += sum(1 for r in out.values() if isinstance(r, Extracted))
         return out
 
@@ -617,7 +608,7 @@ class _Run:
             todo = [w for w in ok if w.kind != "backfill" or self.embed_array not in have.get(w.row_id, set())]
             if todo:
                 with self.timer("embed"):
-                    vecs = _embed(self.model, [w.result.embed_input for w in todo])
+                    vecs = embed_inputs(self.model, [w.result.embed_input for w in todo])
                 stats.embedded += len(todo)
                 finite = np.isfinite(vecs).all(axis=1)
                 for w in (w for w, f in zip(todo, finite) if not f):  # a NaN row would score 1e31 against all
@@ -633,7 +624,7 @@ class _Run:
             arrays[dedup_arrays.FACTS] = (np.array([dedup_arrays.fact_row(f[0]) for f in facts], np.float64), paths)
             if self.dedup_model is not None:
                 with self.timer("embed"):
-                    both = _embed(self.dedup_model, [v for f in facts for v in f[2]])
+                    both = embed_inputs(self.dedup_model, [v for f in facts for v in f[2]])
                 emb, centre = dedup_arrays.model_arrays(self.dedup_model.name)
                 arrays[emb] = (both[0::2].copy(), paths)
                 arrays[centre] = (both[1::2].copy(), paths)
@@ -676,16 +667,6 @@ class _Run:
                     stats.metadata_read += 1
                     _copy_row(cat, fid, p, st, w.digest, cmd or Metadata(), sig)
         stats.batches += 1
-
-
-def _embed(model, arrays: list) -> np.ndarray:
-    """Embeddings of prepared uint8 inputs, 32 at a time (the extraction prepared them in the workers)."""
-    import torch
-
-    out = np.empty((len(arrays), model.dim), np.float32)
-    for s in range(0, len(arrays), 32):
-        out[s:s + 32] = model.embed_pixels(torch.from_numpy(np.stack(arrays[s:s + 32]))).cpu().numpy()
-    return out
 
 
 # Pixel-identical files have equal pHash codes when both decode at full size, and codes a few bits

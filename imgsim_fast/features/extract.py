@@ -23,7 +23,8 @@ from imgsim_fast.features.hashing import (PHASH_HIGHFREQ_FACTOR, draft_size, has
 from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, RAW_EXTENSIONS, ImageLoadError,
                                      LoadFailure, iter_image_files, load_image, read_file)
 
-__all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "extract_chunk", "extract_file", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
+__all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "embed_inputs", "extract_chunk", "extract_file",
+           "extract_many", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
            "trim_uniform_borders"]
 
@@ -413,6 +414,33 @@ def extract_failed(item: tuple, reason: str, kind: str, cfg) -> list[tuple[int, 
     return [(item[0], LoadFailure(item[1], reason, kind))]
 
 
+def extract_many(items: list[tuple], spec: ExtractSpec, workers: int, on_progress=None,
+                 chunk_size: int | None = None, in_process: bool | None = None) -> list[tuple[int, object]]:
+    """extract_chunk over `items` [(position, path[, sidecars, mapping entry])]: (position, Extracted or
+    LoadFailure) for each, in position order. On the one pool (runtime/pool.run_pool: a decoder that kills
+    its worker costs only its own file), or in this process when `in_process` says so (default: one worker
+    or a single chunk). chunk_size: items per task (default: up to 16, about 4 tasks per worker)."""
+    from imgsim_fast.runtime.pool import run_pool
+
+    if not items:
+        return []
+    progress = on_progress or (lambda n: None)
+    if chunk_size is None:
+        chunk_size = max(1, min(16, math.ceil(len(items) / (4 * workers))))
+    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
+    if in_process is None:
+        in_process = workers == 1 or len(chunks) == 1
+    if in_process:
+        out = []
+        for c in chunks:
+            out += extract_chunk(c, spec)
+            progress(len(c))
+    else:
+        out = [x for part in run_pool(extract_chunk, chunks, spec, min(workers, len(chunks)), progress,
+                                      extract_failed) for x in part]
+    return sorted(out, key=lambda x: x[0])
+
+
 def prepare_file(path: str, embed_size: int | None) -> tuple:
     """Dedup's features of one file: (FileFacts, (hash pixels, thumbnail), views or None)."""
     r = extract_file(path, ExtractSpec(dedup=True, dedup_embed_size=embed_size))
@@ -476,11 +504,6 @@ def _prepare_chunk(items: list[tuple[int, str]], embed_size: int | None) -> list
     return out
 
 
-def _failed_item(item: tuple[int, str], reason: str, kind: str, cfg) -> list[tuple[int, LoadFailure]]:
-    i, path = item
-    return [(i, LoadFailure(path, reason, kind))]
-
-
 # ------------------------------------------------------------------------------------------------
 # Batch (parent side)
 
@@ -493,7 +516,7 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     extensions: file name extensions taken from folders (None: loading.DEFAULT_EXTENSIONS).
     workers: decode processes (None: all cores; 1: in this process).
     """
-    from imgsim_fast.runtime.pool import default_workers, run_pool
+    from imgsim_fast.runtime.pool import default_workers
     from imgsim_fast.runtime.progress import progress_bar
 
     failures: list[LoadFailure] = []
@@ -510,38 +533,32 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    chunk = max(1, min(16, math.ceil(len(paths) / (4 * workers)))) if paths else 1
-    items = list(enumerate(paths))
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    spec = ExtractSpec(dedup=True, dedup_embed_size=embed_size)
     facts, hpix, epix = [], [], []
     bar = progress_bar(len(paths), progress, "decoding")
     try:
-        if workers == 1 or len(chunks) <= 1:
-            results = [_prepare_chunk(c, embed_size) for c in chunks]
-            bar.update(len(paths))
-        else:
-            # The hashing pipeline's pool: a decoder that kills its worker costs only its own file.
-            results = run_pool(_prepare_chunk, chunks, embed_size, workers, bar.update, _failed_item)
+        results = extract_many(list(enumerate(paths)), spec, workers, bar.update)
     finally:
         bar.close()
-    for _, r in sorted((x for res in results for x in res), key=lambda x: x[0]):
-        if isinstance(r, LoadFailure):
-            failures.append(r)
+    for _, r in results:
+        failure = r if isinstance(r, LoadFailure) else r.failure
+        if failure is not None:
+            failures.append(failure)
         else:
-            facts.append(r[0])
-            hpix.append(r[1])
-            epix.append(r[2])
+            facts.append(r.dedup[0])
+            hpix.append(r.dedup[1])
+            epix.append(r.dedup[2])
     phash8 = phash_dihedral(np.stack([h[0] for h in hpix])) if hpix else np.zeros((0, 8, 1), np.uint64)
     thumbs = np.stack([h[1] for h in hpix]) if hpix else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
     emb = centre = None
     if model is not None:
-        both = _embed(model, [v for e in epix for v in e], progress)
+        both = embed_inputs(model, [v for e in epix for v in e], progress)
         emb, centre = both[0::2].copy(), both[1::2].copy()
     return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs,
                     passed_over)
 
 
-def _embed(model, arrays: list, progress, batch: int = 32) -> np.ndarray:
+def embed_inputs(model, arrays: list, progress: bool | None = False, batch: int = 32) -> np.ndarray:
     """Embeddings of (s, s, 3) uint8 inputs, in batches, with a bar of its own: on CPU this phase takes
     longer than decoding, so a bar that stopped at the end of decoding would sit at 100% for most of a run."""
     import torch

@@ -14,9 +14,9 @@ import numpy as np
 
 from imgsim_fast.features import hashing
 from imgsim_fast.features.codes import words_for_bits
-from imgsim_fast.features.extract import ExtractSpec, extract_chunk, extract_failed
+from imgsim_fast.features.extract import ExtractSpec, extract_many
 from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, LoadFailure, iter_image_files
-from imgsim_fast.runtime.pool import default_workers, run_pool
+from imgsim_fast.runtime.pool import default_workers
 from imgsim_fast.runtime.progress import progress_bar
 
 __all__ = ["HashResult", "hash_paths"]
@@ -115,25 +115,15 @@ def hash_paths(
                        max_bytes=max_bytes)
     if chunk_size is None:
         chunk_size = max(1, min(_MAX_AUTO_CHUNK, math.ceil(len(paths) / (_CHUNKS_PER_WORKER * workers))))
-    items = list(enumerate(paths))
-    chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
-    in_process = workers == 1 or not chunks or (auto and len(chunks) == 1)
-    workers = min(workers, len(chunks))
-
+    # An explicit workers=N keeps even a single chunk in a worker process (a crashing decoder costs only it).
+    in_process = workers == 1 or not paths or (auto and len(paths) <= chunk_size)
     bar = progress_bar(len(paths), progress)
     try:
-        if in_process:
-            results = []
-            for chunk in chunks:
-                results.extend(extract_chunk(chunk, spec))
-                bar.update(len(chunk))
-        else:
-            results = [x for part in run_pool(extract_chunk, chunks, spec, workers, bar.update, extract_failed)
-                       for x in part]
+        results = extract_many(list(enumerate(paths)), spec, workers, bar.update, chunk_size, in_process)
     finally:
         bar.close()
     ok, bad = [], []
-    for i, r in sorted(results, key=lambda x: x[0]):
+    for i, r in results:
         failure = r if isinstance(r, LoadFailure) else r.failure
         if failure is not None:
             bad.append(failure)
