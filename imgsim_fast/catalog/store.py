@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from imgsim_fast.io.atomic_write import fsync_dir
+
 __all__ = [
     "SCHEMA_VERSION",
     "Catalog",
@@ -253,7 +255,7 @@ class _ArrayFile:
             raise CatalogDamaged(f"array file {path} is missing")
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         if created:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         size = os.fstat(self.fd).st_size
         if size < committed * self.row_bytes:
             # Never zero-fill committed rows: that turned damage into silent wrong answers (issue 11).
@@ -338,14 +340,6 @@ def _statements(script: str) -> list[str]:
     if buf.strip():
         raise CatalogError(f"incomplete migration statement: {buf.strip()[:80]!r}")
     return out
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Catalog:
@@ -466,7 +460,7 @@ class Catalog:
         for suffix in ("", "-wal", "-shm", ".arrays"):
             if os.path.exists(self.path + suffix):
                 os.replace(self.path + suffix, dest + suffix)
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
         self.moved_aside = dest
 
     def repair_command(self) -> str:

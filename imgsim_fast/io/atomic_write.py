@@ -18,7 +18,7 @@ import os
 import secrets
 from typing import IO, Iterator
 
-__all__ = ["check_target", "replacing", "write_text"]
+__all__ = ["check_target", "fsync_dir", "replacing", "write_text"]
 
 
 def check_target(path) -> None:
@@ -68,3 +68,13 @@ def write_text(path, text: str, *, encoding: str = "utf-8", newline: str | None 
     """`text` as the whole new contents of `path`, atomically."""
     with replacing(path, "w", encoding=encoding, newline=newline) as f:
         f.write(text)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names just created or renamed in folder `path` durable (errors propagate: a writer that
+    acknowledges data must know the folder reached the disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -19,6 +19,7 @@ import numpy as np
 
 from imgsim_fast.catalog.indexer import _insert_file  # the indexer's row writer: one definition of a file row
 from imgsim_fast.catalog.store import Catalog, embedding_array_name
+from imgsim_fast.io.atomic_write import fsync_dir
 from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, HASH_KIND, HASH_MODE, HASH_SIZE, Extracted
 
 __all__ = ["AddJob", "DeleteJob", "Writer", "stored_path"]
@@ -41,14 +42,6 @@ class DeleteJob:
 def stored_path(storage: str, digest: str, ext: str) -> str:
     """Uploads are stored by content: <storage>/<2 hex>/<digest><ext>."""
     return os.path.join(storage, digest[:2], digest + ext)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Writer:
@@ -166,7 +159,7 @@ class Writer:
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.replace(job.tmp, path)
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             else:
                 _remove_quietly(job.tmp)
             st = os.stat(path)
