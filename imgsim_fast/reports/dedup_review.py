@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from urllib.parse import quote
 
 from imgsim_fast.io.atomic_write import check_target, write_text
 from imgsim_fast.io.names import display_path, path_text
 from imgsim_fast.jobs.dedup.rows import ROW_COLUMNS, rows_of
+from imgsim_fast.reports.render import render
+from imgsim_fast.reports.thumbnails import THUMB_SIDE, make_thumbs, prepare_folder, thumbs_folder
 
 __all__ = ["write_json", "write_csv", "write_out", "write_html", "render_review", "thumbs_folder",
            "THUMB_SIDE"]
-
-THUMB_SIDE = 160
-THUMB_QUALITY = 75  # 3-4 KB per 160 px thumbnail of a photo
-# Marks a thumbnail folder as ours: an existing folder without it is never written into.
-_MARKER = ".imgsim-review"
-_THUMB_NAME = re.compile(r"^\d+\.jpg$")
-
 
 def _as_text(doc: dict) -> dict:
     """`doc` with every path made valid Unicode by names.path_text (the rule for JSON and CSV reports); only
@@ -73,81 +67,6 @@ def write_out(result, path: str, fmt: str | None = None) -> None:
 # The review page
 
 
-def thumbs_folder(page: str) -> str:
-    """The thumbnail folder of a page: report.html -> report_files beside it."""
-    stem = os.path.splitext(os.path.basename(page))[0] or "report"
-    return os.path.join(os.path.dirname(os.path.abspath(page)), f"{stem}_files")
-
-
-def _prepare_folder(folder: str) -> None:
-    """Create the thumbnail folder, or empty an earlier run's one of its thumbnails; refuse a folder of
-    the same name that is not ours (it could hold the user's files)."""
-    if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, _MARKER)):
-        if os.listdir(folder):
-            raise ValueError(f"{folder} exists and was not made by imgsim; move it or choose another page name")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, _MARKER), "w", encoding="utf-8") as f:
-        f.write("thumbnails of an imgsim dedup review page\n")
-    for name in os.listdir(folder):
-        if _THUMB_NAME.match(name):
-            os.unlink(os.path.join(folder, name))
-
-
-def _thumb_chunk(chunk: list[tuple[int, str, str]], side: int) -> list[tuple[int, tuple[int, int] | None]]:
-    """Pool worker: write each (index, source, destination) as a JPEG thumbnail; its size, or None."""
-    from imgsim_fast.reports.sheet import thumbnail
-
-    out = []
-    for i, src, dst in chunk:
-        try:
-            im = thumbnail(src, side)
-        except OSError:
-            im = None
-        if im is not None:
-            im.save(dst, format="JPEG", quality=THUMB_QUALITY)
-        out.append((i, None if im is None else im.size))
-    return out
-
-
-def _thumb_failed(item, reason, kind, side):
-    return [(item[0], None)]
-
-
-def make_thumbs(paths: list[str], folder: str, workers: int | None = None,
-                side: int = THUMB_SIDE) -> list[tuple[int, int] | None]:
-    """Thumbnail i of paths[i] as folder/i.jpg, on the pipeline's crash-isolating pool; sizes (None: none)."""
-    from imgsim_fast.runtime.pool import default_workers, run_pool
-
-    items = [(i, p, os.path.join(folder, f"{i}.jpg")) for i, p in enumerate(paths)]
-    workers = default_workers() if workers is None else max(1, int(workers))
-    if workers == 1 or len(items) < 32:
-        results = [_thumb_chunk(items, side)]
-    else:
-        step = max(8, min(64, len(items) // (4 * workers) or 1))
-        chunks = [items[k:k + step] for k in range(0, len(items), step)]
-        results = run_pool(_thumb_chunk, chunks, side, workers, lambda n: None, _thumb_failed)
-    sizes: list = [None] * len(paths)
-    for res in results:
-        for i, size in res:
-            sizes[i] = size
-    return sizes
-
-
-_ENV = None
-
-
-def _template():
-    global _ENV
-    if _ENV is None:
-        import jinja2
-
-        # PackageLoader reads the template from the installed package (package data in pyproject.toml).
-        _ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgsim_fast.reports", "templates"),
-                                  autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                                  undefined=jinja2.StrictUndefined)
-    return _ENV.get_template("review.html.j2")
-
-
 def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots=(), reference=(),
                   title: str = "imgsim dedup review", page_name: str = "report.html") -> str:
     """The review page's HTML for `doc` (DedupResult.to_dict()'s form: groups with "tier", members with "why"
@@ -174,8 +93,8 @@ def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots
     for g in doc["groups"]:
         data["groups"].append(list(range(k, k + len(g["members"]))))
         k += len(g["members"])
-    return _template().render(
-        title=title, n_duplicate=n_dup, n_similar=len(doc["groups"]) - n_dup,
+    return render(
+        "review.html.j2", title=title, n_duplicate=n_dup, n_similar=len(doc["groups"]) - n_dup,
         files_scanned=doc["files_scanned"], method=doc["method"], keep_order=", ".join(doc["keep_order"]),
         roots=[display_path(r) for r in data["roots"]],
         errors=[{**e, "shown": display_path(e["path"])} for e in doc["errors"]],
@@ -190,7 +109,7 @@ def write_html(result, path: str, title: str = "imgsim dedup review", *, roots=(
     paths = [m["path"] for g in doc["groups"] for m in g["members"]]
     check_target(path)  # before the thumbnail folder is made: a page that cannot be written leaves nothing
     folder = thumbs_folder(path)
-    _prepare_folder(folder)
+    prepare_folder(folder)
     sizes = make_thumbs(paths, folder, workers)
     write_text(path, render_review(doc, sizes, thumbs=quote(os.path.basename(folder)), roots=roots,
                                    reference=reference, title=title, page_name=os.path.basename(path)))

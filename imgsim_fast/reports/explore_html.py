@@ -14,6 +14,8 @@ import numpy as np
 from imgsim_fast.io.atomic_write import check_target, write_text
 from imgsim_fast.io.names import path_text
 from imgsim_fast.jobs.explore import Exploration
+from imgsim_fast.reports.render import render
+from imgsim_fast.reports.thumbnails import make_thumbs, prepare_folder, thumbs_folder
 from imgsim_fast.runtime.progress import phase
 
 __all__ = ["write_report", "render_html", "SECTIONS", "REPORT_NAME"]
@@ -85,20 +87,6 @@ def _trust_text(t: dict) -> str:
     return out + "."
 
 
-_ENV = None
-
-
-def _template():
-    global _ENV
-    if _ENV is None:
-        import jinja2
-
-        _ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgsim_fast.reports", "templates"),
-                                  autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                                  undefined=jinja2.StrictUndefined)
-    return _ENV.get_template("explore.html.j2")
-
-
 def render_html(exp: Exploration, *, thumbs: str, missing: list[bool], title: str = "imgsim explore",
                 json_name: str | None = None) -> str:
     """The report as one HTML string; `thumbs` is the thumbnail folder relative to the page (file i.jpg
@@ -123,8 +111,8 @@ def render_html(exp: Exploration, *, thumbs: str, missing: list[bool], title: st
         "lists": {**{f"c{c.id}": c.members for c in exp.clusters}, "u": unclustered},
     }
     rejected = ", ".join(f"{r:.2f}x" for r in sorted(exp.rejected, reverse=True)[:20])
-    return _template().render(
-        title=title, sections=list(SECTIONS), n_files=len(names), features=exp.features,
+    return render(
+        "explore.html.j2", title=title, sections=list(SECTIONS), n_files=len(names), features=exp.features,
         structure=exp.structure, verdict=exp.verdict, json_name=json_name,
         stats_rows=_stats_rows(exp.stats) if exp.stats else [],
         corrupt=exp.stats.get("corrupt_files", []) if exp.stats else [],
@@ -138,8 +126,6 @@ def write_report(exp: Exploration, out_html: str, *, json_path: str | None = Non
                  workers: int | None = None, progress: bool | None = False) -> tuple[str, str]:
     """Write the HTML report, its thumbnail folder and its JSON (default: the HTML path with .json);
     returns the HTML and JSON paths."""
-    from imgsim_fast.reports.dedup_review import _prepare_folder, make_thumbs, thumbs_folder
-
     json_path = json_path or os.path.splitext(out_html)[0] + ".json"
     folder = os.path.dirname(os.path.abspath(out_html))
     os.makedirs(folder, exist_ok=True)
@@ -149,7 +135,7 @@ def write_report(exp: Exploration, out_html: str, *, json_path: str | None = Non
     thumbs = thumbs_folder(out_html)
     if os.path.exists(thumbs) and not os.path.isdir(thumbs):
         raise ValueError(f"{thumbs} exists and is not a folder; move it or choose another report name")
-    _prepare_folder(thumbs)
+    prepare_folder(thumbs)
     with phase(f"thumbnails ({len(exp.paths):,})", progress):
         sizes = make_thumbs(exp.paths, thumbs, workers=workers, side=THUMB)
     rel_json = os.path.relpath(os.path.abspath(json_path), folder)
