@@ -3,7 +3,19 @@ import glob
 import json
 import os
 
+import shutil
+
 import pytest
+
+# The browser tests drive the system chromium (apt) through Playwright's Python package.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
+needs_browser = pytest.mark.skipif(
+    sync_api is None or CHROMIUM is None,
+    reason="needs playwright (requirements-test.txt) and chromium on PATH (scripts/setup.sh --test installs both)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTO_DIR = os.path.join(REPO, ".cache", "photos")

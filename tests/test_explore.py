@@ -16,6 +16,7 @@ from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.jobs.explore import NO_STRUCTURE, explore
 from imgsim_fast.jobs.explore_clusters import (core_distances, density_clusters, kmeans, mutual_reachability_mst,
                                                pca, persistence)
+from conftest import CHROMIUM, needs_browser, sync_api
 from test_search import corpus_or_skip
 
 
@@ -304,14 +305,9 @@ def test_report_of_ten_thousand_files_stays_small():
     assert listed == list(range(10_000)) and len(data["files"]) == 10_000  # every file reachable
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _load_in_browser(path: str) -> tuple[str, list[str]]:
     """(DOM after load, console messages) from headless Chromium."""
-    exe = _chromium()
-    r = subprocess.run([exe, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+    r = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
                         "--virtual-time-budget=5000", "--dump-dom", "file://" + os.path.abspath(path)],
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -319,7 +315,7 @@ def _load_in_browser(path: str) -> tuple[str, list[str]]:
     return r.stdout, console
 
 
-@pytest.mark.skipif(not _chromium(), reason="headless browser check needs Chromium: apt-get install -y chromium "
+@pytest.mark.skipif(CHROMIUM is None, reason="headless browser check needs Chromium: apt-get install -y chromium "
                                              "(scripts/setup.sh --test installs it)")
 def test_report_loads_in_headless_chromium(report, exp_few_shown, tmp_path):
     # The check is not vacuous: a page with a script error does show up as a console message.
@@ -340,13 +336,7 @@ def test_report_loads_in_headless_chromium(report, exp_few_shown, tmp_path):
     assert int(attrs["images"]) == n_imgs and int(attrs["map-items"]) == len(exp_few_shown.paths)
 
 
-try:
-    from playwright import sync_api
-except ImportError:
-    sync_api = None
-
-
-@pytest.mark.skipif(sync_api is None or not _chromium(), reason="needs playwright and chromium")
+@needs_browser
 def test_every_member_is_reachable_in_the_page(report, exp_few_shown, tmp_path):
     from imgsim_fast.reports.explore_html import write_report
 
@@ -356,7 +346,7 @@ def test_every_member_is_reachable_in_the_page(report, exp_few_shown, tmp_path):
     exp.clusters[0].size, exp.clusters[0].members = 1200, list(range(1200))
     write_report(exp, str(big), workers=1)
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium())
+        b = p.chromium.launch(executable_path=CHROMIUM)
         page = b.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -1,13 +1,10 @@
 """The accuracy corpus's look-alike builder: the near-variant filter and Chromium's sheet of cells."""
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from imgsim_fast.bench import lookalikes
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import CHROMIUM
 
 
 def _page(rng, mark: tuple[int, int]) -> Image.Image:

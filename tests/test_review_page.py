@@ -15,16 +15,8 @@ from PIL import Image
 from imgsim_fast.cli.main import main
 from imgsim_fast.reports.dedup_review import render_review, write_html
 from imgsim_fast.io.names import path_text
-from conftest import tree_snapshot
+from conftest import CHROMIUM, needs_browser, sync_api, tree_snapshot
 
-try:
-    from playwright import sync_api
-except ImportError:
-    sync_api = None
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_browser = pytest.mark.skipif(
-    sync_api is None or CHROMIUM is None,
-    reason="needs playwright (requirements-test.txt) and chromium on PATH (scripts/setup.sh --test installs both)")
 
 CAFE = os.fsdecode(b"caf\xe9 copy.jpg")  # a file name that is not UTF-8
 

@@ -1,23 +1,14 @@
 """The service's web page in the system chromium (Playwright): a person types a key, adds a picture, adds its
 mirrored copy and sees it reported as a duplicate with thumbnails, checks a picture without storing it, and
 browses the duplicate groups; a wrong key shows the server's message."""
-import shutil
-
 import httpx
-import pytest
 from PIL import Image
 
 from imgsim_fast.service.keys import KeyStore, keys_path
+from conftest import CHROMIUM, needs_browser, sync_api
 from service_server import Server, picture
 
-try:
-    from playwright import sync_api
-except ImportError:
-    sync_api = None
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    sync_api is None or CHROMIUM is None,
-    reason="needs playwright (requirements-test.txt) and chromium on PATH (scripts/setup.sh --test installs both)")
+pytestmark = needs_browser
 
 
 def test_page_add_check_and_groups(tmp_path):
