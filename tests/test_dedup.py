@@ -13,7 +13,8 @@ from PIL import Image, ImageEnhance
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli.main import main
 from imgsim_fast.jobs.dedup import DEFAULTS, LEARNED, DedupResult, Thresholds, find_duplicates, group_features
-from imgsim_fast.jobs.dedup.detect import PairJudge, embedding_pairs, group_pairs, hash_pairs
+from imgsim_fast.jobs.dedup.detect import PairJudge, embedding_pairs, hash_pairs
+from imgsim_fast.jobs.dedup.grouping import group_pairs
 from imgsim_fast.features.extract import EMBED_CROP, Features, FileFacts, compute_features, trim_box
 from imgsim_fast.jobs.dedup.keep import keep_ranks, parse_order
 

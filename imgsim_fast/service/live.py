@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsim_fast.features.extract import Features, FileFacts
-from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs, group_pairs
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs
+from imgsim_fast.jobs.dedup.grouping import group_pairs
 
 __all__ = ["LiveIndex", "Near"]
 
@@ -223,7 +224,7 @@ class LiveIndex:
         return [(int(fids[i]), round(1.0 - key[i] / bits, 6), int(key[i])) for i in part]
 
     def groups(self):
-        """Duplicate and look-alike groups of the whole collection (detect.group_pairs: stars around a keeper,
+        """Duplicate and look-alike groups of the whole collection (grouping.group_pairs: stars around a keeper,
         the larger picture kept), as lists of (file id, Match). Cached until the collection changes."""
         gen = self.generation
         cached = self._groups

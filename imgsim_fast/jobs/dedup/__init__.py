@@ -1,7 +1,7 @@
 """Deduplication: find duplicate and near-duplicate images, pick the file to keep, act safely, report.
 
 Layout by responsibility: `features` (digest, header facts, border-trimmed dihedral pHash, embeddings),
-`detect` (candidate pairs through the MIH self-join and embedding kNN, the pair test, guarded groups),
+`detect` (candidate pairs through the MIH self-join and embedding kNN, the pair test), `grouping` (guarded groups),
 `keep` (keep-best order, reference folders), `actions` (manifest-first move / link / delete, undo),
 `report` (JSON, CSV, HTML).
 """
@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from imgsim_fast.jobs.dedup.detect import DEFAULTS, METHODS, Group, Match, PairJudge, Thresholds, candidate_pairs, group_pairs
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, METHODS, Match, PairJudge, Thresholds, candidate_pairs
+from imgsim_fast.jobs.dedup.grouping import Group, group_pairs
 from imgsim_fast.features.extract import Features, FileFacts, compute_features, file_digest
 from imgsim_fast.runtime.progress import phase
 from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order

@@ -17,7 +17,7 @@ Methods:
 
 Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
 bits, or one the embedding accepted and the pixel check refused while the pictures still line up over most
-of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (group_pairs).
+of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (grouping.group_pairs).
 
 Candidates come from `hash_pairs` (the only all-pairs step over hashes: HammingIndex.self_join) and
 `embedding_pairs` (VectorIndex kNN with a score cut); every candidate, and every pair the grouping asks
@@ -26,16 +26,15 @@ DEFAULTS below, dedup.LEARNED, and the README's "Deduplication" section (python 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import Features
 
-__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "Group", "hash_pairs",
-           "embedding_pairs", "candidate_pairs", "group_pairs", "changed_fraction", "changed_fractions",
-           "crop_windows"]
+__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "hash_pairs",
+           "embedding_pairs", "candidate_pairs", "changed_fraction", "changed_fractions", "crop_windows"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
@@ -455,90 +454,3 @@ def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
         parts_i.append(a)
         parts_j.append(b)
     return _unique_pairs(parts_i, parts_j)
-
-
-# ------------------------------------------------------------------------------------------------
-# Groups
-
-
-@dataclass
-class Group:
-    """One group, best first: members[0] is the keeper, and every other member matched it directly.
-
-    tier 'duplicate': each member is the same picture as the keeper (Match.duplicate); only this tier is
-    ever acted on. tier 'similar': look-alikes of the keeper (bursts, variants, pages of one template),
-    reported for review.
-    """
-
-    members: list[int]
-    matches: list[Match] = field(default_factory=list)  # matches[k]: members[k] against the keeper
-    tier: str = "duplicate"
-
-
-def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, ranker) -> list[Group]:
-    """Duplicate groups, then look-alike groups, from candidate pairs; each a star around its keeper.
-
-    ranker(members) -> {member: sort key}: keep-best among files found together (keep.keep_ranks).
-    Duplicate tier: components of duplicate pairs (union-find); in each, the best-ranked file that has a
-    duplicate left becomes a keeper and takes every remaining file that is a duplicate of it directly; the
-    rest go round again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits,
-    or a run of look-alikes each close to the next, never makes A and C one group unless both match the
-    keeper. Similar tier: the same over the files no duplicate group absorbed (keepers and loners), with
-    pairs of either tier, so a burst of shots shows up once, by its best frame.
-    """
-    ii, jj = pairs
-    dup: dict[int, dict[int, Match]] = {}
-    near: dict[int, dict[int, Match]] = {}
-    for a, b, m in judge.match_pairs(ii, jj):  # the pair test over all candidates at once
-        for x, y in ((a, b), (b, a)):
-            near.setdefault(x, {})[y] = m
-            if m.duplicate:
-                dup.setdefault(x, {})[y] = m
-    groups = _stars(n, dup, ranker, "duplicate", judge)
-    absorbed = {m for g in groups for m in g.members[1:]}
-    free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
-    groups += _stars(n, free, ranker, "similar", judge)
-    groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
-    return groups
-
-
-def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str, judge: PairJudge) -> list[Group]:
-    """Star groups over `adj` (see group_pairs). Byte-identical files are candidates only as a star on the
-    first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
-    or of a member: the same bytes match the keeper exactly as the member does."""
-    comps: dict[int, list[int]] = {}
-    if adj:
-        # Components in native code (scipy's connected_components over the pair graph); members in the
-        # order the adjacency lists them, as before.
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        a = np.fromiter((x for x, nbrs in adj.items() for _ in nbrs), np.int64)
-        b = np.fromiter((y for nbrs in adj.values() for y in nbrs), np.int64)
-        _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
-                                        directed=False)
-        for x in adj:
-            comps.setdefault(int(label[x]), []).append(x)
-    digests = judge.digests
-    groups = []
-    for comp in comps.values():
-        if len(comp) < 2:
-            continue
-        rank = ranker(comp)
-        remaining = sorted(comp, key=rank.__getitem__)
-        while len(remaining) >= 2:
-            left = set(remaining)
-            keeper = next((x for x in remaining if left.intersection(adj.get(x, ()))), None)
-            if keeper is None:
-                break
-            near = adj[keeper]
-            chosen = {keeper} | {x for x in remaining if x in near}
-            same = {digests[x] for x in chosen}
-            matches = {x: near[x] for x in chosen if x != keeper}
-            for x in remaining:
-                if x not in chosen and digests[x] in same:
-                    matches[x] = judge.match(keeper, x)
-            members = [keeper] + [x for x in remaining if x in matches]
-            remaining = [x for x in remaining if x != keeper and x not in matches]
-            groups.append(Group(members, [KEEPER] + [matches[x] for x in members[1:]], tier))
-    return groups
