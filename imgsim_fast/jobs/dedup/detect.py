@@ -33,8 +33,8 @@ import numpy as np
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import Features
 
-__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "Match", "hash_pairs",
-           "embedding_pairs", "candidate_pairs", "changed_fraction", "changed_fractions", "crop_windows"]
+__all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
+           "hash_pairs", "embedding_pairs", "candidate_pairs", "changed_fraction", "changed_fractions", "crop_windows"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
@@ -254,22 +254,26 @@ class PairJudge:
         return d[:, 0], d[np.arange(len(ii)), k], k
 
     def match(self, i: int, j: int) -> Match:
-        """The pair test of one pair (match_pairs on one pair: the same decision)."""
-        return self._matches(np.array([i], np.int64), np.array([j], np.int64))[0][0]
+        """The pair test of one pair (decide on one pair: the same decision)."""
+        return self._matches(np.array([i], np.int64), np.array([j], np.int64)).match(0)
+
+    def decide(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 1 << 16) -> PairDecisions:
+        """The pair test over arrays of candidate pairs, vectorised: the decisions of the pairs with a rule
+        (duplicate or similar), in input order, as arrays (no object per pair: grouping.group_pairs)."""
+        ii, jj = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
+        parts = []
+        for s in range(0, len(ii), chunk):
+            d = self._matches(ii[s:s + chunk], jj[s:s + chunk])
+            parts.append(d.take(d.rule > 0))
+        return PairDecisions.concat(parts)
 
     def match_pairs(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 1 << 16) -> list[tuple[int, int, Match]]:
-        """The pair test over arrays of candidate pairs, vectorised; (i, j, Match) of the pairs with a rule
-        (duplicate or similar), in input order."""
-        ii, jj = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
-        out = []
-        for s in range(0, len(ii), chunk):
-            a, b = ii[s:s + chunk], jj[s:s + chunk]
-            matches, keep = self._matches(a, b)
-            out += [(int(a[x]), int(b[x]), matches[x]) for x in np.flatnonzero(keep)]
-        return out
+        """(i, j, Match) of the pairs with a rule (duplicate or similar), in input order (decide, as objects)."""
+        d = self.decide(ii, jj, chunk)
+        return [(int(a), int(b), d.match(x)) for x, (a, b) in enumerate(zip(d.i.tolist(), d.j.tolist()))]
 
-    def _matches(self, ii: np.ndarray, jj: np.ndarray) -> tuple[list[Match], np.ndarray]:
-        """(a Match per pair, mask of the pairs with a rule). The rules, in order of precedence: exact,
+    def _matches(self, ii: np.ndarray, jj: np.ndarray) -> PairDecisions:
+        """The decision of every pair (rule 0: none). The rules, in order of precedence: exact,
         phash, flip, then (auto) confirmed or embedding, which must pass the pixel check; else similar."""
         t, m = self.t, len(ii)
         d0, dk, k = self._distances(ii, jj)
@@ -305,13 +309,10 @@ class PairJudge:
         if self.method != "exact":
             alike = np.zeros(m, bool) if cos is None else (cos >= t.similar_cos) & ~(changed > t.similar_changed)
             rule[(rule == 0) & ((d0 <= t.similar_phash) | alike)] = 6
-        transforms = [TRANSFORMS[x] for x in k.tolist()] if self.flips else ["none"] * m
-        dks = dk.tolist() if self.flips else [-1] * m
-        coss = [None] * m if cos is None else cos.tolist()
-        chg = [None if c != c else c for c in changed.tolist()]  # NaN: not checked
-        matches = [Match(_RULES[r], d, e, tr, c, x)
-                   for r, d, e, tr, c, x in zip(rule.tolist(), d0.tolist(), dks, transforms, coss, chg)]
-        return matches, rule > 0
+        # Without flips k is 0 ('none') and the flip distance is reported as -1.
+        dks = dk if self.flips else np.full(m, -1)
+        return PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
+                             None if np.isnan(changed).all() else changed)
 
     def changed(self, i: int, j: int) -> tuple[float, float]:
         """The pixel check of one pair (see _changed)."""
@@ -348,6 +349,65 @@ class PairJudge:
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
+
+
+@dataclass(frozen=True)
+class PairDecisions:
+    """The pair test's decisions over arrays of pairs (PairJudge.decide): one row per pair i[x], j[x], held as
+    arrays so that millions of pairs cost bytes, not objects (issue 12); match(x) is row x as a Match, made
+    when asked (grouping makes one per grouped file only).
+
+    rule: index into _RULES (0: no match). dihedral: -1 without flips; transform: index into TRANSFORMS.
+    cos: None without embeddings. changed: the pixel check, NaN where it did not run, None where it ran on
+    no pair at all.
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    rule: np.ndarray
+    phash: np.ndarray
+    dihedral: np.ndarray
+    transform: np.ndarray
+    cos: np.ndarray | None
+    changed: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+    @property
+    def duplicate(self) -> np.ndarray:
+        """Mask of the rows in the duplicate tier (Match.duplicate)."""
+        return np.isin(self.rule, _DUPLICATE_CODES)
+
+    def match(self, x: int) -> Match:
+        chg = None if self.changed is None else float(self.changed[x])
+        return Match(_RULES[self.rule[x]], int(self.phash[x]), int(self.dihedral[x]), TRANSFORMS[self.transform[x]],
+                     None if self.cos is None else float(self.cos[x]), None if chg != chg else chg)  # NaN: no check
+
+    def take(self, sel) -> PairDecisions:
+        """The rows picked by a mask or index array."""
+        return PairDecisions(*(None if a is None else a[sel] for a in self._arrays()))
+
+    def _arrays(self) -> tuple:
+        return self.i, self.j, self.rule, self.phash, self.dihedral, self.transform, self.cos, self.changed
+
+    @staticmethod
+    def concat(parts: list[PairDecisions]) -> PairDecisions:
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return PairDecisions(z, z, np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                                 np.zeros(0, np.int8), None, None)
+        if len(parts) == 1:
+            return parts[0]
+        cols = list(zip(*(p._arrays() for p in parts)))
+        cos = None if cols[6][0] is None else np.concatenate(cols[6])
+        changed = None
+        if any(c is not None for c in cols[7]):
+            changed = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[7])])
+        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed)
+
+
+_DUPLICATE_CODES = np.array([_RULES.index(r) for r in DUPLICATE_RULES], np.int8)
 
 
 def _rowdot(a: np.ndarray, ii: np.ndarray, b: np.ndarray, jj: np.ndarray) -> np.ndarray:

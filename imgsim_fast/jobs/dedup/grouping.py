@@ -1,16 +1,19 @@
-"""Groups from the pair test's decisions: stars around a keeper, duplicate tier first, then look-alikes.
+"""Groups from the pair test's decisions: stars around a keeper, the duplicate tier first, then look-alikes.
 
-Moved out of detect.py (issue 12, "grouping at scale"): detect decides pairs, this module groups them.
+The decisions stay arrays (detect.PairDecisions) and the grouping runs in numba kernels over a CSR
+adjacency, so millions of pairs cost arrays, not Python objects (issue 12, "grouping at scale"); a Match
+is made only for a file that ends in a group. Only the keep-best ranker runs once per component in Python.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from imgsim_fast.jobs.dedup.detect import KEEPER, Match, PairJudge
+from imgsim_fast.jobs.dedup.detect import KEEPER, Match, PairDecisions, PairJudge
 
-__all__ = ["Group", "group_pairs"]
+__all__ = ["Group", "group_pairs", "group_decisions"]
 
 
 @dataclass
@@ -31,66 +34,258 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
     """Duplicate groups, then look-alike groups, from candidate pairs; each a star around its keeper.
 
     ranker(members) -> {member: sort key}: keep-best among files found together (keep.keep_ranks).
-    Duplicate tier: components of duplicate pairs (union-find); in each, the best-ranked file that has a
-    duplicate left becomes a keeper and takes every remaining file that is a duplicate of it directly; the
-    rest go round again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits,
-    or a run of look-alikes each close to the next, never makes A and C one group unless both match the
-    keeper. Similar tier: the same over the files no duplicate group absorbed (keepers and loners), with
-    pairs of either tier, so a burst of shots shows up once, by its best frame.
+    Duplicate tier: components of duplicate pairs; in each, the best-ranked file that has a duplicate left
+    becomes a keeper and takes every remaining file that is a duplicate of it directly; the rest go round
+    again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits, or a run of
+    look-alikes each close to the next, never makes A and C one group unless both match the keeper.
+    Similar tier: the same over the files no duplicate group absorbed (keepers and loners), with pairs of
+    either tier, so a burst of shots shows up once, by its best frame.
     """
     ii, jj = pairs
-    dup: dict[int, dict[int, Match]] = {}
-    near: dict[int, dict[int, Match]] = {}
-    for a, b, m in judge.match_pairs(ii, jj):  # the pair test over all candidates at once
-        for x, y in ((a, b), (b, a)):
-            near.setdefault(x, {})[y] = m
-            if m.duplicate:
-                dup.setdefault(x, {})[y] = m
-    groups = _stars(n, dup, ranker, "duplicate", judge)
-    absorbed = {m for g in groups for m in g.members[1:]}
-    free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
-    groups += _stars(n, free, ranker, "similar", judge)
+    return group_decisions(n, judge.decide(ii, jj), judge, ranker)
+
+
+def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[Group]:
+    """group_pairs over decisions already made (judge.decide).
+
+    The result is the one the former per-pair dict grouping gave (tests/test_grouping.py keeps it as the
+    oracle): components and their members in the order files first occur in the pairs (the ranker sees
+    the same lists, and breaks ties by that order), and where a pair occurs twice its last decision counts.
+    """
+    if n >= 2**31 or len(d) >= 2**31:
+        raise ValueError("grouping holds file and pair numbers as int32: at most 2^31 - 1 of each")
+    self_pairs = d.i == d.j
+    if self_pairs.any():  # a file paired with itself says nothing about duplicates
+        d = d.take(~self_pairs)
+    groups, absorbed = _stars(n, d, np.flatnonzero(d.duplicate), None, ranker, "duplicate", judge)
+    free = np.ones(n, bool)
+    free[absorbed] = False
+    more, _ = _stars(n, d, None, free, ranker, "similar", judge)
+    groups += more
     groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
     return groups
 
 
-def _stars(n: int, adj: dict[int, dict[int, Match]], ranker, tier: str, judge: PairJudge) -> list[Group]:
-    """Star groups over `adj` (see group_pairs). Byte-identical files are candidates only as a star on the
+def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray | None, ranker, tier: str,
+           judge: PairJudge) -> tuple[list[Group], np.ndarray]:
+    """Star groups over the pairs d[rows] (None: all) between files in `free` (None: all), and the files
+    they absorbed (every member but the keeper). Byte-identical files are candidates only as a star on the
     first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
     or of a member: the same bytes match the keeper exactly as the member does."""
-    comps: dict[int, list[int]] = {}
-    if adj:
-        # Components in native code (scipy's connected_components over the pair graph); members in the
-        # order the adjacency lists them, as before.
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        a = np.fromiter((x for x, nbrs in adj.items() for _ in nbrs), np.int64)
-        b = np.fromiter((y for nbrs in adj.values() for y in nbrs), np.int64)
-        _, label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
-                                        directed=False)
-        for x in adj:
-            comps.setdefault(int(label[x]), []).append(x)
-    digests = judge.digests
-    groups = []
-    for comp in comps.values():
-        if len(comp) < 2:
-            continue
+    a, b = (d.i, d.j) if rows is None else (d.i[rows], d.j[rows])
+    order = _first_seen(a, b, n)  # files in the order they first occur, as the former dict keys were
+    idx = np.arange(len(a)) if rows is None else rows
+    if free is not None:
+        order = order[free[order]]
+        both = free[a] & free[b]
+        a, b, idx = a[both], b[both], idx[both]
+    last = _last_of_each_pair(a, b, n)
+    if last is not None:
+        a, b, idx = a[last], b[last], idx[last]
+    indptr, nbr, eid = _csr(n, a.astype(np.int32), b.astype(np.int32))
+    members, offs = _components(order.astype(np.int32), indptr, nbr)
+    # Keep-best order within each component: the ranker is Python (it may look at pixels), once a component.
+    sizes = np.diff(offs)
+    big = np.flatnonzero(sizes >= 2)
+    seq = np.empty(int(sizes[big].sum()), np.int32)
+    seq_offs = np.zeros(len(big) + 1, np.int64)
+    at = 0
+    for c in big.tolist():
+        comp = members[offs[c]:offs[c + 1]].tolist()
         rank = ranker(comp)
-        remaining = sorted(comp, key=rank.__getitem__)
-        while len(remaining) >= 2:
-            left = set(remaining)
-            keeper = next((x for x in remaining if left.intersection(adj.get(x, ()))), None)
-            if keeper is None:
-                break
-            near = adj[keeper]
-            chosen = {keeper} | {x for x in remaining if x in near}
-            same = {digests[x] for x in chosen}
-            matches = {x: near[x] for x in chosen if x != keeper}
-            for x in remaining:
-                if x not in chosen and digests[x] in same:
-                    matches[x] = judge.match(keeper, x)
-            members = [keeper] + [x for x in remaining if x in matches]
-            remaining = [x for x in remaining if x != keeper and x not in matches]
-            groups.append(Group(members, [KEEPER] + [matches[x] for x in members[1:]], tier))
-    return groups
+        seq[at:at + len(comp)] = sorted(comp, key=rank.__getitem__)
+        at += len(comp)
+    seq_offs[1:] = np.cumsum(sizes[big])
+    # Digest numbers of the files in components (judge.digests are strings).
+    dig = np.full(n, -1, np.int64)
+    ids: dict = {}
+    digests = judge.digests
+    for x in seq.tolist():
+        dig[x] = ids.setdefault(digests[x], len(ids))
+    g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, len(ids))
+    groups = []
+    mem_l, via_l, g_l = mem.tolist(), via.tolist(), g_offs.tolist()
+    for s, e in zip(g_l[:-1], g_l[1:]):
+        keeper = mem_l[s]
+        matches = [KEEPER]
+        for x, v in zip(mem_l[s + 1:e], via_l[s + 1:e]):
+            # v: the pair (keeper, x) among the decisions; -1: a byte-identical copy taken with a member.
+            matches.append(d.match(int(idx[v])) if v >= 0 else judge.match(keeper, x))
+        groups.append(Group(mem_l[s:e], matches, tier))
+    keepers = np.zeros(len(mem), bool)
+    keepers[g_offs[:-1]] = True
+    return groups, mem[~keepers]
+
+
+def _last_of_each_pair(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray | None:
+    """Positions of the last occurrence of each unordered pair, or None when no pair occurs twice (the
+    candidate_pairs order, sorted and unique, is checked in one pass)."""
+    key = np.minimum(a, b).astype(np.int64) * n + np.maximum(a, b)
+    if len(key) < 2 or bool((key[1:] > key[:-1]).all()):
+        return None
+    _, first_in_reversed = np.unique(key[::-1], return_index=True)
+    return np.sort(len(key) - 1 - first_in_reversed)
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_seen(a, b, n):  # pragma: no cover - compiled; tested through group_pairs
+    """Files in the order they first occur in a[0], b[0], a[1], b[1], ..."""
+    seen = np.zeros(n, np.bool_)
+    out = np.empty(min(n, 2 * len(a)), np.int64)
+    k = 0
+    for x in range(len(a)):
+        for u in (a[x], b[x]):
+            if not seen[u]:
+                seen[u] = True
+                out[k] = u
+                k += 1
+    return out[:k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr(n, a, b):  # pragma: no cover - compiled; tested through group_pairs
+    """Undirected adjacency: row x holds x's neighbours (nbr) and the pair each edge came from (eid)."""
+    indptr = np.zeros(n + 1, np.int64)
+    for e in range(len(a)):
+        indptr[a[e] + 1] += 1
+        indptr[b[e] + 1] += 1
+    for x in range(n):
+        indptr[x + 1] += indptr[x]
+    at = indptr[:-1].copy()
+    nbr = np.empty(2 * len(a), np.int32)
+    eid = np.empty(2 * len(a), np.int32)
+    for e in range(len(a)):
+        u, v = a[e], b[e]
+        nbr[at[u]] = v
+        eid[at[u]] = e
+        at[u] += 1
+        nbr[at[v]] = u
+        eid[at[v]] = e
+        at[v] += 1
+    return indptr, nbr, eid
+
+
+@numba.njit(cache=True, nogil=True)
+def _components(order, indptr, nbr):  # pragma: no cover - compiled; tested through group_pairs
+    """Connected components (breadth first), numbered in the order of their first file in `order`; their
+    members listed component by component, each in `order`'s order. Returns (members, offsets)."""
+    n = len(indptr) - 1
+    label = np.full(n, -1, np.int64)
+    queue = np.empty(len(order), np.int64)
+    c = 0
+    for s in order:
+        if label[s] >= 0:
+            continue
+        label[s] = c
+        queue[0] = s
+        head, tail = 0, 1
+        while head < tail:
+            x = queue[head]
+            head += 1
+            for q in range(indptr[x], indptr[x + 1]):
+                y = nbr[q]
+                if label[y] < 0:
+                    label[y] = c
+                    queue[tail] = y
+                    tail += 1
+        c += 1
+    offs = np.zeros(c + 1, np.int64)
+    for s in order:
+        offs[label[s] + 1] += 1
+    for k in range(c):
+        offs[k + 1] += offs[k]
+    at = offs[:-1].copy()
+    members = np.empty(len(order), np.int64)
+    for s in order:
+        members[at[label[s]]] = s
+        at[label[s]] += 1
+    return members, offs
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(seq, offs, indptr, nbr, eid, dig, ndig):  # pragma: no cover - compiled; tested through group_pairs
+    """The star selection of every component (seq[offs[c]:offs[c+1]]: its files, best first).
+
+    One pass down each component: a file that is not yet taken and has a neighbour not yet taken is a
+    keeper and takes those neighbours, and every file not yet taken with the digest of one of them. A file
+    passed over has no neighbour left and never gets one back, so the former scan from the top after every
+    group found the same keepers. Returns (group offsets into mem, mem: keeper then members in seq order,
+    via: the edge from the keeper, -1 for a byte-identical copy, -2 for the keeper).
+    """
+    n = len(indptr) - 1
+    taken = np.zeros(n, np.bool_)   # in a group (or this group's keeper)
+    chosen = np.zeros(n, np.bool_)  # taken by the group being formed
+    via = np.empty(n, np.int64)
+    pos = np.empty(n, np.int64)
+    dmark = np.full(ndig, -1, np.int64)
+    bstart = np.zeros(ndig, np.int64)
+    bend = np.zeros(ndig, np.int64)
+    bpos = np.empty(len(seq), np.int64)  # positions of each component bucketed by digest, seq order within
+    buf = np.empty(len(seq), np.int64)
+    mem = np.empty(len(seq), np.int64)
+    mvia = np.empty(len(seq), np.int64)
+    g_offs = np.zeros(len(seq) // 2 + 1, np.int64)
+    nm = 0
+    ng = 0
+    rnd = 0
+    for c in range(len(offs) - 1):
+        s, e = offs[c], offs[c + 1]
+        dg = np.empty(e - s, np.int64)
+        for p in range(s, e):
+            pos[seq[p]] = p
+            dg[p - s] = dig[seq[p]]
+        o = np.argsort(dg, kind="mergesort")
+        for t in range(e - s):
+            bpos[s + t] = s + o[t]
+            dd = dg[o[t]]
+            if t == 0 or dd != dg[o[t - 1]]:
+                bstart[dd] = s + t
+            bend[dd] = s + t + 1
+        for p in range(s, e):
+            x = seq[p]
+            if taken[x]:
+                continue
+            alone = True
+            for q in range(indptr[x], indptr[x + 1]):
+                if not taken[nbr[q]]:
+                    alone = False
+                    break
+            if alone:
+                continue
+            taken[x] = True
+            k = 0
+            for q in range(indptr[x], indptr[x + 1]):
+                y = nbr[q]
+                if not taken[y]:
+                    chosen[y] = True
+                    via[y] = eid[q]
+                    buf[k] = pos[y]
+                    k += 1
+            rnd += 1
+            direct = k
+            for t in range(-1, direct):
+                z = x if t < 0 else seq[buf[t]]
+                dd = dig[z]
+                if dmark[dd] == rnd:
+                    continue
+                dmark[dd] = rnd
+                for u in range(bstart[dd], bend[dd]):
+                    w = seq[bpos[u]]
+                    if not taken[w] and not chosen[w]:
+                        chosen[w] = True
+                        via[w] = -1
+                        buf[k] = pos[w]
+                        k += 1
+            mem[nm] = x
+            mvia[nm] = -2
+            nm += 1
+            for p2 in np.sort(buf[:k]):
+                w = seq[p2]
+                mem[nm] = w
+                mvia[nm] = via[w]
+                nm += 1
+                taken[w] = True
+                chosen[w] = False
+            ng += 1
+            g_offs[ng] = nm
+    return g_offs[:ng + 1], mem[:nm], mvia[:nm]
