@@ -380,9 +380,16 @@ class PairDecisions:
         return np.isin(self.rule, _DUPLICATE_CODES)
 
     def match(self, x: int) -> Match:
-        chg = None if self.changed is None else float(self.changed[x])
-        return Match(_RULES[self.rule[x]], int(self.phash[x]), int(self.dihedral[x]), TRANSFORMS[self.transform[x]],
-                     None if self.cos is None else float(self.cos[x]), None if chg != chg else chg)  # NaN: no check
+        return self.matches([x])[0]
+
+    def matches(self, rows) -> list[Match]:
+        """Match of each of `rows` (read out of the arrays together: an element at a time costs more)."""
+        t = self.take(np.asarray(rows, np.int64))
+        m = len(t)
+        cos = [None] * m if t.cos is None else t.cos.tolist()
+        chg = [None] * m if t.changed is None else [None if c != c else c for c in t.changed.tolist()]  # NaN: none
+        return [Match(_RULES[r], d, e, TRANSFORMS[k], c, x) for r, d, e, k, c, x in
+                zip(t.rule.tolist(), t.phash.tolist(), t.dihedral.tolist(), t.transform.tolist(), cos, chg)]
 
     def take(self, sel) -> PairDecisions:
         """The rows picked by a mask or index array."""

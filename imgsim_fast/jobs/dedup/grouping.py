@@ -87,14 +87,14 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     # Keep-best order within each component: the ranker is Python (it may look at pixels), once a component.
     sizes = np.diff(offs)
     big = np.flatnonzero(sizes >= 2)
-    seq = np.empty(int(sizes[big].sum()), np.int32)
-    seq_offs = np.zeros(len(big) + 1, np.int64)
-    at = 0
+    members_l, offs_l = members.tolist(), offs.tolist()
+    ranked: list[int] = []
     for c in big.tolist():
-        comp = members[offs[c]:offs[c + 1]].tolist()
+        comp = members_l[offs_l[c]:offs_l[c + 1]]
         rank = ranker(comp)
-        seq[at:at + len(comp)] = sorted(comp, key=rank.__getitem__)
-        at += len(comp)
+        ranked += sorted(comp, key=rank.__getitem__)
+    seq = np.array(ranked, np.int32)
+    seq_offs = np.zeros(len(big) + 1, np.int64)
     seq_offs[1:] = np.cumsum(sizes[big])
     # Digest numbers of the files in components (judge.digests are strings).
     dig = np.full(n, -1, np.int64)
@@ -103,14 +103,21 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     for x in seq.tolist():
         dig[x] = ids.setdefault(digests[x], len(ids))
     g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, len(ids))
+    # via: the pair (keeper, member) among the decisions, -1 for a byte-identical copy taken with a member
+    # (the pair test decides it now), -2 for the keeper.
+    direct = via >= 0
+    found = d.matches(idx[via[direct]])
+    before = np.concatenate([[0], np.cumsum(direct)]).tolist()  # direct matches before each position
+    mem_l, via_l = mem.tolist(), via.tolist()
     groups = []
-    mem_l, via_l, g_l = mem.tolist(), via.tolist(), g_offs.tolist()
-    for s, e in zip(g_l[:-1], g_l[1:]):
-        keeper = mem_l[s]
-        matches = [KEEPER]
-        for x, v in zip(mem_l[s + 1:e], via_l[s + 1:e]):
-            # v: the pair (keeper, x) among the decisions; -1: a byte-identical copy taken with a member.
-            matches.append(d.match(int(idx[v])) if v >= 0 else judge.match(keeper, x))
+    for s, e in zip(g_offs[:-1].tolist(), g_offs[1:].tolist()):
+        a, b = before[s + 1], before[e]
+        if b - a == e - s - 1:  # every member matched the keeper in a pair: their matches in a row
+            matches = [KEEPER] + found[a:b]
+        else:
+            keeper, it = mem_l[s], iter(found[a:b])
+            matches = [KEEPER] + [next(it) if v >= 0 else judge.match(keeper, x)
+                                  for x, v in zip(mem_l[s + 1:e], via_l[s + 1:e])]
         groups.append(Group(mem_l[s:e], matches, tier))
     keepers = np.zeros(len(mem), bool)
     keepers[g_offs[:-1]] = True
