@@ -4,16 +4,20 @@ Files are ranked against the other files they were found with (keep_ranks), crit
 - content: undistorted first (a squashed or stretched copy, whose content aspect is off the group's median,
   ranks after the rest), then the most content pixels: pixels inside the trimmed box, so letterbox bars and
   mats add nothing. Counts within CONTENT_TIE of the group's largest tie: a trim moves by a few lines
-  between a picture and its recompressed copy.
-- quality: a copy noisier than the group's cleanest by NOISE_RATIO is a noisy copy and ranks last (added
-  noise is also what hides the block grid below); then the earliest generation: a clean lossless file
-  first, JPEGs by estimated quality (from the quantisation table, QUALITY_STEP levels per class), a
-  lossless re-save of a JPEG (an 8x8 block grid in its pixels) after every JPEG; then a greyscale copy of
-  a colour group.
+  between a picture and its recompressed copy (and by a band where the picture has a flat margin).
+- quality: a copy noisier than the group's cleanest file of its size by NOISE_RATIO is a noisy copy and
+  ranks last (added noise is also what hides the block grid below); then the earliest generation: a clean
+  lossless file first, JPEGs by estimated quality (from the quantisation table, QUALITY_STEP levels per
+  class), a lossless re-save of a JPEG (an 8x8 block grid in its pixels) after every JPEG; then a
+  greyscale copy of a colour group.
 - camera: a file whose EXIF names a camera first (edited exports often drop it).
 - oldest / newest: modification time. size: larger file first. shortest-path: nearest the top.
 Files under a reference folder always rank first, are always kept and never touched. The path breaks the
-last tie, so the choice is the same every run. Measured: `python -m imgsim_fast.bench keep` (README).
+last tie, so the choice is the same every run.
+With inspect (dedup), full-size pixels decide where the facts leave the best file in doubt (derived_from):
+a would-be keeper found to be an upscale, a re-save (framed or not), a noisy copy or a re-encode of
+another member ranks after the rest, and the others are ranked again without it. Measured: `python -m
+imgsim_fast.bench keep` (README, bench/README).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import bisect
 import math
 import os
 
-from imgsim_fast.features.extract import FileFacts
+from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
 
 __all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "is_under"]
 
@@ -38,18 +42,29 @@ DEFAULT_ORDER = ("content", "quality", "camera", "oldest")
 # Renamed in 0.2: the old names still parse, to what they now mean.
 _ALIASES = {"pixels": "content", "lossless": "quality"}
 
-CONTENT_TIE = 0.97      # content pixels >= 97% of the group's largest count as "as large"
+CONTENT_TIE = 0.95      # content pixels >= 97% of the group's largest count as "as large"
 ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: squashed or stretched (trims jitter ~3%)
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
-NOISE_RATIO = 1.5       # noise sigma above 1.5 x the group's cleanest (+ NOISE_FLOOR) is a noisy copy
+NOISE_RATIO = 1.5       # noise sigma above 1.5 x the cleanest of its size (+ NOISE_FLOOR): a noisy copy
 NOISE_FLOOR = 0.5
-INSPECT_ROUNDS = 4  # at most this many would-be keepers are found derived per group ...
-INSPECT_PEERS = 6   # ... each checked against this many next-best members
-# A copy upscaled from a smaller member differs from that member's bicubic upscale by less than its own
-# down-up round trip loses: e_up / e_rt < UPSCALE_RATIO. Keep corpus (keep_bench, both halves): files
-# upscaled 1.5x (bicubic, JPEG q92) 0.31-1.40, 38 of 59 under 0.97; native files against their half-size
-# copies 0.99 at least. The margin is thin, so an upscale that also adds noise or sharpening is missed.
-UPSCALE_RATIO = 0.97
+INSPECT_ROUNDS = 6  # at most this many would-be keepers are found derived per group ...
+INSPECT_PEERS = 6   # ... each checked against this many next-best members whose facts leave a doubt
+# An enlarged copy differs from the peer's bicubic enlargement by less than from its own down-up round trip:
+# e_up / e_rt < UPSCALE_RATIO, both measured on the most detailed UPSCALE_MASK of the pixels. Keep corpus,
+# tune half: 1.5x bicubic upscales (JPEG q92) 0.27-0.70 where e_rt >= UPSCALE_DETAIL, originals against
+# their half-size copies 0.88 at least.
+UPSCALE_RATIO = 0.8
+UPSCALE_MASK = 0.1
+UPSCALE_WINDOW = 768
+# Below this round-trip loss (grey levels, on those pixels) the larger file holds no detail to judge by:
+# JPEG noise and the resampling kernel differ by as much (tune half: smooth wallpapers 0.02-0.9).
+UPSCALE_DETAIL = 1.0
+UPSCALE_MIN = 1.1     # content pixels over the peer's: larger than a trim's jitter, smaller than a 1.2x stretch
+RESAVE_JITTER = 0.02  # content sides this close (a trim moves by a few lines) hold the same pixels
+RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trimmed boxes put them
+# Verdicts are cached by this version (catalog meta): a change to what a verdict means bumps it, so a verdict
+# of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies.
+VERDICT_VERSION = 2
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
 # 0.07 at most, a PNG original against its own JPEG copies (q20-q70) 0.17 at least.
@@ -62,6 +77,10 @@ NOISE_WHITE = 0.3
 # of a decoded JPEG is exact (the same decoder), while a quality-90 JPEG of a smooth PNG can already be
 # within half a level of it on average.
 RESAVE_DIFF = 0.05
+# Mean |difference| below which a lossy file holds a member's picture at its scale, re-encoded (keep corpus,
+# tune half: JPEG q92/q75 copies of q95 originals 0.02-4.6; bars painted over a tenth of a picture ~10).
+# Used only to demote a file that outranks an earlier encode of its picture by a trim alone.
+RECODE_DIFF = 6.0
 # Long/short side ratios of cameras, phones and screens (1:1, 5:4, 4:3, 3:2, 16:10, 16:9, 2:1), as logs.
 _STANDARD = tuple(math.log(r) for r in (1.0, 1.25, 4 / 3, 1.5, 1.6, 16 / 9, 2.0))
 
@@ -107,7 +126,8 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
     """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
 
     inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
-    file found to be an upscale, a lossless re-save or a noisy copy of another member ranks after the rest.
+    file found to be an upscale, a re-save, a noisy copy or a re-encode of another member ranks after the
+    rest (at most INSPECT_ROUNDS such files; decoded pixels are shared across the rounds).
     verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
     so a second dedup of an unchanged collection decodes nothing).
     """
@@ -116,17 +136,28 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
         return keys
     derived: set[int] = set()
     pixels: dict[int, object] = {}
+    live_keys = keys
     for _ in range(INSPECT_ROUNDS):
-        best = sorted(members, key=lambda m: (m in derived, keys[m]))
-        top = best[0]
+        live = [m for m in members if m not in derived]
+        if len(live) < 2:
+            break
+        # Ranked again among the files not found derived: a demoted upscale no longer sets the group's
+        # "largest" content, so the rest tie on content again (CONTENT_TIE) and quality decides between them.
+        live_keys = keys if not derived else _fact_ranks(facts, live, order, reference)
+        top = min(live, key=live_keys.__getitem__)
         if reference and reference[top]:
             break
-        source = derived_from(facts, top, [m for m in best[1:INSPECT_PEERS + 1] if m not in derived], pixels,
-                              verdicts)
-        if source is None:
+        # Its likely source first: the best of the others, ranked without it (so an upscale does not set
+        # their "largest" content), which is usually the one file looked at.
+        rest = [m for m in live if m != top]
+        rest_keys = _fact_ranks(facts, rest, order, reference)
+        if derived_from(facts, top, sorted(rest, key=rest_keys.__getitem__), pixels, verdicts) is None:
             break
         derived.add(top)
-    return {m: (keys[m][0], int(m in derived)) + keys[m][1:] for m in members}
+    else:
+        live_keys = _fact_ranks(facts, [m for m in members if m not in derived], order, reference)
+    return {m: (keys[m][0], 1) + keys[m][1:] if m in derived else (live_keys[m][0], 0) + live_keys[m][1:]
+            for m in members}
 
 
 def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
@@ -145,7 +176,11 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
     distorted = [abs(a - true_aspect) > ASPECT_TOLERANCE for a in aspects]
     undistorted = [f.content_pixels for f, d in zip(fs, distorted) if not d] or [f.content_pixels for f in fs]
     largest = max(undistorted)
-    cleanest = min(f.noise for f in fs)
+    # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
+    # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
+    cleanest: dict[tuple[int, int], float] = {}
+    for f in fs:
+        cleanest[f.width, f.height] = min(f.noise, cleanest.get((f.width, f.height), f.noise))
     any_colour = any(f.colour for f in fs)
     out = {}
     for m, f, dist in zip(members, fs, distorted):
@@ -154,7 +189,7 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
             if c == "content":
                 key += [int(dist), -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
             elif c == "quality":
-                noisy = f.noise > NOISE_RATIO * cleanest + NOISE_FLOOR
+                noisy = f.noise > NOISE_RATIO * cleanest[f.width, f.height] + NOISE_FLOOR
                 key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
             elif c == "camera":
                 key.append(0 if f.camera else 1)
@@ -177,11 +212,17 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
 
 def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict | None = None,
                  verdicts: dict | None = None) -> int | None:
-    """The member of `peers` that `top` was made from, judging by full-size pixels, or None.
+    """The member of `peers` (best first) that `top` was made from, judging by full-size pixels, or None.
+    Only the first INSPECT_PEERS peers whose facts allow it are looked at.
 
-    - same size, top lossless, the peer lossy, same pixels: top is a lossless re-save of the peer;
+    - top lossless, the peer lossy, the peer's pixels found unchanged inside top (at the same place, or
+      inside a frame or bars): top is a lossless re-save of the peer;
     - same size, their difference is noise independent of the picture, top the noisier: top is a noisy copy;
-    - top larger, same shape, and no more detail than the peer's upscale: top is an upscaled copy.
+    - top a later encode than the peer, the peer's picture found inside top at its scale up to a tone map
+      (RECODE_DIFF): top is a re-encode that outranked it only by a trim;
+    - top larger (on either axis or both), and no more detail than the peer enlarged: top is an upscaled
+      copy; where neither file has detail enough to tell, top counts as one when the peer is an earlier
+      generation (an enlargement is a new encode, made after its source).
     A file that cannot be read now is never judged derived.
     """
     t = facts[top]
@@ -192,17 +233,36 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
             cache[i] = _full_grey(facts[i].path)
         return cache[i]
 
+    tw, th = _content_size(t)
+    looked = 0
     for p in peers:
         f = facts[p]
-        # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size
-        # (a re-save or a noisy copy ranks first on generation), or a larger file (an upscale would).
-        same_size = (f.width, f.height) == (t.width, t.height) and t.format.upper() not in _LOSSY \
-            and f.format.upper() in _LOSSY
-        bigger = t.content_pixels > 1.2 * f.content_pixels and \
-            abs(math.log(t.content_aspect / f.content_aspect)) <= ASPECT_TOLERANCE
-        if not (same_size or bigger):
+        fw, fh = _content_size(f)
+        # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size, whole
+        # or trimmed (a re-save, framed or not, or a noisy copy ranks first on generation; trims of the two
+        # may disagree by a band), or a file larger on both axes (an upscale, or a copy stretched on one
+        # axis, ranks first on content).
+        same_scale = t.width >= f.width and t.height >= f.height and \
+            any(abs(a - w) <= RESAVE_JITTER * w and abs(b - h) <= RESAVE_JITTER * h
+                for a, b in ((tw, th), (t.width, t.height)) for w, h in ((fw, fh), (f.width, f.height)))
+        if same_scale and t.format.upper() not in _LOSSY and f.format.upper() in _LOSSY:
+            kind = "resave"
+        elif same_scale and _generation(f) < _generation(t) and (f.format.upper() in _LOSSY or (
+                (f.width, f.height) == (t.width, t.height) and f.noise <= NOISE_RATIO * t.noise + NOISE_FLOOR)):
+            # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took
+            # a band more or less: if it holds the same picture, the earlier encode is its source
+            kind = "recode"
+        elif t.content_pixels > UPSCALE_MIN * f.content_pixels and tw >= (1 - RESAVE_JITTER) * fw and \
+                th >= (1 - RESAVE_JITTER) * fh:
+            kind = "upscale"
+        else:
             continue
-        key = f"{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
+        if f.digest == t.digest:
+            continue
+        looked += 1
+        if looked > INSPECT_PEERS:
+            break
+        key = f"{VERDICT_VERSION}:{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
         if verdicts is not None and key in verdicts:
             if verdicts[key]:
                 return p
@@ -210,7 +270,7 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
         a, b = grey(top), grey(p)
         if a is None or b is None:
             continue  # not remembered: the file may be readable next time
-        found = _derived(a, b, t, f, same_size)
+        found = _derived(a, b, t, f, kind)
         if verdicts is not None:
             verdicts[key] = found
         if found:
@@ -218,22 +278,32 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
     return None
 
 
-def _derived(a, b, t: FileFacts, f: FileFacts, same_size: bool) -> bool:
+def _content_size(f: FileFacts) -> tuple[float, float]:
+    left, top, right, bottom = f.trim
+    return (right - left) * f.width, (bottom - top) * f.height
+
+
+def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
     import numpy as np
 
-    if same_size:
+    if kind == "recode":
+        return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True)
+    if kind == "resave":
+        if _resaved_inside(a, b, t, f, RESAVE_DIFF):
+            return True
         if a.shape != b.shape:
             return False
         r = a - b
-        if float(np.abs(r).mean()) < RESAVE_DIFF:
-            return True
         lap_b = _laplacian(b)
         if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > lap_b.mean():
             dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
             return bool(np.isfinite(dep) and dep < NOISE_DEPENDENCE)
         return False
-    return bool(_is_upscale(a, t.trim, b, f.trim))
+    verdict = _upscale_verdict(a, t, b, f)
+    if verdict is None:  # too little detail to tell which came first: the earlier encode is the source
+        return _generation(f) < _generation(t)
+    return verdict
 
 
 def _full_grey(path: str):
@@ -267,17 +337,99 @@ def _content(a, trim):
              round(left * w):max(round(left * w) + 1, round(right * w))]
 
 
-def _is_upscale(big, big_trim, small, small_trim) -> bool:
-    """Does `big` hold no more detail than `small` enlarged? (UPSCALE_RATIO, measured on the contents)"""
+def _resaved_inside(a, b, t: FileFacts, f: FileFacts, tolerance: float, tones: bool = False) -> bool:
+    """Are b's pixels (its content, or the whole picture where a's trim kept a band b's cut) found unchanged
+    in a? Looked for where a's trimmed box puts them, aligned by first sides, last sides or centres (a trim
+    may cut a few lines into a frame's picture), each +-RESAVE_SHIFT pixels of the reduced picture the trims
+    were found on."""
+    boxes = [f.trim] if tuple(f.trim) == (0.0, 0.0, 1.0, 1.0) else [f.trim, (0.0, 0.0, 1.0, 1.0)]
+    return any(_found_inside(a, _content(b, box), t.trim, tolerance, tones) for box in boxes)
+
+
+def _found_inside(a, B, trim, tolerance: float, tones: bool) -> bool:
+    import numpy as np
+
+    (h, w), (bh, bw) = a.shape, B.shape
+    if h < bh or w < bw:
+        return False
+
+    def anchors(lo, hi, n, size):  # the window's first index when its box is aligned to a's box [lo, hi)
+        lo, hi = round(lo * n), round(hi * n)
+        return {lo, hi - size, (lo + hi - size) // 2}
+
+    # A trim is found on the picture reduced to about FEATURE_SIDE px: one of its pixels is this many of ours.
+    r = RESAVE_SHIFT * -(-min(h, w) // FEATURE_SIDE)
+    ys = {y + d for y in anchors(trim[1], trim[3], h, bh) for d in range(-r, r + 1)}
+    xs = {x + d for x in anchors(trim[0], trim[2], w, bw) for d in range(-r, r + 1)}
+    step = max(1, min(bh, bw) // 64)  # a sparse look at every offset, the full picture at the best three
+    sparse = B[::step, ::step].ravel()
+    xs = np.array(sorted(x for x in xs if 0 <= x <= w - bw), np.int64)
+    scored = []
+    for y in sorted(y for y in ys if 0 <= y <= h - bh):
+        if len(xs):  # every x offset of this row at once: (offsets, sparse pixels)
+            views = np.lib.stride_tricks.sliding_window_view(a[y:y + bh:step], bw, axis=1)[:, xs, ::step]
+            d = _difference(np.moveaxis(views, 1, 0).reshape(len(xs), -1), sparse, tones)
+            scored += zip(d.tolist(), [y] * len(xs), xs.tolist())
+    scored.sort()
+    return any(d < 2 * tolerance and
+               float(_difference(a[y:y + bh, x:x + bw].reshape(1, -1), B.reshape(-1), tones)[0]) < tolerance
+               for d, y, x in scored[:3])
+
+
+def _difference(x, y, tones: bool):
+    """Mean |x - y| in grey levels, per row of x (candidates, pixels) against y (pixels); with tones, after
+    the gain and offset that fit y to each row best (least squares), over the pixels that row does not clip:
+    a brightness or contrast edit is a tone map of its source."""
+    import numpy as np
+
+    if not tones:
+        return np.abs(x - y).mean(axis=1)
+    keep = ((x > 2) & (x < 253)).astype(np.float32)
+    n = keep.sum(axis=1)
+    ok = n >= 0.5 * x.shape[1]
+    n = np.maximum(n, 1)
+    my, mx = (keep * y).sum(axis=1) / n, (keep * x).sum(axis=1) / n
+    dy, dx = y - my[:, None], x - mx[:, None]
+    vy = (keep * dy * dy).sum(axis=1) / n
+    g = np.where(vy > 1e-6, (keep * dy * dx).sum(axis=1) / n / np.maximum(vy, 1e-6), 1.0)
+    d = (keep * np.abs(dx - g[:, None] * dy)).sum(axis=1) / n
+    return np.where(ok, d, np.inf)
+
+
+def _upscale_verdict(big, t: FileFacts, small, f: FileFacts) -> bool | None:
+    """Is `big` an enlargement of `small`? True: no more detail than `small` enlarged holds; False: detail
+    of its own; None: too little detail in either to tell (UPSCALE_RATIO, UPSCALE_DETAIL).
+
+    Both pictures are compared whole where their boxes or their shapes agree (a trim jitters by a few
+    lines between a picture and its enlargement), else by their trimmed contents."""
     import numpy as np
     from PIL import Image
 
-    B, S = _content(big, big_trim), _content(small, small_trim)
+    same_box = max(abs(x - y) for x, y in zip(t.trim, f.trim)) <= 0.01
+    same_shape = abs(math.log((t.width * f.height) / (t.height * f.width))) <= 0.01
+    B, S = (big, small) if same_box or same_shape else (_content(big, t.trim), _content(small, f.trim))
     if min(S.shape) < 16:
         return False
-    Bi = Image.fromarray(B.astype(np.float32), mode="F")  # float resampling: no rounding to 8 bits
-    size, small_size = (B.shape[1], B.shape[0]), (S.shape[1], S.shape[0])
-    up = np.asarray(Image.fromarray(S.astype(np.float32), mode="F").resize(size, Image.Resampling.BICUBIC))
-    rt = np.asarray(Bi.resize(small_size, Image.Resampling.BOX).resize(size, Image.Resampling.BICUBIC))
-    e_rt = float(np.abs(B - rt).mean())
-    return e_rt > 0.1 and float(np.abs(B - up).mean()) / e_rt < UPSCALE_RATIO  # a flat picture has no detail to judge
+    # A centred window of at most UPSCALE_WINDOW px a side, and the part of `small` it shows (a float box:
+    # no rounding of the scale), keep the cost of a verdict flat in the picture's size.
+    (bh, bw), (sh, sw) = B.shape, S.shape
+    h, w = min(bh, UPSCALE_WINDOW), min(bw, UPSCALE_WINDOW)
+    y0, x0 = (bh - h) // 2, (bw - w) // 2
+    ky, kx = sh / bh, sw / bw
+    Bi = Image.fromarray(B, mode="F")
+    win = np.asarray(Bi.crop((x0, y0, x0 + w, y0 + h)))
+    up = np.asarray(Image.fromarray(S, mode="F").resize((w, h), Image.Resampling.BICUBIC,
+                                                          box=(x0 * kx, y0 * ky, (x0 + w) * kx, (y0 + h) * ky)))
+    low = Bi.resize((max(1, round(w * kx)), max(1, round(h * ky))), Image.Resampling.BOX, box=(x0, y0, x0 + w, y0 + h))
+    rt = np.asarray(low.resize((w, h), Image.Resampling.BICUBIC))
+    # Judged where the picture has detail (the top decile of the enlargement's Laplacian, off the window's
+    # edges, where the round trip lacks neighbours): a wallpaper's flat areas agree under either story.
+    lap = np.pad(_laplacian(up), 1)
+    lap[:4], lap[-4:], lap[:, :4], lap[:, -4:] = 0, 0, 0, 0
+    mask = lap >= max(np.quantile(lap[4:-4:2, 4:-4:2], 1 - UPSCALE_MASK), 1e-6)
+    if not mask.any():
+        return None
+    e_rt = float(np.abs(win - rt)[mask].mean())
+    if e_rt < UPSCALE_DETAIL:
+        return None
+    return float(np.abs(win - up)[mask].mean()) / e_rt < UPSCALE_RATIO

@@ -1,0 +1,130 @@
+"""Keep-best's pixel inspection (jobs/dedup/keep.py): the original is kept over the copies that outrank it
+on facts alone (an upscale, a PNG re-save, a framed PNG, a squashed copy, a copy whose trim took a band
+less), and a native larger file is never taken for an upscale of its own smaller copy."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from imgsim_fast.features.extract import compute_features
+from imgsim_fast.jobs.dedup import keep as K
+from imgsim_fast.jobs.dedup.keep import keep_ranks
+
+
+def _rgb(path, side):
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    im.thumbnail((side, side))
+    return im
+
+
+def _smooth(w=960, h=540):
+    """A wallpaper-like picture with no fine detail: soft gradients and one blurred disc."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.clip(60 + 120 * x / w, 0, 255)
+    g = np.clip(40 + 140 * y / h, 0, 255)
+    b = 160 - 80 * np.exp(-((x - w * 0.6) ** 2 + (y - h * 0.4) ** 2) / (2 * (h / 5) ** 2))
+    return Image.fromarray(np.stack([r, g, b], -1).astype(np.uint8))
+
+
+def _copies(d, src: Image.Image) -> dict[str, str]:
+    """The original as a quality-95 JPEG, and its copies made from the decoded file, as people make them."""
+    paths = {"original": str(d / "original.jpg")}
+    src.save(paths["original"], quality=95)
+    with Image.open(paths["original"]) as im:
+        o = im.convert("RGB")
+    w, h = o.size
+    made = {
+        "upscale.jpg": (o.resize((w * 3 // 2, h * 3 // 2), Image.Resampling.BICUBIC), {"quality": 92}),
+        "resave.png": (o, {}),
+        "frame.png": (ImageOps.expand(o, border=w // 10, fill=(255, 255, 255)), {}),
+        "squash.jpg": (o.resize((w * 6 // 5, h), Image.Resampling.BICUBIC), {"quality": 92}),
+        "half.jpg": (o.resize((w // 2, h // 2), Image.Resampling.LANCZOS), {"quality": 92}),
+    }
+    for name, (im, kw) in made.items():
+        im.save(d / name, **kw)
+        paths[name.split(".")[0]] = str(d / name)
+    return paths
+
+
+@pytest.fixture(scope="module", params=["photo", "smooth"])
+def family(request, tmp_path_factory, photos):
+    # A real photo (its detail tells an upscale from a native file) and a smooth wallpaper (no detail to
+    # tell by: the earlier encode decides).
+    d = tmp_path_factory.mktemp(request.param)
+    src = _rgb([p for p in photos if p.endswith(".jpg")][2], 960) if request.param == "photo" else _smooth()
+    paths = _copies(d, src)
+    f = compute_features(list(paths.values()), embed=False, workers=1, progress=False)
+    idx = {os.path.basename(p).split(".")[0]: i for i, p in enumerate(f.paths)}
+    return f.facts, idx
+
+
+@pytest.mark.parametrize("copy", ["upscale", "resave", "frame", "squash"])
+def test_the_original_outranks_each_copy_that_wins_on_facts(family, copy):
+    facts, idx = family
+    o, c = idx["original"], idx[copy]
+    if copy == "upscale" or (copy == "resave" and not facts[c].blocky):
+        # The facts alone prefer these copies (more pixels; lossless, no block grid left to see at quality
+        # 95): what the inspection must undo. A ranking that never looked at pixels fails below for them.
+        plain = keep_ranks(facts, [o, c])
+        assert plain[c] < plain[o]
+    r = keep_ranks(facts, [o, c], inspect=True)
+    assert r[o] < r[c], (copy, r)
+
+
+def test_in_a_group_of_all_the_copies_the_original_is_kept(family):
+    facts, idx = family
+    members = list(idx.values())
+    for mtime_first in members:  # whatever file is the oldest
+        fs = [K.FileFacts(**{**f.__dict__, "mtime": 0.0 if i == mtime_first else 1.0}) for i, f in enumerate(facts)]
+        r = keep_ranks(fs, members, inspect=True)
+        assert min(members, key=r.__getitem__) == idx["original"]
+
+
+def test_a_native_file_is_not_an_upscale_of_its_half_size_copy(family):
+    facts, idx = family
+    o, h = idx["original"], idx["half"]
+    r = keep_ranks(facts, [o, h], inspect=True)
+    assert r[o] < r[h]
+    assert K.derived_from(facts, o, [h]) is None
+
+
+def test_a_smooth_upscale_at_the_originals_quality_is_not_demoted(tmp_path):
+    # No detail to tell by and no earlier encode: nothing shows the larger file is a copy, so the pixels
+    # count (a half-size copy is never kept over a native file for want of detail).
+    src = _smooth()
+    src.save(tmp_path / "small.jpg", quality=92)
+    with Image.open(tmp_path / "small.jpg") as im:
+        im.convert("RGB").resize((1440, 810), Image.Resampling.BICUBIC).save(tmp_path / "big.jpg", quality=92)
+    f = compute_features([str(tmp_path / "small.jpg"), str(tmp_path / "big.jpg")], embed=False, workers=1,
+                         progress=False)
+    r = keep_ranks(f.facts, [0, 1], inspect=True)
+    assert r[1] < r[0]
+
+
+def test_verdicts_are_cached_under_their_version(family):
+    facts, idx = family
+    verdicts: dict = {}
+    r = keep_ranks(facts, list(idx.values()), inspect=True, verdicts=verdicts)
+    assert verdicts and all(k.startswith(f"{K.VERDICT_VERSION}:") for k in verdicts)
+    # A second ranking reads only the verdicts: no file is decoded.
+    gone = [K.FileFacts(**{**f.__dict__, "path": f.path + ".missing"}) for f in facts]
+    assert keep_ranks(gone, list(idx.values()), inspect=True, verdicts=verdicts) == {
+        m: k[:-1] + (k[-1] + ".missing",) for m, k in r.items()}
+    # An old verdict (no version) is not trusted: with the files gone, nothing is judged derived.
+    old = {k.split(":", 1)[1]: v for k, v in verdicts.items()}
+    r_old = keep_ranks(gone, list(idx.values()), inspect=True, verdicts=old)
+    assert all(k[1] == 0 for k in r_old.values())
+
+
+def test_found_inside_finds_a_shifted_picture_and_not_another():
+    rng = np.random.default_rng(5)
+    b = rng.integers(0, 256, (90, 120)).astype(np.float32)
+    a = np.full((130, 170), 255, np.float32)
+    a[23:113, 31:151] = b
+    trim = (29 / 170, 21 / 130, 153 / 170, 115 / 130)  # the box off by two pixels on every side
+    assert K._found_inside(a, b, trim, K.RESAVE_DIFF, tones=False)
+    assert K._found_inside(a * 0.8 + 20, b, trim, K.RECODE_DIFF, tones=True)  # a tone-mapped copy
+    other = rng.integers(0, 256, (90, 120)).astype(np.float32)
+    assert not K._found_inside(a, other, trim, K.RECODE_DIFF, tones=True)
