@@ -520,10 +520,13 @@ def test_the_original_is_kept_over_upscaled_resaved_noisy_and_bordered_copies(tm
     assert os.path.basename(res.paths[dup[0].members[0]]) == "original.jpg"
 
 
-def test_pixel_check_passes_a_copy_and_stops_a_lookalike(tmp_path, photos):
-    # Two bar charts of one style with different data: hashes and an ImageNet embedding call them close;
-    # the aligned thumbnails differ over more than the pixel check allows. A JPEG copy of a photo does not.
-    from PIL import ImageDraw
+def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
+    # The pixel check (verify.py) of the pair test, on real thumbnails. Copies: a JPEG at quality 30, a
+    # darker low-contrast copy, an off-centre 80% crop and a 4-degree rotation cropped inside (both need the
+    # affine alignment). Look-alikes: two bar charts of one style with other data, two slides of one
+    # template with other words, and two frames of a "burst" (one object pasted a little further along on
+    # the same photo): hashes call several of these close, the check must not.
+    from PIL import ImageDraw, ImageEnhance, ImageFont
 
     rng = np.random.default_rng(7)
     for name in ("a", "b"):
@@ -533,15 +536,37 @@ def test_pixel_check_passes_a_copy_and_stops_a_lookalike(tmp_path, photos):
         for k, v in enumerate(rng.integers(40, 320, size=8)):
             d.rectangle([80 + 65 * k, 360 - int(v), 120 + 65 * k, 360], fill=(40, 90, 200))
         im.save(tmp_path / f"chart_{name}.png")
-    _rgb(photos[0]).save(tmp_path / "photo.png")
-    _rgb(photos[0]).save(tmp_path / "photo_copy.jpg", quality=50)
+    font = ImageFont.load_default(size=28)
+    for name, lines in (("a", ("Quarterly review", "Backups weekly", "Camera import", "Session notes")),
+                        ("b", ("Roadmap summary", "Index folders", "Colour profiles", "Panel layout"))):
+        im = Image.new("RGB", (800, 450), "white")
+        d = ImageDraw.Draw(im)
+        d.rectangle([0, 0, 800, 70], fill=(30, 60, 100))
+        d.text((30, 18), lines[0], fill="white", font=font)
+        for k, line in enumerate(lines[1:]):
+            d.text((60, 120 + 50 * k), "- " + line, fill="black", font=font)
+        im.save(tmp_path / f"slide_{name}.png")
+    photo = _rgb(photos[0])
+    w, h = photo.size
+    photo.save(tmp_path / "photo.png")
+    photo.save(tmp_path / "photo_q30.jpg", quality=30)
+    ImageEnhance.Contrast(ImageEnhance.Brightness(photo).enhance(0.7)).enhance(0.7).save(tmp_path / "photo_dark.jpg")
+    photo.crop((w // 10, w // 20 * 0 + h // 6, w // 10 + w * 4 // 5, h // 6 + h * 4 // 5)).save(tmp_path / "photo_crop.jpg")
+    rot = photo.rotate(4, resample=Image.Resampling.BICUBIC)
+    rot.crop((w // 12, h // 12, w - w // 12, h - h // 12)).save(tmp_path / "photo_rotated.jpg")
+    obj = _rgb(photos[1], side=w // 5)
+    for name, x in (("a", w // 3), ("b", w // 3 + w // 12)):
+        frame = _rgb(photos[2])
+        frame.paste(obj, (x, h // 3))
+        frame.save(tmp_path / f"burst_{name}.png")
     f = compute_features([str(tmp_path)], embed=False, workers=1, progress=False)
     idx = {os.path.basename(p): i for i, p in enumerate(f.paths)}
     judge = PairJudge(f, "phash", DEFAULTS)
-    whole, crop = judge.changed(idx["photo.png"], idx["photo_copy.jpg"])
-    assert whole <= DEFAULTS.changed_whole
-    whole, crop = judge.changed(idx["chart_a.png"], idx["chart_b.png"])
-    assert whole > DEFAULTS.changed_whole and crop > DEFAULTS.changed_crop, (whole, crop)
+    for copy in ("photo_q30.jpg", "photo_dark.jpg", "photo_crop.jpg", "photo_rotated.jpg"):
+        assert judge.changed(idx["photo.png"], idx[copy]) <= DEFAULTS.changed, copy
+    for kind in ("chart", "slide", "burst"):
+        assert judge.changed(idx[f"{kind}_a.png"], idx[f"{kind}_b.png"]) > DEFAULTS.changed, kind
+        assert judge.match(idx[f"{kind}_a.png"], idx[f"{kind}_b.png"]).rule != "phash", kind
 
 
 def test_a_symlink_is_never_kept_nor_removed(tmp_path, photos):

@@ -1,6 +1,6 @@
 """Dedup's features kept in the catalog, so a second `imgsim dedup --catalog C DIR` decodes nothing.
 
-What features/extract.py computes for dedup (the border-trimmed dihedral pHash, the 64 px thumbnail of
+What features/extract.py computes for dedup (the border-trimmed dihedral pHash, the 128 px thumbnail of
 the pixel check, keep-best's facts and the two embedded views) is written by the indexer, from the same
 read and decode as everything else (`index(dedup=True)`), as catalog arrays under names of their own
 (`dedup-*`: they are prepared differently from the catalog's plain hashes and embeddings). Dedup then
@@ -21,7 +21,9 @@ __all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_
            "read_features", "save_verdicts"]
 
 PHASH8 = "dedup-phash8"
-THUMBS = "dedup-thumb64"
+# Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
+# extracted again rather than misread.
+THUMBS = f"dedup-thumb{THUMB_SIDE}"
 FACTS = "dedup-facts"
 # FileFacts fields kept as one float64 row (format goes to the files row; path, size, mtime and digest are
 # the row's own): all are properties of the bytes, so a byte-identical copy shares them.

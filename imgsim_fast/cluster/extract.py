@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgsim_fast.cluster import featureset as fs
+from imgsim_fast.features.extract import THUMB_SIDE
 from imgsim_fast.cluster.sources import is_url, list_sources, make_shards
 
 __all__ = ["IndexSummary", "index", "extract_shard", "DEFAULT_SHARD_SIZE"]
 
 # Files per shard: a task of a few seconds (so a retry is cheap) and a Parquet file of a few MB (thumbnails
-# are 4 KiB a file), few enough files on an object store at 10^9 images (~4 million shards).
+# are 16 KiB a file), few enough files on an object store at 10^9 images (~4 million shards).
 DEFAULT_SHARD_SIZE = 256
 # A task killed with its worker is run again this many times before the job fails.
 TASK_RETRIES = 4
@@ -93,8 +94,8 @@ def _prepare(items: list[tuple[int, str]], embed_size: int | None) -> list:
 
 
 def extract_shard(start: int, paths: list[str], embed_size: int | None = None):
-    """(rows, FileFacts-or-LoadFailure per row, phash8 (k, 8, 1), thumbs (k, 64, 64), embedding inputs or
-    None) of one shard, k = readable files: compute_features' per-file work and its batch hash."""
+    """(rows, FileFacts-or-LoadFailure per row, phash8 (k, 8, 1), thumbs (k, THUMB_SIDE, THUMB_SIDE),
+    embedding inputs or None) of one shard, k = readable files: compute_features' per-file work and its batch hash."""
     from imgsim_fast.features.hashing import phash_dihedral
     from imgsim_fast.io.loading import LoadFailure
 
@@ -102,7 +103,7 @@ def extract_shard(start: int, paths: list[str], embed_size: int | None = None):
     ok = [r for r in res if not isinstance(r, LoadFailure)]
     results = [r if isinstance(r, LoadFailure) else r[0] for r in res]
     phash8 = phash_dihedral(np.stack([r[1][0] for r in ok])) if ok else np.zeros((0, 8, 1), np.uint64)
-    thumbs = np.stack([r[1][1] for r in ok]) if ok else np.zeros((0, 64, 64), np.uint8)
+    thumbs = np.stack([r[1][1] for r in ok]) if ok else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
     inputs = np.stack([v for r in ok for v in r[2]]) if ok and embed_size else None
     return list(range(start, start + len(paths))), results, phash8, thumbs, inputs
 

@@ -1,7 +1,7 @@
 """A feature set on disk: Parquet shards of dedup's per-file features, and reading them back as `Features`.
 
 One row per listed file, in listing order (`row`). A readable file carries everything group_features needs
-(features/extract.FileFacts, the 8 dihedral pHash codes, the 64 px thumbnail for the pixel check, and the
+(features/extract.FileFacts, the 8 dihedral pHash codes, the 128 px thumbnail for the pixel check, and the
 two embedded views in fp16 when embedded); an unreadable one carries its path and LoadFailure. The folder
 holds `imgsim-features.json` (what was asked for), `listing.parquet` (row, path) and shard-NNNNNN.parquet.
 """
@@ -22,7 +22,7 @@ __all__ = ["META_NAME", "LISTING_NAME", "shard_table", "write_shard", "read_meta
 
 META_NAME = "imgsim-features.json"
 LISTING_NAME = "listing.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 128 px thumbnails (1 had 64 px)
 
 
 def _schema(dim: int | None):

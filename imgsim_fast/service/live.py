@@ -5,7 +5,7 @@ appends to it after each commit and marks deleted files, so readers never open t
 Duplicates are decided by the project's one pair test (jobs/dedup/detect.py: PairJudge over DEFAULTS, method
 auto): candidates within the hash radius or the embedding's reach are judged with the query as one Features
 set. What the catalog does not keep yet (issue 12 moves dedup's features into it): border-trimmed codes, the
-centre-crop view and the 64 px thumbnails of the pixel check; the test runs on the evidence present (the
+centre-crop view and the thumbnails of the pixel check; the test runs on the evidence present (the
 pixel check is skipped without thumbnails, as detect.PairJudge does).
 """
 from __future__ import annotations

@@ -12,12 +12,15 @@ Methods:
 - auto (default): phash (a pHash match also needing similarity >= `phash_cos`), plus pairs the hashes call
   borderline that the embedding confirms, plus pairs the embedding alone is sure of (crops, heavy edits):
   a pair whose (identity) pHash distance is h <= confirm_phash matches when similarity >= confirm_cos +
-  confirm_slope * (h - phash). An embedding match stays a duplicate only if the pixel check agrees
-  (PairJudge.changed: aligned thumbnails, crop windows). Exact copies always match, in every method.
+  confirm_slope * (h - phash). Exact copies always match, in every method.
+
+Every match but byte identity must then pass the pixel check (verify.compare: the thumbnails aligned by a
+shift or an affine warp, at most `changed` of them different beyond the local contrast): hashes and
+embeddings see that two pictures look alike, the pixels whether one is a copy of the other.
 
 Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
 bits, or one the embedding accepted and the pixel check refused while the pictures still line up over most
-of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (grouping.group_pairs).
+of their area, is a look-alike ('similar', reported only). Groups are stars around a keeper (grouping.py).
 
 Candidates come from `hash_pairs` (the only all-pairs step over hashes: HammingIndex.self_join) and
 `embedding_pairs` (VectorIndex kNN with a score cut); every candidate, and every pair the grouping asks
@@ -32,9 +35,10 @@ import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import Features
+from imgsim_fast.jobs.dedup.verify import DIHEDRAL_ARRAYS, compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
-           "hash_pairs", "embedding_pairs", "candidate_pairs", "changed_fraction", "changed_fractions", "crop_windows"]
+           "hash_pairs", "embedding_pairs", "candidate_pairs"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
@@ -56,20 +60,16 @@ class Thresholds:
     knn: int = 32              # embedding neighbours examined per file
     similar_phash: int = 18    # the look-alike tier (reported, never acted on): pHash within this ...
     similar_cos: float = 0.80  # ... or embedding cosine at least this
-    # The pixel check (changed_fraction) of pairs the embedding accepted: such a pair stays a duplicate only
-    # when at most `changed_whole` of its whole thumbnails differs (aligned to a pixel), or at most
-    # `changed_crop` of the best crop window of one against the other (a cropped copy); otherwise it is a
-    # look-alike (dialogs of one application, charts of one style). Hash matches are not checked: at
-    # 64 px a check that separates slides or burst frames also splits JPEG and resized copies (tune half:
-    # recall 0.75 -> 0.62). Tune half, groups: no check P 0.758 R 0.894; these values P 0.954 R 0.764, chart
-    # and screenshot false pairs 516 and 593 -> 0 and 3 per 1,000 files (slides 685 -> 113, bursts
-    # 172 -> 129: at 64 px slides of one template differ in under 2% of their pixels).
-    changed_whole: float = 0.01
-    # A pair the embedding calls alike but the pixel check does not is a look-alike only when the pictures
-    # still line up over most of their area (crops, slides of one template: 1-10% differs); two unrelated
-    # photos the embedding happens to score high differ over a third or more, and are no pair at all.
+    # The pixel check (verify.compare) of every pair a hash or the embedding accepted: it stays a duplicate
+    # only when at most `changed` of the aligned thumbnails differs by more than the local contrast allows
+    # (verify.py); otherwise it is a look-alike. Tune half of the accuracy corpus, original against each
+    # copy and every look-alike pair within 18 bits: copies change 0 (median), at most 1.34% when they
+    # pass (a strongly resized copy, a rotated one), look-alikes at least 1.72% (two slides of one template).
+    changed: float = 0.015
+    # A pair the test refuses is a look-alike only when the pictures still line up over most of their area
+    # (crops, slides of one template: 1-10% differs); two unrelated photos the embedding happens to score
+    # high differ over a third or more, and are no pair at all.
     similar_changed: float = 0.25
-    changed_crop: float = 0.05
 
     def confirm_needed(self, h: int) -> float:
         """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart."""
@@ -141,57 +141,6 @@ def _bits(d: int) -> str:
 KEEPER = Match("keeper", 0, 0, "none", None)
 
 
-# ------------------------------------------------------------------------------------------------
-# The pixel check
-
-# A thumbnail pixel has "changed" when the two z-normalised thumbnails (zero mean, unit deviation, so a
-# brightness, contrast or greyscale edit changes nothing) differ there by more than this many deviations.
-CHANGED_TAU = 1.0
-# Crop windows for embedding matches: the whole picture, then 80% and 90% of the side at 3 x 3 offsets,
-# compared at half size (a crop's offset is then off by at most a few pixels).
-_CROP_FRACTIONS = (1.0, 0.8, 0.9)
-_HALF = 32
-
-
-# The deviation is floored, so that in a flat picture (a plain background, a faint gradient) compression
-# noise of a few grey levels does not count as change.
-_MIN_STD = 12.0
-
-
-def _znorm(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=(-2, -1), keepdims=True)
-    return x / np.maximum(x.std(axis=(-2, -1), keepdims=True), _MIN_STD)
-
-
-def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
-    """Smallest fraction of differing pixels of z-normalised a and b over shifts of up to one pixel."""
-    return float(changed_fractions(a[None], b[None])[0])
-
-
-def changed_fractions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """changed_fraction of each pair of z-normalised thumbnails a[k], b[k] ((m, h, w) each)."""
-    _, h, w = a.shape
-    core = a[:, 1:h - 1, 1:w - 1]
-    return np.min([(np.abs(core - b[:, 1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]) > CHANGED_TAU).mean(axis=(1, 2))
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-
-
-def crop_windows(thumb: np.ndarray) -> np.ndarray:
-    """(19, 32, 32) z-normalised windows of a thumbnail, the whole first: what a cropped copy could show."""
-    from PIL import Image
-
-    side = thumb.shape[0]
-    out = []
-    for f in _CROP_FRACTIONS:
-        s = int(round(side * f))
-        offsets = np.unique(np.linspace(0, side - s, 3).astype(int))
-        for oy in offsets:
-            for ox in offsets:
-                win = Image.fromarray(np.ascontiguousarray(thumb[oy:oy + s, ox:ox + s]))
-                out.append(np.asarray(win.resize((_HALF, _HALF), Image.Resampling.BOX), np.float32))
-    return _znorm(np.stack(out))
-
-
 class PairJudge:
     """The one pair test of a method over a Features set, with the distances it used."""
 
@@ -214,8 +163,6 @@ class PairJudge:
         self.emb = features.embeddings
         self.centre = features.centre_embeddings
         self.thumbs = features.thumbs
-        self._zcache: dict[int, np.ndarray] = {}
-        self._wcache: dict[int, np.ndarray] = {}
 
     def cosine(self, i: int, j: int) -> float | None:
         """Embedding similarity of one pair (see cosines)."""
@@ -301,11 +248,10 @@ class PairJudge:
         elif cos is not None and self.method == "embedding":
             rule[free & (cos >= t.embed_cos)] = 5
         changed = np.full(m, np.nan)
-        check = np.flatnonzero((rule >= 4) & (self.thumbs is not None))
-        if len(check):
-            whole, crop = self._changed(ii[check], jj[check])
-            changed[check] = np.minimum(whole, crop)
-            rule[check[(whole > t.changed_whole) & (crop > t.changed_crop)]] = 0
+        if self.thumbs is not None:
+            check = np.flatnonzero((rule >= 2) & (rule <= 5))  # every duplicate rule but byte identity
+            changed[check] = self._changed(ii[check], jj[check], np.where(rule[check] == 3, k[check], 0))
+            rule[check[changed[check] > t.changed]] = 0
         if self.method != "exact":
             alike = np.zeros(m, bool) if cos is None else (cos >= t.similar_cos) & ~(changed > t.similar_changed)
             rule[(rule == 0) & ((d0 <= t.similar_phash) | alike)] = 6
@@ -314,38 +260,16 @@ class PairJudge:
         return PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
                              None if np.isnan(changed).all() else changed)
 
-    def changed(self, i: int, j: int) -> tuple[float, float]:
-        """The pixel check of one pair (see _changed)."""
-        whole, crop = self._changed(np.array([i]), np.array([j]))
-        return float(whole[0]), float(crop[0])
+    def changed(self, i: int, j: int, variant: int = 0) -> float:
+        """The pixel check of one pair: the fraction of i's thumbnail that j's (its `variant` flip or
+        rotation) does not explain (verify.compare)."""
+        return float(self._changed(np.array([i]), np.array([j]), np.array([variant]))[0])
 
-    def _changed(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """The pixel check of embedding matches: fractions of differing thumbnail pixels, (whole pictures
-        aligned to a pixel, best crop window of either against the other whole: crop_windows). Pairs go in
-        chunks small enough to stay in cache (a pair's windows are 78 KB)."""
-        whole = np.empty(len(ii))
-        crop = np.empty(len(ii))
-        for s in range(0, len(ii), chunk):
-            a, b = ii[s:s + chunk].tolist(), jj[s:s + chunk].tolist()
-            za, zb = np.stack([self._z(x) for x in a]), np.stack([self._z(x) for x in b])
-            whole[s:s + chunk] = changed_fractions(za, zb)
-            wa, wb = np.stack([self._windows(x) for x in a]), np.stack([self._windows(x) for x in b])
-            crop[s:s + chunk] = np.minimum(  # window 0 is the whole picture
-                (np.abs(wa[:, 1:] - wb[:, :1]) > CHANGED_TAU).mean(axis=(2, 3)).min(axis=1),
-                (np.abs(wb[:, 1:] - wa[:, :1]) > CHANGED_TAU).mean(axis=(2, 3)).min(axis=1))
-        return whole, crop
-
-    def _z(self, i: int) -> np.ndarray:
-        z = self._zcache.get(i)
-        if z is None:
-            z = self._zcache[i] = _znorm(self.thumbs[i].astype(np.float32))
-        return z
-
-    def _windows(self, i: int) -> np.ndarray:
-        w = self._wcache.get(i)
-        if w is None:
-            w = self._wcache[i] = crop_windows(self.thumbs[i])
-        return w
+    def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray) -> np.ndarray:
+        out = np.empty(len(ii))
+        for x, (i, j, v) in enumerate(zip(ii.tolist(), jj.tolist(), variants.tolist())):
+            out[x] = compare(self.thumbs[i], DIHEDRAL_ARRAYS[v](self.thumbs[j]), self.t.changed).changed
+        return out
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")

@@ -1,0 +1,378 @@
+"""The pixel check of the pair test: are two thumbnails the same picture, up to what copying does?
+
+Copying a picture changes it globally: compression and resampling add small noise everywhere, brightness,
+contrast, gamma and greyscale edits remap intensities monotonically, crops, small rotations, borders and
+squashes move it geometrically. A look-alike differs locally instead: a zebra a few steps further in a
+burst, other words on a slide of one template, another dialog of one application. So the check
+
+1. aligns the two trimmed grey thumbnails (features/extract.THUMB_SIDE, 128 px): first by shifts of up to
+   two pixels, and where that leaves change, by an affine warp (scale on each axis, rotation, translation)
+   refined by Lucas-Kanade at half size, from the identity and from crop windows (one picture
+   holding 80% or 90% of the other at 3 x 3 offsets);
+2. remaps the second picture's intensities onto the first's by histogram matching (a monotone edit then
+   changes nothing);
+3. counts the pixels that differ by more than CHANGE_K times the local contrast: the smaller of the two
+   pictures' 3 x 3 standard deviations plus CONTRAST_FLOOR grey levels. Compression noise sits in texture,
+   where the contrast is high, and stays under it; new text on a flat slide background or a moved subject
+   over sky is many times it.
+
+The result is the fraction of changed pixels over the part of the first picture the second covers
+(`coverage`). Measured on the tune half of the accuracy corpus, original against each copy and every
+look-alike pair within 18 bits (README "Deduplication"): copies change 0 (median) and rarely over 1%,
+look-alikes at least 1.7% (slides of one template) and usually 3-40%. Text written over a picture is a
+local change too: such copies fail the check and are reported as look-alikes, never acted on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numba
+from scipy import ndimage
+
+__all__ = ["Verdict", "compare", "changed_fraction", "DIHEDRAL_ARRAYS"]
+
+CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
+CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts
+_BLUR = 0.5            # light smoothing before comparing: resampling phase differences are not change
+_SHIFT = 2             # the cheap alignment: shifts of up to this many pixels
+# Crop windows that start the affine refinement: one picture holding this fraction of the other's side.
+_WINDOW_FRACTIONS = (0.8, 0.9)
+_LK_ITERS = 25         # Lucas-Kanade iterations (at half size: the full-size count then allows a pixel)
+MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
+CONTAINED = 0.9        # ... and one picture nearly whole
+_MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
+
+# The 8 flips and rotations in hashing.DIHEDRAL's order, on arrays (thumbnail k of file j matches
+# variant k of its pHash).
+DIHEDRAL_ARRAYS = (
+    lambda x: x, lambda x: np.rot90(x, 1), lambda x: np.rot90(x, 2), lambda x: np.rot90(x, 3),
+    lambda x: np.flip(x, axis=1), lambda x: np.flip(x, axis=0), lambda x: x.T, lambda x: np.rot90(x, 2).T,
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """changed: fraction of the covered pixels that differ; coverage: the share of each picture the other
+    covers (the smaller); aligned: whether the affine warp (not a shift) was needed."""
+
+    changed: float
+    coverage: float
+    aligned: bool
+
+
+# A 5-tap Gaussian of sigma _BLUR (the taps beyond two pixels are below 1e-8).
+_TAPS = np.exp(-0.5 * (np.arange(-2, 3) / _BLUR) ** 2)
+_TAPS /= _TAPS.sum()
+
+
+@numba.njit(cache=True, nogil=True)
+def _mid_quantiles(x):
+    """For grey levels 0..255 (x rounded): the mid-rank quantile of each level in x, and which levels occur."""
+    counts = np.zeros(256)
+    for v in x:
+        counts[min(max(int(v + 0.5), 0), 255)] += 1
+    mids = np.empty(256)
+    below = 0.0
+    for v in range(256):
+        mids[v] = (below + counts[v] / 2) / len(x)
+        below += counts[v]
+    return mids, counts > 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _hist_match(src, ref):
+    """src's values remapped monotonically so that their distribution is ref's: each grey level of src goes
+    to ref's value at the same mid-rank quantile (levels: src and ref rounded to 0..255)."""
+    qs, _ = _mid_quantiles(src)
+    qr, present = _mid_quantiles(ref)
+    levels = np.flatnonzero(present).astype(np.float64)
+    qv = qr[present]
+    out = np.empty(len(src))
+    for t in range(len(src)):
+        out[t] = np.interp(qs[min(max(int(src[t] + 0.5), 0), 255)], qv, levels)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _reflect(i, n):
+    if i < 0:
+        return -i - 1
+    if i >= n:
+        return 2 * n - i - 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _smooth(x, taps):
+    """Separable filtering of x by taps (odd length), edges mirrored."""
+    h, w = x.shape
+    r = len(taps) // 2
+    tmp = np.zeros((h, w))
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            acc = 0.0
+            for t in range(len(taps)):
+                acc += taps[t] * x[i, _reflect(j + t - r, w)]
+            tmp[i, j] = acc
+    for i in range(h):
+        for j in range(w):
+            acc = 0.0
+            for t in range(len(taps)):
+                acc += taps[t] * tmp[_reflect(i + t - r, h), j]
+            out[i, j] = acc
+    return out
+
+
+_BOX = np.full(3, 1 / 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _contrast(x, box):
+    """Standard deviation of each 3 x 3 neighbourhood."""
+    m = _smooth(x, box)
+    m2 = _smooth(x * x, box)
+    return np.sqrt(np.maximum(m2 - m * m, 0.0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _prepare(a, b, mask, taps, box):
+    """(a, b, their contrasts): b remapped onto a's intensities over mask (outside it b takes a's values),
+    both smoothed."""
+    sel = mask.ravel()
+    bf = b.ravel().copy()
+    af = a.ravel()
+    bf[sel] = _hist_match(bf[sel], af[sel])
+    bf[~sel] = af[~sel]
+    a2 = _smooth(a, taps)
+    b2 = _smooth(bf.reshape(a.shape), taps)
+    return a2, b2, _contrast(a2, box), _contrast(b2, box)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(a, b, ca, cb, inner, floor, k, shift):
+    """Fraction of the `inner` pixels of a, a shift-pixel border left out, that differ from b moved by the
+    best shift of up to `shift` pixels by more than k times the smaller contrast plus floor."""
+    h, w = a.shape
+    best = 1.0
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            n = 0
+            c = 0
+            for i in range(shift, h - shift):
+                for j in range(shift, w - shift):
+                    if not inner[i, j]:
+                        continue
+                    n += 1
+                    bv = b[i + dy, j + dx]
+                    if abs(a[i, j] - bv) > k * (min(ca[i, j], cb[i + dy, j + dx]) + floor):
+                        c += 1
+            if n > 0 and c / n < best:
+                best = c / n
+    return best
+
+
+def changed_fraction(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, shift: int = 0) -> float:
+    """Fraction of pixels (inside mask) where b, remapped onto a's intensities, differs from a by more than
+    CHANGE_K local contrasts, at the best shift of up to `shift` pixels. a, b: float arrays of one shape."""
+    full = mask is None or bool(mask.all())
+    if mask is None:
+        mask = np.ones(a.shape, bool)
+    if mask.sum() < 16:
+        return 1.0
+    a2, b2, ca, cb = _prepare(a, b, mask, _TAPS, _BOX)
+    # Pixels next to the edge of the covered part mix in interpolation from outside it.
+    inner = mask if full else ndimage.binary_erosion(mask, iterations=2)
+    if inner.sum() < 16:
+        inner = mask
+    return _count(a2, b2, ca, cb, inner, CONTRAST_FLOOR, CHANGE_K, shift)
+
+
+# ------------------------------------------------------------------------------------------------
+# Affine alignment (forward-additive Lucas-Kanade, coarse to fine)
+
+@numba.njit(cache=True, nogil=True)
+def _sample(img, x, y):
+    """Bilinear sample of img at (x, y), clamped to the border."""
+    H, W = img.shape
+    x = min(max(x, 0.0), W - 1.0)
+    y = min(max(y, 0.0), H - 1.0)
+    x0 = min(int(x), W - 2)
+    y0 = min(int(y), H - 2)
+    fx = x - x0
+    fy = y - y0
+    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    bot = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+@numba.njit(cache=True, nogil=True)
+def _warp(img, p, h, w):
+    """img sampled at W(x; p) for x on an h x w grid, and the mask of grid points that land inside img.
+    W(x; p) = [[1 + p0, p2], [p1, 1 + p3]] x + [p4, p5] in (col, row) pixel coordinates."""
+    H, W = img.shape
+    out = np.empty((h, w))
+    inside = np.zeros((h, w), np.bool_)
+    for r in range(h):
+        for c in range(w):
+            xs = (1 + p[0]) * c + p[2] * r + p[4]
+            ys = p[1] * c + (1 + p[3]) * r + p[5]
+            inside[r, c] = xs >= 0 and xs <= W - 1 and ys >= 0 and ys <= H - 1
+            out[r, c] = _sample(img, xs, ys)
+    return out, inside
+
+
+@numba.njit(cache=True, nogil=True)
+def _lk(a, b, p, iters):
+    """Refine p so that b(W(x; p)) matches a(x) up to a gain and an offset, in least squares over the
+    covered pixels (forward-additive Lucas-Kanade)."""
+    h, w = a.shape
+    gy = np.zeros(b.shape)
+    gx = np.zeros(b.shape)
+    for r in range(b.shape[0]):
+        for c in range(b.shape[1]):
+            gx[r, c] = (b[r, min(c + 1, b.shape[1] - 1)] - b[r, max(c - 1, 0)]) * 0.5
+            gy[r, c] = (b[min(r + 1, b.shape[0] - 1), c] - b[max(r - 1, 0), c]) * 0.5
+    p = p.copy()
+    bw = np.empty((h, w))
+    ins = np.zeros((h, w), np.bool_)
+    for _ in range(iters):
+        # The covered pixels and the linear intensity fit (gain, offsets) over them.
+        n = 0
+        sa = sb = saa = sbb = 0.0
+        for r in range(h):
+            for c in range(w):
+                xs = (1 + p[0]) * c + p[2] * r + p[4]
+                ys = p[1] * c + (1 + p[3]) * r + p[5]
+                ok = xs >= 0 and xs <= b.shape[1] - 1 and ys >= 0 and ys <= b.shape[0] - 1
+                ins[r, c] = ok
+                if ok:
+                    v = _sample(b, xs, ys)
+                    bw[r, c] = v
+                    n += 1
+                    sa += a[r, c]
+                    sb += v
+                    saa += a[r, c] * a[r, c]
+                    sbb += v * v
+        if n < 0.3 * h * w:
+            break
+        ma = sa / n
+        mb = sb / n
+        va = saa / n - ma * ma
+        vb = sbb / n - mb * mb
+        gain = np.sqrt(va / vb) if vb > 1e-12 and va > 0 else 1.0
+        H = np.zeros((6, 6))
+        g = np.zeros(6)
+        J = np.empty(6)
+        for r in range(h):
+            for c in range(w):
+                if not ins[r, c]:
+                    continue
+                xs = (1 + p[0]) * c + p[2] * r + p[4]
+                ys = p[1] * c + (1 + p[3]) * r + p[5]
+                ex = _sample(gx, xs, ys) * gain
+                ey = _sample(gy, xs, ys) * gain
+                res = gain * (bw[r, c] - mb) - (a[r, c] - ma)
+                J[0] = ex * c
+                J[1] = ey * c
+                J[2] = ex * r
+                J[3] = ey * r
+                J[4] = ex
+                J[5] = ey
+                for i in range(6):
+                    g[i] += J[i] * res
+                    for k in range(6):
+                        H[i, k] += J[i] * J[k]
+        for i in range(6):
+            H[i, i] += 1e-6
+        dp = np.linalg.solve(H, -g)
+        p += dp
+        if max(abs(dp[4]), abs(dp[5])) < 0.01 and max(abs(dp[0]), abs(dp[1]), abs(dp[2]), abs(dp[3])) < 1e-4:
+            break
+    return p
+
+
+def _scale(p: np.ndarray, f: float) -> np.ndarray:
+    """Parameters at f times the resolution (the linear part is unchanged, the translation scales)."""
+    q = p.copy()
+    q[4:] *= f
+    return q
+
+
+def _shares(p: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """The shares of a (the grid) and of b that the warp pairs up."""
+    _, inside = _warp(np.zeros(shape), p, shape[0], shape[1])
+    det = abs((1 + p[0]) * (1 + p[3]) - p[1] * p[2])
+    share_a = float(inside.mean())
+    return share_a, min(1.0, share_a * det)  # b's covered area is a's covered area times the Jacobian
+
+
+def _inits(side: int) -> list[np.ndarray]:
+    """Starting warps: the identity, and b as a window of a or a as a window of b at each fraction and at
+    3 x 3 offsets (the window's corner at 0, half and all of the room left)."""
+    out = [np.zeros(6)]
+    for f in _WINDOW_FRACTIONS:
+        room = (1 - f) * (side - 1)
+        for oy in (0.0, room / 2, room):
+            for ox in (0.0, room / 2, room):
+                # b is a's window at (ox, oy) of fraction f: a(x) = b((x - o) / f)
+                out.append(np.array([1 / f - 1, 0, 0, 1 / f - 1, -ox / f, -oy / f]))
+                # a is b's window: a(x) = b(o + f x)
+                out.append(np.array([f - 1, 0, 0, f - 1, ox, oy]))
+    return out
+
+
+def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(changed fraction, coverage) after the best affine alignment of b onto a."""
+    side = a.shape[0]
+    ah = ndimage.zoom(ndimage.gaussian_filter(a, 1.0), 0.5, order=1)
+    bh = ndimage.zoom(ndimage.gaussian_filter(b, 1.0), 0.5, order=1)
+    ahz = (ah - ah.mean()) / max(ah.std(), 1.0)
+    bhz = (bh - bh.mean()) / max(bh.std(), 1.0)
+    # Rank the starting windows by the residual of a quick gain-free comparison at half size.
+    scored = []
+    for p in _inits(side):
+        q = _scale(p, 0.5)
+        bw, inside = _warp(bhz, q, *ah.shape)
+        if inside.mean() < 0.3:
+            continue
+        scored.append((float(np.mean((bw[inside] - ahz[inside]) ** 2)), p))
+    scored.sort(key=lambda t: t[0])
+    # The best two starts refined at half size; the one that fits best there is checked at full size.
+    refined = []
+    for _, p in scored[:2]:
+        q = _lk(ahz, bhz, _scale(p, 0.5), _LK_ITERS)
+        bw, inside = _warp(bhz, q, *ah.shape)
+        if inside.mean() >= 0.3:
+            refined.append((float(np.mean((bw[inside] - ahz[inside]) ** 2)), q))
+    if not refined:
+        return 1.0, 0.0
+    p = _scale(min(refined, key=lambda t: t[0])[1], 2.0)
+    lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
+    sv = np.linalg.svd(lin, compute_uv=False)
+    if not np.all(np.isfinite(sv)) or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
+        return 1.0, 0.0
+    sa, sb = _shares(p, a.shape)
+    # A copy lies inside its original or holds it whole (crops, rotations, borders); an alignment where
+    # each picture keeps a part of its own out is two pictures sharing a region (slides of one template
+    # with the differing text left out), not a copy.
+    if max(sa, sb) < CONTAINED or min(sa, sb) < MIN_COVERAGE:
+        return 1.0, 0.0
+    bw, inside = _warp(b, p, *a.shape)
+    # Half-size alignment is good to about a pixel at full size: the count takes the best shift of one.
+    return changed_fraction(a, bw, inside, shift=1), min(sa, sb)
+
+
+def compare(a: np.ndarray, b: np.ndarray, limit: float) -> Verdict:
+    """The pixel check of thumbnails a and b (uint8, one shape): the shift alignment, and where it leaves
+    more than `limit` changed, the affine one too."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    ch = changed_fraction(a, b, shift=_SHIFT)
+    if ch <= limit:
+        return Verdict(ch, 1.0, False)
+    ch2, cov = _aligned(a, b)
+    if ch2 < ch:
+        return Verdict(ch2, cov, True)
+    return Verdict(ch, 1.0, False)
