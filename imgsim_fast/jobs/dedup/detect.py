@@ -29,6 +29,7 @@ DEFAULTS below, dedup.LEARNED, and the README's "Deduplication" section (python 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,10 +267,18 @@ class PairJudge:
         return float(self._changed(np.array([i]), np.array([j]), np.array([variant]))[0])
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ii))
-        for x, (i, j, v) in enumerate(zip(ii.tolist(), jj.tolist(), variants.tolist())):
-            out[x] = compare(self.thumbs[i], DIHEDRAL_ARRAYS[v](self.thumbs[j]), self.t.changed).changed
-        return out
+        thumbs, limit = self.thumbs, self.t.changed
+
+        def one(x: int) -> float:
+            return compare(thumbs[ii[x]], DIHEDRAL_ARRAYS[variants[x]](thumbs[jj[x]]), limit).changed
+
+        if len(ii) < 64:
+            return np.array([one(x) for x in range(len(ii))], np.float64)
+        # The check's kernels are numba with the GIL released: threads over pairs use every core.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
+            return np.fromiter(ex.map(one, range(len(ii)), chunksize=16), np.float64, len(ii))
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")

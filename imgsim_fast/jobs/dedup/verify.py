@@ -86,11 +86,10 @@ def _hist_match(src, ref):
     to ref's value at the same mid-rank quantile (levels: src and ref rounded to 0..255)."""
     qs, _ = _mid_quantiles(src)
     qr, present = _mid_quantiles(ref)
-    levels = np.flatnonzero(present).astype(np.float64)
-    qv = qr[present]
+    level_map = np.interp(qs, qr[present], np.flatnonzero(present).astype(np.float64))
     out = np.empty(len(src))
     for t in range(len(src)):
-        out[t] = np.interp(qs[min(max(int(src[t] + 0.5), 0), 255)], qv, levels)
+        out[t] = level_map[min(max(int(src[t] + 0.5), 0), 255)]
     return out
 
 
@@ -173,6 +172,22 @@ def _count(a, b, ca, cb, inner, floor, k, shift):
     return best
 
 
+@numba.njit(cache=True, nogil=True)
+def _erode(mask, r):
+    """mask without the pixels within r steps (city-block distance) of an uncovered one or of the edge."""
+    h, w = mask.shape
+    out = np.zeros((h, w), np.bool_)
+    for i in range(r, h - r):
+        for j in range(r, w - r):
+            ok = True
+            for di in range(-r, r + 1):
+                for dj in range(-r, r + 1):
+                    if abs(di) + abs(dj) <= r and not mask[i + di, j + dj]:
+                        ok = False
+            out[i, j] = ok
+    return out
+
+
 def changed_fraction(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, shift: int = 0) -> float:
     """Fraction of pixels (inside mask) where b, remapped onto a's intensities, differs from a by more than
     CHANGE_K local contrasts, at the best shift of up to `shift` pixels. a, b: float arrays of one shape."""
@@ -183,7 +198,7 @@ def changed_fraction(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = Non
         return 1.0
     a2, b2, ca, cb = _prepare(a, b, mask, _TAPS, _BOX)
     # Pixels next to the edge of the covered part mix in interpolation from outside it.
-    inner = mask if full else ndimage.binary_erosion(mask, iterations=2)
+    inner = mask if full else _erode(mask, 2)
     if inner.sum() < 16:
         inner = mask
     return _count(a2, b2, ca, cb, inner, CONTRAST_FLOOR, CHANGE_K, shift)
@@ -308,7 +323,7 @@ def _shares(p: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
     return share_a, min(1.0, share_a * det)  # b's covered area is a's covered area times the Jacobian
 
 
-def _inits(side: int) -> list[np.ndarray]:
+def _inits(side: int) -> np.ndarray:
     """Starting warps: the identity, and b as a window of a or a as a window of b at each fraction and at
     3 x 3 offsets (the window's corner at 0, half and all of the room left)."""
     out = [np.zeros(6)]
@@ -320,6 +335,27 @@ def _inits(side: int) -> list[np.ndarray]:
                 out.append(np.array([1 / f - 1, 0, 0, 1 / f - 1, -ox / f, -oy / f]))
                 # a is b's window: a(x) = b(o + f x)
                 out.append(np.array([f - 1, 0, 0, f - 1, ox, oy]))
+    return np.stack(out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _residuals(a, b, starts):
+    """Mean squared difference of a and b warped by each row of starts over the covered pixels (inf where
+    under 30% of a is covered)."""
+    h, w = a.shape
+    out = np.empty(len(starts))
+    for t in range(len(starts)):
+        bw, inside = _warp(b, starts[t], h, w)
+        n = inside.sum()
+        if n < 0.3 * h * w:
+            out[t] = np.inf
+            continue
+        acc = 0.0
+        for i in range(h):
+            for j in range(w):
+                if inside[i, j]:
+                    acc += (bw[i, j] - a[i, j]) ** 2
+        out[t] = acc / n
     return out
 
 
@@ -331,24 +367,17 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     ahz = (ah - ah.mean()) / max(ah.std(), 1.0)
     bhz = (bh - bh.mean()) / max(bh.std(), 1.0)
     # Rank the starting windows by the residual of a quick gain-free comparison at half size.
-    scored = []
-    for p in _inits(side):
-        q = _scale(p, 0.5)
-        bw, inside = _warp(bhz, q, *ah.shape)
-        if inside.mean() < 0.3:
-            continue
-        scored.append((float(np.mean((bw[inside] - ahz[inside]) ** 2)), p))
-    scored.sort(key=lambda t: t[0])
+    starts = _inits(side)
+    starts[:, 4:] *= 0.5
+    scores = _residuals(ahz, bhz, starts)
     # The best two starts refined at half size; the one that fits best there is checked at full size.
-    refined = []
-    for _, p in scored[:2]:
-        q = _lk(ahz, bhz, _scale(p, 0.5), _LK_ITERS)
-        bw, inside = _warp(bhz, q, *ah.shape)
-        if inside.mean() >= 0.3:
-            refined.append((float(np.mean((bw[inside] - ahz[inside]) ** 2)), q))
+    refined = [_lk(ahz, bhz, starts[x], _LK_ITERS) for x in np.argsort(scores)[:2] if np.isfinite(scores[x])]
     if not refined:
         return 1.0, 0.0
-    p = _scale(min(refined, key=lambda t: t[0])[1], 2.0)
+    final = _residuals(ahz, bhz, np.stack(refined))
+    if not np.isfinite(final).any():
+        return 1.0, 0.0
+    p = _scale(refined[int(np.argmin(final))], 2.0)
     lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
     sv = np.linalg.svd(lin, compute_uv=False)
     if not np.all(np.isfinite(sv)) or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:

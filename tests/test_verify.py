@@ -1,0 +1,70 @@
+"""The pixel check of the pair test (jobs/dedup/verify.py) on synthetic thumbnails: what a copy may change
+and what a look-alike does."""
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from imgsim_fast.jobs.dedup import verify
+from imgsim_fast.jobs.dedup.detect import DEFAULTS
+
+LIMIT = DEFAULTS.changed
+SIDE = 128
+
+
+def _scene(seed: int = 0, side: int = 512) -> np.ndarray:
+    """A photo-like grey picture: smooth shapes of several sizes plus fine texture."""
+    rng = np.random.default_rng(seed)
+    x = sum(ndimage.gaussian_filter(rng.normal(0, 1, (side, side)), s) * s for s in (2, 8, 24))
+    x = (x - x.min()) / (x.max() - x.min()) * 200 + 20
+    return x.astype(np.uint8)
+
+
+def _thumb(a: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize((SIDE, SIDE), Image.Resampling.LANCZOS))
+
+
+def test_erosion_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = np.ones((40, 40), bool)
+        m[rng.integers(0, 40, 30), rng.integers(0, 40, 30)] = False
+        m[:rng.integers(0, 5), :] = False
+        assert (verify._erode(m, 2) == ndimage.binary_erosion(m, iterations=2)).all()
+
+
+def test_global_edits_change_nothing_local_edits_do():
+    big = _scene()
+    a = _thumb(big)
+    gamma = (255 * (big / 255.0) ** 0.6).astype(np.uint8)  # a monotone intensity edit
+    assert verify.compare(a, _thumb(gamma), LIMIT).changed <= LIMIT
+    shifted = np.roll(big, 3, axis=1)  # under a thumbnail pixel
+    assert verify.compare(a, _thumb(shifted), LIMIT).changed <= LIMIT
+    # A subject moved into one spot (a burst frame): a light disc 80 px across, 2% of the picture.
+    yy, xx = np.mgrid[0:512, 0:512]
+    pasted = big.copy()
+    pasted[(yy - 230) ** 2 + (xx - 270) ** 2 < 40 ** 2] = 245
+    v = verify.compare(a, _thumb(pasted), LIMIT)
+    assert LIMIT < v.changed < 0.25, v
+
+
+def test_crop_and_rotation_are_aligned():
+    big = _scene(1)
+    a = _thumb(big)
+    crop = big[40:40 + 410, 70:70 + 410]  # 80% of each side, off centre
+    v = verify.compare(a, _thumb(crop), LIMIT)
+    assert v.aligned and v.changed <= LIMIT and 0.55 < v.coverage < 0.8, v
+    rot = np.asarray(Image.fromarray(big).rotate(4, resample=Image.Resampling.BICUBIC))[40:-40, 40:-40]
+    v = verify.compare(a, _thumb(rot), LIMIT)
+    assert v.aligned and v.changed <= LIMIT, v
+    # Both ways round: the original against its crop.
+    assert verify.compare(_thumb(crop), a, LIMIT).changed <= LIMIT
+
+
+def test_two_pictures_sharing_a_region_are_not_a_copy():
+    # The top halves are one picture, the bottom halves differ (slides of one template): an alignment that
+    # keeps only the shared half covers neither picture whole and is refused.
+    top = _scene(2)
+    a, b = top.copy(), top.copy()
+    a[256:] = _scene(3)[256:]
+    b[256:] = _scene(4)[256:]
+    assert verify.compare(_thumb(a), _thumb(b), LIMIT).changed > LIMIT
