@@ -7,7 +7,7 @@ burst, other words on a slide of one template, another dialog of one application
 
 1. aligns the two trimmed grey thumbnails (features/extract.THUMB_SIDE, 128 px): first by shifts of up to
    two pixels, and where that leaves change, by an affine warp (scale on each axis, rotation, translation)
-   refined by Lucas-Kanade at half size, from the identity and from crop windows (one picture
+   refined by Lucas-Kanade at a quarter and at half size, from the identity and from crop windows (one picture
    holding 80% or 90% of the other at 3 x 3 offsets);
 2. remaps the second picture's intensities onto the first's by histogram matching (a monotone edit then
    changes nothing);
@@ -38,7 +38,8 @@ _BLUR = 0.5            # light smoothing before comparing: resampling phase diff
 _SHIFT = 2             # the cheap alignment: shifts of up to this many pixels
 # Crop windows that start the affine refinement: one picture holding this fraction of the other's side.
 _WINDOW_FRACTIONS = (0.8, 0.9)
-_LK_ITERS = 25         # Lucas-Kanade iterations (at half size: the full-size count then allows a pixel)
+_LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
+_LK_HALF_ITERS = 8     # ... and at half (the full-size count then allows a pixel)
 MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
 CONTAINED = 0.9        # ... and one picture nearly whole
 _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
@@ -308,6 +309,10 @@ def _lk(a, b, p, iters):
     return p
 
 
+def _normalised(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(x.std(), 1.0)
+
+
 def _scale(p: np.ndarray, f: float) -> np.ndarray:
     """Parameters at f times the resolution (the linear part is unchanged, the translation scales)."""
     q = p.copy()
@@ -362,22 +367,21 @@ def _residuals(a, b, starts):
 def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(changed fraction, coverage) after the best affine alignment of b onto a."""
     side = a.shape[0]
-    ah = ndimage.zoom(ndimage.gaussian_filter(a, 1.0), 0.5, order=1)
-    bh = ndimage.zoom(ndimage.gaussian_filter(b, 1.0), 0.5, order=1)
-    ahz = (ah - ah.mean()) / max(ah.std(), 1.0)
-    bhz = (bh - bh.mean()) / max(bh.std(), 1.0)
-    # Rank the starting windows by the residual of a quick gain-free comparison at half size.
+    # A pyramid: starts scored and refined at a quarter of the side, the best refined at half.
+    half = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 1.0), 0.5, order=1)) for x in (a, b)]
+    quarter = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 2.0), 0.25, order=1)) for x in (a, b)]
     starts = _inits(side)
-    starts[:, 4:] *= 0.5
-    scores = _residuals(ahz, bhz, starts)
-    # The best two starts refined at half size; the one that fits best there is checked at full size.
-    refined = [_lk(ahz, bhz, starts[x], _LK_ITERS) for x in np.argsort(scores)[:2] if np.isfinite(scores[x])]
+    starts[:, 4:] *= 0.25
+    scores = _residuals(quarter[0], quarter[1], starts)
+    refined = [_lk(quarter[0], quarter[1], starts[x], _LK_ITERS) for x in np.argsort(scores)[:2]
+               if np.isfinite(scores[x])]
     if not refined:
         return 1.0, 0.0
-    final = _residuals(ahz, bhz, np.stack(refined))
+    final = _residuals(quarter[0], quarter[1], np.stack(refined))
     if not np.isfinite(final).any():
         return 1.0, 0.0
-    p = _scale(refined[int(np.argmin(final))], 2.0)
+    p = _lk(half[0], half[1], _scale(refined[int(np.argmin(final))], 2.0), _LK_HALF_ITERS)
+    p = _scale(p, 2.0)
     lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
     sv = np.linalg.svd(lin, compute_uv=False)
     if not np.all(np.isfinite(sv)) or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
