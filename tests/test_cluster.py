@@ -19,7 +19,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
 
 from imgsim_fast.cluster import featureset as fs  # noqa: E402
-from imgsim_fast.cluster.join import JoinSpec, records, split, substrings, verify_partition  # noqa: E402
+from imgsim_fast.cluster.bucket_plan import BucketPlan, plan_buckets  # noqa: E402
+from imgsim_fast.cluster.join import JoinSpec, make_plans, records, split, verify_partition  # noqa: E402
 from imgsim_fast.cluster.sources import list_sources, make_shards  # noqa: E402
 from imgsim_fast.jobs.dedup.detect import hash_pairs  # noqa: E402
 
@@ -43,11 +44,11 @@ def _codes(n: int, rng) -> np.ndarray:
     return out
 
 
-def _join_locally(ph: np.ndarray, spec: JoinSpec, digests=None):
-    rec = records(np.arange(len(ph)), ph, digests, spec)
+def _join_locally(ph: np.ndarray, spec: JoinSpec, digests=None, plans=None):
+    rec = records(np.arange(len(ph)), ph, digests, spec, plans)
     raw_i, raw_j = [], []
     for part in split(rec, spec.partitions):
-        i, j, _ = verify_partition(spec, [part[: len(part) // 3], part[len(part) // 3:]])
+        i, j, _ = verify_partition(spec, [part[: len(part) // 3], part[len(part) // 3:]], plans)
         raw_i.append(i)
         raw_j.append(j)
     return np.concatenate(raw_i), np.concatenate(raw_j)
@@ -99,12 +100,88 @@ def test_pairs_in_large_buckets_go_through_mih(dihedral, monkeypatch):
 
 
 def test_substrings_cover_the_code_disjointly():
+    p = np.random.default_rng(3).uniform(0.02, 0.98, 64)
+    info = tuple(-np.log2(p * p + (1 - p) * (1 - p)))
     for r in (0, 1, 8, 10, 18, 63):
-        lay = substrings(r)
-        assert len(lay) == r + 1 and sum(w for _, w in lay) == 64
-        assert [s for s, _ in lay] == list(np.cumsum([0] + [w for _, w in lay])[:-1])
+        for plan in (BucketPlan(r), BucketPlan(r, info)):
+            for path in [p for p in ((), (0,), (r, 0)) if plan.splittable(p)]:
+                lay = plan.layout(path)
+                used = [m for d in range(len(path)) for m in [plan.layout(path[:d])[path[d]]]]
+                assert len(lay) == r + 1 and all(lay)
+                assert sum(bin(m).count("1") for m in lay + tuple(used)) == 64
+                assert int(np.bitwise_or.reduce(np.array(lay + tuple(used), np.uint64))) == 2**64 - 1
+    # Bit statistics: the most skewed bits are spread over the substrings, not left together.
+    skewed = BucketPlan(3, tuple(0.1 if b < 16 else 1.0 for b in range(64))).layout()
+    assert all(bin(m & 0xFFFF).count("1") == 4 for m in skewed)
     with pytest.raises(ValueError):
-        substrings(64)
+        BucketPlan(64)
+
+
+def _skewed_codes(n: int, rng) -> np.ndarray:
+    """pHash-like identity codes (bits set with probability 0.1-0.9, planted groups of ~8 within 6 flips),
+    as (n, 8) with random variants: skewed bits make a few buckets far larger than the rest."""
+    p = rng.uniform(0.1, 0.9, 64)
+    centres = np.zeros(max(1, n // 8), np.uint64)
+    for b in range(64):
+        centres |= (rng.random(len(centres)) < p[b]).astype(np.uint64) << np.uint64(b)
+    ident = centres[rng.integers(0, len(centres), n)]
+    for _ in range(6):
+        flip = rng.random(n) < 0.5
+        ident[flip] ^= np.uint64(1) << rng.integers(0, 64, flip.sum()).astype(np.uint64)
+    return np.concatenate([ident[:, None], rng.integers(0, 2**64, (n, 7), dtype=np.uint64)], axis=1)
+
+
+@pytest.mark.parametrize("radius,dihedral,max_bucket", [(4, None, 10), (10, None, 150), (6, 4, 40)])
+def test_cut_buckets_give_every_pair_once(radius, dihedral, max_bucket):
+    # A plan with a tiny bucket bound (from a sample of a third of the codes, as join() samples) cuts the
+    # largest buckets again, down to several levels; brute force over all pairs is the oracle, and without
+    # flips each pair must leave exactly one bucket (its canonical one).
+    from imgsim_fast.indexes.hamming import hamming_matrix
+
+    rng = np.random.default_rng(radius)
+    n = 1500
+    ph = _skewed_codes(n, rng)
+    spec = JoinSpec(radius, dihedral, partitions=3, max_bucket=max_bucket)
+    pick = rng.choice(n, n // 3, replace=False)
+    plans = make_plans(spec, n, ph[pick, 0], ph[pick].ravel())
+    heavy = plans[0].heavy
+    assert heavy  # the split path runs: a bound that cut nothing would not test it
+    rec = records(np.arange(n), ph, None, spec, plans)
+    ident = rec[rec["tag"] == 0]
+    assert max(len(plans[0].path_of(int(k), int(c))) for k, c in zip(ident["key"][::7], ident["code"][::7])) >= 2
+    assert len(rec) > n * ((radius + 1) + (0 if dihedral is None else 8 * (dihedral + 1)))
+    i, j = _join_locally(ph, spec, plans=plans)
+    d = hamming_matrix(ph[:, :1].copy(), ph[:, :1].copy())
+    want = set(zip(*[x.tolist() for x in np.nonzero(np.triu(d <= radius, 1))]))
+    if dihedral is not None:
+        dv = hamming_matrix(ph[:, :1].copy(), ph.reshape(-1, 1)).reshape(n, n, 8)[:, :, 1:].min(axis=2)
+        a, b = np.nonzero((dv <= dihedral) & ~np.eye(n, dtype=bool))
+        want |= set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist()))
+    got = list(zip(i.tolist(), j.tolist()))
+    assert set(got) == want and len(want) > n
+    if dihedral is None:
+        assert len(got) == len(want)
+    # The bound holds where cutting can shrink a bucket: no identity bucket of the cut plan is far past it,
+    # while the plain plan's largest bucket is.
+    def largest(p):
+        return max(np.unique(k, return_counts=True)[1].max() for k, _, _ in p.keyed(ph[:, 0], np.arange(n)))
+    assert largest(plans[0]) < largest(BucketPlan(radius))
+
+
+def test_a_plan_does_not_cut_a_bucket_of_near_duplicates():
+    # 400 codes within 3 bits of one centre agree on most substrings: cutting their bucket would copy it
+    # r + 1 times without shrinking it, so the plan leaves it whole (and the join stays exact).
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**64, dtype=np.uint64)
+    codes = np.full(400, base, np.uint64)
+    for _ in range(3):
+        codes ^= np.uint64(1) << rng.integers(0, 64, 400).astype(np.uint64)
+    plan = plan_buckets(codes, len(codes), 10, 50)
+    assert not plan.heavy
+    ph = np.concatenate([codes[:, None], rng.integers(0, 2**64, (400, 7), dtype=np.uint64)], axis=1)
+    spec = JoinSpec(10, None, partitions=2, max_bucket=50)
+    i, j = _join_locally(ph, spec, plans={0: plan})
+    assert len(i) == 400 * 399 // 2
 
 
 def test_exact_copies_pair_with_the_first_of_their_digest():

@@ -4,11 +4,13 @@ principle, on Ray tasks with hash partitioning.
 Cut a code into r + 1 disjoint substrings: two codes within r bits differ in at most r of them, so they
 agree exactly on at least one (Norouzi et al., "Fast Search in Hamming Space with Multi-Index Hashing",
 2012, section 3; the exact-match special case). Map tasks emit one record per (code, substring) keyed by
-(substring index, substring value) and hash-partition the records; a reduce task sorts its partition into
+the bucket (substring, value) and hash-partition the records; a reduce task sorts its partition into
 buckets of equal keys and verifies the full distance inside each bucket with the project's SIMD kernels
 (hamming_matrix for small buckets, HammingIndex.self_join / radius, i.e. multi-index hashing, for large
-ones). A pair is kept only in the bucket of the FIRST substring on which it agrees, so each pair leaves
-the reduce side exactly once and no separate de-duplication pass is needed.
+ones). Which bits form each substring, and which buckets are too large and cut again by the same
+pigeonhole over their remaining bits, is the bucket plan (bucket_plan.py), made from a sample of the codes
+when the spec bounds the bucket size. A pair is kept only in its canonical bucket (the FIRST substring it
+agrees on, at every level), so each pair leaves the reduce side exactly once.
 
 Flips and rotations (dedup's `dihedral` rule, detect.hash_pairs) are a second scheme with its own r + 1
 substrings: identity codes meet the 7 transformed codes of every file, and only identity x transformed
@@ -17,7 +19,7 @@ key, the rest is compared in the bucket, and each copy pairs with the first row 
 detect.candidate_pairs does.
 
 Records are 25 bytes (tag, key, id, code); the shuffle moves (radius + 1) + 8 x (dihedral + 1) records per
-file with flips, radius + 1 without.
+file with flips, radius + 1 without, plus r records for each (code, bucket) that the plan cuts again.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["JoinSpec", "JoinStats", "RECORD", "substrings", "records", "join", "verify_partition"]
+from imgsim_fast.cluster.bucket_plan import BucketPlan, plan_buckets
+
+__all__ = ["JoinSpec", "JoinStats", "RECORD", "default_plans", "make_plans", "records", "join", "verify_partition"]
 
 RECORD = np.dtype([("tag", np.uint8), ("key", np.uint64), ("id", np.int64), ("code", np.uint64)])
 _IDENT, _DIHEDRAL, _DIGEST = 0, 1, 2
@@ -35,32 +39,24 @@ _IDENT, _DIHEDRAL, _DIGEST = 0, 1, 2
 SCAN_MAX = 2048
 
 
-def substrings(r: int, bits: int = 64) -> list[tuple[int, int]]:
-    """(shift, width) of r + 1 disjoint substrings covering `bits`, widths differing by at most one."""
-    m = r + 1
-    if not 1 <= m <= bits:
-        raise ValueError(f"radius must be in 0..{bits - 1}, got {r}")
-    w, extra = divmod(bits, m)
-    out, shift = [], 0
-    for s in range(m):
-        width = w + (s < extra)
-        out.append((shift, width))
-        shift += width
-    return out
-
-
 @dataclass(frozen=True)
 class JoinSpec:
     """radius: identity pairs within this many bits (None: none); dihedral: identity x flipped/rotated within
-    this many (None: flips off); digests: exact-copy pairs too. partitions: reduce tasks."""
+    this many (None: flips off); digests: exact-copy pairs too. partitions: reduce tasks (at least).
+    max_bucket: codes a bucket may hold before it is cut again (bucket_plan.py; None: never cut, no
+    sampling pass), and the unit of a reduce task's size: join() makes enough partitions for about
+    4 x max_bucket records each. 2^20 codes: a bucket's multi-index verification then needs ~40 MB."""
 
     radius: int | None
     dihedral: int | None = None
     digests: bool = False
     partitions: int = 8
+    max_bucket: int | None = 1 << 20
 
-    def layout(self, tag: int) -> list[tuple[int, int]]:
-        return substrings(self.radius if tag == _IDENT else self.dihedral)
+
+def default_plans(spec: JoinSpec) -> dict:
+    """Bucket plans without statistics: bits dealt in index order, no bucket cut."""
+    return {tag: BucketPlan(r) for tag, r in ((_IDENT, spec.radius), (_DIHEDRAL, spec.dihedral)) if r is not None}
 
 
 @dataclass
@@ -71,36 +67,35 @@ class JoinStats:
     pairs: int = 0               # distinct pairs out
     verified: int = 0            # distances computed in buckets (SIMD scan) or candidates checked (MIH)
     largest_bucket: int = 0
+    largest_task_records: int = 0
+    partitions: int = 0
+    cut_buckets: int = 0         # buckets the plan cut again
     seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def _keyed(tag: int, codes: np.ndarray, ids: np.ndarray, layout) -> list[np.ndarray]:
+def _keyed(tag: int, codes: np.ndarray, ids: np.ndarray, plan: BucketPlan) -> list[np.ndarray]:
     out = []
-    for s, (shift, width) in enumerate(layout):
-        rec = np.empty(len(codes), RECORD)
-        rec["tag"] = tag
-        v = (codes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        if width > 32:  # radius 0: one 64-bit "substring", folded into the key's 32 value bits
-            v = (v ^ (v >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
-        rec["key"] = (np.uint64(s) << np.uint64(32)) | v
-        rec["id"] = ids
-        rec["code"] = codes
+    for keys, kid, kcodes in plan.keyed(codes, ids):
+        rec = np.empty(len(keys), RECORD)
+        rec["tag"], rec["key"], rec["id"], rec["code"] = tag, keys, kid, kcodes
         out.append(rec)
     return out
 
 
-def records(rows: np.ndarray, phash8: np.ndarray | None, digests: list[str] | None, spec: JoinSpec) -> np.ndarray:
+def records(rows: np.ndarray, phash8: np.ndarray | None, digests: list[str] | None, spec: JoinSpec,
+            plans: dict | None = None) -> np.ndarray:
     """The map side's records for files `rows` with codes phash8 (n, 8) uint64 (variant 0 the identity)."""
+    plans = plans or default_plans(spec)
     parts = []
     rows = np.asarray(rows, np.int64)
     if phash8 is not None and spec.radius is not None:
-        parts += _keyed(_IDENT, phash8[:, 0].copy(), rows, spec.layout(_IDENT))
+        parts += _keyed(_IDENT, phash8[:, 0].copy(), rows, plans[_IDENT])
     if phash8 is not None and spec.dihedral is not None:
         ids = (rows[:, None] * 8 + np.arange(8)).ravel()
-        parts += _keyed(_DIHEDRAL, phash8.ravel().copy(), ids, spec.layout(_DIHEDRAL))
+        parts += _keyed(_DIHEDRAL, phash8.ravel().copy(), ids, plans[_DIHEDRAL])
     if spec.digests and digests is not None and len(digests):
         d = np.array([(int(x[:16], 16), int(x[16:32], 16)) for x in digests], np.uint64).reshape(-1, 2)
         rec = np.empty(len(d), RECORD)
@@ -126,16 +121,6 @@ def split(rec: np.ndarray, partitions: int) -> list[np.ndarray]:
     bounds = np.searchsorted(p[order], np.arange(partitions + 1))
     rec = rec[order]
     return [rec[bounds[k]:bounds[k + 1]] for k in range(partitions)]
-
-
-def _first_agreement_is(x: np.ndarray, s: int, layout) -> np.ndarray:
-    """For XORs x of pairs met in a bucket of substring s: True where substring s is all zero (a folded key
-    can bring others together) and no earlier one is."""
-    shift, width = layout[s]
-    keep = (x & np.uint64(((1 << width) - 1) << shift)) == 0
-    for shift, width in layout[:s]:
-        keep &= (x & np.uint64(((1 << width) - 1) << shift)) != 0
-    return keep
 
 
 def _within(a_codes: np.ndarray, b_codes: np.ndarray | None, r: int, keep) -> tuple[np.ndarray, np.ndarray, int]:
@@ -190,11 +175,16 @@ def _digest_pairs(rec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[keep], rec["id"][keep]
 
 
-def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The reduce side: (i, j) with i < j, distinct, of one partition's records, and counters."""
+def verify_partition(spec: JoinSpec, parts: list[np.ndarray], plans: dict | None = None,
+                     collect: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The reduce side: (i, j) with i < j, distinct, of one partition's records, and counters. collect=False
+    counts identity pairs without holding them (each leaves its canonical bucket once; flipped pairs, which
+    several variants can meet, are still held to be counted once)."""
+    plans = plans or default_plans(spec)
     rec = np.concatenate(parts) if parts else np.empty(0, RECORD)
+    del parts
     out_i, out_j = [], []
-    stats = {"verified": 0, "largest_bucket": 0}
+    stats = {"verified": 0, "largest_bucket": 0, "counted": 0}
     dig = rec[rec["tag"] == _DIGEST]
     a, b = _digest_pairs(dig)
     out_i.append(a)
@@ -209,12 +199,14 @@ def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarra
         stats["largest_bucket"] = int((ends - starts).max())
         for k in big:
             bucket = rec[starts[k]:ends[k]]
-            tag, s = int(bucket["tag"][0]), int(bucket["key"][0] >> np.uint64(32))
-            layout = spec.layout(tag)
+            tag = int(bucket["tag"][0])
+            plan = plans[tag]
+            path = plan.path_of(int(bucket["key"][0]), int(bucket["code"][0]))
+            if path is None:
+                raise RuntimeError("a bucket key matches no path of the join's plan (map and reduce sides disagree)")
             if tag == _IDENT:
                 codes, ids = bucket["code"], bucket["id"]
-                x, y, n = _within(codes, None, spec.radius,
-                                  lambda x, y: _first_agreement_is(codes[x] ^ codes[y], s, layout))
+                x, y, n = _within(codes, None, spec.radius, lambda x, y: plan.canonical(codes[x] ^ codes[y], path))
                 fx, fy = ids[x], ids[y]
             else:
                 left = bucket[bucket["id"] % 8 == 0]
@@ -223,11 +215,14 @@ def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarra
                     continue
                 lc, rc, lf, rf = left["code"], right["code"], left["id"] // 8, right["id"] // 8
                 x, y, n = _within(lc, rc, spec.dihedral,
-                                  lambda x, y: (lf[x] != rf[y]) & _first_agreement_is(lc[x] ^ rc[y], s, layout))
+                                  lambda x, y: (lf[x] != rf[y]) & plan.canonical(lc[x] ^ rc[y], path))
                 fx, fy = lf[x], rf[y]
             stats["verified"] += n
-            out_i.append(np.minimum(fx, fy))
-            out_j.append(np.maximum(fx, fy))
+            if collect or spec.dihedral is not None or spec.digests:
+                out_i.append(np.minimum(fx, fy))
+                out_j.append(np.maximum(fx, fy))
+            else:
+                stats["counted"] += len(fx)
     i = np.concatenate(out_i).astype(np.int64)
     j = np.concatenate(out_j).astype(np.int64)
     if len(i):  # flips meet one pair of files through several variants: once per partition here
@@ -240,43 +235,99 @@ def verify_partition(spec: JoinSpec, parts: list[np.ndarray]) -> tuple[np.ndarra
 # On Ray
 
 
-def _map_task(load, arg, spec: JoinSpec, only):
+def _sample_task(load, arg, spec: JoinSpec, per_input: int, seed: int):
+    """A uniform sample of one input's codes for the plan: (files, identity codes, all-variant codes)."""
+    rows, phash8, _ = load(arg)
+    empty = np.zeros(0, np.uint64)
+    if phash8 is None or not len(rows):
+        return len(rows), empty, empty
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(len(rows), per_input), replace=False))
+    return (len(rows), phash8[pick, 0].copy() if spec.radius is not None else empty,
+            phash8[pick].ravel() if spec.dihedral is not None else empty)
+
+
+def make_plans(spec: JoinSpec, files: int, ident: np.ndarray, variants: np.ndarray) -> dict:
+    """Bucket plans for `files` files from samples of their identity and all-variant codes."""
+    plans = {}
+    if spec.radius is not None:
+        plans[_IDENT] = plan_buckets(ident, files, spec.radius, spec.max_bucket)
+    if spec.dihedral is not None:
+        plans[_DIHEDRAL] = plan_buckets(variants, 8 * files, spec.dihedral, spec.max_bucket)
+    return plans
+
+
+def _plan(ray, inputs, spec: JoinSpec, sample: int, sample_inputs: int) -> tuple[dict, float]:
+    """Plans from a sample of `sample` codes over up to `sample_inputs` inputs spread through the list, and
+    the expected records per file (for the partition count)."""
+    picked = sorted({int(k) for k in np.linspace(0, len(inputs) - 1, min(sample_inputs, len(inputs)))})
+    task = ray.remote(num_cpus=1, max_retries=4)(_sample_task)
+    got = ray.get([task.remote(*inputs[k], spec, max(1, sample // len(picked)), k) for k in picked])
+    files = int(np.mean([g[0] for g in got]) * len(inputs)) if got else 0
+    ident = np.concatenate([g[1] for g in got]) if got else np.zeros(0, np.uint64)
+    variants = np.concatenate([g[2] for g in got]) if got else np.zeros(0, np.uint64)
+    plans = make_plans(spec, files, ident, variants)
+    per_file = 0.0
+    if len(ident):
+        per_file += plans[_IDENT].records_per_code(ident[::max(1, len(ident) >> 16)])
+    if len(variants):
+        per_file += 8 * plans[_DIHEDRAL].records_per_code(variants[::max(1, len(variants) >> 16)])
+    return plans, files * (per_file + spec.digests)
+
+
+def _map_task(load, arg, spec: JoinSpec, plans: dict, partitions: int, only):
     rows, phash8, digests = load(arg)
-    rec = records(rows, phash8, digests, spec)
-    parts = split(rec, spec.partitions)
+    rec = records(rows, phash8, digests, spec, plans)
+    parts = split(rec, partitions)
     return (*(parts if only is None else [parts[p] for p in only]),
             {"files": len(rows), "records": len(rec), "bytes": int(rec.nbytes)})
 
 
-def _reduce_task(spec: JoinSpec, collect: bool, *parts):
+def _reduce_task(spec: JoinSpec, plans: dict, collect: bool, *parts):
     t0 = time.process_time()  # CPU time: on shared cores wall time would count other jobs' share
-    i, j, stats = verify_partition(spec, list(parts))
-    stats["pairs"] = len(i)
-    stats["records"] = sum(len(p) for p in parts)
+    records_in = sum(len(p) for p in parts)
+    i, j, stats = verify_partition(spec, list(parts), plans, collect)
+    stats["pairs"] = len(i) + stats.pop("counted")
+    stats["records"] = records_in
     stats["seconds"] = time.process_time() - t0
     return (i, j, stats) if collect else (None, None, stats)
 
 
 def join(inputs: list[tuple], spec: JoinSpec, *, collect: bool = True, ray=None,
-         only_partitions: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, JoinStats]:
+         only_partitions: list[int] | None = None, plan_sample: int = 1 << 21,
+         plan_inputs: int = 16) -> tuple[np.ndarray, np.ndarray, JoinStats]:
     """All pairs of files within the spec's distances: (i, j) sorted by (i, j), i < j, each once, and stats.
 
     inputs: (load, arg) per map task; load(arg) -> (rows, phash8 (n, 8) uint64 or None, digests or None),
     run on the workers, so no code passes through the driver. Rows must be below 2^32. collect=False
     leaves the pairs on the workers and counts them (the benchmark). Tasks killed with their worker are
     run again by Ray (max_retries), and map outputs lost with a node are rebuilt from lineage.
-    only_partitions: reduce these partitions only (the benchmark's sample of a join too large to finish
-    here); the map side still keys every record, and stats count all of them.
+
+    With spec.max_bucket, a first pass samples plan_sample codes from up to plan_inputs inputs (spread
+    through the list) for the bucket plan (bit statistics, buckets to cut), and the reduce side gets enough
+    partitions for about 4 x max_bucket records each. A reduce task then holds its partition's records (25
+    bytes each, about 3 copies while sorting) and the verification of one bucket of about max_bucket codes;
+    the bound is as good as the sample's estimate of the largest buckets (stats report the largest met).
+    only_partitions: reduce these partitions only (a sample of a join too large to finish); the map side still
+    keys every record, and stats count all of them.
     """
     if ray is None:
         import ray
     t0 = time.perf_counter()
-    P = spec.partitions if only_partitions is None else len(only_partitions)
+    st = JoinStats()
+    partitions = spec.partitions
+    plans = default_plans(spec)
+    if spec.max_bucket and inputs:
+        plans, expected = _plan(ray, inputs, spec, plan_sample, plan_inputs)
+        partitions = max(partitions, -(-int(expected) // (4 * spec.max_bucket)))
+        st.cut_buckets = sum(len(p.heavy) for p in plans.values())
+        st.seconds["plan"] = time.perf_counter() - t0
+    st.partitions = partitions
+    plans_ref = ray.put(plans)
+    P = partitions if only_partitions is None else len(only_partitions)
     mapper = ray.remote(num_cpus=1, max_retries=4)(_map_task).options(num_returns=P + 1)
     reducer = ray.remote(num_cpus=1, max_retries=4)(_reduce_task).options(num_returns=3)
-    maps = [mapper.remote(load, arg, spec, only_partitions) for load, arg in inputs]
-    reds = [reducer.remote(spec, collect, *[m[p] for m in maps]) for p in range(P)]
-    st = JoinStats()
+    maps = [mapper.remote(load, arg, spec, plans_ref, partitions, only_partitions) for load, arg in inputs]
+    reds = [reducer.remote(spec, plans_ref, collect, *[m[p] for m in maps]) for p in range(P)]
     for m in ray.get([m[P] for m in maps]):
         st.files += m["files"]
         st.records += m["records"]
@@ -288,6 +339,7 @@ def join(inputs: list[tuple], spec: JoinSpec, *, collect: bool = True, ray=None,
         s = ray.get(s_ref)
         st.verified += s["verified"]
         st.largest_bucket = max(st.largest_bucket, s["largest_bucket"])
+        st.largest_task_records = max(st.largest_task_records, s["records"])
         st.pairs += s["pairs"]
         st.seconds["reduce_tasks"].append((s["records"], s["seconds"]))
         if collect:
