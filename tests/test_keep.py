@@ -128,3 +128,22 @@ def test_found_inside_finds_a_shifted_picture_and_not_another():
     assert K._found_inside(a * 0.8 + 20, b, trim, K.RECODE_DIFF, tones=True)  # a tone-mapped copy
     other = rng.integers(0, 256, (90, 120)).astype(np.float32)
     assert not K._found_inside(a, other, trim, K.RECODE_DIFF, tones=True)
+
+
+def test_a_copy_turned_a_quarter_ranks_after_the_upright_ones():
+    # Facts alone: the upright original is a lossless re-save of a JPEG (ranked after JPEGs on generation),
+    # so a quarter-turned JPEG copy would win on quality; most of the group is landscape, so it is the
+    # turned one. With no majority (one of each), orientation decides nothing.
+    from imgsim_fast.features.extract import FileFacts
+
+    def facts(name, w, h, fmt="JPEG", q=92, blocky=False, t=0.0):
+        return FileFacts(f"/p/{name}", 100_000, 1_700_000_000 + t, w, h, fmt, w * h, name, jpeg_quality=q,
+                         blocky=blocky)
+
+    group = [facts("original.png", 1600, 900, "PNG", None, True), facts("turned.jpg", 900, 1600, t=1),
+             facts("small.jpg", 800, 450, t=2), facts("crop.jpg", 1280, 720, t=3)]
+    rank = keep_ranks(group, [0, 1, 2, 3])
+    assert rank[1] > max(rank[0], rank[2], rank[3])
+    assert min(range(4), key=rank.__getitem__) == 0
+    pair = keep_ranks(group, [0, 1])
+    assert min(pair, key=pair.__getitem__) == 1  # no majority: the JPEG wins on generation as before

@@ -2,7 +2,8 @@
 
 Files are ranked against the other files they were found with (keep_ranks), criteria in `order`:
 - content: undistorted first (a squashed or stretched copy, whose content aspect is off the group's median,
-  ranks after the rest), then the most content pixels: pixels inside the trimmed box, so letterbox bars and
+  ranks after the rest; so does one turned a quarter against the orientation most members share), then
+  the most content pixels: pixels inside the trimmed box, so letterbox bars and
   mats add nothing. Counts within CONTENT_TIE of the group's largest tie: a trim moves by a few lines
   between a picture and its recompressed copy (and by a band where the picture has a flat margin).
 - quality: a copy noisier than the group's cleanest file of its size by NOISE_RATIO is a noisy copy and
@@ -174,6 +175,13 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
 
     true_aspect = max(set(aspects), key=lambda a: (support(a), -min(abs(a - s) for s in _STANDARD), -a))
     distorted = [abs(a - true_aspect) > ASPECT_TOLERANCE for a in aspects]
+    # A copy turned a quarter is an edit too: where most non-square members are landscape (or portrait),
+    # one of the other orientation ranks after them. A turned keeper would also lose the crops and small
+    # rotations of the upright picture, which match it only upright (detect: flips go by hash alone).
+    wide = [_is_wide(f) for f in fs]
+    votes = [w for w in wide if w is not None]
+    upright = None if 2 * sum(votes) == len(votes) else 2 * sum(votes) > len(votes)
+    turned = [upright is not None and w is not None and w != upright for w in wide]
     undistorted = [f.content_pixels for f, d in zip(fs, distorted) if not d] or [f.content_pixels for f in fs]
     largest = max(undistorted)
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
@@ -183,11 +191,12 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
         cleanest[f.width, f.height] = min(f.noise, cleanest.get((f.width, f.height), f.noise))
     any_colour = any(f.colour for f in fs)
     out = {}
-    for m, f, dist in zip(members, fs, distorted):
+    for m, f, dist, turn in zip(members, fs, distorted, turned):
         key: list = [0 if reference and reference[m] else 1]
         for c in order:
             if c == "content":
-                key += [int(dist), -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
+                key += [int(dist), int(turn),
+                        -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
             elif c == "quality":
                 noisy = f.noise > NOISE_RATIO * cleanest[f.width, f.height] + NOISE_FLOOR
                 key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
@@ -204,6 +213,14 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
         key.append(f.path)
         out[m] = tuple(key)
     return out
+
+
+def _is_wide(f: FileFacts) -> bool | None:
+    """Whether the trimmed content is landscape, None when it is square within ASPECT_TOLERANCE."""
+    if math.log(f.content_aspect) <= ASPECT_TOLERANCE:
+        return None
+    left, top, right, bottom = f.trim
+    return (right - left) * f.width >= (bottom - top) * f.height
 
 
 # ------------------------------------------------------------------------------------------------
