@@ -68,3 +68,10 @@ def test_two_pictures_sharing_a_region_are_not_a_copy():
     a[256:] = _scene(3)[256:]
     b[256:] = _scene(4)[256:]
     assert verify.compare(_thumb(a), _thumb(b), LIMIT).changed > LIMIT
+
+
+def test_smoothing_matches_scipy():
+    x = np.random.default_rng(1).normal(size=(37, 53))
+    for taps in (verify._TAPS, verify._BOX):
+        ref = ndimage.correlate1d(ndimage.correlate1d(x, taps, axis=1, mode="reflect"), taps, axis=0, mode="reflect")
+        assert np.allclose(verify._smooth(x, taps), ref, atol=1e-12)
