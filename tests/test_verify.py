@@ -75,3 +75,13 @@ def test_smoothing_matches_scipy():
     for taps in (verify._TAPS, verify._BOX):
         ref = ndimage.correlate1d(ndimage.correlate1d(x, taps, axis=1, mode="reflect"), taps, axis=0, mode="reflect")
         assert np.allclose(verify._smooth(x, taps), ref, atol=1e-12)
+
+
+def test_a_flat_picture_is_no_copy_of_a_textured_one():
+    # Histogram matching would map the texture onto the flat picture's single grey level; either order.
+    flat = np.full((SIDE, SIDE), 40, np.uint8)
+    scene = _thumb(_scene(6))
+    assert verify.compare(flat, scene, LIMIT).changed > LIMIT
+    assert verify.compare(scene, flat, LIMIT).changed > LIMIT
+    low = (scene.astype(np.float64) * 0.6 + 50).astype(np.uint8)  # a contrast x0.6 copy stays a copy
+    assert verify.compare(scene, low, LIMIT).changed <= LIMIT

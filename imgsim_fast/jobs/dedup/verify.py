@@ -36,6 +36,7 @@ CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on 
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts
 _BLUR = 0.5            # light smoothing before comparing: resampling phase differences are not change
 _SHIFT = 2             # the cheap alignment: shifts of up to this many pixels
+MAX_CONTRAST_RATIO = 4.0  # pictures whose grey deviations differ by more are not copies of each other
 # Crop windows that start the affine refinement: one picture holding this fraction of the other's side.
 _WINDOW_FRACTIONS = (0.8, 0.9)
 _LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
@@ -413,6 +414,11 @@ def compare(a: np.ndarray, b: np.ndarray, limit: float) -> Verdict:
     more than `limit` changed, the affine one too."""
     a = a.astype(np.float64)
     b = b.astype(np.float64)
+    # Histogram matching maps any picture onto a flat one: a flat picture and a textured one are no copy.
+    # Copies keep their contrast within a small factor (contrast x0.6 edits: 1.7).
+    lo, hi = sorted((max(float(a.std()), CONTRAST_FLOOR / 2), max(float(b.std()), CONTRAST_FLOOR / 2)))
+    if hi > MAX_CONTRAST_RATIO * lo:
+        return Verdict(1.0, 0.0, False)
     ch = changed_fraction(a, b, shift=_SHIFT)
     if ch <= limit:
         return Verdict(ch, 1.0, False)
