@@ -551,7 +551,7 @@ def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
     photo.save(tmp_path / "photo.png")
     photo.save(tmp_path / "photo_q30.jpg", quality=30)
     ImageEnhance.Contrast(ImageEnhance.Brightness(photo).enhance(0.7)).enhance(0.7).save(tmp_path / "photo_dark.jpg")
-    photo.crop((w // 10, w // 20 * 0 + h // 6, w // 10 + w * 4 // 5, h // 6 + h * 4 // 5)).save(tmp_path / "photo_crop.jpg")
+    photo.crop((w // 10, h // 6, w // 10 + w * 4 // 5, h // 6 + h * 4 // 5)).save(tmp_path / "photo_crop.jpg")
     rot = photo.rotate(4, resample=Image.Resampling.BICUBIC)
     rot.crop((w // 12, h // 12, w - w // 12, h - h // 12)).save(tmp_path / "photo_rotated.jpg")
     obj = _rgb(photos[1], side=w // 5)

@@ -85,3 +85,10 @@ def test_a_flat_picture_is_no_copy_of_a_textured_one():
     assert verify.compare(scene, flat, LIMIT).changed > LIMIT
     low = (scene.astype(np.float64) * 0.6 + 50).astype(np.uint8)  # a contrast x0.6 copy stays a copy
     assert verify.compare(scene, low, LIMIT).changed <= LIMIT
+
+
+def test_thumbnails_of_another_size_are_refused_not_read_past():
+    import pytest
+
+    with pytest.raises(ValueError):
+        verify.compare(np.zeros((128, 128), np.uint8), np.zeros((64, 64), np.uint8), LIMIT)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
-from imgsim_fast.features.extract import Features
+from imgsim_fast.features.extract import THUMB_SIDE, Features
 from imgsim_fast.jobs.dedup.verify import DIHEDRAL_ARRAYS, compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
@@ -164,6 +164,9 @@ class PairJudge:
         self.emb = features.embeddings
         self.centre = features.centre_embeddings
         self.thumbs = features.thumbs
+        if self.thumbs is not None and self.thumbs.shape[1:] != (THUMB_SIDE, THUMB_SIDE):
+            raise ValueError(f"thumbnails of {self.thumbs.shape[1]} px, not {THUMB_SIDE}: features from an older "
+                             "version; extract them again")
 
     def cosine(self, i: int, j: int) -> float | None:
         """Embedding similarity of one pair (see cosines)."""
@@ -278,7 +281,7 @@ class PairJudge:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-            return np.fromiter(ex.map(one, range(len(ii)), chunksize=16), np.float64, len(ii))
+            return np.fromiter(ex.map(one, range(len(ii))), np.float64, len(ii))
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")

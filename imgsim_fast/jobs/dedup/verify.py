@@ -11,8 +11,8 @@ burst, other words on a slide of one template, another dialog of one application
    holding 80% or 90% of the other at 3 x 3 offsets);
 2. remaps the second picture's intensities onto the first's by histogram matching (a monotone edit then
    changes nothing);
-3. counts the pixels that differ by more than CHANGE_K times the local contrast: the smaller of the two
-   pictures' 3 x 3 standard deviations plus CONTRAST_FLOOR grey levels. Compression noise sits in texture,
+3. counts the pixels that differ by more than CHANGE_K times the local contrast, taken as the smaller of
+   the two pictures' 3 x 3 standard deviations plus CONTRAST_FLOOR grey levels. Compression noise sits in texture,
    where the contrast is high, and stays under it; new text on a flat slide background or a moved subject
    over sky is many times it.
 
@@ -385,8 +385,8 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     starts = _inits(side)
     starts[:, 4:] *= 0.25
     scores = _residuals(quarter[0], quarter[1], starts)
-    refined = [_lk(quarter[0], quarter[1], starts[x], _LK_ITERS) for x in np.argsort(scores)[:2]
-               if np.isfinite(scores[x])]
+    refined = [q for q in (_lk(quarter[0], quarter[1], starts[x], _LK_ITERS) for x in np.argsort(scores)[:2]
+                           if np.isfinite(scores[x])) if np.isfinite(q).all()]
     if not refined:
         return 1.0, 0.0
     final = _residuals(quarter[0], quarter[1], np.stack(refined))
@@ -394,9 +394,12 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return 1.0, 0.0
     p = _lk(half[0], half[1], _scale(refined[int(np.argmin(final))], 2.0), _LK_HALF_ITERS)
     p = _scale(p, 2.0)
+    if not np.isfinite(p).all():  # a diverged fit (the kernels would sample at NaN)
+        return 1.0, 0.0
     lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
     sv = np.linalg.svd(lin, compute_uv=False)
-    if not np.all(np.isfinite(sv)) or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
+    # A mirrored warp is no alignment of a copy (flips are matched by their own hash, then shifted).
+    if np.linalg.det(lin) <= 0 or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
         return 1.0, 0.0
     sa, sb = _shares(p, a.shape)
     # A copy lies inside its original or holds it whole (crops, rotations, borders); an alignment where
@@ -412,6 +415,9 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def compare(a: np.ndarray, b: np.ndarray, limit: float) -> Verdict:
     """The pixel check of thumbnails a and b (uint8, one shape): the shift alignment, and where it leaves
     more than `limit` changed, the affine one too."""
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] != a.shape[1] or a.shape[0] < 16:
+        # The kernels index without bounds checks: a mismatch must stop here, not read past an array.
+        raise ValueError(f"thumbnails must be square, of one size and at least 16 px: {a.shape} and {b.shape}")
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     # Histogram matching maps any picture onto a flat one: a flat picture and a textured one are no copy.
