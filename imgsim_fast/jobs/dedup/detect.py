@@ -271,6 +271,13 @@ class PairJudge:
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray) -> np.ndarray:
         thumbs, limit = self.thumbs, self.t.changed
+        # The check is not symmetric (one picture's grey levels are mapped onto the other's): each pair is
+        # checked in one order fixed by content, so byte-identical files get the same verdict against a
+        # third, whichever way round the caller asks. Swapping inverts the flip (rot90 <-> rot270; the
+        # others undo themselves).
+        swap = self._digest_ids[ii] > self._digest_ids[jj]
+        ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
+        variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
 
         def one(x: int) -> float:
             return compare(thumbs[ii[x]], DIHEDRAL_ARRAYS[variants[x]](thumbs[jj[x]]), limit).changed
@@ -285,6 +292,8 @@ class PairJudge:
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
+# The inverse of each of the 8 flips and rotations (TRANSFORMS order): only the quarter turns differ.
+_INVERSE_VARIANT = np.array([0, 3, 2, 1, 4, 5, 6, 7])
 
 
 @dataclass(frozen=True)
