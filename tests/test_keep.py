@@ -147,3 +147,9 @@ def test_a_copy_turned_a_quarter_ranks_after_the_upright_ones():
     assert min(range(4), key=rank.__getitem__) == 0
     pair = keep_ranks(group, [0, 1])
     assert min(pair, key=pair.__getitem__) == 1  # no majority: the JPEG wins on generation as before
+    # A camera file is upright by its EXIF orientation: copies that lost the tag can outnumber it.
+    camera = facts("IMG_0001.jpg", 900, 1600, q=95)
+    camera = FileFacts(**{**camera.__dict__, "camera": True})
+    web = [facts("web1.jpg", 1600, 900, q=85, t=5), facts("web2.jpg", 1600, 900, q=80, t=6)]
+    rank = keep_ranks([camera] + web, [0, 1, 2])
+    assert min(rank, key=rank.__getitem__) == 0

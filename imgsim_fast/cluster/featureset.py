@@ -87,7 +87,11 @@ def read_meta(folder: str) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
-    if meta.get("imgsim_features") != FORMAT_VERSION:
+    version = meta.get("imgsim_features")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise ValueError(f"{folder} was written by an older imgsim (feature set format {version}, 64 px "
+                             f"thumbnails; this version reads format {FORMAT_VERSION}): extract again into a new folder")
         raise ValueError(f"{folder} is not an imgsim feature set (version {FORMAT_VERSION})")
     return meta
 

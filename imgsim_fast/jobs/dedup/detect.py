@@ -36,7 +36,8 @@ import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import THUMB_SIDE, Features
-from imgsim_fast.jobs.dedup.verify import DIHEDRAL_ARRAYS, compare
+from imgsim_fast.features.hashing import DIHEDRAL
+from imgsim_fast.jobs.dedup.verify import compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
            "hash_pairs", "embedding_pairs", "candidate_pairs"]
@@ -280,7 +281,7 @@ class PairJudge:
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
 
         def one(x: int) -> float:
-            return compare(thumbs[ii[x]], DIHEDRAL_ARRAYS[variants[x]](thumbs[jj[x]]), limit).changed
+            return compare(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]), limit).changed
 
         if len(ii) < 64:
             return np.array([one(x) for x in range(len(ii))], np.float64)

@@ -181,7 +181,9 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
     wide = [_is_wide(f) for f in fs]
     votes = [w for w in wide if w is not None]
     upright = None if 2 * sum(votes) == len(votes) else 2 * sum(votes) > len(votes)
-    turned = [upright is not None and w is not None and w != upright for w in wide]
+    # A file whose EXIF names a camera is not counted turned: its orientation is the camera's (copies that
+    # dropped the EXIF orientation tag can outnumber it).
+    turned = [upright is not None and w is not None and w != upright and not f.camera for w, f in zip(wide, fs)]
     undistorted = [f.content_pixels for f, d in zip(fs, distorted) if not d] or [f.content_pixels for f in fs]
     largest = max(undistorted)
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are

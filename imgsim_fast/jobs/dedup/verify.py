@@ -30,7 +30,7 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["Verdict", "compare", "changed_fraction", "DIHEDRAL_ARRAYS"]
+__all__ = ["Verdict", "compare", "changed_fraction"]
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts
@@ -44,14 +44,6 @@ _LK_HALF_ITERS = 8     # ... and at half (the full-size count then allows a pixe
 MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
 CONTAINED = 0.9        # ... and one picture nearly whole
 _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
-
-# The 8 flips and rotations in hashing.DIHEDRAL's order, on arrays (thumbnail k of file j matches
-# variant k of its pHash).
-DIHEDRAL_ARRAYS = (
-    lambda x: x, lambda x: np.rot90(x, 1), lambda x: np.rot90(x, 2), lambda x: np.rot90(x, 3),
-    lambda x: np.flip(x, axis=1), lambda x: np.flip(x, axis=0), lambda x: x.T, lambda x: np.rot90(x, 2).T,
-)
-
 
 @dataclass(frozen=True)
 class Verdict:
