@@ -228,6 +228,12 @@ def _sample(img, x, y):
 
 
 @numba.njit(cache=True, nogil=True)
+def _map(p, c, r):
+    """W(x; p) of grid point (column c, row r): [[1 + p0, p2], [p1, 1 + p3]] (c, r) + (p4, p5)."""
+    return (1 + p[0]) * c + p[2] * r + p[4], p[1] * c + (1 + p[3]) * r + p[5]
+
+
+@numba.njit(cache=True, nogil=True)
 def _warp(img, p, h, w):
     """img sampled at W(x; p) for x on an h x w grid, and the mask of grid points that land inside img.
     W(x; p) = [[1 + p0, p2], [p1, 1 + p3]] x + [p4, p5] in (col, row) pixel coordinates."""
@@ -236,8 +242,7 @@ def _warp(img, p, h, w):
     inside = np.zeros((h, w), np.bool_)
     for r in range(h):
         for c in range(w):
-            xs = (1 + p[0]) * c + p[2] * r + p[4]
-            ys = p[1] * c + (1 + p[3]) * r + p[5]
+            xs, ys = _map(p, c, r)
             inside[r, c] = xs >= 0 and xs <= W - 1 and ys >= 0 and ys <= H - 1
             out[r, c] = _sample(img, xs, ys)
     return out, inside
@@ -263,8 +268,7 @@ def _lk(a, b, p, iters):
         sa = sb = saa = sbb = 0.0
         for r in range(h):
             for c in range(w):
-                xs = (1 + p[0]) * c + p[2] * r + p[4]
-                ys = p[1] * c + (1 + p[3]) * r + p[5]
+                xs, ys = _map(p, c, r)
                 ok = xs >= 0 and xs <= b.shape[1] - 1 and ys >= 0 and ys <= b.shape[0] - 1
                 ins[r, c] = ok
                 if ok:
@@ -289,8 +293,7 @@ def _lk(a, b, p, iters):
             for c in range(w):
                 if not ins[r, c]:
                     continue
-                xs = (1 + p[0]) * c + p[2] * r + p[4]
-                ys = p[1] * c + (1 + p[3]) * r + p[5]
+                xs, ys = _map(p, c, r)
                 ex = _sample(gx, xs, ys) * gain
                 ey = _sample(gy, xs, ys) * gain
                 res = gain * (bw[r, c] - mb) - (a[r, c] - ma)
@@ -324,9 +327,8 @@ def _scale(p: np.ndarray, f: float) -> np.ndarray:
     return q
 
 
-def _shares(p: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
-    """The shares of a (the grid) and of b that the warp pairs up."""
-    _, inside = _warp(np.zeros(shape), p, shape[0], shape[1])
+def _shares(p: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
+    """The shares of a (the grid) and of b (of one size) that the warp p pairs up; inside: its grid mask."""
     det = abs((1 + p[0]) * (1 + p[3]) - p[1] * p[2])
     share_a = float(inside.mean())
     return share_a, min(1.0, share_a * det)  # b's covered area is a's covered area times the Jacobian
@@ -372,7 +374,6 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(changed fraction, coverage) after the best affine alignment of b onto a."""
     side = a.shape[0]
     # A pyramid: starts scored and refined at a quarter of the side, the best refined at half.
-    half = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 1.0), 0.5, order=1)) for x in (a, b)]
     quarter = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 2.0), 0.25, order=1)) for x in (a, b)]
     starts = _inits(side)
     starts[:, 4:] *= 0.25
@@ -384,6 +385,7 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     final = _residuals(quarter[0], quarter[1], np.stack(refined))
     if not np.isfinite(final).any():
         return 1.0, 0.0
+    half = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 1.0), 0.5, order=1)) for x in (a, b)]
     p = _lk(half[0], half[1], _scale(refined[int(np.argmin(final))], 2.0), _LK_HALF_ITERS)
     p = _scale(p, 2.0)
     if not np.isfinite(p).all():  # a diverged fit (the kernels would sample at NaN)
@@ -393,13 +395,13 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     # A mirrored warp is no alignment of a copy (flips are matched by their own hash, then shifted).
     if np.linalg.det(lin) <= 0 or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
         return 1.0, 0.0
-    sa, sb = _shares(p, a.shape)
+    bw, inside = _warp(b, p, *a.shape)
+    sa, sb = _shares(p, inside)
     # A copy lies inside its original or holds it whole (crops, rotations, borders); an alignment where
     # each picture keeps a part of its own out is two pictures sharing a region (slides of one template
     # with the differing text left out), not a copy.
     if max(sa, sb) < CONTAINED or min(sa, sb) < MIN_COVERAGE:
         return 1.0, 0.0
-    bw, inside = _warp(b, p, *a.shape)
     # Half-size alignment is good to about a pixel at full size: the count takes the best shift of one.
     return changed_fraction(a, bw, inside, shift=1), min(sa, sb)
 
