@@ -81,7 +81,7 @@ class _TableJudge(PairJudge):
     def __init__(self, digests, rules: dict, p_dup: float, seed: int, cos: bool):
         self.digests = list(digests)
         ids = {}
-        self._ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
+        self.digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
         self.rules, self.p_dup, self.seed, self.with_cos = rules, p_dup, seed, cos
 
     def _matches(self, ii, jj):
@@ -92,7 +92,7 @@ class _TableJudge(PairJudge):
                         np.where(u < self.p_dup + (1 - self.p_dup) / 2, 6, 0)).astype(np.int8)
         for x, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
             rule[x] = self.rules.get((a, b), rule[x])
-        rule[self._ids[ii] == self._ids[jj]] = 1
+        rule[self.digest_ids[ii] == self.digest_ids[jj]] = 1
         asym = _mix(ii, jj, self.seed + 1)
         d0 = (_mix(lo, hi, self.seed + 2) % np.uint64(30)).astype(np.int32)
         dk = (asym % np.uint64(20)).astype(np.int32)

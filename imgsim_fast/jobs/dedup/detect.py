@@ -73,9 +73,9 @@ class Thresholds:
     # high differ over a third or more, and are no pair at all.
     similar_changed: float = 0.25
 
-    def confirm_needed(self, h: int) -> float:
-        """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart."""
-        return self.confirm_cos + self.confirm_slope * max(0, h - self.phash)
+    def confirm_needed(self, h):
+        """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart (h: int or array)."""
+        return self.confirm_cos + self.confirm_slope * np.maximum(0, h - self.phash)
 
 
 # Tuned on the "tune" half of the accuracy corpus and reported on the held-out "test" half (README).
@@ -157,8 +157,9 @@ class PairJudge:
         self.t = thresholds
         self.flips = flips
         self.digests = [x.digest for x in features.facts]
+        # Content digests as numbers, in order of first occurrence (equal numbers: byte-identical files).
         ids: dict = {}
-        self._digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
+        self.digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
         n = len(features)
         words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
         self.codes = np.ascontiguousarray(features.phash8, dtype=np.uint64).reshape(n, 8, words)
@@ -232,7 +233,7 @@ class PairJudge:
         cos = self.cosines(ii, jj)
         hashes = self.method in ("phash", "auto")
         rule = np.zeros(m, np.int8)  # index into _RULES
-        exact = self._digest_ids[ii] == self._digest_ids[jj]
+        exact = self.digest_ids[ii] == self.digest_ids[jj]
         rule[exact] = 1
         free = rule == 0
         if hashes:
@@ -246,8 +247,7 @@ class PairJudge:
         if cos is not None and self.method == "auto":
             # Only the identity distance is confirmed: an embedding is not rotation-invariant, so it cannot
             # vouch for a flipped or rotated hash match (those stand on the hash alone, `dihedral`).
-            needed = t.confirm_cos + t.confirm_slope * np.maximum(0, d0 - t.phash)
-            conf = free & (d0 <= t.confirm_phash) & (cos >= needed)
+            conf = free & (d0 <= t.confirm_phash) & (cos >= t.confirm_needed(d0))
             rule[conf] = 4
             rule[free & ~conf & (cos >= t.embed_cos)] = 5
         elif cos is not None and self.method == "embedding":
@@ -276,7 +276,7 @@ class PairJudge:
         # checked in one order fixed by content, so byte-identical files get the same verdict against a
         # third, whichever way round the caller asks. Swapping inverts the flip (rot90 <-> rot270; the
         # others undo themselves).
-        swap = self._digest_ids[ii] > self._digest_ids[jj]
+        swap = self.digest_ids[ii] > self.digest_ids[jj]
         ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
 
@@ -450,13 +450,11 @@ def _unique_pairs(ii: list, jj: list) -> tuple[np.ndarray, np.ndarray]:
 def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
     """Every pair the method could accept, before the pair test: digests, hashes, embeddings."""
     f, t = judge.f, judge.t
-    parts_i, parts_j = [], []
-    by_digest: dict[str, int] = {}
-    for idx, d in enumerate(judge.digests):  # exact copies: a star on the first file with that digest
-        first = by_digest.setdefault(d, idx)
-        if first != idx:
-            parts_i.append(np.array([first]))
-            parts_j.append(np.array([idx]))
+    # Exact copies: a star on the first file with each digest (digest_ids number digests by first file).
+    ids = judge.digest_ids
+    first = np.unique(ids, return_index=True)[1][ids] if len(ids) else ids
+    copy = np.flatnonzero(first != np.arange(len(ids)))
+    parts_i, parts_j = [first[copy]], [copy]
     if judge.method in ("phash", "auto"):
         a, b = hash_pairs(f.phash8, max(t.phash, t.similar_phash), t.dihedral if judge.flips else None)
         parts_i.append(a)

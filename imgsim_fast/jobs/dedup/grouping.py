@@ -113,13 +113,8 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     seq = np.array(ranked, np.int32)
     seq_offs = np.zeros(len(big) + 1, np.int64)
     seq_offs[1:] = np.cumsum(sizes[big])
-    # Digest numbers of the files in components (judge.digests are strings).
-    dig = np.full(n, -1, np.int64)
-    ids: dict = {}
-    digests = judge.digests
-    for x in seq.tolist():
-        dig[x] = ids.setdefault(digests[x], len(ids))
-    g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, len(ids))
+    dig = judge.digest_ids
+    g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, int(dig.max()) + 1 if len(dig) else 0)
     # via: the pair (keeper, member) among the decisions, -1 for a byte-identical copy taken with a member
     # (the pair test decides it now), -2 for the keeper.
     direct = via >= 0
