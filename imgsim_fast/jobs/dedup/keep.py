@@ -43,7 +43,7 @@ DEFAULT_ORDER = ("content", "quality", "camera", "oldest")
 # Renamed in 0.2: the old names still parse, to what they now mean.
 _ALIASES = {"pixels": "content", "lossless": "quality"}
 
-CONTENT_TIE = 0.95      # content pixels >= 97% of the group's largest count as "as large"
+CONTENT_TIE = 0.95      # content pixels >= 95% of the group's largest count as "as large"
 ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: squashed or stretched (trims jitter ~3%)
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
 NOISE_RATIO = 1.5       # noise sigma above 1.5 x the cleanest of its size (+ NOISE_FLOOR): a noisy copy
@@ -221,8 +221,8 @@ def _is_wide(f: FileFacts) -> bool | None:
     """Whether the trimmed content is landscape, None when it is square within ASPECT_TOLERANCE."""
     if math.log(f.content_aspect) <= ASPECT_TOLERANCE:
         return None
-    left, top, right, bottom = f.trim
-    return (right - left) * f.width >= (bottom - top) * f.height
+    w, h = _content_size(f)
+    return w >= h
 
 
 # ------------------------------------------------------------------------------------------------
