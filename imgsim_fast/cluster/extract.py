@@ -1,7 +1,7 @@
 """`imgsim cluster index`: a Ray Data pipeline that writes dedup's per-file features as Parquet shards.
 
 Each shard is a Ray task that runs the very function single-machine dedup runs on its pool
-(features/extract._prepare_chunk -> prepare_file, then phash_dihedral over the shard), so the cluster
+(features/extract._prepare_chunk, then phash_dihedral over the shard), so the cluster
 stores exactly what `imgsim dedup` computes. With embeddings, the decoded views go on to a pool of
 embedding actors (one GPU each when the cluster has GPUs, else one CPU), which write the shard. A shard is
 written whole or not at all, and a re-run skips the shards it finds; a worker killed mid-run costs only

@@ -443,14 +443,6 @@ def extract_many(items: list[tuple], spec: ExtractSpec, workers: int, on_progres
     return sorted(out, key=lambda x: x[0])
 
 
-def prepare_file(path: str, embed_size: int | None) -> tuple:
-    """Dedup's features of one file: (FileFacts, (hash pixels, thumbnail), views or None)."""
-    r = extract_file(path, ExtractSpec(dedup=True, dedup_embed_size=embed_size))
-    if r.failure is not None:
-        raise ImageLoadError(path, r.failure.reason, r.failure.kind)
-    return r.dedup
-
-
 def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str, header: tuple,
                     embed_size: int | None) -> tuple:
     """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
