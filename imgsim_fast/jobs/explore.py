@@ -206,18 +206,16 @@ def near_duplicates(cat: Catalog, paths: list[str], hash_array: str | None = Non
         feats = Features(facts, np.repeat(codes[:, None, :], 8, axis=1))
         judge = PairJudge(feats, "phash", t, flips=False)
         test = f"dedup's pHash rule on {hash_array} (within {t.phash} bits; no flips, no trimmed borders)"
-    ii, jj = candidate_pairs(judge)
-    dup, alike = set(), set()
-    pairs = 0
-    for a, b, m in judge.match_pairs(ii, jj):
-        if m.duplicate:
-            dup.update((a, b))
-            pairs += 1
-        else:
-            alike.update((a, b))
+    d = judge.decide(*candidate_pairs(judge))  # decisions as arrays: a collection's pairs cost no objects
     n = len(feats)
-    return {"test": test, "files": n, "files_with_a_duplicate": len(dup), "rate": round(len(dup) / n, 4),
-            "duplicate_pairs": pairs, "files_with_only_a_look_alike": len(alike - dup)}
+    dup = np.zeros(n, bool)
+    alike = np.zeros(n, bool)
+    is_dup = d.duplicate
+    dup[d.i[is_dup]] = dup[d.j[is_dup]] = True
+    alike[d.i[~is_dup]] = alike[d.j[~is_dup]] = True
+    n_dup = int(dup.sum())
+    return {"test": test, "files": n, "files_with_a_duplicate": n_dup, "rate": round(n_dup / n, 4),
+            "duplicate_pairs": int(is_dup.sum()), "files_with_only_a_look_alike": int((alike & ~dup).sum())}
 
 
 def collection_stats(cat: Catalog, *, hash_array: str | None = None, threshold: int | None = None,
