@@ -84,7 +84,7 @@ class _TableJudge(PairJudge):
         self.digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
         self.rules, self.p_dup, self.seed, self.with_cos = rules, p_dup, seed, cos
 
-    def _matches(self, ii, jj):
+    def _matches(self, ii, jj, check=True):
         lo, hi = np.minimum(ii, jj), np.maximum(ii, jj)
         u = _mix(lo, hi, self.seed).astype(np.float64) / 2.0**64
         # rule: 0 none, 2 phash, 3 flip, 5 embedding (duplicates), 6 similar; 1 (exact) iff the same bytes
@@ -152,6 +152,19 @@ def _digests(rng, n):
     return d
 
 
+def _with_exact_stars(ii, jj, digests):
+    """The pairs plus exact copies as candidate_pairs gives them: a star on the first file with each digest."""
+    first = {}
+    for x, dg in enumerate(digests):
+        first.setdefault(dg, x)
+    ex = [(first[dg], x) for x, dg in enumerate(digests) if first[dg] != x]
+    assert ex or len(set(digests)) == len(digests)
+    if ex:
+        ii = np.concatenate([ii, [a for a, _ in ex]]).astype(np.int64)
+        jj = np.concatenate([jj, [b for _, b in ex]]).astype(np.int64)
+    return ii, jj
+
+
 def _recording_ranker(keys, calls):
     def ranker(members):
         calls.append(list(members))
@@ -177,12 +190,7 @@ def test_random_graphs_group_as_the_former_dict_grouping(seed):
     n = int(rng.choice([2, 7, 63, 64, 65, 300]))
     digests = _digests(rng, n)
     ii, jj, rules = _graph(rng, n)
-    # Exact copies as candidate_pairs gives them: a star on the first file with each digest.
-    first = {}
-    ex = [(first.setdefault(dg, x), x) for x, dg in enumerate(digests) if first.get(dg, x) != x]
-    if ex:
-        ii = np.concatenate([ii, [a for a, _ in ex]]).astype(np.int64)
-        jj = np.concatenate([jj, [b for _, b in ex]]).astype(np.int64)
+    ii, jj = _with_exact_stars(ii, jj, digests)
     keys = rng.integers(0, 4, n).tolist()  # few distinct keys: ties, broken by the order files occur
     judge = _TableJudge(digests, rules, p_dup=float(rng.choice([0.2, 0.5, 0.8])), seed=seed, cos=seed % 2 == 0)
     got = _same(n, (ii, jj), judge, keys)
@@ -247,6 +255,56 @@ def test_real_codes_group_as_the_former_dict_grouping(n):
     got = _same(n, candidate_pairs(judge), judge, keys)
     if n >= 65:
         assert any(g.tier == "duplicate" for g in got) and any(g.tier == "similar" for g in got)
+
+
+class _CheckedTableJudge(_TableJudge):
+    """The table's test with a pixel check: every duplicate rule but byte identity is pending until settled,
+    and the check (a table too, symmetric) fails about `p_fail` of them; a failed pair is a look-alike when
+    its d0 is within similar_phash. Counts the checks it runs."""
+
+    def __init__(self, *a, p_fail: float, **kw):
+        super().__init__(*a, **kw)
+        self.t, self.method, self.p_fail, self.checked = DEFAULTS, "phash", p_fail, []
+
+    def _matches(self, ii, jj, check=True):
+        d = super()._matches(ii, jj)
+        pending = (d.rule >= 2) & (d.rule <= 5)
+        d = PairDecisions(d.i, d.j, d.rule, d.phash, d.dihedral, d.transform, d.cos, np.full(len(ii), np.nan),
+                          pending)
+        if check:
+            self.settle(d, np.flatnonzero(pending))
+        return d
+
+    def _changed(self, ii, jj, variants):
+        self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
+        a, b = self.digest_ids[ii], self.digest_ids[jj]  # a verdict depends on the contents, as the real one
+        u = _mix(np.minimum(a, b), np.maximum(a, b), self.seed + 4).astype(np.float64) / 2.0**64
+        return np.where(u < self.p_fail, 0.5, 0.001)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lazy_pixel_checks_group_as_checking_every_pair(seed):
+    # grouping checks only the pairs its stars rest on (decide(lazy=True), settle); with a ranking that does
+    # not depend on the component (no ties), the groups are those of checking every candidate first, and
+    # every member passed the check against its keeper.
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.choice([65, 300]))
+    ii, jj, rules = _graph(rng, n)
+    digests = _digests(rng, n)
+    ii, jj = _with_exact_stars(ii, jj, digests)
+    keys = rng.permutation(n).tolist()
+    kw = dict(p_dup=float(rng.choice([0.5, 0.8])), seed=seed, cos=False, p_fail=float(rng.choice([0.1, 0.4])))
+    eager = _CheckedTableJudge(digests, rules, **kw)
+    want = _reference_group_pairs(n, (ii, jj), eager, _recording_ranker(keys, []))
+    lazy = _CheckedTableJudge(digests, rules, **kw)
+    got = group_pairs(n, (ii, jj), lazy, _recording_ranker(keys, []))
+    assert [(g.tier, g.members, g.matches) for g in got] == [(g.tier, g.members, g.matches) for g in want]
+    dup = [g for g in got if g.tier == "duplicate"]
+    # (a byte-identical copy taken with a member shows the table's own rule against the keeper)
+    assert dup and all(m.changed is not None and m.changed <= DEFAULTS.changed
+                       for g in dup for m in g.matches[1:] if m.duplicate and m.rule != "exact")
+    assert any(m.rule == "similar" and m.changed == 0.5 for g in got for m in g.matches)  # a failed check
+    assert len(set(lazy.checked)) < len(set(eager.checked))
 
 
 def test_decide_is_match_pairs_as_arrays():

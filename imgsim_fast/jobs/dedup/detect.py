@@ -29,6 +29,7 @@ DEFAULTS below, dedup.LEARNED, and the README's "Deduplication" section (python 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ import numpy as np
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import THUMB_SIDE, Features
 from imgsim_fast.features.hashing import DIHEDRAL
+from imgsim_fast.jobs.dedup import verify
 from imgsim_fast.jobs.dedup.verify import compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
@@ -147,7 +149,7 @@ class PairJudge:
     """The one pair test of a method over a Features set, with the distances it used."""
 
     def __init__(self, features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
-                 flips: bool = True):
+                 flips: bool = True, checks: dict | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         if method == "embedding" and features.embeddings is None:
@@ -157,9 +159,14 @@ class PairJudge:
         self.t = thresholds
         self.flips = flips
         self.digests = [x.digest for x in features.facts]
-        # Content digests as numbers, in order of first occurrence (equal numbers: byte-identical files).
-        ids: dict = {}
-        self.digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
+        # Content digests as numbers, in the digests' sorted order (equal numbers: byte-identical files), so
+        # the order of a pair's check (see _changed) depends on the two files' bytes, not on which files were
+        # scanned with them: a stored verdict holds for any later run.
+        self.digest_ids = (np.unique(np.array(self.digests), return_inverse=True)[1].astype(np.int64).ravel()
+                           if self.digests else np.zeros(0, np.int64))
+        # The pixel check's results by pair of contents (see _changed); the caller may pass a dict it keeps
+        # (find_duplicates with a catalog stores it), so a second run checks no pair twice.
+        self.checks = {} if checks is None else checks
         n = len(features)
         words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
         self.codes = np.ascontiguousarray(features.phash8, dtype=np.uint64).reshape(n, 8, words)
@@ -210,13 +217,16 @@ class PairJudge:
         """The pair test of one pair (decide on one pair: the same decision)."""
         return self._matches(np.array([i], np.int64), np.array([j], np.int64)).match(0)
 
-    def decide(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 1 << 16) -> PairDecisions:
+    def decide(self, ii: np.ndarray, jj: np.ndarray, chunk: int = 1 << 16, lazy: bool = False) -> PairDecisions:
         """The pair test over arrays of candidate pairs, vectorised: the decisions of the pairs with a rule
-        (duplicate or similar), in input order, as arrays (no object per pair: grouping.group_pairs)."""
+        (duplicate or similar), in input order, as arrays (no object per pair: grouping.group_pairs).
+
+        lazy: leave the pixel check of hash and embedding matches for later (their rows are `pending`; settle
+        runs it): grouping checks only the pairs a group would rest on, about a tenth of the candidates."""
         ii, jj = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
         parts = []
         for s in range(0, len(ii), chunk):
-            d = self._matches(ii[s:s + chunk], jj[s:s + chunk])
+            d = self._matches(ii[s:s + chunk], jj[s:s + chunk], check=not lazy)
             parts.append(d.take(d.rule > 0))
         return PairDecisions.concat(parts)
 
@@ -225,9 +235,10 @@ class PairJudge:
         d = self.decide(ii, jj, chunk)
         return [(int(a), int(b), d.match(x)) for x, (a, b) in enumerate(zip(d.i.tolist(), d.j.tolist()))]
 
-    def _matches(self, ii: np.ndarray, jj: np.ndarray) -> PairDecisions:
+    def _matches(self, ii: np.ndarray, jj: np.ndarray, check: bool = True) -> PairDecisions:
         """The decision of every pair (rule 0: none). The rules, in order of precedence: exact,
-        phash, flip, then (auto) confirmed or embedding, which must pass the pixel check; else similar."""
+        phash, flip, then (auto) confirmed or embedding, which must pass the pixel check (settle; without
+        `check` they stay pending); else similar."""
         t, m = self.t, len(ii)
         d0, dk, k = self._distances(ii, jj)
         cos = self.cosines(ii, jj)
@@ -252,18 +263,47 @@ class PairJudge:
             rule[free & ~conf & (cos >= t.embed_cos)] = 5
         elif cos is not None and self.method == "embedding":
             rule[free & (cos >= t.embed_cos)] = 5
-        changed = np.full(m, np.nan)
-        if self.thumbs is not None:
-            check = np.flatnonzero((rule >= 2) & (rule <= 5))  # every duplicate rule but byte identity
-            changed[check] = self._changed(ii[check], jj[check], np.where(rule[check] == 3, k[check], 0))
-            rule[check[changed[check] > t.changed]] = 0
-        if self.method != "exact":
-            alike = np.zeros(m, bool) if cos is None else (cos >= t.similar_cos) & ~(changed > t.similar_changed)
-            rule[(rule == 0) & ((d0 <= t.similar_phash) | alike)] = 6
         # Without flips k is 0 ('none') and the flip distance is reported as -1.
         dks = dk if self.flips else np.full(m, -1)
-        return PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
-                             None if np.isnan(changed).all() else changed)
+        pending = None
+        if self.thumbs is not None:
+            pending = (rule >= 2) & (rule <= 5)  # every duplicate rule but byte identity
+        d = PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
+                          None if pending is None else np.full(m, np.nan), pending)
+        self._similar(d, np.flatnonzero(rule == 0))
+        if check and pending is not None:
+            self.settle(d, np.flatnonzero(pending))
+        if d.changed is not None and np.isnan(d.changed).all() and not d.pending.any():
+            d = dataclasses.replace(d, changed=None)  # the check ran on no pair at all
+        return d
+
+    def settle(self, d: PairDecisions, rows: np.ndarray) -> None:
+        """Run the pending pixel checks among d's `rows`, in place: a pair that fails leaves the duplicate
+        tier (a look-alike, or nothing)."""
+        rows = np.asarray(rows, np.int64)
+        if d.pending is None or not len(rows):
+            return
+        rows = rows[d.pending[rows]]
+        if not len(rows):
+            return
+        c = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
+        d.changed[rows] = c
+        d.pending[rows] = False
+        fail = rows[c > self.t.changed]
+        d.rule[fail] = 0
+        self._similar(d, fail)
+
+    def _similar(self, d: PairDecisions, rows: np.ndarray) -> None:
+        """Mark the look-alikes among rows that have no rule: pHash within similar_phash, or an embedding
+        score of similar_cos while the pixel check (where it ran) still lines the pictures up."""
+        if self.method == "exact" or not len(rows):
+            return
+        t = self.t
+        alike = d.phash[rows] <= t.similar_phash
+        if d.cos is not None:
+            changed = np.full(len(rows), np.nan) if d.changed is None else d.changed[rows]
+            alike |= (d.cos[rows] >= t.similar_cos) & ~(changed > t.similar_changed)
+        d.rule[rows[alike]] = 6
 
     def changed(self, i: int, j: int, variant: int = 0) -> float:
         """The pixel check of one pair: the fraction of i's thumbnail that j's (its `variant` flip or
@@ -279,17 +319,29 @@ class PairJudge:
         swap = self.digest_ids[ii] > self.digest_ids[jj]
         ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
+        # A verdict depends on the two contents, the flip, the limit (it decides whether the warp is tried)
+        # and the check's version: that is its key in self.checks.
+        dg = self.digests
+        keys = [f"{verify.VERSION}:{limit}:{dg[a]}:{dg[b]}:{v}"
+                for a, b, v in zip(ii.tolist(), jj.tolist(), variants.tolist())]
+        out = np.array([self.checks.get(k, np.nan) for k in keys], np.float64)
+        todo = np.flatnonzero(np.isnan(out)).tolist()
 
         def one(x: int) -> float:
             return compare(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]), limit).changed
 
-        if len(ii) < 64:
-            return np.array([one(x) for x in range(len(ii))], np.float64)
-        # The check's kernels are numba with the GIL released: threads over pairs use every core.
-        from concurrent.futures import ThreadPoolExecutor
+        if len(todo) < 64:
+            found = [one(x) for x in todo]
+        else:
+            # The check's kernels are numba with the GIL released: threads over pairs use every core.
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-            return np.fromiter(ex.map(one, range(len(ii))), np.float64, len(ii))
+            with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
+                found = list(ex.map(one, todo))
+        for x, c in zip(todo, found):
+            out[x] = c
+            self.checks[keys[x]] = c
+        return out
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
@@ -305,7 +357,7 @@ class PairDecisions:
 
     rule: index into _RULES (0: no match). dihedral: -1 without flips; transform: index into TRANSFORMS.
     cos: None without embeddings. changed: the pixel check, NaN where it did not run, None where it ran on
-    no pair at all.
+    no pair at all. pending: rows whose duplicate rule still waits for the pixel check (PairJudge.settle).
     """
 
     i: np.ndarray
@@ -316,6 +368,7 @@ class PairDecisions:
     transform: np.ndarray
     cos: np.ndarray | None
     changed: np.ndarray | None
+    pending: np.ndarray | None = None  # the pixel check not run yet (decide(lazy=True)); None: none ever
 
     def __len__(self) -> int:
         return len(self.i)
@@ -342,7 +395,8 @@ class PairDecisions:
         return PairDecisions(*(None if a is None else a[sel] for a in self._arrays()))
 
     def _arrays(self) -> tuple:
-        return self.i, self.j, self.rule, self.phash, self.dihedral, self.transform, self.cos, self.changed
+        return (self.i, self.j, self.rule, self.phash, self.dihedral, self.transform, self.cos, self.changed,
+                self.pending)
 
     @staticmethod
     def concat(parts: list[PairDecisions]) -> PairDecisions:
@@ -354,10 +408,12 @@ class PairDecisions:
             return parts[0]
         cols = list(zip(*(p._arrays() for p in parts)))
         cos = None if cols[6][0] is None else np.concatenate(cols[6])
-        changed = None
+        changed = pending = None
         if any(c is not None for c in cols[7]):
             changed = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[7])])
-        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed)
+        if any(c is not None for c in cols[8]):
+            pending = np.concatenate([np.zeros(len(p), bool) if c is None else c for p, c in zip(parts, cols[8])])
+        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed, pending)
 
 
 _DUPLICATE_CODES = np.array([_RULES.index(r) for r in DUPLICATE_RULES], np.int8)

@@ -44,7 +44,7 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
     either tier, so a burst of shots shows up once, by its best frame.
     """
     ii, jj = pairs
-    return group_decisions(n, judge.decide(ii, jj), judge, ranker)
+    return group_decisions(n, judge.decide(ii, jj, lazy=True), judge, ranker)
 
 
 def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[Group]:
@@ -59,14 +59,42 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     self_pairs = d.i == d.j
     if self_pairs.any():  # a file paired with itself says nothing about duplicates
         d = d.take(~self_pairs)
+    ranker = _once_per_component(ranker)
     with _no_cycle_collection():
-        groups, absorbed = _stars(n, d, np.flatnonzero(d.duplicate), None, ranker, "duplicate", judge)
+        # Duplicate stars over the pairs the hashes and embeddings accept, their pixel checks left pending
+        # (decide(lazy=True)): only the pairs the stars rest on (keeper, member) are checked. One that fails
+        # leaves the duplicate tier and the stars are drawn again, until every pair they rest on has passed:
+        # each member still matches its keeper by the whole test, at about a tenth of the checks.
+        while True:
+            stars = _stars(n, d, np.flatnonzero(d.duplicate), None, ranker, judge)
+            used = stars[3][stars[2][stars[2] >= 0]]
+            if d.pending is None or not d.pending[used].any():
+                break
+            judge.settle(d, used)
+        groups, absorbed = _groups(stars, d, judge, "duplicate")
         free = np.ones(n, bool)
         free[absorbed] = False
-        more, _ = _stars(n, d, None, free, ranker, "similar", judge)
+        # Between files no duplicate star took, every pair was checked (a keeper takes every free neighbour):
+        # settle is a guard that finds nothing pending.
+        both = np.flatnonzero(free[d.i] & free[d.j])
+        judge.settle(d, both)
+        more, _ = _groups(_stars(n, d, np.flatnonzero(d.rule > 0), free, ranker, judge), d, judge, "similar")
     groups += more
     groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
     return groups
+
+
+def _once_per_component(ranker):
+    """The ranker, asked once per distinct component (the stars may be drawn again over the same ones)."""
+    seen: dict = {}
+
+    def rank(members):
+        key = tuple(members)
+        if key not in seen:
+            seen[key] = ranker(members)
+        return seen[key]
+
+    return rank
 
 
 @contextlib.contextmanager
@@ -83,12 +111,13 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray | None, ranker, tier: str,
-           judge: PairJudge) -> tuple[list[Group], np.ndarray]:
-    """Star groups over the pairs d[rows] (None: all) between files in `free` (None: all), and the files
-    they absorbed (every member but the keeper). Byte-identical files are candidates only as a star on the
-    first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
-    or of a member: the same bytes match the keeper exactly as the member does."""
+def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray | None, ranker,
+           judge: PairJudge) -> tuple:
+    """Star groups over the pairs d[rows] (None: all) between files in `free` (None: all), as arrays:
+    (group offsets into mem, mem: keeper then members, via: the edge into idx each member was taken by, idx:
+    d's row of each edge). Byte-identical files are candidates only as a star on the first of them
+    (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself or of a member:
+    the same bytes match the keeper exactly as the member does."""
     a, b = (d.i, d.j) if rows is None else (d.i[rows], d.j[rows])
     order = _first_seen(a, b, n)  # files in the order they first occur, as the former dict keys were
     idx = np.arange(len(a)) if rows is None else rows
@@ -115,6 +144,12 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     seq_offs[1:] = np.cumsum(sizes[big])
     dig = judge.digest_ids
     g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, int(dig.max()) + 1 if len(dig) else 0)
+    return g_offs, mem, via, idx
+
+
+def _groups(stars: tuple, d: PairDecisions, judge: PairJudge, tier: str) -> tuple[list[Group], np.ndarray]:
+    """The Group of each star (_stars), and the files they absorbed (every member but the keeper)."""
+    g_offs, mem, via, idx = stars
     # via: the pair (keeper, member) among the decisions, -1 for a byte-identical copy taken with a member
     # (the pair test decides it now), -2 for the keeper.
     direct = via >= 0

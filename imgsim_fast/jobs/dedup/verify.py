@@ -30,7 +30,11 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["Verdict", "compare", "changed_fraction"]
+__all__ = ["VERSION", "Verdict", "compare", "changed_fraction"]
+
+# Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
+# whenever a change here can change a verdict, and every stored one is checked again.
+VERSION = 1
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts
