@@ -38,14 +38,20 @@ def _same(a, b) -> bool:
 
 def _no_decoding(monkeypatch):
     """Any read of an image file fails the test (workers=1: in this process): the extraction pass, and
-    keep-best's full-size look (its verdicts are remembered in the catalog)."""
+    keep-best's full-size look (its verdicts are remembered in the catalog); so does any pixel check of a
+    pair (remembered too)."""
     from imgsim_fast.features import extract
     from imgsim_fast.io import loading
+    from imgsim_fast.jobs.dedup import detect
 
     def refuse(*a, **k):
         raise AssertionError("read a file that the catalog holds")
+
+    def recheck(*a, **k):
+        raise AssertionError("checked a pair whose verdict the catalog holds")
     monkeypatch.setattr(extract, "extract_chunk", refuse)
     monkeypatch.setattr(loading, "load_image", refuse)
+    monkeypatch.setattr(detect, "compare", recheck)
 
 
 @pytest.mark.parametrize("method", ["phash", "auto"])
@@ -57,6 +63,7 @@ def test_catalog_gives_the_in_memory_groups_and_a_second_run_decodes_nothing(lib
     assert [f.path for f in first.features.failures] == [str(lib / "broken.jpg")]
     assert first.features.passed_over == [str(lib / "notes.txt")]
     assert dfs.load_verdicts(cat)  # keep-best looked at full-size pixels (half.jpg against p1): remembered
+    assert dfs.load_checks(cat)  # and the pair test checked the copies' pixels: remembered
     _no_decoding(monkeypatch)
     second = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
     assert _same(mem, second)  # failures too: the broken file is remembered, not retried
@@ -124,3 +131,17 @@ def test_explore_statistics_use_dedups_test_on_its_stored_features(lib, tmp_path
                                  and p.name != "broken.jpg"])
     assert nd["test"].startswith("dedup's pair test (phash")
     assert nd["files_with_a_duplicate"] == len(in_groups)
+
+
+def test_stored_pixel_checks_out_of_range_are_not_trusted(lib, tmp_path):
+    # A verdict is a fraction of a thumbnail: anything else in the catalog is dropped and checked again.
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    good = dfs.load_checks(cat)
+    assert good
+    bad = {k: -1.0 for k in good} | {"x": "0"}
+    with Catalog(cat, write=True) as c, c.transaction():
+        c.set_meta("dedup_pixel_checks", bad)
+    assert dfs.load_checks(cat) == {}
+    again = find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    assert dfs.load_checks(cat) == good and again.groups

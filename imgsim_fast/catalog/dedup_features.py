@@ -17,8 +17,8 @@ from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
-__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_verdicts", "model_arrays",
-           "read_features", "save_verdicts"]
+__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_checks", "load_verdicts", "model_arrays",
+           "read_features", "save_checks", "save_verdicts"]
 
 PHASH8 = "dedup-phash8"
 # Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
@@ -152,3 +152,23 @@ def load_verdicts(catalog: str) -> dict:
 def save_verdicts(catalog: str, verdicts: dict) -> None:
     with Catalog(catalog, write=True) as cat, cat.transaction():
         cat.set_meta(_VERDICTS, {k: int(v) for k, v in sorted(verdicts.items())})
+
+
+# The pair test's pixel checks (detect.PairJudge.checks: the changed fraction of two thumbnails, by contents,
+# flip, limit and check version): each costs milliseconds, and a second run over an unchanged collection
+# should cost none. A JSON object in meta, as the keep verdicts: about 150 bytes a checked pair, so a
+# million checked pairs would be 150 MB of meta (a table would be the next step there).
+_CHECKS = "dedup_pixel_checks"
+
+
+def load_checks(catalog: str) -> dict:
+    with Catalog(catalog) as cat:
+        v = cat.get_meta(_CHECKS, {})
+    if not isinstance(v, dict):  # damaged or foreign: checked again, never trusted
+        return {}
+    return {k: float(x) for k, x in v.items() if isinstance(k, str) and isinstance(x, (int, float)) and 0 <= x <= 1}
+
+
+def save_checks(catalog: str, checks: dict) -> None:
+    with Catalog(catalog, write=True) as cat, cat.transaction():
+        cat.set_meta(_CHECKS, dict(sorted(checks.items())))

@@ -113,7 +113,8 @@ class DedupResult:
 def group_features(features: Features, method: str = "auto", thresholds: Thresholds = DEFAULTS,
                    flips: bool = True, reference: list[str] = (), keep_order=DEFAULT_ORDER,
                    roots: list[str] | None = None, learned: bool = True, fixed=(), pairs=None,
-                   verdicts: dict | None = None, progress: bool | None = False) -> DedupResult:
+                   verdicts: dict | None = None, checks: dict | None = None,
+                   progress: bool | None = False) -> DedupResult:
     """Group already computed features (see find_duplicates).
 
     roots: the folders scanned; a file whose real path lies outside them (reached through a symbolic link)
@@ -125,6 +126,8 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     cosine (the hand rule).
     pairs: candidate pairs (i, j) found elsewhere (the distributed join of imgsim_fast.cluster); None: found
     here by candidate_pairs. Either way every pair goes through the same pair test and grouping.
+    verdicts, checks: keep-best's and the pair test's looks at pixels, remembered by contents (a dict the
+    caller keeps and may store: find_duplicates keeps them in its catalog); None: for this call only.
     progress: the pair search and the grouping show their elapsed time on stderr (None: on a terminal).
     """
     features, thresholds = _learned_space(features, thresholds, fixed) if learned else (features, thresholds)
@@ -133,7 +136,7 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     ref = [bool(reference) and is_under(f.path, list(reference)) for f in facts]
     pointer = np.array([os.path.islink(f.path) or (roots is not None and not is_under(f.path, list(roots)))
                         for f in facts], bool)
-    judge = PairJudge(features, method, thresholds, flips=flips)
+    judge = PairJudge(features, method, thresholds, flips=flips, checks=checks)
     if pairs is None:
         with phase("finding pairs", progress):
             ii, jj = candidate_pairs(judge)
@@ -214,15 +217,19 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                                  extensions=extensions)
         return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                               progress=progress)
-    from imgsim_fast.catalog.dedup_features import dedup_features, load_verdicts, save_verdicts
+    from imgsim_fast.catalog.dedup_features import (dedup_features, load_checks, load_verdicts, save_checks,
+                                                    save_verdicts)
 
     feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
                               extensions=extensions)
-    # Keep-best's looks at full-size pixels are remembered in the catalog too, by pair of content digests.
-    verdicts = load_verdicts(catalog)
-    known = dict(verdicts)
+    # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
+    # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
+    verdicts, checks = load_verdicts(catalog), load_checks(catalog)
+    known = (dict(verdicts), len(checks))
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
-                         verdicts=verdicts, progress=progress)
-    if verdicts != known:
+                         verdicts=verdicts, checks=checks, progress=progress)
+    if verdicts != known[0]:
         save_verdicts(catalog, verdicts)
+    if len(checks) != known[1]:  # checks are only ever added
+        save_checks(catalog, checks)
     return res
