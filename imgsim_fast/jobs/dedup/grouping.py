@@ -59,7 +59,7 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     self_pairs = d.i == d.j
     if self_pairs.any():  # a file paired with itself says nothing about duplicates
         d = d.take(~self_pairs)
-    ranker = _once_per_component(ranker)
+    ranker = _RankMemo(ranker)
     with _no_cycle_collection():
         # Duplicate stars over the pairs the hashes and embeddings accept, their pixel checks left pending
         # (decide(lazy=True)): only the pairs the stars rest on (keeper, member) are checked. One that fails
@@ -71,6 +71,7 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
             if d.pending is None or not d.pending[used].any():
                 break
             judge.settle(d, used)
+            ranker.next_drawing()
         groups, absorbed = _groups(stars, d, judge, "duplicate")
         free = np.ones(n, bool)
         free[absorbed] = False
@@ -84,17 +85,23 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     return groups
 
 
-def _once_per_component(ranker):
-    """The ranker, asked once per distinct component (the stars may be drawn again over the same ones)."""
-    seen: dict = {}
+class _RankMemo:
+    """The ranker, asked once per distinct component while the stars are drawn again (most components come
+    back unchanged); answers not asked for in the last drawing are dropped, so it holds at most two."""
 
-    def rank(members):
+    def __init__(self, ranker):
+        self.ranker, self.last, self.now = ranker, {}, {}
+
+    def __call__(self, members):
         key = tuple(members)
-        if key not in seen:
-            seen[key] = ranker(members)
-        return seen[key]
+        got = self.now.get(key)
+        if got is None:
+            got = self.last.get(key)
+            self.now[key] = got = self.ranker(members) if got is None else got
+        return got
 
-    return rank
+    def next_drawing(self) -> None:
+        self.last, self.now = self.now, {}
 
 
 @contextlib.contextmanager
