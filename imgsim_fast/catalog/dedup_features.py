@@ -17,8 +17,8 @@ from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
-__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_checks", "load_verdicts", "model_arrays",
-           "read_features", "save_checks", "save_verdicts"]
+__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_checks", "load_verdicts",
+           "model_arrays", "read_features", "save_checks", "save_verdicts", "stored_checks"]
 
 PHASH8 = "dedup-phash8"
 # Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
@@ -163,8 +163,14 @@ _CHECKS = "dedup_pixel_checks"
 
 def load_checks(catalog: str) -> dict:
     with Catalog(catalog) as cat:
-        v = cat.get_meta(_CHECKS, {})
-    if not isinstance(v, dict):  # damaged or foreign: checked again, never trusted
+        return stored_checks(cat)
+
+
+def stored_checks(cat: Catalog) -> dict:
+    """The stored pixel checks of an open catalog; a value that is no fraction is dropped (checked again,
+    never trusted)."""
+    v = cat.get_meta(_CHECKS, {})
+    if not isinstance(v, dict):
         return {}
     return {k: float(x) for k, x in v.items() if isinstance(k, str) and isinstance(x, (int, float)) and 0 <= x <= 1}
 
