@@ -93,6 +93,8 @@ def _load_kernels() -> None:
 
 def _timed_grouping(n: int, pairs, judge, ranker) -> dict:
     """Pair test and grouping of `pairs`, timed apart, with the memory they add over what is held before."""
+    import numpy as np
+
     from imgsim_fast.jobs.dedup.grouping import group_decisions
 
     _load_kernels()
@@ -108,11 +110,12 @@ def _timed_grouping(n: int, pairs, judge, ranker) -> dict:
     base = _rss_kib()
     reset = _reset_hwm()
     t0 = time.perf_counter()
-    d = judge.decide(*pairs)
+    d = judge.decide(*pairs, lazy=True)  # as group_pairs: the pixel checks wait for the stars (counted there)
     t1 = time.perf_counter()
     groups = group_decisions(n, d, judge, timed_ranker)
     t2 = time.perf_counter()
     return {"candidate_pairs": int(len(pairs[0])), "matched_pairs": len(d), "groups": len(groups),
+            "pixel_checks": int(np.count_nonzero(~np.isnan(d.changed))) if d.changed is not None else 0,
             "grouped_files": sum(len(g.members) for g in groups), "pair_test_s": round(t1 - t0, 3),
             "grouping_s": round(t2 - t1, 3), "keep_best_s": round(ranking[0], 3), "held_before_mb": round(base / 1024),
             "peak_added_mb": round((_hwm_kib() - base) / 1024) if reset else None}
@@ -171,13 +174,13 @@ def grouping_synthetic(n_pairs: int, seed: int = 0) -> dict:
 
 def grouping_folder(folder: str, catalog: str) -> dict:
     """_timed_grouping on a folder's features read back from the catalog dedup stored them in (--method
-    phash, keep-best as dedup runs it, its remembered verdicts included)."""
-    from imgsim_fast.catalog.dedup_features import dedup_features, load_verdicts
+    phash, keep-best as dedup runs it, its remembered verdicts and pixel checks included: a second run)."""
+    from imgsim_fast.catalog.dedup_features import dedup_features, load_checks, load_verdicts
     from imgsim_fast.jobs.dedup.detect import PairJudge, candidate_pairs
     from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, keep_ranks
 
     feats, decoded = dedup_features(catalog, [folder], progress=False)
-    judge = PairJudge(feats, "phash")
+    judge = PairJudge(feats, "phash", checks=load_checks(catalog))
     t0 = time.perf_counter()
     pairs = candidate_pairs(judge)
     t_pairs = time.perf_counter() - t0
@@ -199,7 +202,8 @@ def _child(call: str) -> dict:
 
 def _grouping_row(name: str, r: dict) -> Row:
     note = (f"of which keep-best {r['keep_best_s']:.2f} s; pair test {r['pair_test_s']:.2f} s; "
-            f"{r['matched_pairs']:,} matched pairs, {r['groups']:,} groups; "
+            f"{r['matched_pairs']:,} pairs with a rule before the pixel check, {r.get('pixel_checks', 0):,} checked; "
+            f"{r['groups']:,} groups; "
             f"+{r['peak_added_mb']} MB over {r['held_before_mb']} MB held")
     return Row(SECTION, name, r["grouping_s"], "s", params=r, note=note)
 
