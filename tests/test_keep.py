@@ -153,3 +153,33 @@ def test_a_copy_turned_a_quarter_ranks_after_the_upright_ones():
     web = [facts("web1.jpg", 1600, 900, q=85, t=5), facts("web2.jpg", 1600, 900, q=80, t=6)]
     rank = keep_ranks([camera] + web, [0, 1, 2])
     assert min(rank, key=rank.__getitem__) == 0
+
+
+def test_a_picture_cut_past_its_reach_resizes_to_the_same_floats():
+    # _upscale_verdict hands PIL only the rows and columns a resize reads (keep._reach); a cut that took
+    # one column too few would clamp the filter at a new edge and change the last outputs. Shapes: the
+    # window smaller than the picture, the peer larger than it on one axis (a downscale, a wider filter),
+    # odd scales; arrays whole (rows cut) and trimmed views (both axes cut).
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for bh, bw, ky, kx in [(900, 1200, 0.5, 0.5), (1000, 817, 0.37, 1.21), (801, 1601, 1.3, 0.66),
+                           (40, 1500, 0.9, 0.25), (300, 1203, 0.8, 3.1)]:
+        big = rng.random((bh + 3, bw + 5)).astype(np.float32) * 255
+        small = rng.random((max(16, round(bh * ky)) + 3, max(16, round(bw * kx)) + 5)).astype(np.float32) * 255
+        for B, small in ((big, small), (big[2:-1, 1:-4], small[1:-2, 4:-1])):
+            (bh2, bw2), (sh, sw) = B.shape, small.shape
+            h, w = min(bh2, K.UPSCALE_WINDOW), min(bw2, K.UPSCALE_WINDOW)
+            y0, x0 = (bh2 - h) // 2, (bw2 - w) // 2
+            sy, sx = sh / bh2, sw / bw2
+            lw, lh = max(1, round(w * sx)), max(1, round(h * sy))
+            box = (x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy)
+            whole = Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.BICUBIC, box=box)
+            cut = K._pil(small, K._reach(box[3], sy, 2, sh), K._reach(box[2], sx, 2, sw)).resize(
+                (w, h), Image.Resampling.BICUBIC, box=box)
+            assert np.asarray(whole).tobytes() == np.asarray(cut).tobytes()
+            box = (x0, y0, x0 + w, y0 + h)
+            whole = Image.fromarray(B, mode="F").resize((lw, lh), Image.Resampling.BOX, box=box)
+            cut = K._pil(B, K._reach(y0 + h, h / lh, 0.5, bh2), K._reach(x0 + w, w / lw, 0.5, bw2)).resize(
+                (lw, lh), Image.Resampling.BOX, box=box)
+            assert np.asarray(whole).tobytes() == np.asarray(cut).tobytes()

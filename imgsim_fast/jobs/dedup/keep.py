@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+from collections import OrderedDict
 
 from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
 
@@ -63,6 +64,7 @@ UPSCALE_DETAIL = 1.0
 UPSCALE_MIN = 1.1     # content pixels over the peer's: larger than a trim's jitter, smaller than a 1.2x stretch
 RESAVE_JITTER = 0.02  # content sides this close (a trim moves by a few lines) hold the same pixels
 RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trimmed boxes put them
+PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (grey float32: 4 bytes a pixel)
 # Verdicts are cached by this version (catalog meta): a change to what a verdict means bumps it, so a verdict
 # of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies.
 VERDICT_VERSION = 2
@@ -128,7 +130,8 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
 
     inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
     file found to be an upscale, a re-save, a noisy copy or a re-encode of another member ranks after the
-    rest (at most INSPECT_ROUNDS such files; decoded pixels are shared across the rounds).
+    rest (at most INSPECT_ROUNDS such files; decoded pixels are shared across the rounds, up to
+    PICTURE_BYTES).
     verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
     so a second dedup of an unchanged collection decodes nothing).
     """
@@ -136,7 +139,7 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
     if not inspect or len(members) < 2 or "content" not in order:
         return keys
     derived: set[int] = set()
-    pixels: dict[int, object] = {}
+    pictures = _Pictures(PICTURE_BYTES)
     live_keys = keys
     for _ in range(INSPECT_ROUNDS):
         live = [m for m in members if m not in derived]
@@ -152,7 +155,7 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
         # their "largest" content), which is usually the one file looked at.
         rest = [m for m in live if m != top]
         rest_keys = _fact_ranks(facts, rest, order, reference)
-        if derived_from(facts, top, sorted(rest, key=rest_keys.__getitem__), pixels, verdicts) is None:
+        if derived_from(facts, top, sorted(rest, key=rest_keys.__getitem__), verdicts, pictures) is None:
             break
         derived.add(top)
     else:
@@ -229,8 +232,8 @@ def _is_wide(f: FileFacts) -> bool | None:
 # Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
 
 
-def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict | None = None,
-                 verdicts: dict | None = None) -> int | None:
+def derived_from(facts: list[FileFacts], top: int, peers: list[int], verdicts: dict | None = None,
+                 pictures: _Pictures | None = None) -> int | None:
     """The member of `peers` (best first) that `top` was made from, judging by full-size pixels, or None.
     Only the first INSPECT_PEERS peers whose facts allow it are looked at.
 
@@ -245,13 +248,31 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
     A file that cannot be read now is never judged derived.
     """
     t = facts[top]
-    cache = {} if cache is None else cache  # decoded pixels by member, shared across keep_ranks' rounds
+    pictures = _Pictures(PICTURE_BYTES) if pictures is None else pictures
+    a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
+    for p, kind in _looked_at(facts, top, peers):
+        f = facts[p]
+        key = f"{VERDICT_VERSION}:{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
+        if verdicts is not None and key in verdicts:
+            if verdicts[key]:
+                return p
+            continue
+        if a is None:
+            a = pictures.get(t.path)
+        b = pictures.get(f.path)
+        if a is None or b is None:
+            continue  # not remembered: the file may be readable next time
+        found = _derived(a, b, t, f, kind)
+        if verdicts is not None:
+            verdicts[key] = found
+        if found:
+            return p
+    return None
 
-    def grey(i):
-        if i not in cache:
-            cache[i] = _full_grey(facts[i].path)
-        return cache[i]
 
+def _looked_at(facts: list[FileFacts], top: int, peers: list[int]):
+    """(peer, kind of test) for the first INSPECT_PEERS of `peers` whose facts leave a doubt (derived_from)."""
+    t = facts[top]
     tw, th = _content_size(t)
     looked = 0
     for p in peers:
@@ -280,21 +301,8 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], cache: dict
             continue
         looked += 1
         if looked > INSPECT_PEERS:
-            break
-        key = f"{VERDICT_VERSION}:{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
-        if verdicts is not None and key in verdicts:
-            if verdicts[key]:
-                return p
-            continue
-        a, b = grey(top), grey(p)
-        if a is None or b is None:
-            continue  # not remembered: the file may be readable next time
-        found = _derived(a, b, t, f, kind)
-        if verdicts is not None:
-            verdicts[key] = found
-        if found:
-            return p
-    return None
+            return
+        yield p, kind
 
 
 def _content_size(f: FileFacts) -> tuple[float, float]:
@@ -314,8 +322,11 @@ def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
         if a.shape != b.shape:
             return False
         r = a - b
+        std, whiteness = _spread(r)
+        if std <= 1.5 or whiteness >= NOISE_WHITE:  # the Laplacians only where these pass (a fifth)
+            return False
         lap_b = _laplacian(b)
-        if float(r.std()) > 1.5 and _whiteness(r) < NOISE_WHITE and _laplacian(a).mean() > lap_b.mean():
+        if _laplacian(a).mean() > lap_b.mean():
             dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
             return bool(np.isfinite(dep) and dep < NOISE_DEPENDENCE)
         return False
@@ -323,6 +334,31 @@ def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     if verdict is None:  # too little detail to tell which came first: the earlier encode is the source
         return _generation(f) < _generation(t)
     return verdict
+
+
+class _Pictures:
+    """Full-size grey pictures decoded for one keep_ranks call, shared across its rounds (a round's keeper
+    is often a peer of the round before), the most recently used kept up to `budget` bytes: a group of
+    large photos does not hold every member at full size. Pictures decoded for other groups are not kept:
+    a file is ranked again in another group only after many others (stars redrawn), so a cache bounded in
+    size would have dropped it by then (held-out folder: 467 decodes with this, 459 with a 256 MiB cache
+    kept across calls)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.held, self._got = budget, 0, OrderedDict()
+
+    def get(self, path: str):
+        """_full_grey(path), decoded once while it stays within the budget; None when unreadable now."""
+        if path in self._got:
+            self._got.move_to_end(path)
+            return self._got[path]
+        a = _full_grey(path)
+        self._got[path] = a  # None too: an unreadable file is tried once per call, as before
+        self.held += 0 if a is None else a.nbytes
+        while self.held > self.budget and len(self._got) > 1:
+            old = self._got.popitem(last=False)[1]
+            self.held -= 0 if old is None else old.nbytes
+        return a
 
 
 def _full_grey(path: str):
@@ -338,15 +374,26 @@ def _full_grey(path: str):
     return np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.float32)
 
 
-def _whiteness(r) -> float:
-    """|lag-1 autocorrelation| of a difference image, both axes: 0 for white noise, near 1 for smooth."""
+def _spread(r) -> tuple[float, float]:
+    """(standard deviation, whiteness) of a difference image. Whiteness: |lag-1 autocorrelation|, both axes:
+    0 for white noise, near 1 for smooth. The deviation is r.std() from the centred values computed once
+    for both (numpy's std is the square root of this mean, in the same float32 sums)."""
+    import numpy as np
+
     r = r - r.mean()
-    v = float((r * r).mean()) or 1.0
-    return abs(float((r[:, 1:] * r[:, :-1]).mean() + (r[1:] * r[:-1]).mean()) / (2 * v))
+    v = (r * r).mean()
+    lag = float((r[:, 1:] * r[:, :-1]).mean() + (r[1:] * r[:-1]).mean())
+    return float(np.sqrt(v)), abs(lag / (2 * (float(v) or 1.0)))
 
 
 def _laplacian(a):
-    return abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:])
+    import numpy as np
+
+    # |4c - n - s - w - e|, subtracted in that order into one buffer (the same sums as the plain expression)
+    out = 4 * a[1:-1, 1:-1]
+    for nb in (a[:-2, 1:-1], a[2:, 1:-1], a[1:-1, :-2], a[1:-1, 2:]):
+        out -= nb
+    return np.abs(out, out=out)
 
 
 def _content(a, trim):
@@ -435,20 +482,42 @@ def _upscale_verdict(big, t: FileFacts, small, f: FileFacts) -> bool | None:
     h, w = min(bh, UPSCALE_WINDOW), min(bw, UPSCALE_WINDOW)
     y0, x0 = (bh - h) // 2, (bw - w) // 2
     ky, kx = sh / bh, sw / bw
-    Bi = Image.fromarray(B, mode="F")
-    win = np.asarray(Bi.crop((x0, y0, x0 + w, y0 + h)))
-    up = np.asarray(Image.fromarray(S, mode="F").resize((w, h), Image.Resampling.BICUBIC,
-                                                          box=(x0 * kx, y0 * ky, (x0 + w) * kx, (y0 + h) * ky)))
-    low = Bi.resize((max(1, round(w * kx)), max(1, round(h * ky))), Image.Resampling.BOX, box=(x0, y0, x0 + w, y0 + h))
+    lw, lh = max(1, round(w * kx)), max(1, round(h * ky))
+    # Each picture reaches PIL cut after the last row and column its resize reads (_reach): PIL copies
+    # less, and the sums are the same (the cut keeps the origin and lies past the filter's reach).
+    Bi = _pil(B, _reach(y0 + h, h / lh, 0.5, bh), _reach(x0 + w, w / lw, 0.5, bw))
+    win = B[y0:y0 + h, x0:x0 + w]
+    sy1, sx1 = (y0 + h) * ky, (x0 + w) * kx
+    up = np.asarray(_pil(S, _reach(sy1, ky, 2, sh), _reach(sx1, kx, 2, sw)).resize(
+        (w, h), Image.Resampling.BICUBIC, box=(x0 * kx, y0 * ky, sx1, sy1)))
+    low = Bi.resize((lw, lh), Image.Resampling.BOX, box=(x0, y0, x0 + w, y0 + h))
     rt = np.asarray(low.resize((w, h), Image.Resampling.BICUBIC))
     # Judged where the picture has detail (the top decile of the enlargement's Laplacian, off the window's
     # edges, where the round trip lacks neighbours): a wallpaper's flat areas agree under either story.
-    lap = np.pad(_laplacian(up), 1)
-    lap[:4], lap[-4:], lap[:, :4], lap[:, -4:] = 0, 0, 0, 0
-    mask = lap >= max(np.quantile(lap[4:-4:2, 4:-4:2], 1 - UPSCALE_MASK), 1e-6)
-    if not mask.any():
+    lap = np.zeros((h, w), np.float32)
+    lap[4:-4, 4:-4] = _laplacian(up[3:-3, 3:-3])
+    mask = np.flatnonzero(lap >= max(np.quantile(lap[4:-4:2, 4:-4:2], 1 - UPSCALE_MASK), 1e-6))
+    if not len(mask):
         return None
-    e_rt = float(np.abs(win - rt)[mask].mean())
+    # Differences at the masked pixels only (a tenth of the window), taken in a boolean mask's order.
+    at = win.ravel().take(mask)
+    e_rt = float(np.abs(at - rt.ravel().take(mask)).mean())
     if e_rt < UPSCALE_DETAIL:
         return None
-    return float(np.abs(win - up)[mask].mean()) / e_rt < UPSCALE_RATIO
+    return float(np.abs(at - up.ravel().take(mask)).mean()) / e_rt < UPSCALE_RATIO
+
+
+def _pil(a, rows: int, cols: int):
+    """a[:rows, :cols] as a PIL "F" image; whole rows of a contiguous `a` (PIL copies a contiguous block
+    once, any other array twice)."""
+    from PIL import Image
+
+    return Image.fromarray(a[:rows] if a.flags.c_contiguous else a[:rows, :cols], mode="F")
+
+
+def _reach(end: float, scale: float, support: float, n: int) -> int:
+    """The rows (or columns) of n that a PIL resize reads when its box ends at `end`: its filter (support
+    BOX 0.5, BICUBIC 2) reaches support x max(scale, 1) past the last output's centre, which lies before
+    `end`; PIL clamps the filter to the picture's edge only beyond that, so cutting there changes no sum.
+    Two more for rounding (PIL holds the box in single precision)."""
+    return min(n, math.ceil(end + support * max(scale, 1.0)) + 2)
