@@ -137,6 +137,8 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     pointer = np.array([os.path.islink(f.path) or (roots is not None and not is_under(f.path, list(roots)))
                         for f in facts], bool)
     judge = PairJudge(features, method, thresholds, flips=flips, checks=checks)
+    # Remembered for this call at least: grouping ranks a component again when a failed check splits it.
+    verdicts = {} if verdicts is None else verdicts
     if pairs is None:
         with phase("finding pairs", progress):
             ii, jj = candidate_pairs(judge)
