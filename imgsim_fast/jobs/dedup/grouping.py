@@ -59,7 +59,7 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     self_pairs = d.i == d.j
     if self_pairs.any():  # a file paired with itself says nothing about duplicates
         d = d.take(~self_pairs)
-    ranker = _RankMemo(ranker)
+    ranker = _RankMemo(ranker, keep=d.pending is not None and bool(d.pending.any()))
     with _no_cycle_collection():
         # Duplicate stars over the pairs the hashes and embeddings accept, their pixel checks left pending
         # (decide(lazy=True)): only the pairs the stars rest on (keeper, member) are checked. One that fails
@@ -92,18 +92,24 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
 
 
 class _RankMemo:
-    """The ranker, asked once per distinct component while the stars are drawn again (most components come
-    back unchanged); answers not asked for in the last drawing are dropped, so it holds at most two."""
+    """Each component's files in keep-best order (the ranker's keys, sorted), asked once per distinct
+    component while the stars are drawn again (most components come back unchanged). Only the order is
+    kept, not the keys, and only for the last two drawings; with no check pending there is no second
+    drawing and nothing is kept."""
 
-    def __init__(self, ranker):
-        self.ranker, self.last, self.now = ranker, {}, {}
+    def __init__(self, ranker, keep: bool):
+        self.ranker, self.keep, self.last, self.now = ranker, keep, {}, {}
 
-    def __call__(self, members):
+    def order(self, members: list[int]) -> list[int]:
+        if not self.keep:
+            return sorted(members, key=self.ranker(members).__getitem__)
         key = tuple(members)
         got = self.now.get(key)
         if got is None:
             got = self.last.get(key)
-            self.now[key] = got = self.ranker(members) if got is None else got
+            if got is None:
+                got = sorted(members, key=self.ranker(members).__getitem__)
+            self.now[key] = got
         return got
 
     def next_drawing(self) -> None:
@@ -124,7 +130,7 @@ def _no_cycle_collection():
             gc.enable()
 
 
-def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray | None, ranker,
+def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray | None, ranker: _RankMemo,
            judge: PairJudge) -> tuple:
     """Star groups over the pairs d[rows] (None: all) between files in `free` (None: all), as arrays:
     (group offsets into mem, mem: keeper then members, via: the edge into idx each member was taken by, idx:
@@ -150,8 +156,7 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     ranked: list[int] = []
     for c in big.tolist():
         comp = members_l[offs_l[c]:offs_l[c + 1]]
-        rank = ranker(comp)
-        ranked += sorted(comp, key=rank.__getitem__)
+        ranked += ranker.order(comp)
     seq = np.array(ranked, np.int32)
     seq_offs = np.zeros(len(big) + 1, np.int64)
     seq_offs[1:] = np.cumsum(sizes[big])
