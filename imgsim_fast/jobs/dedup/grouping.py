@@ -72,12 +72,6 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
                 break
             judge.settle(d, used)
             ranker.next_drawing()
-        if d.pending is not None and d.pending.any():
-            # Drawn once more over the checked pairs alone (the stars rest on those only, so they stay the
-            # same with a ranking that ignores the component): a pair no star needed, never checked, may
-            # join a group's component to look-alikes, whose votes (the group's shape, its orientation)
-            # must not decide its keeper (keep bench: a squashed copy was kept by a vote of the look-alikes).
-            stars = _stars(n, d, np.flatnonzero(d.duplicate & ~d.pending), None, ranker, judge)
         groups, absorbed = _groups(stars, d, judge, "duplicate")
         free = np.ones(n, bool)
         free[absorbed] = False
