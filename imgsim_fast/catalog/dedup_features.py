@@ -156,8 +156,8 @@ def save_verdicts(catalog: str, verdicts: dict) -> None:
 
 # The pair test's pixel checks (detect.PairJudge.checks: the changed fraction of two thumbnails, by contents,
 # flip, limit and check version): each costs milliseconds, and a second run over an unchanged collection
-# should cost none. A JSON object in meta, as the keep verdicts: about 150 bytes a checked pair, so a
-# million checked pairs would be 150 MB of meta (a table would be the next step there).
+# should cost none. A JSON object in meta, as the keep verdicts: about 95 bytes a checked pair (13,387
+# checks of the 10,200-file reuse folder: 1.2 MB), so 10^7 would be about 1 GB of meta: a table is the next step.
 _CHECKS = "dedup_pixel_checks"
 
 
