@@ -92,3 +92,34 @@ def test_thumbnails_of_another_size_are_refused_not_read_past():
 
     with pytest.raises(ValueError):
         verify.compare(np.zeros((128, 128), np.uint8), np.zeros((64, 64), np.uint8), LIMIT)
+
+
+def test_a_checks_verdict_is_kept_by_content_and_served_to_a_later_scan(monkeypatch):
+    # PairJudge.checks holds a verdict by the two contents (sorted digests), the flip and the limit: a later
+    # judge over other files in another order, sharing the dict, reads it instead of checking again, and a
+    # pair asked the other way round (the inverse flip) is the same check.
+    from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
+    from imgsim_fast.jobs.dedup import detect
+
+    rng = np.random.default_rng(3)
+    pics = {d: ndimage.gaussian_filter(rng.random((THUMB_SIDE, THUMB_SIDE)) * 255, 2).astype(np.uint8)
+            for d in ("aa", "bb", "cc")}
+    pics["bb"] = np.rot90(pics["aa"], 1).copy()  # bb is aa turned a quarter
+
+    def judge(digests, checks):
+        facts = [FileFacts(f"/x/{k}.png", 1, 0.0, 8, 8, "PNG", 64, d) for k, d in enumerate(digests)]
+        codes = np.zeros((len(digests), 8, 1), np.uint64)
+        return detect.PairJudge(Features(facts, codes, thumbs=np.stack([pics[d] for d in digests])), "phash",
+                                checks=checks)
+
+    checks: dict = {}
+    calls = []
+    real = detect.compare
+    monkeypatch.setattr(detect, "compare", lambda *a: calls.append(1) or real(*a))
+    first = judge(["aa", "bb"], checks)
+    turned = first.changed(0, 1, 3)  # aa against bb turned back (TRANSFORMS[3] is rot270)
+    assert len(calls) == 1 and len(checks) == 1 and turned <= DEFAULTS.changed
+    assert first.changed(1, 0, 1) == turned and len(calls) == 1  # the same check asked the other way round
+    later = judge(["cc", "bb", "aa"], checks)  # another scan: other files, bb now found before aa
+    assert later.changed(2, 1, 3) == turned and len(calls) == 1
+    assert later.changed(0, 1) > DEFAULTS.changed and len(calls) == 2 and len(checks) == 2

@@ -319,10 +319,10 @@ class PairJudge:
         swap = self.digest_ids[ii] > self.digest_ids[jj]
         ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
-        # A verdict depends on the two contents, the flip, the limit (it decides whether the warp is tried)
-        # and the check's version: that is its key in self.checks.
+        # A verdict depends on the two contents, the flip, the limit (it decides whether the warp is tried),
+        # the thumbnails' side and the check's version (verify.VERSION): that is its key in self.checks.
         dg = self.digests
-        keys = [f"{verify.VERSION}:{limit}:{dg[a]}:{dg[b]}:{v}"
+        keys = [f"{verify.VERSION}:{THUMB_SIDE}:{limit}:{dg[a]}:{dg[b]}:{v}"
                 for a, b, v in zip(ii.tolist(), jj.tolist(), variants.tolist())]
         out = np.array([self.checks.get(k, np.nan) for k in keys], np.float64)
         todo = np.flatnonzero(np.isnan(out)).tolist()
@@ -357,7 +357,9 @@ class PairDecisions:
 
     rule: index into _RULES (0: no match). dihedral: -1 without flips; transform: index into TRANSFORMS.
     cos: None without embeddings. changed: the pixel check, NaN where it did not run, None where it ran on
-    no pair at all. pending: rows whose duplicate rule still waits for the pixel check (PairJudge.settle).
+    no pair at all by an eager decide (a lazy one keeps the array). pending: rows whose duplicate rule still
+    waits for the pixel check (PairJudge.settle); None without thumbnails, all False after an eager decide.
+    Pending rows count in `duplicate` until settled, and are never made into a Match.
     """
 
     i: np.ndarray
@@ -368,7 +370,7 @@ class PairDecisions:
     transform: np.ndarray
     cos: np.ndarray | None
     changed: np.ndarray | None
-    pending: np.ndarray | None = None  # the pixel check not run yet (decide(lazy=True)); None: none ever
+    pending: np.ndarray | None = None  # the pixel check not run yet (decide(lazy=True))
 
     def __len__(self) -> int:
         return len(self.i)
@@ -384,6 +386,8 @@ class PairDecisions:
     def matches(self, rows) -> list[Match]:
         """Match of each of `rows` (read out of the arrays together: an element at a time costs more)."""
         t = self.take(np.asarray(rows, np.int64))
+        if t.pending is not None and t.pending.any():
+            raise RuntimeError("a pair whose pixel check is pending has no decision yet (PairJudge.settle)")
         m = len(t)
         cos = [None] * m if t.cos is None else t.cos.tolist()
         chg = [None] * m if t.changed is None else [None if c != c else c for c in t.changed.tolist()]  # NaN: none
@@ -510,7 +514,7 @@ def _unique_pairs(ii: list, jj: list) -> tuple[np.ndarray, np.ndarray]:
 def candidate_pairs(judge: PairJudge) -> tuple[np.ndarray, np.ndarray]:
     """Every pair the method could accept, before the pair test: digests, hashes, embeddings."""
     f, t = judge.f, judge.t
-    # Exact copies: a star on the first file with each digest (digest_ids number digests by first file).
+    # Exact copies: a star on the first file with each digest (np.unique's return_index: its first file).
     ids = judge.digest_ids
     first = np.unique(ids, return_index=True)[1][ids] if len(ids) else ids
     copy = np.flatnonzero(first != np.arange(len(ids)))

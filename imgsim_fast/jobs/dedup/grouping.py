@@ -36,7 +36,8 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
     """Duplicate groups, then look-alike groups, from candidate pairs; each a star around its keeper.
 
     ranker(members) -> {member: sort key}: keep-best among files found together (keep.keep_ranks).
-    Duplicate tier: components of duplicate pairs; in each, the best-ranked file that has a duplicate left
+    Duplicate tier: components of the pairs the hashes and embeddings accept (their pixel checks pending,
+    run for the pairs a star rests on; see group_decisions); in each, the best-ranked file that has a duplicate left
     becomes a keeper and takes every remaining file that is a duplicate of it directly; the rest go round
     again. So no member is ever grouped through a third file: a chain A~B~C of gradual edits, or a run of
     look-alikes each close to the next, never makes A and C one group unless both match the keeper.
@@ -50,9 +51,12 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
 def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[Group]:
     """group_pairs over decisions already made (judge.decide).
 
-    The result is the one the former per-pair dict grouping gave (tests/test_grouping.py keeps it as the
-    oracle): components and their members in the order files first occur in the pairs (the ranker sees
-    the same lists, and breaks ties by that order), and where a pair occurs twice its last decision counts.
+    With nothing pending, the result is the one the former per-pair dict grouping gave (tests/test_grouping.py
+    keeps it as the oracle): components and their members in the order files first occur in the pairs (the
+    ranker sees the same lists, and breaks ties by that order), and where a pair occurs twice its last
+    decision counts. With checks pending (decide(lazy=True)), d is settled in place where stars need it; the
+    groups equal those of checking every pair first when the ranker ignores the rest of the component, but
+    keep-best's group votes (shape, orientation) then count the files that unchecked pairs join.
     """
     if n >= 2**31 or len(d) >= 2**31:
         raise ValueError("grouping holds file and pair numbers as int32: at most 2^31 - 1 of each")

@@ -33,7 +33,9 @@ from scipy import ndimage
 __all__ = ["VERSION", "Verdict", "compare", "changed_fraction"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
-# whenever a change here can change a verdict, and every stored one is checked again.
+# whenever a change can change a verdict (here, or in what the check is given: the thumbnails' trimming
+# and resampling in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every
+# stored one is checked again. The thumbnails' side is in the key already.
 VERSION = 1
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
