@@ -167,7 +167,10 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
 def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
                 reference: list[bool] | None) -> dict[int, tuple]:
     fs = [facts[m] for m in members]
-    aspects = [math.log(f.content_aspect) for f in fs]
+    # The trimmed content's size once per file (FileFacts.content_aspect's arithmetic): ranking a big
+    # component again after a failed pixel check made these properties most of keep-best's time.
+    sizes = [_content_size(f) for f in fs]
+    aspects = [math.log(max(max(1e-9, w), max(1e-9, h)) / min(max(1e-9, w), max(1e-9, h))) for w, h in sizes]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
     # its one squashed copy), the one nearer a shape cameras and screens produce. Counted on sorted values,
     # so a group of 10^5 byte-identical files stays cheap.
@@ -181,7 +184,8 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
     # A copy turned a quarter is an edit too: where most non-square members are landscape (or portrait),
     # one of the other orientation ranks after them. A turned keeper would also lose the crops and small
     # rotations of the upright picture, which match it only upright (detect: flips go by hash alone).
-    wide = [_is_wide(f) for f in fs]
+    # Landscape or not; None where square within ASPECT_TOLERANCE.
+    wide = [None if a <= ASPECT_TOLERANCE else w >= h for a, (w, h) in zip(aspects, sizes)]
     votes = [w for w in wide if w is not None]
     upright = None if 2 * sum(votes) == len(votes) else 2 * sum(votes) > len(votes)
     # A file whose EXIF names a camera is not counted turned: its orientation is the camera's (copies that
@@ -218,14 +222,6 @@ def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ..
         key.append(f.path)
         out[m] = tuple(key)
     return out
-
-
-def _is_wide(f: FileFacts) -> bool | None:
-    """Whether the trimmed content is landscape, None when it is square within ASPECT_TOLERANCE."""
-    if math.log(f.content_aspect) <= ASPECT_TOLERANCE:
-        return None
-    w, h = _content_size(f)
-    return w >= h
 
 
 # ------------------------------------------------------------------------------------------------
