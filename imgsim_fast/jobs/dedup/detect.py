@@ -222,7 +222,7 @@ class PairJudge:
         (duplicate or similar), in input order, as arrays (no object per pair: grouping.group_pairs).
 
         lazy: leave the pixel check of hash and embedding matches for later (their rows are `pending`; settle
-        runs it): grouping checks only the pairs a group would rest on, about a tenth of the candidates."""
+        runs it): grouping checks only the pairs a group would rest on (held-out folder, phash: 711 of 3,930)."""
         ii, jj = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
         parts = []
         for s in range(0, len(ii), chunk):

@@ -68,10 +68,12 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
         # Duplicate stars over the pairs the hashes and embeddings accept, their pixel checks left pending
         # (decide(lazy=True)): only the pairs the stars rest on (keeper, member) are checked. One that fails
         # leaves the duplicate tier and the stars are drawn again, until every pair they rest on has passed:
-        # each member still matches its keeper by the whole test, at about a tenth of the checks.
+        # each member still matches its keeper by the whole test, at a fraction of the checks (held-out
+        # folder, --method phash: 711 where checking every candidate takes 3,930).
         while True:
             stars = _stars(n, d, np.flatnonzero(d.duplicate), None, ranker, judge)
-            used = stars[3][stars[2][stars[2] >= 0]]
+            _, _, via, idx = stars
+            used = idx[via[via >= 0]]  # d's rows of the (keeper, member) pairs
             if d.pending is None or not d.pending[used].any():
                 break
             judge.settle(d, used)
