@@ -183,3 +183,29 @@ def test_a_picture_cut_past_its_reach_resizes_to_the_same_floats():
             cut = K._pil(B, K._reach(y0 + h, h / lh, 0.5, bh2), K._reach(x0 + w, w / lw, 0.5, bw2)).resize(
                 (lw, lh), Image.Resampling.BOX, box=box)
             assert np.asarray(whole).tobytes() == np.asarray(cut).tobytes()
+
+
+def test_all_under_agrees_with_resolving_every_path(tmp_path, monkeypatch):
+    """all_under resolves each directory once; a link, 'root/..' or 'root/.' must still be judged by where
+    it really leads (plan.py refuses paths outside the roots by it)."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("root/sub")
+    os.makedirs("out")
+    for p in ("root/a", "root/sub/c", "out/b"):
+        open(p, "w").close()
+    os.symlink(os.path.abspath("out"), "root/dirlink")
+    os.symlink(os.path.abspath("out/b"), "root/filelink")
+    os.symlink("../root", "out/back")
+    paths = ["root/a", "root/sub/c", "root/sub", "root", "root/", "root/.", "root/..", "root/sub/..",
+             "root/../out/b", "root/dirlink/b", "root/filelink", "out/back/a", "out/b", "./root/a", "/",
+             os.path.abspath("root/a"), "root/missing", "missing/x"]
+
+    def resolved(p, folders):  # the definition: every path resolved on its own
+        rp = os.path.realpath(p)
+        return any(rp == os.path.realpath(f) or rp.startswith(os.path.realpath(f).rstrip(os.sep) + os.sep)
+                   for f in folders)
+
+    for folders in (["root"], ["root/"], ["out"], ["root/sub", "out"], ["/"], [str(tmp_path / "root")]):
+        assert K.all_under(paths, folders) == [resolved(p, folders) for p in paths], folders
+    assert K.all_under(["root/.."], ["root"]) == [False]
+    assert K.all_under(["root/dirlink/b"], ["root"]) == [False]

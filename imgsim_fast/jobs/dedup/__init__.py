@@ -17,7 +17,7 @@ from imgsim_fast.jobs.dedup.detect import DEFAULTS, METHODS, Match, PairJudge, T
 from imgsim_fast.jobs.dedup.grouping import Group, group_pairs
 from imgsim_fast.features.extract import Features, FileFacts, compute_features, file_digest
 from imgsim_fast.runtime.progress import phase
-from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, is_under, keep_ranks, parse_order
+from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, all_under, keep_ranks, parse_order
 
 __all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features",
            "FileFacts", "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates",
@@ -133,9 +133,11 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     features, thresholds = _learned_space(features, thresholds, fixed) if learned else (features, thresholds)
     order = parse_order(keep_order)
     facts = features.facts
-    ref = [bool(reference) and is_under(f.path, list(reference)) for f in facts]
-    pointer = np.array([os.path.islink(f.path) or (roots is not None and not is_under(f.path, list(roots)))
-                        for f in facts], bool)
+    paths = [f.path for f in facts]
+    ref = all_under(paths, list(reference)) if reference else [False] * len(facts)
+    pointer = np.array([os.path.islink(p) for p in paths], bool)
+    if roots is not None:
+        pointer |= ~np.array(all_under(paths, list(roots)), bool)
     judge = PairJudge(features, method, thresholds, flips=flips, checks=checks)
     # Remembered for this call at least: grouping ranks a component again when a failed check splits it.
     verdicts = {} if verdicts is None else verdicts
@@ -147,9 +149,10 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
     if pointer.any():
         keep = ~(pointer[ii] | pointer[jj])
         ii, jj = ii[keep], jj[keep]
+    table = FactTable(facts)
     with phase(f"grouping {len(ii):,} candidate pairs", progress):
         groups = group_pairs(len(features), (ii, jj), judge,
-                             lambda members: keep_ranks(facts, members, order, ref, inspect=True, verdicts=verdicts))
+                             lambda members: keep_ranks(table, members, order, ref, inspect=True, verdicts=verdicts))
     return DedupResult(features, groups, method, thresholds, ref, order)
 
 

@@ -22,14 +22,15 @@ imgsim_fast.bench keep` (README, bench/README).
 """
 from __future__ import annotations
 
-import bisect
 import math
 import os
 from collections import OrderedDict
 
+import numpy as np
+
 from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
 
-__all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "is_under"]
+__all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "FactTable", "is_under", "all_under"]
 
 CRITERIA = {
     "content": "undistorted, then the most pixels inside the trimmed borders",
@@ -104,12 +105,27 @@ def parse_order(text) -> tuple[str, ...]:
 
 def is_under(path: str, folders: list[str]) -> bool:
     """True when `path` is inside one of `folders` (real paths compared, so symlinks do not fool it)."""
-    rp = os.path.realpath(path)
-    for f in folders:
-        rf = os.path.realpath(f)
-        if rp == rf or rp.startswith(rf.rstrip(os.sep) + os.sep):
-            return True
-    return False
+    return all_under([path], folders)[0]
+
+
+def all_under(paths: list[str], folders: list[str]) -> list[bool]:
+    """is_under for each of `paths`, resolving the folders once and each directory once: a path that is not
+    itself a link lies where its directory's real path says (a second dedup run of 10,200 files spent 0.4 s
+    resolving every file)."""
+    real = [os.path.realpath(f).rstrip(os.sep) for f in folders]
+    dirs: dict[str, str] = {}
+    out = []
+    for p in paths:
+        head, tail = os.path.split(p)
+        if tail in ("", os.curdir, os.pardir) or os.path.islink(p):  # "root/.." is not inside root
+            rp = os.path.realpath(p)
+        else:
+            d = dirs.get(head)
+            if d is None:
+                d = dirs[head] = os.path.realpath(head or os.curdir)
+            rp = os.path.join(d, tail)
+        out.append(any(rp == rf or rp.startswith(rf + os.sep) for rf in real))
+    return out
 
 
 def _generation(f: FileFacts) -> int:
@@ -123,11 +139,52 @@ def _generation(f: FileFacts) -> int:
     return 0
 
 
-def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...] = DEFAULT_ORDER,
+class FactTable:
+    """The facts keep-best ranks on, as columns over a list of FileFacts: built once for a collection
+    (group_features), so ranking a component is array arithmetic over its members, not attribute reads per
+    file. A big component is ranked again at each drawing a failed pixel check forces (10,200-file
+    look-alike folder: a 7,300-file component about 40 times), which made the per-file Python of ranking
+    most of a second dedup run's time. Only `rows` are filled when given (a few files of a long list)."""
+
+    def __init__(self, facts: list[FileFacts], rows=None):
+        self.facts = facts
+        n = len(facts)
+        rows = range(n) if rows is None else sorted(set(rows))
+        self.cw, self.ch, self.aspect, self.noise, self.mtime = (np.zeros(n) for _ in range(5))
+        self.width, self.height, self.content, self.generation, self.size, self.shape, self.digest = (
+            np.zeros(n, np.int64) for _ in range(7))
+        self.wide, self.lossy, self.colour, self.camera = (np.zeros(n, bool) for _ in range(4))
+        self.path = [""] * n
+        shapes: dict[tuple[int, int], int] = {}
+        digests: dict[str, int] = {}
+        for m in rows:
+            f = facts[m]
+            w, h = _content_size(f)
+            self.cw[m], self.ch[m] = w, h
+            # math.log, once per file: numpy's vector log may differ in the last bit, and the shape vote
+            # compares these against ASPECT_TOLERANCE.
+            self.aspect[m] = math.log(max(max(1e-9, w), max(1e-9, h)) / min(max(1e-9, w), max(1e-9, h)))
+            self.wide[m] = w >= h
+            self.width[m], self.height[m], self.content[m] = f.width, f.height, f.content_pixels
+            self.noise[m], self.mtime[m], self.size[m] = f.noise, f.mtime, f.size
+            self.shape[m] = shapes.setdefault((f.width, f.height), len(shapes))
+            self.digest[m] = digests.setdefault(f.digest, len(digests))
+            self.generation[m] = _generation(f)
+            self.lossy[m] = f.format.upper() in _LOSSY
+            self.colour[m], self.camera[m] = f.colour, f.camera
+            self.path[m] = f.path
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+
+def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tuple[str, ...] = DEFAULT_ORDER,
                reference: list[bool] | None = None, inspect: bool = False,
                verdicts: dict | None = None) -> dict[int, tuple]:
     """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
 
+    facts: a list (its members' columns are made for this call) or a FactTable of it (made once by a caller
+    that ranks many components of one collection).
     inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
     file found to be an upscale, a re-save, a noisy copy or a re-encode of another member ranks after the
     rest (at most INSPECT_ROUNDS such files; decoded pixels are shared across the rounds, up to
@@ -135,7 +192,8 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
     verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
     so a second dedup of an unchanged collection decodes nothing).
     """
-    keys = _fact_ranks(facts, members, order, reference)
+    table = facts if isinstance(facts, FactTable) else FactTable(facts, members)
+    keys = _fact_ranks(table, members, order, reference)
     if not inspect or len(members) < 2 or "content" not in order:
         return keys
     derived: set[int] = set()
@@ -147,88 +205,89 @@ def keep_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...
             break
         # Ranked again among the files not found derived: a demoted upscale no longer sets the group's
         # "largest" content, so the rest tie on content again (CONTENT_TIE) and quality decides between them.
-        live_keys = keys if not derived else _fact_ranks(facts, live, order, reference)
+        live_keys = keys if not derived else _fact_ranks(table, live, order, reference)
         top = min(live, key=live_keys.__getitem__)
         if reference and reference[top]:
             break
         # Its likely source first: the best of the others, ranked without it (so an upscale does not set
         # their "largest" content), which is usually the one file looked at.
         rest = [m for m in live if m != top]
-        rest_keys = _fact_ranks(facts, rest, order, reference)
-        if derived_from(facts, top, sorted(rest, key=rest_keys.__getitem__), verdicts, pictures) is None:
+        rest_keys = _fact_ranks(table, rest, order, reference)
+        if derived_from(table, top, sorted(rest, key=rest_keys.__getitem__), verdicts, pictures) is None:
             break
         derived.add(top)
     else:
-        live_keys = _fact_ranks(facts, [m for m in members if m not in derived], order, reference)
+        live_keys = _fact_ranks(table, [m for m in members if m not in derived], order, reference)
     return {m: (keys[m][0], 1) + keys[m][1:] if m in derived else (live_keys[m][0], 0) + live_keys[m][1:]
             for m in members}
 
 
-def _fact_ranks(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
+def _fact_ranks(t: FactTable, members: list[int], order: tuple[str, ...],
                 reference: list[bool] | None) -> dict[int, tuple]:
-    fs = [facts[m] for m in members]
-    # The trimmed content's size once per file (FileFacts.content_aspect's arithmetic): ranking a big
-    # component again after a failed pixel check made these properties most of keep-best's time.
-    sizes = [_content_size(f) for f in fs]
-    aspects = [math.log(max(max(1e-9, w), max(1e-9, h)) / min(max(1e-9, w), max(1e-9, h))) for w, h in sizes]
+    """The keys of keep_ranks before any look at pixels: one column per criterion, over the members' rows."""
+    m = np.asarray(members, np.int64)
+    aspects = t.aspect[m]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
-    # its one squashed copy), the one nearer a shape cameras and screens produce. Counted on sorted values,
-    # so a group of 10^5 byte-identical files stays cheap.
-    ordered = sorted(aspects)
-
-    def support(a: float) -> int:
-        return bisect.bisect_right(ordered, a + ASPECT_TOLERANCE) - bisect.bisect_left(ordered, a - ASPECT_TOLERANCE)
-
-    true_aspect = max(set(aspects), key=lambda a: (support(a), -min(abs(a - s) for s in _STANDARD), -a))
-    distorted = [abs(a - true_aspect) > ASPECT_TOLERANCE for a in aspects]
+    # its one squashed copy), the one nearer a shape cameras and screens produce, then the squarer.
+    ordered = np.sort(aspects)
+    shapes = np.unique(aspects)
+    support = (np.searchsorted(ordered, shapes + ASPECT_TOLERANCE, "right")
+               - np.searchsorted(ordered, shapes - ASPECT_TOLERANCE, "left"))
+    off_standard = np.abs(shapes[:, None] - np.array(_STANDARD)[None, :]).min(axis=1)
+    true_aspect = shapes[np.lexsort((-shapes, -off_standard, support))[-1]]
+    distorted = np.abs(aspects - true_aspect) > ASPECT_TOLERANCE
     # A copy turned a quarter is an edit too: where most non-square members are landscape (or portrait),
     # one of the other orientation ranks after them. A turned keeper would also lose the crops and small
     # rotations of the upright picture, which match it only upright (detect: flips go by hash alone).
-    # Landscape or not; None where square within ASPECT_TOLERANCE.
-    wide = [None if a <= ASPECT_TOLERANCE else w >= h for a, (w, h) in zip(aspects, sizes)]
-    votes = [w for w in wide if w is not None]
-    upright = None if 2 * sum(votes) == len(votes) else 2 * sum(votes) > len(votes)
+    # Square within ASPECT_TOLERANCE votes neither way.
+    oriented = aspects > ASPECT_TOLERANCE
+    wide = t.wide[m]
+    landscape, votes = int(wide[oriented].sum()), int(oriented.sum())
     # A file whose EXIF names a camera is not counted turned: its orientation is the camera's (copies that
     # dropped the EXIF orientation tag can outnumber it).
-    turned = [upright is not None and w is not None and w != upright and not f.camera for w, f in zip(wide, fs)]
-    undistorted = [f.content_pixels for f, d in zip(fs, distorted) if not d] or [f.content_pixels for f in fs]
-    largest = max(undistorted)
+    camera = t.camera[m]
+    if 2 * landscape == votes:
+        turned = np.zeros(len(m), bool)
+    else:
+        turned = oriented & (wide != (2 * landscape > votes)) & ~camera
+    content = t.content[m]
+    largest = int(content[~distorted].max() if (~distorted).any() else content.max())
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
     # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
-    cleanest: dict[tuple[int, int], float] = {}
-    for f in fs:
-        cleanest[f.width, f.height] = min(f.noise, cleanest.get((f.width, f.height), f.noise))
-    any_colour = any(f.colour for f in fs)
-    out = {}
-    for m, f, dist, turn in zip(members, fs, distorted, turned):
-        key: list = [0 if reference and reference[m] else 1]
-        for c in order:
-            if c == "content":
-                key += [int(dist), int(turn),
-                        -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
-            elif c == "quality":
-                noisy = f.noise > NOISE_RATIO * cleanest[f.width, f.height] + NOISE_FLOOR
-                key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
-            elif c == "camera":
-                key.append(0 if f.camera else 1)
-            elif c == "size":
-                key.append(-f.size)
-            elif c == "oldest":
-                key.append(f.mtime)
-            elif c == "newest":
-                key.append(-f.mtime)
-            elif c == "shortest-path":
-                key.append(len(f.path))
-        key.append(f.path)
-        out[m] = tuple(key)
-    return out
+    noise = t.noise[m]
+    _, shape_of = np.unique(t.shape[m], return_inverse=True)
+    cleanest = np.full(shape_of.max() + 1, np.inf)
+    np.minimum.at(cleanest, shape_of, noise)
+    colour = t.colour[m]
+    any_colour = bool(colour.any())
+    cols: list = [[0 if reference and reference[x] else 1 for x in members]]
+    for c in order:
+        if c == "content":
+            cols += [distorted.astype(np.int64).tolist(), turned.astype(np.int64).tolist(),
+                     np.where(content >= CONTENT_TIE * largest, -largest, -content).tolist()]
+        elif c == "quality":
+            noisy = noise > NOISE_RATIO * cleanest[shape_of] + NOISE_FLOOR
+            cols += [noisy.astype(np.int64).tolist(), t.generation[m].tolist(),
+                     (any_colour & ~colour).astype(np.int64).tolist()]
+        elif c == "camera":
+            cols.append((~camera).astype(np.int64).tolist())
+        elif c == "size":
+            cols.append((-t.size[m]).tolist())
+        elif c == "oldest":
+            cols.append(t.mtime[m].tolist())
+        elif c == "newest":
+            cols.append((-t.mtime[m]).tolist())
+        elif c == "shortest-path":
+            cols.append([len(t.path[x]) for x in members])
+    cols.append([t.path[x] for x in members])
+    return dict(zip(members, zip(*cols)))
 
 
 # ------------------------------------------------------------------------------------------------
 # Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
 
 
-def derived_from(facts: list[FileFacts], top: int, peers: list[int], verdicts: dict | None = None,
+def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int], verdicts: dict | None = None,
                  pictures: _Pictures | None = None) -> int | None:
     """The member of `peers` (best first) that `top` was made from, judging by full-size pixels, or None.
     Only the first INSPECT_PEERS peers whose facts allow it are looked at.
@@ -243,11 +302,12 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], verdicts: d
       generation (an enlargement is a new encode, made after its source).
     A file that cannot be read now is never judged derived.
     """
-    t = facts[top]
+    table = facts if isinstance(facts, FactTable) else FactTable(facts, [top, *peers])
+    t = table.facts[top]
     pictures = _Pictures(PICTURE_BYTES) if pictures is None else pictures
     a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
-    for p, kind in _looked_at(facts, top, peers):
-        f = facts[p]
+    for p, kind in _looked_at(table, top, peers):
+        f = table.facts[p]
         key = f"{VERDICT_VERSION}:{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
         if verdicts is not None and key in verdicts:
             if verdicts[key]:
@@ -266,39 +326,32 @@ def derived_from(facts: list[FileFacts], top: int, peers: list[int], verdicts: d
     return None
 
 
-def _looked_at(facts: list[FileFacts], top: int, peers: list[int]):
-    """(peer, kind of test) for the first INSPECT_PEERS of `peers` whose facts leave a doubt (derived_from)."""
-    t = facts[top]
-    tw, th = _content_size(t)
-    looked = 0
-    for p in peers:
-        f = facts[p]
-        fw, fh = _content_size(f)
-        # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size, whole
-        # or trimmed (a re-save, framed or not, or a noisy copy ranks first on generation; trims of the two
-        # may disagree by a band), or a file larger on both axes (an upscale, or a copy stretched on one
-        # axis, ranks first on content).
-        same_scale = t.width >= f.width and t.height >= f.height and \
-            any(abs(a - w) <= RESAVE_JITTER * w and abs(b - h) <= RESAVE_JITTER * h
-                for a, b in ((tw, th), (t.width, t.height)) for w, h in ((fw, fh), (f.width, f.height)))
-        if same_scale and t.format.upper() not in _LOSSY and f.format.upper() in _LOSSY:
-            kind = "resave"
-        elif same_scale and _generation(f) < _generation(t) and (f.format.upper() in _LOSSY or (
-                (f.width, f.height) == (t.width, t.height) and f.noise <= NOISE_RATIO * t.noise + NOISE_FLOOR)):
-            # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took
-            # a band more or less: if it holds the same picture, the earlier encode is its source
-            kind = "recode"
-        elif t.content_pixels > UPSCALE_MIN * f.content_pixels and tw >= (1 - RESAVE_JITTER) * fw and \
-                th >= (1 - RESAVE_JITTER) * fh:
-            kind = "upscale"
-        else:
-            continue
-        if f.digest == t.digest:
-            continue
-        looked += 1
-        if looked > INSPECT_PEERS:
-            return
-        yield p, kind
+def _looked_at(t: FactTable, top: int, peers: list[int]) -> list[tuple[int, str]]:
+    """(peer, kind of test) for the first INSPECT_PEERS of `peers` whose facts leave a doubt (derived_from).
+    Over arrays: in a big component of look-alikes few peers qualify, and all are tested."""
+    p = np.asarray(peers, np.int64)
+    tw, th, tW, tH = t.cw[top], t.ch[top], t.width[top], t.height[top]
+    fw, fh, fW, fH = t.cw[p], t.ch[p], t.width[p], t.height[p]
+    # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size, whole
+    # or trimmed (a re-save, framed or not, or a noisy copy ranks first on generation; trims of the two
+    # may disagree by a band), or a file larger on both axes (an upscale, or a copy stretched on one
+    # axis, ranks first on content).
+    near = np.zeros(len(p), bool)
+    for a, b in ((tw, th), (tW, tH)):
+        for w, h in ((fw, fh), (fW, fH)):
+            near |= (np.abs(a - w) <= RESAVE_JITTER * w) & (np.abs(b - h) <= RESAVE_JITTER * h)
+    same_scale = (tW >= fW) & (tH >= fH) & near
+    lossy = t.lossy[p]
+    resave = same_scale & (not t.lossy[top]) & lossy
+    # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took a band
+    # more or less: if it holds the same picture, the earlier encode is its source
+    recode = same_scale & (t.generation[p] < t.generation[top]) & (
+        lossy | ((fW == tW) & (fH == tH) & (t.noise[p] <= NOISE_RATIO * t.noise[top] + NOISE_FLOOR)))
+    upscale = (t.content[top] > UPSCALE_MIN * t.content[p]) & (tw >= (1 - RESAVE_JITTER) * fw) & \
+        (th >= (1 - RESAVE_JITTER) * fh)
+    doubt = (resave | recode | upscale) & (t.digest[p] != t.digest[top])
+    return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "upscale")
+            for k in np.flatnonzero(doubt)[:INSPECT_PEERS]]
 
 
 def _content_size(f: FileFacts) -> tuple[float, float]:
@@ -308,7 +361,6 @@ def _content_size(f: FileFacts) -> tuple[float, float]:
 
 def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
-    import numpy as np
 
     if kind == "recode":
         return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True)
@@ -359,7 +411,6 @@ class _Pictures:
 
 def _full_grey(path: str):
     """Full-size grey float32 pixels, or None when the file cannot be read now."""
-    import numpy as np
 
     from imgsim_fast.io.loading import ImageLoadError, load_image
 
@@ -374,7 +425,6 @@ def _spread(r) -> tuple[float, float]:
     """(standard deviation, whiteness) of a difference image. Whiteness: |lag-1 autocorrelation|, both axes:
     0 for white noise, near 1 for smooth. The deviation is r.std() from the centred values computed once
     for both (numpy's std is the square root of this mean, in the same float32 sums)."""
-    import numpy as np
 
     r = r - r.mean()
     v = (r * r).mean()
@@ -383,7 +433,6 @@ def _spread(r) -> tuple[float, float]:
 
 
 def _laplacian(a):
-    import numpy as np
 
     # |4c - n - s - w - e|, subtracted in that order into one buffer (the same sums as the plain expression)
     out = 4 * a[1:-1, 1:-1]
@@ -409,7 +458,6 @@ def _resaved_inside(a, b, t: FileFacts, f: FileFacts, tolerance: float, tones: b
 
 
 def _found_inside(a, B, trim, tolerance: float, tones: bool) -> bool:
-    import numpy as np
 
     (h, w), (bh, bw) = a.shape, B.shape
     if h < bh or w < bw:
@@ -442,7 +490,6 @@ def _difference(x, y, tones: bool):
     """Mean |x - y| in grey levels, per row of x (candidates, pixels) against y (pixels); with tones, after
     the gain and offset that fit y to each row best (least squares), over the pixels that row does not clip:
     a brightness or contrast edit is a tone map of its source."""
-    import numpy as np
 
     if not tones:
         return np.abs(x - y).mean(axis=1)
@@ -464,7 +511,6 @@ def _upscale_verdict(big, t: FileFacts, small, f: FileFacts) -> bool | None:
 
     Both pictures are compared whole where their boxes or their shapes agree (a trim jitters by a few
     lines between a picture and its enlargement), else by their trimmed contents."""
-    import numpy as np
     from PIL import Image
 
     same_box = max(abs(x - y) for x, y in zip(t.trim, f.trim)) <= 0.01
