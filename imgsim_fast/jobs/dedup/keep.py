@@ -144,12 +144,11 @@ class FactTable:
     (group_features), so ranking a component is array arithmetic over its members, not attribute reads per
     file. A big component is ranked again at each drawing a failed pixel check forces (10,200-file
     look-alike folder: a 7,300-file component about 40 times), which made the per-file Python of ranking
-    most of a second dedup run's time. Only `rows` are filled when given (a few files of a long list)."""
+    most of a second dedup run's time."""
 
-    def __init__(self, facts: list[FileFacts], rows=None):
+    def __init__(self, facts: list[FileFacts]):
         self.facts = facts
         n = len(facts)
-        rows = range(n) if rows is None else sorted(set(rows))
         self.cw, self.ch, self.aspect, self.noise, self.mtime = (np.zeros(n) for _ in range(5))
         self.width, self.height, self.content, self.generation, self.size, self.shape, self.digest = (
             np.zeros(n, np.int64) for _ in range(7))
@@ -157,8 +156,7 @@ class FactTable:
         self.path = [""] * n
         shapes: dict[tuple[int, int], int] = {}
         digests: dict[str, int] = {}
-        for m in rows:
-            f = facts[m]
+        for m, f in enumerate(facts):
             w, h = _content_size(f)
             self.cw[m], self.ch[m] = w, h
             # math.log, once per file: numpy's vector log may differ in the last bit, and the shape vote
@@ -192,7 +190,11 @@ def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tu
     verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
     so a second dedup of an unchanged collection decodes nothing).
     """
-    table = facts if isinstance(facts, FactTable) else FactTable(facts, members)
+    if not isinstance(facts, FactTable):  # columns of these members only, numbered from 0
+        local = keep_ranks(FactTable([facts[m] for m in members]), list(range(len(members))), order,
+                           reference and [reference[m] for m in members], inspect, verdicts)
+        return {members[k]: key for k, key in local.items()}
+    table = facts
     keys = _fact_ranks(table, members, order, reference)
     if not inspect or len(members) < 2 or "content" not in order:
         return keys
@@ -302,7 +304,11 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
       generation (an enlargement is a new encode, made after its source).
     A file that cannot be read now is never judged derived.
     """
-    table = facts if isinstance(facts, FactTable) else FactTable(facts, [top, *peers])
+    if not isinstance(facts, FactTable):  # columns of these files only, numbered from 0
+        files = [top, *peers]
+        got = derived_from(FactTable([facts[m] for m in files]), 0, list(range(1, len(files))), verdicts, pictures)
+        return None if got is None else files[got]
+    table = facts
     t = table.facts[top]
     pictures = _Pictures(PICTURE_BYTES) if pictures is None else pictures
     a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
