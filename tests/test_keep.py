@@ -209,3 +209,39 @@ def test_all_under_agrees_with_resolving_every_path(tmp_path, monkeypatch):
         assert K.all_under(paths, folders) == [resolved(p, folders) for p in paths], folders
     assert K.all_under(["root/.."], ["root"]) == [False]
     assert K.all_under(["root/dirlink/b"], ["root"]) == [False]
+
+
+def test_ranks_over_columns_are_the_ranks_file_by_file():
+    # Big components are ranked over columns (FactTable), small ones file by file: the same keys, types and
+    # order, and the same peers looked at, on random facts with ties, squashed and turned copies, bars,
+    # several formats, cameras, greyscale and noisy copies, under every keep order.
+    from imgsim_fast.features.extract import FileFacts
+
+    rng = np.random.default_rng(3)
+    facts = []
+    for x in range(600):
+        w, h = [(1920, 1080), (1080, 1920), (1600, 1200), (2496, 1080), (1000, 1000), (800, 450)][rng.integers(6)]
+        if rng.random() < 0.2:  # resized, keeping the shape up to rounding
+            w, h = int(w * 0.5) + int(rng.integers(0, 2)), int(h * 0.5)
+        trim = (0.0, 0.0, 1.0, 1.0) if rng.random() < 0.8 else (0.0, 0.125, 1.0, 0.875)
+        fmt = str(rng.choice(["JPEG", "PNG", "WEBP", "BMP"]))
+        facts.append(FileFacts(
+            f"/c/{rng.integers(0, 50)}/f{x}.{fmt.lower()}", int(rng.integers(1e4, 1e6)), float(rng.integers(0, 5)),
+            w, h, fmt, int((trim[2] - trim[0]) * w * (trim[3] - trim[1]) * h), f"d{rng.integers(0, 60)}", trim,
+            int(rng.choice([50, 75, 90, 95])) if fmt == "JPEG" and rng.random() < 0.9 else None,
+            bool(rng.random() < 0.1), float(rng.choice([0.8, rng.uniform(0.5, 4.0)])), bool(rng.random() < 0.9),
+            bool(rng.random() < 0.2)))
+    table = K.FactTable(facts)
+    orders = [K.DEFAULT_ORDER, tuple(c for c in K.CRITERIA if c != "newest"), ("quality", "content", "size"),
+              ("newest", "shortest-path")]
+    for trial in range(60):
+        members = rng.choice(len(facts), int(rng.choice([2, 5, 48, 200, 600])), replace=False).tolist()
+        reference = None if trial % 3 else (rng.random(len(facts)) < 0.05).tolist()
+        order = orders[trial % 4]
+        by_file = K._ranks_file_by_file(facts, members, order, reference)
+        by_column = K._ranks_over_columns(table.columns(), members, order, reference)
+        assert list(by_file.items()) == list(by_column.items())
+        assert all(list(map(type, by_file[m])) == list(map(type, by_column[m])) for m in members)
+        top, peers = members[0], members[1:]
+        assert list(K._looked_at_file_by_file(facts, top, peers)) == K._looked_at_over_columns(table.columns(), top,
+                                                                                                 peers)

@@ -22,6 +22,7 @@ imgsim_fast.bench keep` (README, bench/README).
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections import OrderedDict
@@ -139,41 +140,62 @@ def _generation(f: FileFacts) -> int:
     return 0
 
 
+# Components of at least this many files are ranked over columns (FactTable.columns); smaller ones file by
+# file, where numpy's cost per call would exceed the work (10^6 synthetic pairs, ~4 files a component:
+# 1.0 s file by file, 6.8 s over columns). Both give the same keys (tests/test_keep.py).
+COLUMNS_FROM = 48
+
+
 class FactTable:
-    """The facts keep-best ranks on, as columns over a list of FileFacts: built once for a collection
-    (group_features), so ranking a component is array arithmetic over its members, not attribute reads per
-    file. A big component is ranked again at each drawing a failed pixel check forces (10,200-file
-    look-alike folder: a 7,300-file component about 40 times), which made the per-file Python of ranking
-    most of a second dedup run's time."""
+    """The facts keep-best ranks on, made once for a collection (group_features): big components are ranked
+    over columns of them, array arithmetic over the component's rows instead of attribute reads per file.
+    A big component is ranked again at each drawing a failed pixel check forces (10,200-file look-alike
+    folder: a 7,300-file component about 40 times, 78 ms a time file by file, 4 ms over columns). The
+    columns are made at the first big component."""
 
     def __init__(self, facts: list[FileFacts]):
         self.facts = facts
-        n = len(facts)
-        self.cw, self.ch, self.aspect, self.noise, self.mtime = (np.zeros(n) for _ in range(5))
-        self.width, self.height, self.content, self.generation, self.size, self.shape, self.digest = (
-            np.zeros(n, np.int64) for _ in range(7))
-        self.wide, self.lossy, self.colour, self.camera = (np.zeros(n, bool) for _ in range(4))
-        self.path = [""] * n
-        shapes: dict[tuple[int, int], int] = {}
-        digests: dict[str, int] = {}
-        for m, f in enumerate(facts):
-            w, h = _content_size(f)
-            self.cw[m], self.ch[m] = w, h
-            # math.log, once per file: numpy's vector log may differ in the last bit, and the shape vote
-            # compares these against ASPECT_TOLERANCE.
-            self.aspect[m] = math.log(max(max(1e-9, w), max(1e-9, h)) / min(max(1e-9, w), max(1e-9, h)))
-            self.wide[m] = w >= h
-            self.width[m], self.height[m], self.content[m] = f.width, f.height, f.content_pixels
-            self.noise[m], self.mtime[m], self.size[m] = f.noise, f.mtime, f.size
-            self.shape[m] = shapes.setdefault((f.width, f.height), len(shapes))
-            self.digest[m] = digests.setdefault(f.digest, len(digests))
-            self.generation[m] = _generation(f)
-            self.lossy[m] = f.format.upper() in _LOSSY
-            self.colour[m], self.camera[m] = f.colour, f.camera
-            self.path[m] = f.path
+        self._cols: _Columns | None = None
+
+    def columns(self) -> _Columns:
+        if self._cols is None:
+            self._cols = _Columns(self.facts)
+        return self._cols
 
     def __len__(self) -> int:
         return len(self.facts)
+
+
+class _Columns:
+    def __init__(self, facts: list[FileFacts]):
+        sizes = [_content_size(f) for f in facts]
+        self.cw = np.array([w for w, _ in sizes], np.float64)
+        self.ch = np.array([h for _, h in sizes], np.float64)
+        # math.log, once per file: numpy's vector log may differ in the last bit, and the shape vote compares
+        # these against ASPECT_TOLERANCE.
+        self.aspect = np.array([_log_aspect(w, h) for w, h in sizes], np.float64)
+        self.wide = self.cw >= self.ch
+        self.width = np.array([f.width for f in facts], np.int64)
+        self.height = np.array([f.height for f in facts], np.int64)
+        self.content = np.array([f.content_pixels for f in facts], np.int64)
+        self.noise = np.array([f.noise for f in facts], np.float64)
+        self.mtime = np.array([f.mtime for f in facts], np.float64)
+        self.size = np.array([f.size for f in facts], np.int64)
+        shapes: dict[tuple[int, int], int] = {}
+        self.shape = np.array([shapes.setdefault((f.width, f.height), len(shapes)) for f in facts], np.int64)
+        digests: dict[str, int] = {}
+        self.digest = np.array([digests.setdefault(f.digest, len(digests)) for f in facts], np.int64)
+        self.generation = np.array([_generation(f) for f in facts], np.int64)
+        self.lossy = np.array([f.format.upper() in _LOSSY for f in facts], bool)
+        self.colour = np.array([f.colour for f in facts], bool)
+        self.camera = np.array([f.camera for f in facts], bool)
+        self.path = [f.path for f in facts]
+
+
+def _log_aspect(w: float, h: float) -> float:
+    """log(long side / short side) of a content size (FileFacts.content_aspect's arithmetic)."""
+    w, h = max(1e-9, w), max(1e-9, h)
+    return math.log(max(w, h) / min(w, h))
 
 
 def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tuple[str, ...] = DEFAULT_ORDER,
@@ -181,8 +203,7 @@ def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tu
                verdicts: dict | None = None) -> dict[int, tuple]:
     """A sort key (smaller is better) for each of `members` (indices into facts), relative to the others.
 
-    facts: a list (its members' columns are made for this call) or a FactTable of it (made once by a caller
-    that ranks many components of one collection).
+    facts: a list, or a FactTable of it (made once by a caller that ranks many components of one collection).
     inspect: when the facts leave the best file in doubt, look at full-size pixels (derived_from): a
     file found to be an upscale, a re-save, a noisy copy or a re-encode of another member ranks after the
     rest (at most INSPECT_ROUNDS such files; decoded pixels are shared across the rounds, up to
@@ -190,10 +211,12 @@ def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tu
     verdicts: derived_from's answers by pair of content digests, read and extended (a catalog keeps them,
     so a second dedup of an unchanged collection decodes nothing).
     """
-    if not isinstance(facts, FactTable):  # columns of these members only, numbered from 0
-        local = keep_ranks(FactTable([facts[m] for m in members]), list(range(len(members))), order,
-                           reference and [reference[m] for m in members], inspect, verdicts)
-        return {members[k]: key for k, key in local.items()}
+    if not isinstance(facts, FactTable):
+        if len(members) >= COLUMNS_FROM:  # columns of these members only, numbered from 0
+            local = keep_ranks(FactTable([facts[m] for m in members]), list(range(len(members))), order,
+                               reference and [reference[m] for m in members], inspect, verdicts)
+            return {members[k]: key for k, key in local.items()}
+        facts = FactTable(facts)  # ranked file by file: no columns made
     table = facts
     keys = _fact_ranks(table, members, order, reference)
     if not inspect or len(members) < 2 or "content" not in order:
@@ -226,7 +249,75 @@ def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tu
 
 def _fact_ranks(t: FactTable, members: list[int], order: tuple[str, ...],
                 reference: list[bool] | None) -> dict[int, tuple]:
-    """The keys of keep_ranks before any look at pixels: one column per criterion, over the members' rows."""
+    """The keys of keep_ranks before any look at pixels."""
+    if len(members) < COLUMNS_FROM:
+        return _ranks_file_by_file(t.facts, members, order, reference)
+    return _ranks_over_columns(t.columns(), members, order, reference)
+
+
+def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
+                        reference: list[bool] | None) -> dict[int, tuple]:
+    fs = [facts[m] for m in members]
+    # The trimmed content's size once per file (FileFacts.content_aspect's arithmetic): ranking a big
+    # component again after a failed pixel check made these properties most of keep-best's time.
+    sizes = [_content_size(f) for f in fs]
+    aspects = [_log_aspect(w, h) for w, h in sizes]
+    # The group's true shape: the aspect most members share; between equally shared ones (an original and
+    # its one squashed copy), the one nearer a shape cameras and screens produce. Counted on sorted values,
+    # so a group of 10^5 byte-identical files stays cheap.
+    ordered = sorted(aspects)
+
+    def support(a: float) -> int:
+        return bisect.bisect_right(ordered, a + ASPECT_TOLERANCE) - bisect.bisect_left(ordered, a - ASPECT_TOLERANCE)
+
+    true_aspect = max(set(aspects), key=lambda a: (support(a), -min(abs(a - s) for s in _STANDARD), -a))
+    distorted = [abs(a - true_aspect) > ASPECT_TOLERANCE for a in aspects]
+    # A copy turned a quarter is an edit too: where most non-square members are landscape (or portrait),
+    # one of the other orientation ranks after them. A turned keeper would also lose the crops and small
+    # rotations of the upright picture, which match it only upright (detect: flips go by hash alone).
+    # Landscape or not; None where square within ASPECT_TOLERANCE.
+    wide = [None if a <= ASPECT_TOLERANCE else w >= h for a, (w, h) in zip(aspects, sizes)]
+    votes = [w for w in wide if w is not None]
+    upright = None if 2 * sum(votes) == len(votes) else 2 * sum(votes) > len(votes)
+    # A file whose EXIF names a camera is not counted turned: its orientation is the camera's (copies that
+    # dropped the EXIF orientation tag can outnumber it).
+    turned = [upright is not None and w is not None and w != upright and not f.camera for w, f in zip(wide, fs)]
+    undistorted = [f.content_pixels for f, d in zip(fs, distorted) if not d] or [f.content_pixels for f in fs]
+    largest = max(undistorted)
+    # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
+    # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
+    cleanest: dict[tuple[int, int], float] = {}
+    for f in fs:
+        cleanest[f.width, f.height] = min(f.noise, cleanest.get((f.width, f.height), f.noise))
+    any_colour = any(f.colour for f in fs)
+    out = {}
+    for m, f, dist, turn in zip(members, fs, distorted, turned):
+        key: list = [0 if reference and reference[m] else 1]
+        for c in order:
+            if c == "content":
+                key += [int(dist), int(turn),
+                        -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
+            elif c == "quality":
+                noisy = f.noise > NOISE_RATIO * cleanest[f.width, f.height] + NOISE_FLOOR
+                key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
+            elif c == "camera":
+                key.append(0 if f.camera else 1)
+            elif c == "size":
+                key.append(-f.size)
+            elif c == "oldest":
+                key.append(f.mtime)
+            elif c == "newest":
+                key.append(-f.mtime)
+            elif c == "shortest-path":
+                key.append(len(f.path))
+        key.append(f.path)
+        out[m] = tuple(key)
+    return out
+
+
+def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
+                        reference: list[bool] | None) -> dict[int, tuple]:
+    """_ranks_file_by_file's keys, one column per criterion over the members' rows."""
     m = np.asarray(members, np.int64)
     aspects = t.aspect[m]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
@@ -304,11 +395,7 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
       generation (an enlargement is a new encode, made after its source).
     A file that cannot be read now is never judged derived.
     """
-    if not isinstance(facts, FactTable):  # columns of these files only, numbered from 0
-        files = [top, *peers]
-        got = derived_from(FactTable([facts[m] for m in files]), 0, list(range(1, len(files))), verdicts, pictures)
-        return None if got is None else files[got]
-    table = facts
+    table = facts if isinstance(facts, FactTable) else FactTable(facts)
     t = table.facts[top]
     pictures = _Pictures(PICTURE_BYTES) if pictures is None else pictures
     a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
@@ -333,8 +420,50 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
 
 
 def _looked_at(t: FactTable, top: int, peers: list[int]) -> list[tuple[int, str]]:
-    """(peer, kind of test) for the first INSPECT_PEERS of `peers` whose facts leave a doubt (derived_from).
-    Over arrays: in a big component of look-alikes few peers qualify, and all are tested."""
+    """(peer, kind of test) for the first INSPECT_PEERS of `peers` whose facts leave a doubt (derived_from)."""
+    if len(peers) < COLUMNS_FROM:
+        return list(_looked_at_file_by_file(t.facts, top, peers))
+    return _looked_at_over_columns(t.columns(), top, peers)
+
+
+def _looked_at_file_by_file(facts: list[FileFacts], top: int, peers: list[int]):
+    """_looked_at, a generator over the peers until INSPECT_PEERS are found."""
+    t = facts[top]
+    tw, th = _content_size(t)
+    looked = 0
+    for p in peers:
+        f = facts[p]
+        fw, fh = _content_size(f)
+        # Pixels are read only where the facts cannot tell: a lossless file over a lossy one of its size, whole
+        # or trimmed (a re-save, framed or not, or a noisy copy ranks first on generation; trims of the two
+        # may disagree by a band), or a file larger on both axes (an upscale, or a copy stretched on one
+        # axis, ranks first on content).
+        same_scale = t.width >= f.width and t.height >= f.height and \
+            any(abs(a - w) <= RESAVE_JITTER * w and abs(b - h) <= RESAVE_JITTER * h
+                for a, b in ((tw, th), (t.width, t.height)) for w, h in ((fw, fh), (f.width, f.height)))
+        if same_scale and t.format.upper() not in _LOSSY and f.format.upper() in _LOSSY:
+            kind = "resave"
+        elif same_scale and _generation(f) < _generation(t) and (f.format.upper() in _LOSSY or (
+                (f.width, f.height) == (t.width, t.height) and f.noise <= NOISE_RATIO * t.noise + NOISE_FLOOR)):
+            # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took
+            # a band more or less: if it holds the same picture, the earlier encode is its source
+            kind = "recode"
+        elif t.content_pixels > UPSCALE_MIN * f.content_pixels and tw >= (1 - RESAVE_JITTER) * fw and \
+                th >= (1 - RESAVE_JITTER) * fh:
+            kind = "upscale"
+        else:
+            continue
+        if f.digest == t.digest:
+            continue
+        looked += 1
+        if looked > INSPECT_PEERS:
+            return
+        yield p, kind
+
+
+def _looked_at_over_columns(t: _Columns, top: int, peers: list[int]) -> list[tuple[int, str]]:
+    """_looked_at over arrays: in a big component of look-alikes few peers qualify, and every one is tested
+    file by file."""
     p = np.asarray(peers, np.int64)
     tw, th, tW, tH = t.cw[top], t.ch[top], t.width[top], t.height[top]
     fw, fh, fW, fH = t.cw[p], t.ch[p], t.width[p], t.height[p]
