@@ -2,7 +2,8 @@
 
 The decisions stay arrays (detect.PairDecisions) and the grouping runs in numba kernels over a CSR
 adjacency, so millions of pairs cost arrays, not Python objects (issue 12, "grouping at scale"); a Match
-is made only for a file that ends in a group. Only the keep-best ranker runs once per component in Python.
+is made only for a file that ends in a group. Only the keep-best ranker runs in Python: once per component,
+and once per duplicate star that is not its whole component (_better_keepers).
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     keeps it as the oracle): components and their members in the order files first occur in the pairs (the
     ranker sees the same lists, and breaks ties by that order), and where a pair occurs twice its last
     decision counts. With checks pending (decide(lazy=True)), d is settled in place where stars need it; the
-    groups equal those of checking every pair first when the ranker ignores the rest of the component, but
-    keep-best's group votes (shape, orientation) then count the files that unchecked pairs join.
+    groups equal those of checking every pair first when the ranker's order does not depend on the rest of
+    the component. keep-best's does (its group votes on shape and orientation), and a component can hold
+    files its stars do not take: once every star rests on checked pairs, a star whose own best file is not
+    its keeper has that file promoted (drawn first from then on) and the stars are drawn again
+    (_better_keepers).
     """
     if n >= 2**31 or len(d) >= 2**31:
         raise ValueError("grouping holds file and pair numbers as int32: at most 2^31 - 1 of each")
@@ -69,14 +73,16 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
         # (decide(lazy=True)): only the pairs the stars rest on (keeper, member) are checked. One that fails
         # leaves the duplicate tier and the stars are drawn again, until every pair they rest on has passed:
         # each member still matches its keeper by the whole test, at a fraction of the checks (held-out
-        # folder, --method phash: 711 where checking every candidate takes 3,930).
+        # folder, --method phash: 711 where checking every candidate takes 3,930). Then a keeper that is not
+        # its own star's best gives way to it (each file promoted once, so this ends too).
         while True:
             stars = _stars(n, d, np.flatnonzero(d.duplicate), None, ranker, judge)
-            _, _, via, idx = stars
+            _, _, via, idx, _ = stars
             used = idx[via[via >= 0]]  # d's rows of the (keeper, member) pairs
-            if d.pending is None or not d.pending[used].any():
+            if d.pending is not None and d.pending[used].any():
+                judge.settle(d, used)
+            elif not ranker.promote(_better_keepers(stars, ranker)):
                 break
-            judge.settle(d, used)
             ranker.next_drawing()
         groups, absorbed = _groups(stars, d, judge, "duplicate")
         free = np.ones(n, bool)
@@ -95,25 +101,59 @@ class _RankMemo:
     """Each component's files in keep-best order (the ranker's keys, sorted), asked once per distinct
     component while the stars are drawn again (most components come back unchanged). Only the order is
     kept, not the keys, and only for the last two drawings; with no check pending there is no second
-    drawing and nothing is kept."""
+    drawing unless a keeper is promoted, and nothing is kept.
+
+    Promoted files (promote) go first in their component, in keep-best order among themselves."""
 
     def __init__(self, ranker, keep: bool):
         self.ranker, self.keep, self.last, self.now = ranker, keep, {}, {}
+        self.first: set[int] = set()
 
     def order(self, members: list[int]) -> list[int]:
         if not self.keep:
-            return sorted(members, key=self.ranker(members).__getitem__)
-        key = tuple(members)
-        got = self.now.get(key)
-        if got is None:
-            got = self.last.get(key)
+            got = sorted(members, key=self.ranker(members).__getitem__)
+        else:
+            key = tuple(members)
+            got = self.now.get(key)
             if got is None:
-                got = sorted(members, key=self.ranker(members).__getitem__)
-            self.now[key] = got
+                got = self.last.get(key)
+                if got is None:
+                    got = sorted(members, key=self.ranker(members).__getitem__)
+                self.now[key] = got
+        if self.first and not self.first.isdisjoint(members):
+            got = [x for x in got if x in self.first] + [x for x in got if x not in self.first]
         return got
+
+    def promote(self, files: list[int]) -> bool:
+        """Put `files` first from the next drawing on; False when none is new (each file is promoted once,
+        so the drawings end)."""
+        new = [x for x in files if x not in self.first]
+        self.first.update(new)
+        return bool(new)
 
     def next_drawing(self) -> None:
         self.last, self.now = self.now, {}
+
+
+def _better_keepers(stars: tuple, ranker: _RankMemo) -> list[int]:
+    """Each duplicate star's best file by keep-best among the star's own files, where that is not its keeper.
+
+    A component can hold files its stars do not take: look-alikes joined through pairs no star rested on
+    (their checks never ran), or the far end of a chain of edits. keep-best's group votes (the shape most
+    files share, their orientation) count them, and can elect a squashed or turned copy over the original
+    (held-out keep bench: GreenMeadow kept its squashed copy). Ranked among the files that matched the
+    keeper, the original wins the votes again; drawn first, it takes the members that match it directly."""
+    g_offs, mem, _, _, component = stars
+    mem_l, better = mem.tolist(), []
+    # A star that is its whole component was ranked as it stands.
+    partial = np.flatnonzero(np.diff(g_offs) < component[mem[g_offs[:-1]]])
+    for s, e in zip(g_offs[partial].tolist(), g_offs[partial + 1].tolist()):
+        star = mem_l[s:e]
+        keys = ranker.ranker(star)
+        best = min(star, key=keys.__getitem__)  # ties stay with the keeper, listed first
+        if best != star[0]:
+            better.append(best)
+    return better
 
 
 @contextlib.contextmanager
@@ -134,9 +174,9 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
            judge: PairJudge) -> tuple:
     """Star groups over the pairs d[rows] (None: all) between files in `free` (None: all), as arrays:
     (group offsets into mem, mem: keeper then members, via: the edge into idx each member was taken by, idx:
-    d's row of each edge). Byte-identical files are candidates only as a star on the first of them
-    (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself or of a member:
-    the same bytes match the keeper exactly as the member does."""
+    d's row of each edge, each file's component size). Byte-identical files are candidates only as a star on
+    the first of them (candidate_pairs), so a keeper also takes every remaining byte-identical copy of itself
+    or of a member: the same bytes match the keeper exactly as the member does."""
     a, b = (d.i, d.j) if rows is None else (d.i[rows], d.j[rows])
     order = _first_seen(a, b, n)  # files in the order they first occur, as the former dict keys were
     idx = np.arange(len(a)) if rows is None else rows
@@ -162,12 +202,14 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     seq_offs[1:] = np.cumsum(sizes[big])
     dig = judge.digest_ids
     g_offs, mem, via = _select(seq, seq_offs, indptr, nbr, eid, dig, int(dig.max()) + 1 if len(dig) else 0)
-    return g_offs, mem, via, idx
+    component = np.zeros(n, np.int64)  # each file's component size
+    component[members] = np.repeat(sizes, sizes)
+    return g_offs, mem, via, idx, component
 
 
 def _groups(stars: tuple, d: PairDecisions, judge: PairJudge, tier: str) -> tuple[list[Group], np.ndarray]:
     """The Group of each star (_stars), and the files they absorbed (every member but the keeper)."""
-    g_offs, mem, via, idx = stars
+    g_offs, mem, via, idx, _ = stars
     # via: the pair (keeper, member) among the decisions, -1 for a byte-identical copy taken with a member
     # (the pair test decides it now), -2 for the keeper.
     direct = via >= 0
