@@ -367,3 +367,4 @@ def test_a_keeper_elected_by_files_outside_its_star_gives_way_to_the_stars_best(
     assert [g.members for g in dup] == [[0, 1, 2]]
     assert all(m.duplicate and m.changed == 0.001 for m in dup[0].matches[1:])
     assert set(judge.checked) == {(0, 1), (0, 2), (1, 2)}  # the look-alikes' pairs never checked
+

@@ -52,10 +52,10 @@ def group_pairs(n: int, pairs: tuple[np.ndarray, np.ndarray], judge: PairJudge, 
 def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[Group]:
     """group_pairs over decisions already made (judge.decide).
 
-    With nothing pending, the result is the one the former per-pair dict grouping gave (tests/test_grouping.py
-    keeps it as the oracle): components and their members in the order files first occur in the pairs (the
-    ranker sees the same lists, and breaks ties by that order), and where a pair occurs twice its last
-    decision counts. With checks pending (decide(lazy=True)), d is settled in place where stars need it; the
+    With nothing pending and a ranker whose order does not depend on the files ranked together, the result
+    is the one the former per-pair dict grouping gave (tests/test_grouping.py keeps it as the oracle):
+    components and their members in the order files first occur in the pairs (the ranker sees the same
+    lists, and breaks ties by that order), and where a pair occurs twice its last decision counts. With checks pending (decide(lazy=True)), d is settled in place where stars need it; the
     groups equal those of checking every pair first when the ranker's order does not depend on the rest of
     the component. keep-best's does (its group votes on shape and orientation), and a component can hold
     files its stars do not take: once every star rests on checked pairs, a star whose own best file is not
@@ -91,6 +91,7 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
         # settle is a guard that finds nothing pending.
         both = np.flatnonzero(free[d.i] & free[d.j])
         judge.settle(d, both)
+        ranker.for_similar_tier()
         more, _ = _groups(_stars(n, d, np.flatnonzero(d.rule > 0), free, ranker, judge), d, judge, "similar")
     groups += more
     groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
@@ -100,14 +101,18 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
 class _RankMemo:
     """Each component's files in keep-best order (the ranker's keys, sorted), asked once per distinct
     component while the stars are drawn again (most components come back unchanged). Only the order is
-    kept, not the keys, and only for the last two drawings; with no check pending there is no second
-    drawing unless a keeper is promoted, and nothing is kept.
+    kept, not the keys, and only for the last two drawings; with no check pending and no keeper promoted
+    there is no second drawing and nothing is kept.
 
-    Promoted files (promote) go first in their component, in keep-best order among themselves."""
+    Promoted files (promote) go first in their component, in the order they were promoted: the first
+    promotion in a component stays its first file whatever later stars vote (stars' own votes can disagree
+    with each other: a squashed copy and an edit of the same shape outvote the original in one star and not
+    in the next), and each file is promoted once, so the drawings end."""
 
     def __init__(self, ranker, keep: bool):
         self.ranker, self.keep, self.last, self.now = ranker, keep, {}, {}
-        self.first: set[int] = set()
+        self.first: dict[int, int] = {}  # promoted file -> when
+        self.best: dict[tuple, int] = {}  # a star's files -> its best by keep-best among them
 
     def order(self, members: list[int]) -> list[int]:
         if not self.keep:
@@ -120,16 +125,31 @@ class _RankMemo:
                 if got is None:
                     got = sorted(members, key=self.ranker(members).__getitem__)
                 self.now[key] = got
-        if self.first and not self.first.isdisjoint(members):
-            got = [x for x in got if x in self.first] + [x for x in got if x not in self.first]
+        if self.first and not self.first.keys().isdisjoint(members):
+            got = sorted((x for x in got if x in self.first), key=self.first.__getitem__) + \
+                [x for x in got if x not in self.first]
+        return got
+
+    def best_of(self, star: list[int]) -> int:
+        """The star's best file, ranked among its own files (ties stay with the keeper, listed first)."""
+        key = tuple(star)
+        got = self.best.get(key)
+        if got is None:
+            got = self.best[key] = min(star, key=self.ranker(star).__getitem__)
         return got
 
     def promote(self, files: list[int]) -> bool:
-        """Put `files` first from the next drawing on; False when none is new (each file is promoted once,
-        so the drawings end)."""
+        """Put `files` first from the next drawing on; False when none is new (each file is promoted once).
+        From here on the orders are kept: the next drawing is mostly the same components again."""
         new = [x for x in files if x not in self.first]
-        self.first.update(new)
+        for x in new:
+            self.first[x] = len(self.first)
+        self.keep = self.keep or bool(new)
         return bool(new)
+
+    def for_similar_tier(self) -> None:
+        """Promotions are about keepers of duplicates: look-alike groups are led by keep-best's own choice."""
+        self.first = {}
 
     def next_drawing(self) -> None:
         self.last, self.now = self.now, {}
@@ -148,10 +168,8 @@ def _better_keepers(stars: tuple, ranker: _RankMemo) -> list[int]:
     # A star that is its whole component was ranked as it stands.
     partial = np.flatnonzero(np.diff(g_offs) < component[mem[g_offs[:-1]]])
     for s, e in zip(g_offs[partial].tolist(), g_offs[partial + 1].tolist()):
-        star = mem_l[s:e]
-        keys = ranker.ranker(star)
-        best = min(star, key=keys.__getitem__)  # ties stay with the keeper, listed first
-        if best != star[0]:
+        best = ranker.best_of(mem_l[s:e])
+        if best != mem_l[s]:
             better.append(best)
     return better
 
