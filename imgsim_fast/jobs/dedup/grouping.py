@@ -55,12 +55,12 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     With nothing pending and a ranker whose order does not depend on the files ranked together, the result
     is the one the former per-pair dict grouping gave (tests/test_grouping.py keeps it as the oracle):
     components and their members in the order files first occur in the pairs (the ranker sees the same
-    lists, and breaks ties by that order), and where a pair occurs twice its last decision counts. With checks pending (decide(lazy=True)), d is settled in place where stars need it; the
-    groups equal those of checking every pair first when the ranker's order does not depend on the rest of
-    the component. keep-best's does (its group votes on shape and orientation), and a component can hold
-    files its stars do not take: once every star rests on checked pairs, a star whose own best file is not
-    its keeper has that file promoted (drawn first from then on) and the stars are drawn again
-    (_better_keepers).
+    lists, and breaks ties by that order), and where a pair occurs twice its last decision counts. With
+    checks pending (decide(lazy=True)), d is settled in place where stars need it; the groups equal those of
+    checking every pair first when the ranker's order does not depend on the rest of the component.
+    keep-best's does (its group votes on shape and orientation), and a component can hold files its stars do
+    not take: once every star rests on checked pairs, a star whose own best file is not its keeper has that
+    file promoted (drawn first from then on) and the stars are drawn again (_better_keepers).
     """
     if n >= 2**31 or len(d) >= 2**31:
         raise ValueError("grouping holds file and pair numbers as int32: at most 2^31 - 1 of each")
