@@ -210,3 +210,20 @@ def test_input_validation():
     with pytest.raises(ValueError):
         VectorIndex(0)
     assert len(index) == 0  # nothing was added by the failed calls
+
+
+def test_a_deterministic_index_answers_the_same_every_build():
+    # hnswlib's parallel inserts race for neighbours: two builds of the same vectors can answer differently
+    # (dedup's groups then differed between two runs over one folder). Built on one thread, they cannot.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6000, 32)).astype(np.float32)
+    x[3000:] = x[:3000] + 0.3 * rng.standard_normal((3000, 32)).astype(np.float32)
+
+    def answers():
+        vi = VectorIndex(32, exact_threshold=0, deterministic=True, M=8, ef_construction=40)
+        vi.add(x, np.arange(len(x)))
+        assert vi.mode == "hnsw"
+        return vi.knn(x, k=10)
+
+    (ids_a, sc_a), (ids_b, sc_b) = answers(), answers()
+    assert np.array_equal(ids_a, ids_b) and np.array_equal(sc_a, sc_b)

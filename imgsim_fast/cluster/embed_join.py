@@ -80,7 +80,7 @@ def _reduce_task(kprime: int, min_cos: float, *parts):
     qs, ts, ss = [], [], []
     for c in np.unique(cell):
         sel = np.flatnonzero(cell == c)
-        vi = VectorIndex(vec.shape[1])
+        vi = VectorIndex(vec.shape[1], deterministic=True)  # the same pairs every run, as dedup
         vi.add(vec[sel], vid[sel])
         ids, scores = vi.knn(vec[sel], k=min(kprime, len(sel)))
         q = np.repeat(vid[sel], ids.shape[1])

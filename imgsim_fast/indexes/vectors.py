@@ -92,11 +92,16 @@ class VectorIndex:
     M, ef_construction: HNSW graph degree and build beam (fixed once the graph exists).
     ef: search beam (settable at any time; raised to k for a query when k is larger).
     threads: threads for HNSW build and batched queries (-1: all cores).
+    deterministic: build the HNSW graph on one thread, so the same vectors added in the same order give the
+    same graph and the same answers every run (hnswlib's parallel inserts race for neighbours: dedup's
+    candidate pairs, and so its groups, differed between two runs over one 10,200-file folder). Queries
+    still use `threads`: each is answered alone.
     """
 
     def __init__(self, dim: int, *, space: str = "cosine", M: int = DEFAULT_M,
                  ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF,
-                 exact_threshold: int = EXACT_THRESHOLD, threads: int = -1, seed: int = 100):
+                 exact_threshold: int = EXACT_THRESHOLD, threads: int = -1, seed: int = 100,
+                 deterministic: bool = False):
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         if space not in _SPACES:
@@ -113,6 +118,7 @@ class VectorIndex:
         self._ef = int(ef)
         self.exact_threshold = int(exact_threshold)
         self.threads = int(threads)
+        self.build_threads = 1 if deterministic else self.threads
         self.seed = int(seed)
         # Exact mode: rows of _vectors for _ids; _live marks rows not deleted. HNSW mode: _hnsw holds all.
         self._ids = np.empty(0, np.int64)
@@ -190,7 +196,7 @@ class VectorIndex:
 
     def _build_hnsw(self) -> None:
         index = self._new_hnsw(max(2 * self._ids.size, 1024))
-        index.add_items(self._vectors, self._ids.astype(np.uint64), num_threads=self.threads)
+        index.add_items(self._vectors, self._ids.astype(np.uint64), num_threads=self.build_threads)
         dead = self._ids[~self._live]
         for i in dead:
             index.mark_deleted(int(i))
@@ -207,7 +213,7 @@ class VectorIndex:
         need = index.get_current_count() + new
         if need > index.get_max_elements():
             index.resize_index(max(need, 2 * index.get_max_elements()))
-        index.add_items(x, ids.astype(np.uint64), num_threads=self.threads)
+        index.add_items(x, ids.astype(np.uint64), num_threads=self.build_threads)
         self._deleted_labels.difference_update(revived)
 
     def _has_live_label(self, label: int) -> bool:

@@ -482,7 +482,7 @@ def embedding_pairs(embeddings: np.ndarray, min_cos: float, k: int = 32,
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     vecs = embeddings if centre is None else np.concatenate([embeddings, centre])
     m = len(vecs)
-    vi = VectorIndex(vecs.shape[1])
+    vi = VectorIndex(vecs.shape[1], deterministic=True)  # the same pairs, so the same groups, every run
     vi.add(vecs, np.arange(m, dtype=np.int64))
     views = m // n
     ids, scores = vi.knn(vecs, k=min(views * (k + 1), m))
