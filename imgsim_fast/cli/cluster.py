@@ -38,20 +38,6 @@ def cmd_cluster_index(args) -> int:
     return 1 if s.failed else 0
 
 
-def _print_groups(res, method: str) -> None:
-    """As `imgsim dedup` prints them; the count is of the whole feature set, not of the files read back."""
-    dup = [g for g in res.groups if g.tier == "duplicate"]
-    print(f"{res.files_scanned} images in the feature set, {len(res.features.failures)} skipped; {len(dup)} "
-          f"duplicate groups, {sum(len(res.removable(g)) for g in dup)} files that duplicate a kept one; "
-          f"{len(res.groups) - len(dup)} groups of look-alikes (reported, never acted on) (method {method})")
-    for gi, g in enumerate(res.to_dict()["groups"], 1):
-        kind = "duplicates" if g["tier"] == "duplicate" else "look-alikes, not duplicates"
-        print(f"\ngroup {gi}: {len(g['members'])} files, {kind}{' (exact copies)' if g['exact'] else ''}")
-        for k, m in enumerate(g["members"]):
-            tag = "keep" if k == 0 else ("dup " if m["removable"] else ("ref " if m["reference"] else "    "))
-            print(f"  {tag} {display_path(m['path'])}{'' if k == 0 else '  [' + m['why'] + ']'}")
-
-
 def cmd_cluster_dedup(args) -> int:
     from imgsim_fast.cluster.dedup import cluster_dedup, write_plan
     from imgsim_fast.cluster.featureset import read_meta
@@ -75,7 +61,10 @@ def cmd_cluster_dedup(args) -> int:
     res = cluster_dedup(args.features, args.method, Thresholds(**given), flips=not args.no_flips,
                         reference=args.reference or [], keep_order=args.keep, fixed=tuple(given),
                         address=args.address, num_cpus=args.workers, partitions=args.partitions)
-    _print_groups(res, args.method)
+    from imgsim_fast.cli.main import print_groups
+
+    # The count is of the whole feature set, not of the files read back.
+    print_groups(res, args.method, f"{res.files_scanned} images in the feature set", relative=False)
     st = res.join_stats
     print(f"\njoin: {st.files} files, {st.records} records shuffled ({st.shuffle_bytes / max(1, st.files):.0f} "
           f"bytes a file), {st.pairs} candidate pairs, {st.seconds['join']:.1f} s")

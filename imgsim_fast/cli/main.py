@@ -127,16 +127,23 @@ def cmd_hash(args) -> int:
     return _exit_status(len(result.paths), len(result.failures))
 
 
-def _print_groups(res, method: str) -> None:
-    """The dedup summary and every group, in plain words: duplicates (acted on) first, then look-alikes."""
+def print_groups(res, method: str, scanned: str | None = None, relative: bool = True) -> None:
+    """The dedup summary and every group, in plain words: duplicates (acted on) first, then look-alikes.
+    scanned: the summary's first words (default: how many images were scanned); relative: paths shown
+    relative to the working directory (a cluster's feature set may name files of another machine)."""
     from imgsim_fast.io.names import display_path
+
+    def counted(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
 
     dup = [g for g in res.groups if g.tier == "duplicate"]
     n_dup = sum(len(res.removable(g)) for g in dup)
-    print(f"{len(res.paths)} images scanned, {len(res.features.failures)} skipped; {len(dup)} duplicate "
-          f"groups, {n_dup} files that duplicate a kept one; {len(res.groups) - len(dup)} groups of look-alikes "
-          f"(reported, never acted on) (method {method}"
-          f"{', embeddings ' + res.features.model if res.features.model else ''})")
+    model = getattr(res.features, "model", None)
+    print(f"{scanned or counted(len(res.paths), 'image', 'images') + ' scanned'}, "
+          f"{len(res.features.failures)} skipped; {counted(len(dup), 'duplicate group', 'duplicate groups')}, "
+          f"{counted(n_dup, 'file that duplicates', 'files that duplicate')} a kept one; "
+          f"{counted(len(res.groups) - len(dup), 'group', 'groups')} of look-alikes (reported, never acted on) "
+          f"(method {method}{', embeddings ' + model if model else ''})")
     doc = res.to_dict()
     for gi, g in enumerate(doc["groups"], 1):
         kind = "duplicates" if g["tier"] == "duplicate" else "look-alikes, not duplicates"
@@ -144,7 +151,7 @@ def _print_groups(res, method: str) -> None:
         for k, m in enumerate(g["members"]):
             tag = "keep" if k == 0 else ("dup " if m["removable"] else ("ref " if m["reference"] else "    "))
             why = "" if k == 0 else f"  [{m['why']}]"
-            print(f"  {tag} {display_path(os.path.relpath(m['path']))}{why}")
+            print(f"  {tag} {display_path(os.path.relpath(m['path']) if relative else m['path'])}{why}")
 
 
 def keep_order(text: str) -> tuple[str, ...]:
@@ -202,7 +209,7 @@ def cmd_dedup(args) -> int:
                           catalog=args.catalog)
     report_passed_over(res.features.passed_over, args.verbose)
     _report_failures(res.features)
-    _print_groups(res, args.method)
+    print_groups(res, args.method)
     if args.json:
         report.write_json(res, args.json)
         print(f"\nwrote {display_path(args.json)}")
