@@ -340,6 +340,36 @@ def test_rerun_skips_written_shards(album, local_ray, capsys):
     assert "another request" in capsys.readouterr().err
 
 
+
+def test_cluster_with_embeddings_gives_the_groups_of_dedup(tmp_path, photos, local_ray, capsys):
+    # The default method on the cluster: its features' embeddings come from a Ray actor (the model loaded
+    # once per actor), and the groups are those of `imgsim dedup` on the same folder.
+    from PIL import Image, ImageOps
+
+    os.makedirs(f"{tmp_path}/album")
+    for pi, path in enumerate(photos[:4]):
+        with Image.open(path) as im:
+            base = ImageOps.fit(im.convert("RGB"), (320, 240))
+        base.save(f"{tmp_path}/album/p{pi}.jpg", quality=92)
+        base.crop((20, 15, 300, 225)).save(f"{tmp_path}/album/p{pi}_crop.jpg", quality=85)
+        ImageOps.mirror(base).save(f"{tmp_path}/album/p{pi}_mirror.jpg", quality=85)
+    assert _cli("dedup", f"{tmp_path}/album", "--no-progress", "--json", f"{tmp_path}/single.json") == 0
+    assert _cli("cluster", "index", f"{tmp_path}/album", "--out", f"{tmp_path}/feats", "--embed",
+                "--shard-size", 5) == 0
+    assert "12 files in 3 shards: 3 written" in capsys.readouterr().out
+    assert _cli("cluster", "dedup", f"{tmp_path}/feats", "--method", "auto", "--json", f"{tmp_path}/cluster.json") == 0
+    with open(f"{tmp_path}/single.json") as a, open(f"{tmp_path}/cluster.json") as b:
+        single, cluster = json.load(a), json.load(b)
+
+    def cosines(doc):  # the same up to float rounding: the actor embeds in other batches than dedup does
+        return [m.pop("cosine") for g in doc["groups"] for m in g["members"]]
+
+    cs, cc = cosines(single), cosines(cluster)
+    assert [c is None for c in cs] == [c is None for c in cc] and any(c is not None for c in cs)
+    assert all(abs(a - b) <= 1e-3 for a, b in zip(cs, cc) if a is not None)
+    assert cluster == single
+    assert sum(len(g["members"]) for g in single["groups"] if g["tier"] == "duplicate") >= 8
+
 def _task_workers(name: str) -> list[int]:
     """Pids of Ray worker processes whose title names our task (Ray sets it to ray::<operator>)."""
     out = []

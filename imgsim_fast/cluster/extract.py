@@ -135,12 +135,12 @@ class _EmbedWriter:
     def __call__(self, item: dict) -> dict:
         import pickle
 
-        from imgsim_fast.features.extract import _embed
+        from imgsim_fast.features.extract import embed_inputs
 
         rows, results, phash8, thumbs, inputs = pickle.loads(item["blob"])
         emb = centre = np.zeros((0, self.model.dim), np.float32)
         if inputs is not None:
-            both = _embed(self.model, list(inputs), False)  # the views interleaved, as compute_features does
+            both = embed_inputs(self.model, list(inputs))  # the views interleaved, as compute_features does
             emb, centre = both[0::2], both[1::2]
         fs.write_shard(self.out, item["name"], fs.shard_table(rows, results, phash8, thumbs, emb, centre))
         return {"name": item["name"], "failed": sum(not hasattr(r, "digest") for r in results)}
