@@ -95,8 +95,9 @@ def _code_fingerprint() -> str:
     """Hash of the code that computes features: a cached feature set is reused only while it is unchanged."""
     h = hashlib.sha256()
     pkg = os.path.dirname(os.path.abspath(__file__))
-    for rel in ("dedup/features.py", "hashing.py", "loading.py", "embedding/models.py",
-                "embedding/efficientnet_lite.py", "embedding/preprocess.py", "embedding/pipeline.py"):
+    for rel in ("features/extract.py", "features/hashing.py", "io/loading.py", "features/embedding/models.py",
+                "features/embedding/efficientnet_lite.py", "features/embedding/preprocess.py",
+                "features/embedding/batching.py"):
         with open(os.path.join(pkg, rel), "rb") as fh:
             h.update(fh.read())
     return h.hexdigest()
