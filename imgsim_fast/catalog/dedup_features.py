@@ -32,12 +32,9 @@ FACT_COLUMNS = ("width", "height", "content_pixels", "trim_left", "trim_top", "t
 
 
 def model_arrays(model: str) -> tuple[str, str]:
-    """The arrays of dedup's two embedded views (whole trimmed picture, centre) by `model`. The centre's is
-    'dedup-centre2-': its view now comes from the whole view's input (extract.embed_views), and the rows of
-    the former 'dedup-centre-' array, cut from the decoded picture, are not mixed with it (a catalog made
-    before extracts those files again)."""
+    """The arrays of dedup's two embedded views (whole trimmed picture, centre) by `model`."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model)[-80:]
-    return f"dedup-emb-{name}", f"dedup-centre2-{name}"
+    return f"dedup-emb-{name}", f"dedup-centre-{name}"
 
 
 def fact_row(f: FileFacts) -> list[float]:

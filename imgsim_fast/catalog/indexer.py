@@ -28,7 +28,7 @@ from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailu
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
 from imgsim_fast.runtime.progress import progress_bar
 from imgsim_fast.catalog import dedup_features as dedup_arrays
-from imgsim_fast.features.extract import ExtractSpec, Extracted, embed_inputs, embed_views, extract_many
+from imgsim_fast.features.extract import ExtractSpec, Extracted, embed_inputs, extract_many
 from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.runtime.pool import default_workers
 
@@ -624,10 +624,10 @@ class _Run:
             arrays[dedup_arrays.FACTS] = (np.array([dedup_arrays.fact_row(f[0]) for f in facts], np.float64), paths)
             if self.dedup_model is not None:
                 with self.timer("embed"):
-                    whole, middle = embed_views(self.dedup_model, [f[2] for f in facts])
+                    both = embed_inputs(self.dedup_model, [v for f in facts for v in f[2]])
                 emb, centre = dedup_arrays.model_arrays(self.dedup_model.name)
-                arrays[emb] = (whole, paths)
-                arrays[centre] = (middle, paths)
+                arrays[emb] = (both[0::2].copy(), paths)
+                arrays[centre] = (both[1::2].copy(), paths)
         with self.timer("write"), cat.transaction():
             for op in cheap:
                 _apply_cheap(cat, op, self.mapping, stats)

@@ -104,7 +104,7 @@ def extract_shard(start: int, paths: list[str], embed_size: int | None = None):
     results = [r if isinstance(r, LoadFailure) else r[0] for r in res]
     phash8 = phash_dihedral(np.stack([r[1][0] for r in ok])) if ok else np.zeros((0, 8, 1), np.uint64)
     thumbs = np.stack([r[1][1] for r in ok]) if ok else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
-    inputs = np.stack([r[2] for r in ok]) if ok and embed_size else None
+    inputs = np.stack([v for r in ok for v in r[2]]) if ok and embed_size else None
     return list(range(start, start + len(paths))), results, phash8, thumbs, inputs
 
 
@@ -135,12 +135,13 @@ class _EmbedWriter:
     def __call__(self, item: dict) -> dict:
         import pickle
 
-        from imgsim_fast.features.extract import embed_views
+        from imgsim_fast.features.extract import embed_inputs
 
         rows, results, phash8, thumbs, inputs = pickle.loads(item["blob"])
         emb = centre = np.zeros((0, self.model.dim), np.float32)
         if inputs is not None:
-            emb, centre = embed_views(self.model, list(inputs))
+            both = embed_inputs(self.model, list(inputs))  # the views interleaved, as compute_features does
+            emb, centre = both[0::2], both[1::2]
         fs.write_shard(self.out, item["name"], fs.shard_table(rows, results, phash8, thumbs, emb, centre))
         return {"name": item["name"], "failed": sum(not hasattr(r, "digest") for r in results)}
 

@@ -22,7 +22,7 @@ __all__ = ["META_NAME", "LISTING_NAME", "shard_table", "write_shard", "read_meta
 
 META_NAME = "imgsim-features.json"
 LISTING_NAME = "listing.parquet"
-FORMAT_VERSION = 3  # 3: the centre view from the whole view's pass; 2: 128 px thumbnails (1 had 64 px)
+FORMAT_VERSION = 2  # 2: 128 px thumbnails (1 had 64 px)
 
 
 def _schema(dim: int | None):
@@ -90,8 +90,8 @@ def read_meta(folder: str) -> dict | None:
     version = meta.get("imgsim_features")
     if version != FORMAT_VERSION:
         if isinstance(version, int) and version < FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by an older imgsim (feature set format {version}; this "
-                             f"version reads format {FORMAT_VERSION}): extract again into a new folder")
+            raise ValueError(f"{folder} was written by an older imgsim (feature set format {version}, 64 px "
+                             f"thumbnails; this version reads format {FORMAT_VERSION}): extract again into a new folder")
         raise ValueError(f"{folder} is not an imgsim feature set (version {FORMAT_VERSION})")
     return meta
 

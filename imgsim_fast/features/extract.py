@@ -4,7 +4,7 @@ One decode per file (JPEGs draft-decoded to about FEATURE_SIDE px), in worker pr
 (letterbox bars, mats, frames) are trimmed from the decoded small image before hashing and embedding, so a
 letterboxed copy hashes like its original. With embeddings, two views are embedded: the trimmed picture and
 its centre EMBED_CROP (a cropped copy is close to its original's centre; detect.py compares them
-crosswise), both from one input (embed_views). hashing.py is unchanged: its compat mode still gives imagehash's codes; the trim is dedup's own preparation step (`trim_uniform_borders`).
+crosswise). hashing.py is unchanged: its compat mode still gives imagehash's codes; the trim is dedup's own preparation step (`trim_uniform_borders`).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from imgsim_fast.features.hashing import (PHASH_HIGHFREQ_FACTOR, draft_size, has
 from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, RAW_EXTENSIONS, ImageLoadError,
                                      LoadFailure, iter_image_files, load_image, read_file)
 
-__all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "embed_inputs", "embed_views", "extract_chunk",
-           "extract_file", "extract_many", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
+__all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "embed_inputs", "extract_chunk", "extract_file",
+           "extract_many", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
            "noise_sigma", "trim_box", "trim_tolerance",
            "trim_uniform_borders"]
 
@@ -272,7 +272,7 @@ class ExtractSpec:
     kinds / mode / hash_size: the catalog's plain hash codes (hashing.hash_images).
     embed: the catalog's embedding input, prepared as the model was trained (embedding/preprocess.py).
     dedup: dedup's features (trimmed dihedral pHash pixels, thumbnail, keep-best facts); dedup_embed_size:
-        also the input its two embedded views come from, at this side.
+        also its two embedded views at this side.
     metadata: EXIF/XMP/IPTC from the same bytes, plus the sidecars and mapping entry of each item.
     skip_digests: a file of sorted hex digests (S32 rows): a file whose digest is there is digested (and
         its metadata read) but not decoded, because the catalog already holds what its decode would give.
@@ -445,12 +445,12 @@ def extract_many(items: list[tuple], spec: ExtractSpec, workers: int, on_progres
 
 def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str, header: tuple,
                     embed_size: int | None) -> tuple:
-    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding input (s, s, 3) uint8 or None)
+    """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
     from the decoded picture.
 
-    The embedding input is the trimmed picture squashed to s x s: the whole content, not a centre crop,
-    because a crop of a wide picture would miss what an off-centre crop of it kept. Its centre EMBED_CROP,
-    what a cropped copy of the picture looks like, is the second view (embed_views).
+    The first embedding input is the trimmed picture squashed to s x s: the whole content, not a centre
+    crop, because a crop of a wide picture would miss what an off-centre crop of it kept. The second is its
+    centre EMBED_CROP, squashed likewise: what a cropped copy of the picture looks like.
     """
     width, height, fmt, quality, camera = header
     if not width or not height:
@@ -470,7 +470,11 @@ def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str
     ep = None
     if embed_size:
         rgb = trimmed.convert("RGB") if trimmed.mode != "RGB" else trimmed
-        ep = np.asarray(rgb.resize((embed_size, embed_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+        w, h = rgb.size
+        mx, my = (1 - EMBED_CROP) / 2 * w, (1 - EMBED_CROP) / 2 * h
+        centre = rgb.crop((round(mx), round(my), round(w - mx), round(h - my)))
+        ep = np.stack([np.asarray(v.resize((embed_size, embed_size), Image.Resampling.BICUBIC), dtype=np.uint8)
+                       for v in (rgb, centre)])
     # Keep-best counts the content inside the trimmed box, so letterbox bars and mats add nothing.
     content = round(width * height * (box[2] - box[0]) * (box[3] - box[1]))
     facts = FileFacts(path, st.st_size, st.st_mtime, width, height, fmt, content, digest, box,
@@ -542,7 +546,8 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     thumbs = np.stack([h[1] for h in hpix]) if hpix else np.zeros((0, THUMB_SIDE, THUMB_SIDE), np.uint8)
     emb = centre = None
     if model is not None:
-        emb, centre = embed_views(model, epix, progress)
+        both = embed_inputs(model, [v for e in epix for v in e], progress)
+        emb, centre = both[0::2].copy(), both[1::2].copy()
     return Features(facts, phash8, emb, failures, model.name if model is not None else None, centre, thumbs,
                     passed_over)
 
@@ -564,25 +569,6 @@ def embed_inputs(model, arrays: list, progress: bool | None = False, batch: int 
     finally:
         bar.close()
     return out
-
-
-def embed_views(model, arrays: list, progress: bool | None = False, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """dedup's two views (whole picture, centre EMBED_CROP) of each (s, s, 3) uint8 input: model.embed_views,
-    in batches, with a bar of its own (on CPU this is most of dedup's time)."""
-    import torch
-
-    from imgsim_fast.runtime.progress import progress_bar
-
-    out = np.empty((2, len(arrays), model.dim), np.float32)
-    bar = progress_bar(len(arrays), progress, "embedding views")
-    try:
-        for s in range(0, len(arrays), batch):
-            whole, centre = model.embed_views(torch.from_numpy(np.stack(arrays[s:s + batch])), EMBED_CROP)
-            out[0, s:s + batch], out[1, s:s + batch] = whole.cpu().numpy(), centre.cpu().numpy()
-            bar.update(len(arrays[s:s + batch]))
-    finally:
-        bar.close()
-    return out[0], out[1]
 
 
 if __name__ == "__main__":  # pragma: no cover - debugging aid: print the trim box of files

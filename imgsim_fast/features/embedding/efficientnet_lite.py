@@ -94,16 +94,13 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(FEATURES, eps=BN_EPS)
         self._fc = nn.Linear(FEATURES, num_classes)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's features before pooling (n, 1280, h/32, w/32), after its ReLU6."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (n, 1280): the classifier's input, after the head's ReLU6 and global average."""
         x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (n, 1280): the classifier's input, after the head's ReLU6 and global average."""
-        return self.feature_map(x).mean(dim=(2, 3))
+        x = F.relu6(self._bn1(self._conv_head(x)), inplace=True)
+        return x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.forward_features(x))

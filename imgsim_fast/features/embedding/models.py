@@ -122,18 +122,6 @@ class EmbeddingModel:
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         raise ValueError(f"model {self.name!r} has no text tower; text queries need a CLIP model")
 
-    def embed_views(self, batch: torch.Tensor, crop: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """dedup's two views of a prepared batch (n, size, size, 3): the whole picture's embedding and its
-        central `crop` fraction's, what a cropped copy of it looks like. Here the centre is cut from the
-        input and enlarged back to size for a second pass; a model with a spatial feature map pools it from
-        the first pass instead (EfficientNetLiteEmbedder)."""
-        size = batch.shape[1]
-        m = round((1 - crop) / 2 * size)
-        centre = batch[:, m:size - m, m:size - m].permute(0, 3, 1, 2).float()
-        centre = F.interpolate(centre, size=(size, size), mode="bicubic", antialias=False, align_corners=False)
-        centre = centre.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        return self.embed_pixels(batch), self.embed_pixels(centre)
-
 
 class EfficientNetLiteEmbedder(EmbeddingModel):
     """EfficientNet-Lite0 pooled features (1280-d)."""
@@ -141,35 +129,11 @@ class EfficientNetLiteEmbedder(EmbeddingModel):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module.forward_features(x)
 
-    def embed_views(self, batch: torch.Tensor, crop: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass: the whole view is the feature map's mean, the centre view its mean over the central
-        `crop` box (cells the box covers in part weigh by the part covered). On the accuracy corpus's tune
-        half this cost 0.002 of recall against embedding a cut-out centre in a second pass (strong crops
-        0.71 -> 0.68), for half the embedding time."""
-        x = self.to_input(batch)
-        with torch.inference_mode():
-            if self.amp_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype):
-                    f = self.module.feature_map(x)
-            else:
-                f = self.module.feature_map(x)
-            f = f.float()
-            wy, wx = (_box_weights(n, crop).to(f.device) for n in f.shape[2:])
-            w = wy[:, None] * wx[None, :]
-            centre = (f * (w / w.sum())).sum(dim=(2, 3))
-            return F.normalize(f.mean(dim=(2, 3)), dim=1), F.normalize(centre, dim=1)
-
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (n, 1000), float32 on CPU: for checks that the weights are the real ones."""
         x = self.to_input(batch)
         with torch.inference_mode():
             return self.module(x).float().cpu()
-
-
-def _box_weights(n: int, crop: float) -> torch.Tensor:
-    """How much of each of n cells the central `crop` fraction of their span covers (0..1)."""
-    lo, hi = (1 - crop) / 2 * n, (1 + crop) / 2 * n
-    return torch.tensor([max(0.0, min(hi, c + 1) - max(lo, c)) for c in range(n)], dtype=torch.float32)
 
 
 class CLIPEmbedder(EmbeddingModel):
