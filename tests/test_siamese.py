@@ -1,5 +1,7 @@
 """The learned pair similarity: shipped weights, deterministic training that learns, the vectorised score."""
 import dataclasses
+import inspect
+import os
 
 import numpy as np
 import pytest
@@ -98,3 +100,14 @@ def test_learned_features_give_dedups_pair_test_the_same_score():
     judge = PairJudge(learned_features(f, head), "auto", dataclasses.replace(DEFAULTS, **head.meta["thresholds"]))
     want = learned_cosine(f, np.array([3, 0]), np.array([4, 5]), head)
     assert [judge.cosine(3, 4), judge.cosine(0, 5)] == pytest.approx(want.tolist(), abs=1e-6)
+
+
+def test_the_feature_cache_key_reads_the_feature_code():
+    # python -m imgsim_fast.train keys its cached features by the source of the code that computes them; a
+    # path left behind by a move made training stop before it began (FileNotFoundError).
+    from imgsim_fast import train
+    from imgsim_fast.features import extract
+
+    assert len(train._code_fingerprint()) == 64
+    assert "features/extract.py" in inspect.getsource(train._code_fingerprint) and extract.__file__.endswith(
+        os.path.join("features", "extract.py"))
