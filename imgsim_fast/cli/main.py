@@ -138,7 +138,7 @@ def print_groups(res, method: str, scanned: str | None = None, relative: bool = 
 
     dup = [g for g in res.groups if g.tier == "duplicate"]
     n_dup = sum(len(res.removable(g)) for g in dup)
-    model = getattr(res.features, "model", None)
+    model = res.features.model
     print(f"{scanned or counted(len(res.paths), 'image', 'images') + ' scanned'}, "
           f"{len(res.features.failures)} skipped; {counted(len(dup), 'duplicate group', 'duplicate groups')}, "
           f"{counted(n_dup, 'file that duplicates', 'files that duplicate')} a kept one; "

@@ -230,11 +230,11 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
     # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
     verdicts, checks = load_verdicts(catalog), load_checks(catalog)
-    verdicts_before, checks_before = dict(verdicts), len(checks)
+    verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)
-    if verdicts != verdicts_before:
+    if len(verdicts) != verdicts_before:  # both are only ever added to (keep.derived_from, PairJudge)
         save_verdicts(catalog, verdicts)
-    if len(checks) != checks_before:  # checks are only ever added
+    if len(checks) != checks_before:
         save_checks(catalog, checks)
     return res

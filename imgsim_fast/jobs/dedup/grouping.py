@@ -164,12 +164,13 @@ def _better_keepers(stars: tuple, ranker: _RankMemo) -> list[int]:
     (held-out keep bench: GreenMeadow kept its squashed copy). Ranked among the files that matched the
     keeper, the original wins the votes again; drawn first, it takes the members that match it directly."""
     g_offs, mem, _, _, component = stars
-    mem_l, better = mem.tolist(), []
+    better = []
     # A star that is its whole component was ranked as it stands.
     partial = np.flatnonzero(np.diff(g_offs) < component[mem[g_offs[:-1]]])
     for s, e in zip(g_offs[partial].tolist(), g_offs[partial + 1].tolist()):
-        best = ranker.best_of(mem_l[s:e])
-        if best != mem_l[s]:
+        star = mem[s:e].tolist()
+        best = ranker.best_of(star)
+        if best != star[0]:
             better.append(best)
     return better
 

@@ -162,9 +162,6 @@ class FactTable:
             self._cols = _Columns(self.facts)
         return self._cols
 
-    def __len__(self) -> int:
-        return len(self.facts)
-
 
 class _Columns:
     def __init__(self, facts: list[FileFacts]):
@@ -496,7 +493,6 @@ def _content_size(f: FileFacts) -> tuple[float, float]:
 
 def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
-
     if kind == "recode":
         return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True)
     if kind == "resave":
@@ -546,7 +542,6 @@ class _Pictures:
 
 def _full_grey(path: str):
     """Full-size grey float32 pixels, or None when the file cannot be read now."""
-
     from imgsim_fast.io.loading import ImageLoadError, load_image
 
     try:
@@ -560,7 +555,6 @@ def _spread(r) -> tuple[float, float]:
     """(standard deviation, whiteness) of a difference image. Whiteness: |lag-1 autocorrelation|, both axes:
     0 for white noise, near 1 for smooth. The deviation is r.std() from the centred values computed once
     for both (numpy's std is the square root of this mean, in the same float32 sums)."""
-
     r = r - r.mean()
     v = (r * r).mean()
     lag = float((r[:, 1:] * r[:, :-1]).mean() + (r[1:] * r[:-1]).mean())
@@ -568,7 +562,6 @@ def _spread(r) -> tuple[float, float]:
 
 
 def _laplacian(a):
-
     # |4c - n - s - w - e|, subtracted in that order into one buffer (the same sums as the plain expression)
     out = 4 * a[1:-1, 1:-1]
     for nb in (a[:-2, 1:-1], a[2:, 1:-1], a[1:-1, :-2], a[1:-1, 2:]):
@@ -593,7 +586,6 @@ def _resaved_inside(a, b, t: FileFacts, f: FileFacts, tolerance: float, tones: b
 
 
 def _found_inside(a, B, trim, tolerance: float, tones: bool) -> bool:
-
     (h, w), (bh, bw) = a.shape, B.shape
     if h < bh or w < bw:
         return False
@@ -625,7 +617,6 @@ def _difference(x, y, tones: bool):
     """Mean |x - y| in grey levels, per row of x (candidates, pixels) against y (pixels); with tones, after
     the gain and offset that fit y to each row best (least squares), over the pixels that row does not clip:
     a brightness or contrast edit is a tone map of its source."""
-
     if not tones:
         return np.abs(x - y).mean(axis=1)
     keep = ((x > 2) & (x < 253)).astype(np.float32)
