@@ -321,6 +321,24 @@ def test_phash_method_finds_flips_without_embeddings(edited_album):
     assert "rot90_mild.jpg" not in names2  # the flips come from the dihedral codes, not from luck
 
 
+def test_the_flip_rule_gives_one_verdict_whichever_file_comes_first():
+    # pHash variants are hashes of flipped pixels, not flipped codes, so d(a, mirror(b)) and d(b, mirror(a))
+    # can differ (8 and 12 bits on a mirrored letterboxed copy). The test takes the better of the two, so a
+    # pair's verdict does not depend on walk order or on which file the service stored first.
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 2**63, (2, 8, 1), dtype=np.int64).astype(np.uint64)  # other variants: ~32 bits off
+    a = codes[0, 0, 0]
+    codes[1, 0, 0] = a ^ np.uint64(0xFFFF_FFFF)  # identities 32 bits apart: only the flip rule can match
+    codes[0, 4, 0] = codes[1, 0, 0]              # b against a's mirror-lr variant: 0 bits
+    codes[1, 4, 0] = a ^ np.uint64(0xFFF)        # a against b's mirror-lr variant: 12 bits (beyond dihedral 8)
+    facts = [FileFacts(f"{k}.png", 1, 0.0, 64, 64, "PNG", 64 * 64, f"{k:064x}") for k in range(2)]
+    judge = PairJudge(Features(facts, codes), "phash", DEFAULTS)
+    ab, ba = judge.match(0, 1), judge.match(1, 0)
+    assert ab.rule == ba.rule == "flip" and ab.dihedral == ba.dihedral == 0
+    assert ab.transform == ba.transform == "mirror-lr"  # its own inverse
+    assert judge.distances(0, 1)[1] == judge.distances(1, 0)[1]
+
+
 def _snapshot(root):
     out = {}
     for dp, _, fs in os.walk(root):

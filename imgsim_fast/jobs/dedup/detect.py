@@ -205,13 +205,20 @@ class PairJudge:
         return int(d0[0]), int(dk[0]), int(k[0])
 
     def _distances(self, ii: np.ndarray, jj: np.ndarray):
-        """Identity distance d(code_i, code_j), and the smallest d(code_i, variant_k(code_j)) over the 7
-        flips/rotations with its k, for arrays of pairs (one popcount over the packed words)."""
+        """Identity distance d(code_i, code_j), and the smallest distance over the 7 flips/rotations k of
+        d(code_i, variant_k(code_j)) and d(code_j, variant_k^-1(code_i)), with its k, for arrays of pairs
+        (popcounts over the packed words). Both are symmetric in i and j."""
         d = np.bitwise_count(self.codes[ii, :1, :] ^ self.codes[jj]).sum(axis=2, dtype=np.int64)  # (m, 8)
         if not self.flips:
             return d[:, 0], np.full(len(ii), 10**6, np.int64), np.zeros(len(ii), np.int64)
-        k = np.argmin(d[:, 1:], axis=1) + 1
-        return d[:, 0], d[np.arange(len(ii)), k], k
+        # The flip evidence either way round: i against variant k of j, or j against the inverse variant of i
+        # (the same relation of the two pictures). The variants are hashes of flipped pixels, not flipped
+        # codes, so the two can differ by a few bits (8 and 12 on a mirrored letterboxed copy), and taking
+        # one way only made a pair's verdict depend on which file came first.
+        back = np.bitwise_count(self.codes[jj, :1, :] ^ self.codes[ii]).sum(axis=2, dtype=np.int64)
+        both = np.minimum(d[:, 1:], back[:, _INVERSE_VARIANT[1:]])
+        k = np.argmin(both, axis=1) + 1
+        return d[:, 0], both[np.arange(len(ii)), k - 1], k
 
     def match(self, i: int, j: int) -> Match:
         """The pair test of one pair (decide on one pair: the same decision)."""
