@@ -15,10 +15,12 @@ import numpy as np
 
 from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
+from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
-__all__ = ["FACT_COLUMNS", "dedup_features", "ensure_arrays", "fact_row", "load_checks", "load_verdicts",
-           "model_arrays", "read_features", "save_checks", "save_verdicts", "stored_checks"]
+__all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
+           "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
+           "stored_checks"]
 
 PHASH8 = "dedup-phash8"
 # Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
@@ -49,17 +51,26 @@ def _facts_of(row: np.ndarray, path: str, st: os.stat_result, fmt: str, digest: 
                      bool(camera))
 
 
-def ensure_arrays(cat: Catalog, model=None) -> list[str]:
-    """Create dedup's arrays (and those of `model`'s views) if new; their names."""
+def ensure_arrays(cat: Catalog, model: str | None = None, dim: int | None = None) -> list[str]:
+    """Create dedup's arrays (and those of the views embedded by `model`, `dim` wide) if new; their names."""
     cat.ensure_array(PHASH8, np.uint64, 8)
     cat.ensure_array(THUMBS, np.uint8, THUMB_SIDE * THUMB_SIDE)
     cat.ensure_array(FACTS, np.float64, len(FACT_COLUMNS), {"columns": list(FACT_COLUMNS)})
     names = [PHASH8, THUMBS, FACTS]
     if model is not None:
-        for name in model_arrays(model.name):
-            cat.ensure_array(name, np.float32, model.dim, {"model": model.name})
+        for name in model_arrays(model):
+            cat.ensure_array(name, np.float32, dim, {"model": model})
             names.append(name)
     return names
+
+
+def feature_rows(extracted: list[tuple]) -> dict[str, np.ndarray]:
+    """The rows of dedup's own arrays (not the embedded views) for extract_file results' `dedup` tuples:
+    what the indexer and the service's writer append, one definition of them."""
+    phash8 = phash_dihedral(np.stack([x[1][0] for x in extracted]))
+    return {PHASH8: np.ascontiguousarray(phash8[:, :, 0]),
+            THUMBS: np.stack([x[1][1].reshape(-1) for x in extracted]),
+            FACTS: np.array([fact_row(x[0]) for x in extracted], np.float64)}
 
 
 def dedup_features(catalog: str, roots, *, embed: bool | str = False, workers: int | None = None,

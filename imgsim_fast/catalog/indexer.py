@@ -29,7 +29,6 @@ from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata,
 from imgsim_fast.runtime.progress import progress_bar
 from imgsim_fast.catalog import dedup_features as dedup_arrays
 from imgsim_fast.features.extract import ExtractSpec, Extracted, embed_inputs, extract_many
-from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.runtime.pool import default_workers
 
 __all__ = ["IndexStats", "index", "pixel_digest"]
@@ -286,7 +285,8 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         embed_array = embedding_array_name(embed_model) if embed_model else None
         wanted = list(hash_arrays.values()) + ([embed_array] if embed_array else [])
         if dedup:
-            wanted += dedup_arrays.ensure_arrays(cat, _load_model(dedup_model) if dedup_model else None)
+            model = _load_model(dedup_model) if dedup_model else None
+            wanted += dedup_arrays.ensure_arrays(cat, model.name if model else None, model.dim if model else None)
 
         if sidecar_map is None:
             stored = cat.get_meta("sidecar_map")
@@ -617,11 +617,8 @@ class _Run:
         if self.dedup and ok:
             dd = [w for w in ok if w.path not in errors]
             facts = [w.result.dedup for w in dd]
-            phash8 = phash_dihedral(np.stack([f[1][0] for f in facts]))
             paths = [w.path for w in dd]
-            arrays[dedup_arrays.PHASH8] = (np.ascontiguousarray(phash8[:, :, 0]), paths)
-            arrays[dedup_arrays.THUMBS] = (np.stack([f[1][1].reshape(-1) for f in facts]), paths)
-            arrays[dedup_arrays.FACTS] = (np.array([dedup_arrays.fact_row(f[0]) for f in facts], np.float64), paths)
+            arrays.update({name: (rows, paths) for name, rows in dedup_arrays.feature_rows(facts).items()})
             if self.dedup_model is not None:
                 with self.timer("embed"):
                     both = embed_inputs(self.dedup_model, [v for f in facts for v in f[2]])

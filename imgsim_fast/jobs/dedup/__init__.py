@@ -21,7 +21,7 @@ from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, all_under, kee
 
 __all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features",
            "FileFacts", "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates",
-           "group_features"]
+           "group_features", "learned_space"]
 
 # The pHash radius of the first, hash-only dedup (kept for callers of the old API; DEFAULTS.phash now).
 DEFAULT_THRESHOLD = DEFAULTS.phash
@@ -167,21 +167,21 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
 LEARNED = {"phash_cos": 0.55}
 
 
-def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tuple[Features, Thresholds]:
-    """(features projected by the learned head, its thresholds) when the head applies, else unchanged.
+def learned_space(model: str | None, thresholds: Thresholds = DEFAULTS, fixed=()) -> tuple[object | None, Thresholds]:
+    """(the learned head, the thresholds tuned for it) when the head applies to `model`'s embeddings, else
+    (None, thresholds): the one place that decides which similarity the pair test uses (group_features,
+    the cluster, the service's live index).
 
     On the held-out half of the accuracy corpus the learned score beat the raw cosine with the same pair
     rule (python -m imgsim_fast.train --eval, README "Accuracy"), which is why it is the default.
     """
     import dataclasses
 
-    from imgsim_fast.features.embedding.siamese import learned_features, load_head
+    from imgsim_fast.features.embedding.siamese import load_head
 
-    if features.embeddings is None:
-        return features, thresholds
     head = load_head()
-    if features.model != head.meta.get("model"):
-        return features, thresholds  # another backbone, or already projected
+    if model is None or model != head.meta.get("model"):
+        return None, thresholds  # another backbone, none, or already projected
     tuned = dict(head.meta.get("thresholds", {}))
     # The learned score pushes look-alikes apart (the tune half's look-alike pairs score 0.15 at the median),
     # so no cosine band marks them: a pair the learned score calls the same picture and the pixel check
@@ -192,7 +192,19 @@ def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tupl
     tuned = {k: v for k, v in tuned.items() if hasattr(thresholds, k)}
     tuned.update({k: v for k, v in LEARNED.items() if k not in tuned})
     kept = {k: v for k, v in tuned.items() if k not in fixed and getattr(thresholds, k) == getattr(DEFAULTS, k)}
-    return learned_features(features, head), dataclasses.replace(thresholds, **kept)
+    return head, dataclasses.replace(thresholds, **kept)
+
+
+def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tuple[Features, Thresholds]:
+    """(features projected by the learned head, its thresholds) when the head applies, else unchanged."""
+    from imgsim_fast.features.embedding.siamese import learned_features
+
+    if features.embeddings is None:
+        return features, thresholds
+    head, tuned = learned_space(features.model, thresholds, fixed)
+    if head is None:
+        return features, thresholds
+    return learned_features(features, head), tuned
 
 
 def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds = DEFAULTS, *,
