@@ -29,8 +29,13 @@ ENDPOINTS = ("add", "check", "search", "get")
 
 
 def _synthetic_catalog(path: str, n: int, seed: int) -> None:
-    """n file rows with random 64-bit pHash codes (and their 8 variants, the same code: no flip evidence)."""
+    """n file rows with random 64-bit pHash codes (and their 8 variants, the same code: no flip evidence), and
+    dedup's features, which the duplicate test reads: the same random code as the trimmed one, and one shared
+    thumbnail and facts row (rows of byte-identical files are shared the same way), so the catalog's size on
+    disk does not grow by 16 KiB a file."""
+    from imgsim_fast.catalog import dedup_features as dd
     from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.features.extract import THUMB_SIDE
     from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY
 
     rng = np.random.default_rng(seed)
@@ -39,6 +44,10 @@ def _synthetic_catalog(path: str, n: int, seed: int) -> None:
         cat.declare_batch_rows(chunk)
         cat.ensure_array(HASH_ARRAY, np.uint64, 1, {"kind": "phash", "hash_size": 8, "mode": "fast"})
         cat.ensure_array(DIHEDRAL_ARRAY, np.uint64, 8, {"dihedral_of": HASH_ARRAY})
+        dd.ensure_arrays(cat)
+        with cat.transaction():
+            thumb = cat.append(dd.THUMBS, rng.integers(0, 256, (1, THUMB_SIDE * THUMB_SIDE), dtype=np.uint8))
+            facts = cat.append(dd.FACTS, np.array([[640, 480, 640 * 480, 0, 0, 1, 1, 90, 0, 1.0, 1, 0]], np.float64))
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
             codes = rng.integers(0, 2**63, (m, 1), dtype=np.int64).astype(np.uint64) * 2 + rng.integers(0, 2, (m, 1)).astype(np.uint64)
@@ -49,10 +58,13 @@ def _synthetic_catalog(path: str, n: int, seed: int) -> None:
                     [(s + i + 1, f"/synthetic/{s + i:08d}.jpg", s + i, f"{s + i:032x}") for i in range(m)])
                 r0 = cat.append(HASH_ARRAY, codes)
                 r8 = cat.append(DIHEDRAL_ARRAY, np.repeat(codes, 8, axis=1))
+                d8 = cat.append(dd.PHASH8, np.repeat(codes, 8, axis=1))
                 fids = range(s + 1, s + m + 1)
                 cat.conn.executemany("INSERT INTO vectors(file_id, array, row) VALUES (?, ?, ?)",
                                      [(f, HASH_ARRAY, r0 + i) for i, f in enumerate(fids)] +
-                                     [(f, DIHEDRAL_ARRAY, r8 + i) for i, f in enumerate(fids)])
+                                     [(f, DIHEDRAL_ARRAY, r8 + i) for i, f in enumerate(fids)] +
+                                     [(f, dd.PHASH8, d8 + i) for i, f in enumerate(fids)] +
+                                     [(f, dd.THUMBS, thumb) for f in fids] + [(f, dd.FACTS, facts) for f in fids])
 
 
 def _pictures(n: int, seed: int) -> list[bytes]:

@@ -712,6 +712,11 @@ class Catalog:
     def _array_path(self, name: str) -> str:
         return os.path.join(self.arrays_dir, name + ".bin")
 
+    def array_file(self, name: str) -> str:
+        """The file of array `name` (row r at byte r * width * itemsize), for a reader that maps rows committed
+        after it opened (the service's live index), where `array` maps the length committed at the call."""
+        return self._array_path(name)
+
     def count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM files").fetchone()[0]
 

@@ -32,8 +32,13 @@ def cmd_serve(args) -> int:
         request_timeout_s=args.timeout, embed_model=None if args.embed.lower() == "none" else args.embed,
         max_batch=args.batch, threads=args.workers)
     app = create_app(cfg)
-    print(f"imgsim serve: {cfg.catalog} ({len(app.state.svc.live)} files) on http://{args.host}:{args.port}",
+    live = app.state.svc.live
+    print(f"imgsim serve: {cfg.catalog} ({len(live)} files) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
+    if live.missing_dedup:
+        print(f"imgsim serve: {live.missing_dedup} files lack dedup's features (indexed by `imgsim index`) and take no "
+              "part in duplicate answers until they are added again (POST /v1/images/from-path adds what they lack)",
+              file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_keep_alive=5, limit_concurrency=args.max_connections)
     return 0

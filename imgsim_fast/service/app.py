@@ -88,7 +88,7 @@ class Service:
                 raise ValueError(str(e)) from None
             dim = self.model.dim
             self.embedder = BatchEmbedder(self.model, cfg.max_batch, self.metrics.embed_batch)
-        self.live = LiveIndex(1, dim)
+        self.live = LiveIndex(1, dim, dedup_model=self.model.name if self.model else None)
         self.writer = Writer(cfg.catalog, cfg.storage, self.live, model_name=cfg.embed_model,
                              dim=dim, max_batch=cfg.max_batch, metrics=self.metrics)
         self.live.load(self.writer.cat, HASH_ARRAY, DIHEDRAL_ARRAY, self.writer.embed_array)
@@ -109,9 +109,11 @@ class Service:
             raise ClientError(status, code, f"the upload is not a usable image: {e.reason}") from None
         vec = None
         if self.embedder is not None:
-            vec = self.embedder.embed([f.embed_input])[0]
-            if not np.isfinite(vec).all():
+            # One batch: the search input and dedup's two views (the duplicate test's embeddings).
+            out = self.embedder.embed([f.embed_input, *f.dedup[2]])
+            if not np.isfinite(out).all():
                 raise ClientError(422, "undecodable_image", "the model returned NaN or infinity for this image")
+            vec, f.dedup_vectors = out[0], out[1:]
         return f, vec
 
     def near_out(self, near) -> tuple[list[dict], list[dict]]:
@@ -274,7 +276,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if not svc.writer.alive():
             raise ClientError(503, "not_ready", "the writer stopped")
         return M.Health(status="ready", files=len(svc.live), embedding=svc.model.name if svc.model else None,
-                        text_search=bool(svc.embedder and svc.embedder.has_text))
+                        text_search=bool(svc.embedder and svc.embedder.has_text),
+                        without_dedup_features=svc.live.missing_dedup)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics():
@@ -285,7 +288,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     async def _add(job: AddJob, f: Extracted, vec):
         fid, created, _ = await asyncio.wrap_future(svc.writer.submit(job))
-        near = await run_in_threadpool(svc.live.near, f.codes8, vec, f.digest, fid)
+        near = await run_in_threadpool(svc.live.near, f, fid)
         dup, sim = await run_in_threadpool(svc.near_out, near)
         rec = await run_in_threadpool(svc.reader.get, fid)
         if rec is None:
@@ -328,7 +331,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             f, vec = await run_in_threadpool(svc.features_of, up.path)
         finally:
             up.discard()
-        near = await run_in_threadpool(svc.live.near, f.codes8, vec, f.digest, None)
+        near = await run_in_threadpool(svc.live.near, f, None)
         dup, sim = await run_in_threadpool(svc.near_out, near)
         md = f.metadata
         return {"digest": f.digest, "width": md.width, "height": md.height, "format": md.format,

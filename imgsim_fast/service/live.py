@@ -1,12 +1,14 @@
 """The in-memory view of the catalog that readers search: per live file its id, content digest, pixel count,
-pHash code with its eight flips/rotations, and embedding. Loaded once from the catalog at start; the writer
-appends to it after each commit and marks deleted files, so readers never open the database to rank.
+pHash code with its eight flips/rotations and embedding (search), and dedup's features (the duplicate test).
+Loaded once from the catalog at start; the writer appends to it after each commit and marks deleted files,
+so readers never open the database to rank.
 
-Duplicates are decided by the project's one pair test (jobs/dedup/detect.py: PairJudge over DEFAULTS, method
-auto): candidates within the hash radius or the embedding's reach are judged with the query as one Features
-set. What the catalog does not keep yet (issue 12 moves dedup's features into it): border-trimmed codes, the
-centre-crop view and the thumbnails of the pixel check; the test runs on the evidence present (the
-pixel check is skipped without thumbnails, as detect.PairJudge does).
+Duplicates are `imgsim dedup`'s pair test on dedup's own features (catalog/dedup_features.py, which the
+writer stores for every file it adds): the border-trimmed dihedral pHash, the two embedded views in the
+learned space (jobs/dedup.learned_space), and the pixel check on the 128 px thumbnails, read from the
+catalog's thumbnail array on demand (16 KiB a file stays on disk, not in memory). A file indexed without
+dedup's features (by `imgsim index`, or a server before this one) takes no part in the duplicate test until
+it is added again, when the writer stores what it lacks; `missing_dedup` counts those files.
 """
 from __future__ import annotations
 
@@ -15,11 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgsim_fast.features.extract import Features, FileFacts
+from imgsim_fast.catalog import dedup_features as dedup_arrays
+from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
+from imgsim_fast.jobs.dedup import learned_space
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs
 from imgsim_fast.jobs.dedup.grouping import group_pairs
 
 __all__ = ["LiveIndex", "Near"]
+
+# The pixel checks remembered between requests (PairJudge.checks, by pair of contents): a re-ranked group or a
+# repeated upload checks no pair twice. About 100 bytes a pair; past this many the memory starts again.
+MAX_CHECKS = 1_000_000
 
 
 @dataclass
@@ -28,9 +36,29 @@ class Near:
     match: Match
 
 
+class _Thumbs:
+    """Thumbnails of some live rows (and optionally one more, the query's) as PairJudge reads them:
+    `shape`, and one (side, side) picture per integer index, taken from the mapped catalog array when asked."""
+
+    def __init__(self, mapped: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None):
+        self.mapped, self.rows, self.extra = mapped, rows, extra
+        self.shape = (len(rows) + (extra is not None), THUMB_SIDE, THUMB_SIDE)
+
+    def __getitem__(self, i) -> np.ndarray:
+        i = int(i)
+        if i == len(self.rows):
+            return self.extra
+        return np.asarray(self.mapped[self.rows[i]]).reshape(THUMB_SIDE, THUMB_SIDE)
+
+
 class LiveIndex:
-    def __init__(self, words: int = 1, dim: int | None = None, thresholds=DEFAULTS):
-        self.words, self.dim, self.t = words, dim, thresholds
+    def __init__(self, words: int = 1, dim: int | None = None, thresholds=DEFAULTS, dedup_model: str | None = None):
+        """dim: the search embedding's width (None: no embedding); dedup_model: the model that embedded dedup's
+        views (the service's model, `dim` wide), whose learned space and thresholds the duplicate test uses."""
+        self.words, self.dim = words, dim
+        self.head, self.t = learned_space(dedup_model, thresholds) if dim else (None, thresholds)
+        self.dedup_model = dedup_model if dim else None
+        space = self.head.dim if self.head is not None else dim
         self._lock = threading.Lock()
         self.n = 0
         cap = 1024
@@ -40,10 +68,19 @@ class LiveIndex:
         self.codes8 = np.zeros((cap, 8, words), np.uint64)
         self.emb = np.zeros((cap, dim), np.float32) if dim else None
         self.alive = np.zeros(cap, bool)
+        # dedup's features: trimmed codes, the thumbnail's row in the catalog array (-1: none), the two views
+        # (projected into the learned space where it applies; zero rows: not embedded).
+        self.dcodes = np.zeros((cap, 8, 1), np.uint64)
+        self.dident = np.zeros((cap, 1), np.uint64)  # dcodes[:, 0], contiguous for the radius scan
+        self.thumb_row = np.full(cap, -1, np.int64)
+        self.dviews = np.zeros((cap, 2, space), np.float32) if dim else None
         self.digests: list[str] = []
         self.row_of: dict[int, int] = {}
         self.generation = 0
         self._groups = None
+        self.thumb_file: str | None = None
+        self._mapped = np.zeros((0, THUMB_SIDE * THUMB_SIDE), np.uint8)
+        self.checks: dict = {}
 
     # -------------------------------------------------------------------------------------------
     # Writer side
@@ -60,16 +97,34 @@ class LiveIndex:
             return b
 
         # Readers holding the old arrays keep them (numpy keeps them alive): nothing is moved under them.
-        self.fids, self.pixels, self.codes, self.codes8, self.alive = (
-            grown(self.fids), grown(self.pixels), grown(self.codes), grown(self.codes8), grown(self.alive))
+        self.fids, self.pixels, self.codes, self.codes8, self.alive, self.dcodes, self.dident = (
+            grown(self.fids), grown(self.pixels), grown(self.codes), grown(self.codes8), grown(self.alive),
+            grown(self.dcodes), grown(self.dident))
+        rows = np.full(new, -1, np.int64)
+        rows[:self.n] = self.thumb_row[:self.n]
+        self.thumb_row = rows
         if self.emb is not None:
-            self.emb = grown(self.emb)
+            self.emb, self.dviews = grown(self.emb), grown(self.dviews)
 
-    def add(self, fids, digests, pixels, codes8, emb=None) -> None:
-        """Append files (rows aligned). codes8 (m, 8, words); emb (m, dim) with zero rows for files lacking one."""
+    def _project(self, views: np.ndarray) -> np.ndarray:
+        """(m, 2, dim) raw views -> the learned space where it applies; zero rows stay zero."""
+        if self.head is None:
+            return views
+        flat = views.reshape(-1, views.shape[-1])
+        out = self.head.project(flat)
+        out[~np.abs(flat).any(axis=1)] = 0
+        return out.reshape(len(views), 2, -1)
+
+    def add(self, fids, digests, pixels, codes8, emb=None, dedup=None) -> None:
+        """Append files (rows aligned). codes8 (m, 8, words); emb (m, dim) with zero rows for files lacking one;
+        dedup: (trimmed codes (m, 8, 1), thumbnail rows in the catalog array (m,), -1 for none, raw views
+        (m, 2, dim) or None), or None for files without dedup's features."""
         m = len(fids)
         if not m:
             return
+        views = None
+        if dedup is not None and dedup[2] is not None and self.dviews is not None:
+            views = self._project(np.asarray(dedup[2], np.float32))
         with self._lock:
             self._grow(self.n + m)
             s, e = self.n, self.n + m
@@ -79,6 +134,12 @@ class LiveIndex:
             self.codes[s:e] = np.asarray(codes8)[:, 0, :]
             if self.emb is not None and emb is not None:
                 self.emb[s:e] = emb
+            if dedup is not None:
+                self.dcodes[s:e] = dedup[0]
+                self.dident[s:e] = np.asarray(dedup[0])[:, 0, :]
+                self.thumb_row[s:e] = dedup[1]
+                if views is not None:
+                    self.dviews[s:e] = views
             self.alive[s:e] = True
             self.digests.extend(digests)
             for i, f in enumerate(fids):
@@ -122,7 +183,45 @@ class LiveIndex:
                 for f, v in zip(fe, ev):
                     if int(f) in pos and len(v) == self.dim:
                         emb[pos[int(f)]] = v
-        self.add(fids, [info[int(f)][0] for f in fids], [info[int(f)][1] for f in fids], codes8, emb)
+            dedup = self._load_dedup(cat, fids, arrays)
+        self.add(fids, [info[int(f)][0] for f in fids], [info[int(f)][1] for f in fids], codes8, emb, dedup)
+
+    def _load_dedup(self, cat, fids: np.ndarray, arrays: dict):
+        """dedup's features of the files `fids` (see add), from the catalog, inside the caller's snapshot; a
+        file without them gets thumbnail row -1 (it takes no part in the duplicate test)."""
+        if dedup_arrays.THUMBS not in arrays or dedup_arrays.PHASH8 not in arrays:
+            return None
+        self.thumb_file = cat.array_file(dedup_arrays.THUMBS)
+        pos = {int(f): i for i, f in enumerate(fids)}
+        m = len(fids)
+        dcodes = np.zeros((m, 8, 1), np.uint64)
+        has = np.zeros(m, bool)
+        f8, _, d8 = cat.vectors(dedup_arrays.PHASH8, fids)
+        for f, row in zip(f8, d8):
+            dcodes[pos[int(f)], :, 0] = row
+            has[pos[int(f)]] = True
+        # The thumbnails' rows only: their pixels stay in the array file until a check reads them.
+        thumb = np.full(m, -1, np.int64)
+        for f, row in cat.conn.execute("SELECT file_id, row FROM vectors WHERE array = ?", (dedup_arrays.THUMBS,)):
+            if int(f) in pos:
+                thumb[pos[int(f)]] = row
+        views = None
+        if self.dviews is not None:
+            views = np.zeros((m, 2, self.dim), np.float32)
+            names = dedup_arrays.model_arrays(self.dedup_model)
+            embedded = np.ones(m, bool)
+            for k, name in enumerate(names):
+                seen = np.zeros(m, bool)
+                if name in arrays:
+                    fe, _, ev = cat.vectors(name, fids)
+                    for f, v in zip(fe, ev):
+                        views[pos[int(f)], k] = v
+                        seen[pos[int(f)]] = True
+                embedded &= seen
+            # A file indexed without this model's views would be judged on hashes alone: not dedup's test.
+            has &= embedded
+        thumb[~has] = -1
+        return dcodes, thumb, views
 
     # -------------------------------------------------------------------------------------------
     # Reader side
@@ -138,43 +237,84 @@ class LiveIndex:
     def __len__(self) -> int:
         return len(self.row_of)
 
-    def near(self, codes8: np.ndarray, emb: np.ndarray | None, digest: str, exclude: int | None = None) -> list[Near]:
-        """Files of the collection the pair test calls duplicates or look-alikes of a picture with these
-        features, duplicates first, each with its Match (rule and distances)."""
+    @property
+    def missing_dedup(self) -> int:
+        """Live files without dedup's features: the duplicate test leaves them out."""
+        n, _, _, _, _, alive, _, _ = self._view()
+        return int((alive & (self.thumb_row[:n] < 0)).sum())
+
+    def _thumbs(self, rows: np.ndarray) -> np.ndarray:
+        """The catalog's thumbnail array mapped far enough to read `rows` (committed before they were added
+        here). Mapped again only when it has grown past the last mapping."""
+        need = int(rows.max()) + 1 if len(rows) else 0
+        with self._lock:
+            if need > len(self._mapped):
+                self._mapped = np.memmap(self.thumb_file, dtype=np.uint8, mode="r",
+                                         shape=(max(need, len(self._mapped)), THUMB_SIDE * THUMB_SIDE))
+            return self._mapped
+
+    def _judge(self, rows: np.ndarray, digests: list[str], query=None, qviews: np.ndarray | None = None) -> PairJudge:
+        """dedup's pair test over the live rows `rows` (and the query last, with its views already in the
+        test's space): its codes, views and thumbnails, in the space and at the thresholds `imgsim dedup` uses."""
+        facts = [_facts(digests[i]) for i in rows]
+        codes = self.dcodes[rows]
+        views = None if self.dviews is None else self.dviews[rows]
+        extra = None
+        if query is not None:
+            facts.append(_facts(query.digest))
+            codes = np.concatenate([codes, query.dedup_codes8[None]])
+            extra = query.thumb
+            if views is not None:
+                views = np.concatenate([views, np.zeros((1,) + views.shape[1:], np.float32) if qviews is None
+                                        else qviews[None]])
+        if len(self.checks) > MAX_CHECKS:
+            self.checks = {}
+        thumbs = _Thumbs(self._thumbs(self.thumb_row[rows]), self.thumb_row[rows], extra)
+        emb = centre = None
+        if views is not None and np.abs(views).any(axis=2).all():
+            emb, centre = np.ascontiguousarray(views[:, 0]), np.ascontiguousarray(views[:, 1])
+        return PairJudge(Features(facts, codes, emb, model=self.dedup_model, centre_embeddings=centre,
+                                  thumbs=thumbs), "auto", self.t, checks=self.checks)
+
+    def near(self, query, exclude: int | None = None) -> list[Near]:
+        """Files of the collection the pair test calls duplicates or look-alikes of the picture `query`
+        (service/ingest.Extracted, its dedup views embedded), duplicates first, each with its Match."""
         from imgsim_fast.indexes.hamming import hamming_radius
 
-        n, fids, codes, codes8_db, emb_db, alive, digests, _ = self._view()
-        if n == 0:
+        n, fids, _, _, _, alive, digests, _ = self._view()
+        if n == 0 or self.thumb_file is None:
             return []
         t = self.t
-        # d(stored identity, query variant k): PairJudge.distances(candidate, query) compares exactly these.
+        ok = alive & (self.thumb_row[:n] >= 0) & ((fids != exclude) if exclude is not None else True)
+        # The candidates candidate_pairs would give this pair: the query's codes against every file's
+        # identity code (d(stored, query variant k): what PairJudge.distances(candidate, query) compares),
+        # and the files among the query's nearest views with a score the test could accept.
         r = max(t.phash, t.similar_phash, t.dihedral)
-        lims, ids, dist = hamming_radius(np.ascontiguousarray(codes8, np.uint64), codes, r)
-        # Only rows some rule could accept go to the pair test: near the picture itself (identity distance within
-        # the look-alike radius), or near one of its flips within the flip radius.
+        lims, ids, dist = hamming_radius(np.ascontiguousarray(query.dedup_codes8, np.uint64), self.dident[:n], r)
         ident = ids[:lims[1]][dist[:lims[1]] <= max(t.phash, t.similar_phash)]
         flips = ids[lims[1]:][dist[lims[1]:] <= t.dihedral]
-        cand = set(ident.tolist()) | set(flips.tolist())
-        if emb is not None and emb_db is not None:
-            sims = emb_db @ emb
-            floor = min(t.similar_cos, t.confirm_cos)
-            top = np.argsort(-sims)[:t.knn]
-            cand.update(int(i) for i in top if sims[i] >= floor)
-        cand = [i for i in sorted(cand) if alive[i] and (exclude is None or fids[i] != exclude)]
-        if not cand:
+        # ... and the other way round (the test takes the flip evidence either way): the query's identity
+        # code against every file's variants.
+        _, back, _ = hamming_radius(np.ascontiguousarray(query.dedup_codes8[:1], np.uint64),
+                                    np.ascontiguousarray(self.dcodes[:n].reshape(n * 8, 1)), t.dihedral)
+        cand = set(ident.tolist()) | set(flips.tolist()) | set((back // 8).tolist())
+        q = None
+        if self.dviews is not None and query.dedup_vectors is not None:
+            q = self._project(np.asarray(query.dedup_vectors, np.float32)[None])[0]
+            v = self.dviews[:n]
+            # PairJudge.cosines' crosswise rule: whole-whole, or whole-centre either way less the discount.
+            score = np.maximum(v[:, 0] @ q[0], np.maximum(v[:, 0] @ q[1], v[:, 1] @ q[0]) - t.centre_discount)
+            score[~ok] = -np.inf
+            top = np.argsort(-score)[:t.knn]
+            cand.update(int(i) for i in top if score[i] >= min(t.similar_cos, t.confirm_cos))
+        cand = np.array(sorted(i for i in cand if ok[i]), np.int64)
+        if not len(cand):
             return []
+        judge = self._judge(cand, digests, query, q)
         m = len(cand)
-        facts = [_facts(digests[i]) for i in cand] + [_facts(digest)]
-        phash8 = np.concatenate([codes8_db[cand], codes8[None]])
-        e = None
-        if emb is not None and emb_db is not None:
-            e = np.concatenate([emb_db[cand], emb[None]]).astype(np.float32)
-        judge = PairJudge(Features(facts, phash8, e), "auto", t)
-        out = []
-        for k, i in enumerate(cand):
-            mt = judge.match(k, m)
-            if mt.duplicate or mt.similar:
-                out.append(Near(int(fids[i]), mt))
+        # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
+        d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))
+        out = [Near(int(fids[cand[k]]), mt) for k, mt in zip(d.i.tolist(), d.matches(np.arange(len(d.i))))]
         out.sort(key=lambda x: (not x.match.duplicate, x.match.phash, -(x.match.cos or 0), x.file_id))
         return out
 
@@ -230,15 +370,11 @@ class LiveIndex:
         cached = self._groups
         if cached is not None and cached[0] == gen:
             return cached[1]
-        n, fids, _, codes8, emb_db, alive, digests, pixels = self._view()
-        rows = np.flatnonzero(alive)
+        n, fids, _, _, _, alive, digests, pixels = self._view()
+        rows = np.flatnonzero(alive & (self.thumb_row[:n] >= 0))
         out = []
         if len(rows) >= 2:
-            facts = [_facts(digests[i]) for i in rows]
-            e = None if emb_db is None else np.ascontiguousarray(emb_db[rows])
-            if e is not None and not np.abs(e).sum(axis=1).all():
-                e = None  # files indexed without this model: the kNN index needs a vector for every file
-            judge = PairJudge(Features(facts, np.ascontiguousarray(codes8[rows]), e), "auto", self.t)
+            judge = self._judge(rows, digests)
             px, ids = pixels[rows], fids[rows]
 
             def ranker(members):  # keep the largest picture, then the first added

@@ -142,3 +142,6 @@ class Health(BaseModel):
     files: int = 0
     embedding: Optional[str] = None
     text_search: bool = False
+    # Files indexed without dedup's features (by `imgsim index`): left out of duplicate answers until they
+    # are added again (the writer then stores what they lack).
+    without_dedup_features: int = 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgsim_fast.catalog import dedup_features as dedup_arrays
 from imgsim_fast.catalog.indexer import _insert_file  # the indexer's row writer: one definition of a file row
 from imgsim_fast.catalog.store import Catalog, embedding_array_name
 from imgsim_fast.io.atomic_write import fsync_dir
@@ -65,6 +66,9 @@ class Writer:
             self.embed_array = embedding_array_name(model_name) if model_name else None
             if self.embed_array:
                 self.cat.ensure_array(self.embed_array, np.float32, dim, {"model": model_name})
+            # dedup's features, as `imgsim dedup --catalog` keeps them: the live index's duplicate test reads them.
+            dedup_arrays.ensure_arrays(self.cat, model_name, dim)
+            self.view_arrays = dedup_arrays.model_arrays(model_name) if model_name else None
         except BaseException:
             self.cat.close()
             raise
@@ -123,11 +127,13 @@ class Writer:
         for fid in removed:
             self.live.remove(fid)
         if live_adds:
-            fids, digests, pixels, codes8, vecs = zip(*live_adds)
+            fids, digests, pixels, codes8, vecs, dcodes8, thumb_rows, views = zip(*live_adds)
             emb = None
             if self.live.emb is not None:
                 emb = np.stack([np.zeros(self.live.dim, np.float32) if v is None else v for v in vecs])
-            self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb)
+            self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb,
+                          dedup=(np.stack(dcodes8), np.array(thumb_rows, np.int64), None if self.live.emb is None else
+                                 np.stack([np.zeros((2, self.live.dim), np.float32) if v is None else v for v in views])))
         for p in unlink:
             try:
                 os.unlink(p)
@@ -169,18 +175,42 @@ class Writer:
         old = conn.execute("SELECT id, digest FROM files WHERE path = ?", (path,)).fetchone()
         if old is not None:
             if old[1] == f.digest:
+                # Known already. A file indexed without what this server keeps (by `imgsim index`: no dedup
+                # features, no embedding of this model) gets the missing arrays now, so adding it again is how
+                # it joins the duplicate test.
+                have = {a for (a,) in conn.execute("SELECT array FROM vectors WHERE file_id = ?", (old[0],))}
+                if not set(self._arrays()) <= have:
+                    live_adds.append(self._append_rows(old[0], f, job, have))
                 return old[0], False, path
             conn.execute("DELETE FROM files WHERE id = ?", (old[0],))  # a server-side file changed since
             removed.append(old[0])
         fid = _insert_file(self.cat, path, st, f.digest, f.metadata, "")
-        rows = [(fid, HASH_ARRAY, self.cat.append(HASH_ARRAY, f.codes8[:1])),
-                (fid, DIHEDRAL_ARRAY, self.cat.append(DIHEDRAL_ARRAY, f.codes8.reshape(1, -1)))]
-        if self.embed_array and job.vector is not None:
-            rows.append((fid, self.embed_array, self.cat.append(self.embed_array, job.vector[None])))
-        conn.executemany("INSERT INTO vectors(file_id, array, row) VALUES (?, ?, ?)", rows)
-        md = f.metadata
-        live_adds.append((fid, f.digest, (md.width or 0) * (md.height or 0), f.codes8, job.vector))
+        live_adds.append(self._append_rows(fid, f, job, set()))
         return fid, True, path
+
+    def _arrays(self) -> list[str]:
+        """The arrays this server keeps for every file it adds."""
+        return ([HASH_ARRAY, DIHEDRAL_ARRAY] + ([self.embed_array] if self.embed_array else [])
+                + [dedup_arrays.PHASH8, dedup_arrays.THUMBS, dedup_arrays.FACTS] + list(self.view_arrays or ()))
+
+    def _append_rows(self, fid: int, f: Extracted, job: AddJob, have: set) -> tuple:
+        """Append file `fid`'s rows of the arrays it lacks (all but `have`); what the live index adds for it."""
+        data = {HASH_ARRAY: f.codes8[:1], DIHEDRAL_ARRAY: f.codes8.reshape(1, -1)}
+        if self.embed_array and job.vector is not None:
+            data[self.embed_array] = job.vector[None]
+        ded = dedup_arrays.feature_rows([f.dedup])
+        data.update(ded)
+        if self.view_arrays and f.dedup_vectors is not None:
+            data.update({name: f.dedup_vectors[k:k + 1] for k, name in enumerate(self.view_arrays)})
+        rows = [(fid, name, self.cat.append(name, x)) for name, x in data.items() if name not in have]
+        self.cat.conn.executemany("INSERT INTO vectors(file_id, array, row) VALUES (?, ?, ?)", rows)
+        thumb_row = next((r for _, name, r in rows if name == dedup_arrays.THUMBS), None)
+        if thumb_row is None:  # kept before (the views were what lacked)
+            thumb_row = self.cat.conn.execute("SELECT row FROM vectors WHERE file_id = ? AND array = ?",
+                                              (fid, dedup_arrays.THUMBS)).fetchone()[0]
+        md = f.metadata
+        return (fid, f.digest, (md.width or 0) * (md.height or 0), f.codes8, job.vector,
+                ded[dedup_arrays.PHASH8].reshape(8, 1), thumb_row, f.dedup_vectors)
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,0 +1,164 @@
+"""The service's duplicates are `imgsim dedup`'s: the same pair test on the same features (border-trimmed
+codes, the two embedded views in the learned space, the pixel check of the thumbnails), pair for pair, as
+files are added, after a restart that reads everything back from the catalog, and in /v1/duplicates."""
+import itertools
+import os
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from imgsim_fast.jobs.dedup import _learned_space, find_duplicates
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
+from imgsim_fast.features.extract import compute_features
+from service_server import Server
+
+
+def _rgb(path, side=480):
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    im.thumbnail((side, side))
+    return im
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, photos):
+    """Copies of a real photo (JPEG q40, an 85% crop, a mirror, a letterbox), two slides of one template with
+    other words and two frames of a burst (their hashes are within dedup's pHash radius: only the pixel check
+    tells them apart), and another photo."""
+    d = tmp_path_factory.mktemp("svc-dedup")
+    photo = _rgb(photos[0])
+    w, h = photo.size
+    photo.save(d / "photo.png")
+    photo.save(d / "photo_q40.jpg", quality=40)
+    photo.crop((w // 20, h // 12, w // 20 + w * 17 // 20, h // 12 + h * 17 // 20)).save(d / "photo_crop.jpg", quality=90)
+    ImageOps.mirror(photo).save(d / "photo_mirror.png")
+    bars = Image.new("RGB", (w, h * 4 // 3))
+    bars.paste(photo, (0, h // 6))
+    bars.save(d / "photo_letterbox.png")
+    font = ImageFont.load_default(size=28)
+    for name, lines in (("a", ("Quarterly review", "Backups weekly", "Camera import", "Session notes")),
+                        ("b", ("Roadmap summary", "Index folders", "Colour profiles", "Panel layout"))):
+        im = Image.new("RGB", (800, 450), "white")
+        dr = ImageDraw.Draw(im)
+        dr.rectangle([0, 0, 800, 70], fill=(30, 60, 100))
+        dr.text((30, 18), lines[0], fill="white", font=font)
+        for k, line in enumerate(lines[1:]):
+            dr.text((60, 120 + 50 * k), "- " + line, fill="black", font=font)
+        im.save(d / f"slide_{name}.png")
+    obj = _rgb(photos[1], side=w // 5)
+    for name, x in (("a", w // 3), ("b", w // 3 + w // 12)):
+        frame = _rgb(photos[2])
+        frame.paste(obj, (x, h // 3))
+        frame.save(d / f"burst_{name}.png")
+    _rgb(photos[3]).save(d / "other.jpg", quality=90)
+    return d
+
+
+def _names(folder):
+    return sorted(os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def truth(folder):
+    """dedup's verdict on every pair (i < j in name order), from compute_features and group_features' space."""
+    feats = compute_features([str(folder)], embed=True, workers=1, progress=False)
+    learned, t = _learned_space(feats, DEFAULTS)
+    judge = PairJudge(learned, "auto", t)
+    idx = {os.path.basename(p): i for i, p in enumerate(feats.paths)}
+    names = _names(folder)
+    return {(a, b): judge.match(idx[a], idx[b]) for a, b in itertools.combinations(names, 2)}
+
+
+def _add_all(url, folder):
+    """Add the files in name order from their server-side paths; {(earlier, later): rule} of the duplicates
+    each add reports, and the ids."""
+    found, ids = {}, {}
+    for name in _names(folder):
+        r = httpx.post(url + "/v1/images/from-path", json={"path": str(folder / name)}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ids[body["image"]["id"]] = name
+        for d in body["duplicates"]:
+            found[(ids[d["id"]], name)] = d["rule"]
+    return found, ids
+
+
+def _check(url, folder, name, ids):
+    with open(folder / name, "rb") as f:
+        r = httpx.post(url + "/v1/check", files={"file": (name, f.read())}, timeout=60)
+    assert r.status_code == 200, r.text
+    return {ids[d["id"]]: d["rule"] for d in r.json()["duplicates"]}
+
+
+def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
+    dups = {pair: m.rule for pair, m in truth.items() if m.duplicate}
+    # The folder holds what the test is for: copies the embedding finds (the crop), copies the hashes find,
+    # and look-alikes close enough in pHash that only the pixel check refuses them.
+    assert ("photo.png", "photo_crop.jpg") in dups and ("photo.png", "photo_q40.jpg") in dups
+    for kind in ("slide", "burst"):
+        m = truth[(f"{kind}_a.png", f"{kind}_b.png")]
+        assert not m.duplicate and m.changed is not None and m.changed > DEFAULTS.changed, (kind, m)
+    assert any(truth[(f"{k}_a.png", f"{k}_b.png")].phash <= DEFAULTS.phash for k in ("slide", "burst"))
+
+    catalog = tmp_path / "c.sqlite"
+    srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
+    try:
+        found, ids = _add_all(srv.url, folder)
+        assert found == dups
+        groups = httpx.get(srv.url + "/v1/duplicates?limit=200", timeout=60).json()["groups"]
+    finally:
+        srv.stop()
+    # Each duplicate group's members match its keeper directly by dedup's test, and the files grouped are
+    # the files `imgsim dedup` groups.
+    grouped = set()
+    for g in (g for g in groups if g["tier"] == "duplicate"):
+        keeper = ids[g["members"][0]["id"]]
+        for m in g["members"][1:]:
+            name = ids[m["id"]]
+            assert truth[tuple(sorted((keeper, name)))].duplicate, (keeper, name)
+            grouped |= {keeper, name}
+    res = find_duplicates([str(folder)], workers=1, progress=False)
+    assert grouped == {os.path.basename(res.paths[m]) for g in res.groups if g.tier == "duplicate" for m in g.members}
+
+    # A restart reads the features back from the catalog (thumbnails mapped from its array file): the same
+    # answers, and nothing reported as missing.
+    srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
+    try:
+        assert "without dedup's features" not in srv.output()
+        for name in _names(folder):
+            want = {a if b == name else b: rule for (a, b), rule in dups.items() if name in (a, b)}
+            want[name] = "exact"  # the stored file itself
+            assert _check(srv.url, folder, name, ids) == want, name
+    finally:
+        srv.stop()
+
+
+def test_files_indexed_without_dedup_features_join_when_added_again(tmp_path, folder):
+    """A catalog from `imgsim index` has no thumbnails or views: the server says how many files lack them
+    and leaves them out of duplicate answers (never judged on part of the evidence); adding a file again
+    stores what it lacks, and from then on it is judged like any other."""
+    from imgsim_fast.cli.main import main
+
+    catalog = tmp_path / "c.sqlite"
+    assert main(["index", str(folder), "--catalog", str(catalog), "--no-progress", "--workers", "1"]) == 0
+    n = len(_names(folder))
+    srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
+    try:
+        assert f"{n} files lack dedup's features" in srv.output()
+        assert httpx.get(srv.url + "/v1/ready").json()["without_dedup_features"] == n
+        ids = {}
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {}
+        r = httpx.post(srv.url + "/v1/images/from-path", json={"path": str(folder / "photo.png")}, timeout=60).json()
+        assert not r["created"]  # the same row, now with dedup's features
+        ids[r["image"]["id"]] = "photo.png"
+        assert httpx.get(srv.url + "/v1/ready").json()["without_dedup_features"] == n - 1
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo.png": "phash"}
+    finally:
+        srv.stop()
+    srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
+    try:  # and it stays so after a restart
+        assert f"{n - 1} files lack dedup's features" in srv.output()
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo.png": "phash"}
+    finally:
+        srv.stop()
