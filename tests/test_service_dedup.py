@@ -109,17 +109,19 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
         groups = httpx.get(srv.url + "/v1/duplicates?limit=200", timeout=60).json()["groups"]
     finally:
         srv.stop()
-    # Each duplicate group's members match its keeper directly by dedup's test, and the files grouped are
-    # the files `imgsim dedup` groups.
-    grouped = set()
+    # /v1/duplicates gives `imgsim dedup`'s groups: the same keepers (keep-best on the stored facts) and the
+    # same members, each matching its keeper directly.
+    served = set()
     for g in (g for g in groups if g["tier"] == "duplicate"):
-        keeper = ids[g["members"][0]["id"]]
-        for m in g["members"][1:]:
-            name = ids[m["id"]]
-            assert truth[tuple(sorted((keeper, name)))].duplicate, (keeper, name)
-            grouped |= {keeper, name}
+        keeper, members = ids[g["members"][0]["id"]], [ids[m["id"]] for m in g["members"][1:]]
+        assert all(truth[tuple(sorted((keeper, m)))].duplicate for m in members), g
+        served.add((keeper, frozenset(members)))
     res = find_duplicates([str(folder)], workers=1, progress=False)
-    assert grouped == {os.path.basename(res.paths[m]) for g in res.groups if g.tier == "duplicate" for m in g.members}
+    names = [os.path.basename(p) for p in res.paths]
+    assert served == {(names[g.members[0]], frozenset(names[m] for m in g.members[1:]))
+                      for g in res.groups if g.tier == "duplicate"}
+    # The original, not the letterboxed copy that has the most pixels (the service's keeper before).
+    assert [k for k, _ in served] == ["photo.png"]
 
     # A restart reads the features back from the catalog (thumbnails mapped from its array file): the same
     # answers, and nothing reported as missing.

@@ -20,7 +20,7 @@ from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
            "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
-           "stored_checks"]
+           "stored_checks", "stored_facts"]
 
 PHASH8 = "dedup-phash8"
 # Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
@@ -44,9 +44,9 @@ def fact_row(f: FileFacts) -> list[float]:
             float(f.blocky), f.noise, float(f.colour), float(f.camera)]
 
 
-def _facts_of(row: np.ndarray, path: str, st: os.stat_result, fmt: str, digest: str) -> FileFacts:
+def _facts_of(row: np.ndarray, path: str, size: int, mtime: float, fmt: str, digest: str) -> FileFacts:
     w, h, content, left, top, right, bottom, q, blocky, noise, colour, camera = (float(v) for v in row)
-    return FileFacts(path, st.st_size, st.st_mtime, int(w), int(h), fmt, int(content), digest,
+    return FileFacts(path, size, mtime, int(w), int(h), fmt, int(content), digest,
                      (left, top, right, bottom), None if q < 0 else int(q), bool(blocky), noise, bool(colour),
                      bool(camera))
 
@@ -139,7 +139,7 @@ def read_features(cat: Catalog, paths: list[str], model: str | None = None) -> t
                     failures.append(LoadFailure(p, f"cannot stat: {e.strerror}", "io_error"))
         arrays = {a: np.asarray(cat.array(a)[np.array([r[5][a] for _, _, r in good], np.int64)]) for a in wanted}
     n = len(good)
-    facts = [_facts_of(arrays[FACTS][j], p, st, r[2], r[1]) for j, (p, st, r) in enumerate(good)]
+    facts = [_facts_of(arrays[FACTS][j], p, st.st_size, st.st_mtime, r[2], r[1]) for j, (p, st, r) in enumerate(good)]
     emb = centre = None
     if model is not None:
         e, c = model_arrays(model)
@@ -147,6 +147,23 @@ def read_features(cat: Catalog, paths: list[str], model: str | None = None) -> t
     feats = Features(facts, arrays[PHASH8].reshape(n, 8, 1), emb, failures, model, centre,
                      arrays[THUMBS].reshape(n, THUMB_SIDE, THUMB_SIDE))
     return feats, missing
+
+
+def stored_facts(cat: Catalog, fids) -> dict[int, FileFacts]:
+    """Keep-best's facts of the files `fids` that have them, as the catalog holds them (size and modification
+    time as indexed, not stat'ed again): for a reader that ranks files it does not walk (the service)."""
+    want = {int(f) for f in fids}
+    out = {}
+    with cat.snapshot():
+        if FACTS not in cat.arrays():
+            return out
+        data = cat.array(FACTS)
+        for fid, path, size, mtime_ns, fmt, digest, row in cat.conn.execute(
+                "SELECT f.id, f.path, f.size, f.mtime_ns, f.format, f.digest, v.row FROM files f "
+                "JOIN vectors v ON v.file_id = f.id WHERE v.array = ?", (FACTS,)):
+            if fid in want:
+                out[fid] = _facts_of(data[row], path, size, mtime_ns / 1e9, fmt or "", digest)
+    return out
 
 
 # Keep-best's verdicts (keep.derived_from: "this file is an upscale / re-save / noisy copy of that one"), by

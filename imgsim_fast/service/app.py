@@ -28,6 +28,7 @@ except ImportError as e:  # the [service] extra; `imgsim serve` turns this into 
     raise ImportError("imgsim serve needs the [service] extra: pip install 'imgsim_fast[service]'") from e
 
 from imgsim_fast.catalog import query as q
+from imgsim_fast.catalog.store import Catalog
 from imgsim_fast.features.codes import to_hex
 from imgsim_fast.io.loading import ImageLoadError, load_image
 from imgsim_fast.io.names import path_text
@@ -115,6 +116,13 @@ class Service:
                 raise ClientError(422, "undecodable_image", "the model returned NaN or infinity for this image")
             vec, f.dedup_vectors = out[0], out[1:]
         return f, vec
+
+    def stored_facts(self, fids) -> dict:
+        """Keep-best's facts of stored files, read from the catalog (for the groups' keepers)."""
+        from imgsim_fast.catalog.dedup_features import stored_facts
+
+        with Catalog(self.cfg.catalog) as cat:
+            return stored_facts(cat, fids)
 
     def near_out(self, near) -> tuple[list[dict], list[dict]]:
         recs = self.reader.get_many([n.file_id for n in near])
@@ -440,7 +448,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
              dependencies=[require("read")])
     def duplicates(offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=200)):
         """Duplicate groups of the collection, then look-alike groups, largest first (the pair test of `imgsim dedup`)."""
-        groups = svc.live.groups()
+        groups = svc.live.groups(svc.stored_facts)
         page = groups[offset:offset + limit]
         recs = svc.reader.get_many([fid for _, members in page for fid, _ in members])
         out = []

@@ -22,6 +22,7 @@ from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.jobs.dedup import learned_space
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs
 from imgsim_fast.jobs.dedup.grouping import group_pairs
+from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks
 
 __all__ = ["LiveIndex", "Near"]
 
@@ -81,6 +82,7 @@ class LiveIndex:
         self.thumb_file: str | None = None
         self._mapped = np.zeros((0, THUMB_SIDE * THUMB_SIDE), np.uint8)
         self.checks: dict = {}
+        self.verdicts: dict = {}  # keep-best's looks at full-size pixels (keep.derived_from), by contents
 
     # -------------------------------------------------------------------------------------------
     # Writer side
@@ -363,9 +365,13 @@ class LiveIndex:
             return [(int(fids[i]), round(float(score[i]), 6), None) for i in part]
         return [(int(fids[i]), round(1.0 - key[i] / bits, 6), int(key[i])) for i in part]
 
-    def groups(self):
-        """Duplicate and look-alike groups of the whole collection (grouping.group_pairs: stars around a keeper,
-        the larger picture kept), as lists of (file id, Match). Cached until the collection changes."""
+    def groups(self, facts_of=None):
+        """Duplicate and look-alike groups of the whole collection (grouping.group_pairs: stars around a keeper),
+        as lists of (file id, Match). Cached until the collection changes.
+
+        facts_of: file ids -> their FileFacts (catalog/dedup_features.stored_facts), so the keeper is the
+        file `imgsim dedup` keeps (keep.keep_ranks, looking at full-size pixels where the facts leave a
+        doubt); None: the largest picture, then the first added."""
         gen = self.generation
         cached = self._groups
         if cached is not None and cached[0] == gen:
@@ -376,9 +382,15 @@ class LiveIndex:
         if len(rows) >= 2:
             judge = self._judge(rows, digests)
             px, ids = pixels[rows], fids[rows]
+            if facts_of is None:
+                def ranker(members):
+                    return {x: (-int(px[x]), int(ids[x])) for x in members}
+            else:
+                known = facts_of(ids)
+                table = FactTable([known.get(int(f)) or _facts(digests[r]) for f, r in zip(ids, rows)])
 
-            def ranker(members):  # keep the largest picture, then the first added
-                return {x: (-int(px[x]), int(ids[x])) for x in members}
+                def ranker(members):
+                    return keep_ranks(table, members, DEFAULT_ORDER, inspect=True, verdicts=self.verdicts)
 
             for g in group_pairs(len(rows), candidate_pairs(judge), judge, ranker):
                 out.append((g.tier, [(int(ids[x]), m) for x, m in zip(g.members, g.matches)]))
