@@ -123,6 +123,32 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     # The original, not the letterboxed copy that has the most pixels (the service's keeper before).
     assert [k for k, _ in served] == ["photo.png"]
 
+    # The grouping's pixel checks and keep-best verdicts went to the catalog: grouping again from what it
+    # holds looks at no pair and no picture.
+    import imgsim_fast.jobs.dedup.detect as detect
+    import imgsim_fast.jobs.dedup.keep as keep
+    from imgsim_fast.catalog.dedup_features import stored_facts
+    from imgsim_fast.catalog.store import Catalog, embedding_array_name
+    from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY
+    from imgsim_fast.service.live import LiveIndex
+
+    def no_look(*a, **k):
+        raise AssertionError("looked at pixels again")
+
+    live = LiveIndex(1, 1280, dedup_model="efficientnet-lite0")
+    with Catalog(str(catalog)) as cat:
+        live.load(cat, HASH_ARRAY, DIHEDRAL_ARRAY, embedding_array_name("efficientnet-lite0"))
+        assert live.checks and live.missing_dedup == 0
+        facts = stored_facts(cat, list(ids))
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(detect, "compare", no_look)
+        mp.setattr(keep, "_full_grey", no_look)  # keep-best decodes a picture only here
+        again = live.groups(lambda fids: facts)
+    finally:
+        mp.undo()
+    assert {(ids[g[0][0]], frozenset(ids[f] for f, _ in g[1:])) for t, g in again if t == "duplicate"} == served
+
     # A restart reads the features back from the catalog (thumbnails mapped from its array file): the same
     # answers, and nothing reported as missing.
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
@@ -138,29 +164,87 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
 
 def test_files_indexed_without_dedup_features_join_when_added_again(tmp_path, folder):
     """A catalog from `imgsim index` has no thumbnails or views: the server says how many files lack them
-    and leaves them out of duplicate answers (never judged on part of the evidence); adding a file again
-    stores what it lacks, and from then on it is judged like any other."""
+    and leaves them out of the pair test (never judged on part of the evidence), though a byte-identical
+    copy is still found by its digest; adding a file again stores what it lacks, and from then on it is
+    judged like any other."""
+    from imgsim_fast.catalog.store import Catalog
     from imgsim_fast.cli.main import main
 
     catalog = tmp_path / "c.sqlite"
     assert main(["index", str(folder), "--catalog", str(catalog), "--no-progress", "--workers", "1"]) == 0
+    with Catalog(str(catalog)) as cat:
+        ids = {r.id: os.path.basename(r.path) for r in cat.files()}
     n = len(_names(folder))
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
     try:
         assert f"{n} files lack dedup's features" in srv.output()
         assert httpx.get(srv.url + "/v1/ready").json()["without_dedup_features"] == n
-        ids = {}
-        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {}
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo_q40.jpg": "exact"}
         r = httpx.post(srv.url + "/v1/images/from-path", json={"path": str(folder / "photo.png")}, timeout=60).json()
-        assert not r["created"]  # the same row, now with dedup's features
-        ids[r["image"]["id"]] = "photo.png"
+        assert not r["created"] and ids[r["image"]["id"]] == "photo.png"  # the same row, now with dedup's features
         assert httpx.get(srv.url + "/v1/ready").json()["without_dedup_features"] == n - 1
-        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo.png": "phash"}
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo_q40.jpg": "exact", "photo.png": "phash"}
     finally:
         srv.stop()
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
     try:  # and it stays so after a restart
         assert f"{n - 1} files lack dedup's features" in srv.output()
-        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo.png": "phash"}
+        assert _check(srv.url, folder, "photo_q40.jpg", ids) == {"photo_q40.jpg": "exact", "photo.png": "phash"}
     finally:
         srv.stop()
+
+
+def test_the_writer_applies_a_batch_in_order_and_replaces_failed_rows(tmp_path, folder):
+    """One batch: a file indexed without dedup's features is added again (it gains them), then its bytes
+    change and it is added once more; a third file's row records an indexing error and it is added. The
+    live index must end as the catalog does after a restart: the changed file under its new id only, and
+    the once-failed file live with a clean row."""
+    import shutil
+    from concurrent.futures import Future
+
+    from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.cli.main import main
+    from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, extract
+    from imgsim_fast.service.live import LiveIndex
+    from imgsim_fast.service.writer import AddJob, Writer
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("photo.png", "other.jpg", "slide_a.png"):
+        shutil.copy(folder / name, root / name)
+    catalog = str(tmp_path / "c.sqlite")
+    assert main(["index", str(root), "--catalog", catalog, "--no-progress", "--workers", "1"]) == 0
+    with Catalog(catalog, write=True) as cat, cat.transaction():
+        cat.conn.execute("UPDATE files SET error = 'over the memory budget', error_kind = 'too_large' "
+                         "WHERE path = ?", (str(root / "slide_a.png"),))
+    with Catalog(catalog) as cat:
+        old = {os.path.basename(r.path): r.id for r in cat.files()}
+
+    def job(name):
+        f = extract(str(root / name), max_pixels=None)
+        tmp = tmp_path / f"tmp-{name}-{len(os.listdir(tmp_path))}"
+        shutil.copy(root / name, tmp)
+        f.st = os.stat(root / name)
+        return (AddJob(str(tmp), f, None, source_path=str(root / name)), Future())
+
+    first = job("photo.png")
+    shutil.copy(folder / "other.jpg", root / "photo.png")  # the same path, other bytes
+    batch = [first, job("photo.png"), job("slide_a.png")]
+    live = LiveIndex(1, None)
+    writer = Writer(catalog, str(tmp_path / "store"), live, model_name=None, dim=None)
+    try:
+        live.load(writer.cat, HASH_ARRAY, DIHEDRAL_ARRAY, None)
+        assert set(live.row_of) == {old["photo.png"], old["other.jpg"]}  # the failed row is not live
+        writer._commit(batch)  # what the writer thread does with jobs that arrive together
+        results = [fut.result() for _, fut in batch]
+    finally:
+        writer.close()
+    assert results[0][0] == old["photo.png"] and not results[0][1]
+    changed, failed = results[1][0], results[2][0]
+    assert results[1][1] and results[2][1]  # fresh rows
+    with Catalog(catalog) as cat:
+        rows = {r.id: (os.path.basename(r.path), r.error) for r in cat.files()}
+        restarted = LiveIndex(1, None)
+        restarted.load(cat, HASH_ARRAY, DIHEDRAL_ARRAY, None)
+    assert rows[changed] == ("photo.png", None) and rows[failed] == ("slide_a.png", None)
+    assert set(live.row_of) == set(restarted.row_of) == {changed, failed, old["other.jpg"]}

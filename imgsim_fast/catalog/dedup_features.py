@@ -20,7 +20,7 @@ from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
            "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
-           "stored_checks", "stored_facts"]
+           "store_checks", "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
 
 PHASH8 = "dedup-phash8"
 # Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
@@ -173,13 +173,22 @@ _VERDICTS = "dedup_keep_verdicts"
 
 def load_verdicts(catalog: str) -> dict:
     with Catalog(catalog) as cat:
-        v = cat.get_meta(_VERDICTS, {})
-    return {k: bool(x) for k, x in v.items()} if isinstance(v, dict) else {}
+        return stored_verdicts(cat)
 
 
 def save_verdicts(catalog: str, verdicts: dict) -> None:
     with Catalog(catalog, write=True) as cat, cat.transaction():
-        cat.set_meta(_VERDICTS, {k: int(v) for k, v in sorted(verdicts.items())})
+        store_verdicts(cat, verdicts)
+
+
+def store_verdicts(cat: Catalog, verdicts: dict) -> None:
+    """Keep keep-best's verdicts in a catalog open for writing, inside the caller's transaction."""
+    cat.set_meta(_VERDICTS, {k: int(v) for k, v in sorted(verdicts.items())})
+
+
+def stored_verdicts(cat: Catalog) -> dict:
+    v = cat.get_meta(_VERDICTS, {})
+    return {k: bool(x) for k, x in v.items()} if isinstance(v, dict) else {}
 
 
 # The pair test's pixel checks (detect.PairJudge.checks: the changed fraction of two thumbnails, by contents,
@@ -205,4 +214,9 @@ def stored_checks(cat: Catalog) -> dict:
 
 def save_checks(catalog: str, checks: dict) -> None:
     with Catalog(catalog, write=True) as cat, cat.transaction():
-        cat.set_meta(_CHECKS, dict(sorted(checks.items())))
+        store_checks(cat, checks)
+
+
+def store_checks(cat: Catalog, checks: dict) -> None:
+    """Keep the pixel checks in a catalog open for writing, inside the caller's transaction."""
+    cat.set_meta(_CHECKS, dict(sorted(checks.items())))

@@ -40,7 +40,7 @@ from imgsim_fast.service.live import LiveIndex
 from imgsim_fast.service.metrics import Metrics
 from imgsim_fast.service.reader import Reader
 from imgsim_fast.service.uploads import ClientError, copy_confined, receive_upload
-from imgsim_fast.service.writer import AddJob, DeleteJob, Writer
+from imgsim_fast.service.writer import AddJob, DeleteJob, LooksJob, Writer
 
 __all__ = ["create_app", "Service"]
 
@@ -93,6 +93,7 @@ class Service:
         self.writer = Writer(cfg.catalog, cfg.storage, self.live, model_name=cfg.embed_model,
                              dim=dim, max_batch=cfg.max_batch, metrics=self.metrics)
         self.live.load(self.writer.cat, HASH_ARRAY, DIHEDRAL_ARRAY, self.writer.embed_array)
+        self.live.on_looks = lambda checks, verdicts: self.writer.submit(LooksJob(checks, verdicts))
         self.reader = Reader(cfg.catalog)
         self.method = f"embed:{self.model.name}" if self.model else "phash"
 

@@ -27,8 +27,12 @@ from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks
 __all__ = ["LiveIndex", "Near"]
 
 # The pixel checks remembered between requests (PairJudge.checks, by pair of contents): a re-ranked group or a
-# repeated upload checks no pair twice. About 100 bytes a pair; past this many the memory starts again.
-MAX_CHECKS = 1_000_000
+# repeated upload checks no pair twice. About 250 bytes a pair (a key string and a float in a dict): past
+# this many (about 100 MB) the memory starts again.
+MAX_CHECKS = 400_000
+# A query's candidates by embedding score, at most (the best-scoring): a collection holding thousands of
+# copies of one picture is judged on the closest ones.
+MAX_VIEW_CANDIDATES = 1024
 
 
 @dataclass
@@ -83,6 +87,10 @@ class LiveIndex:
         self._mapped = np.zeros((0, THUMB_SIDE * THUMB_SIDE), np.uint8)
         self.checks: dict = {}
         self.verdicts: dict = {}  # keep-best's looks at full-size pixels (keep.derived_from), by contents
+        # Both are read from the catalog at load; after a grouping that added to them, on_looks(checks,
+        # verdicts) is called (the service hands them to its writer), so a restart checks no pair again.
+        self.on_looks = None
+        self._groups_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------------------
     # Writer side
@@ -194,6 +202,10 @@ class LiveIndex:
         if dedup_arrays.THUMBS not in arrays or dedup_arrays.PHASH8 not in arrays:
             return None
         self.thumb_file = cat.array_file(dedup_arrays.THUMBS)
+        checks = dedup_arrays.stored_checks(cat)
+        if len(checks) <= MAX_CHECKS:
+            self.checks = checks
+        self.verdicts = dedup_arrays.stored_verdicts(cat)
         pos = {int(f): i for i, f in enumerate(fids)}
         m = len(fids)
         dcodes = np.zeros((m, 8, 1), np.uint64)
@@ -283,40 +295,51 @@ class LiveIndex:
         (service/ingest.Extracted, its dedup views embedded), duplicates first, each with its Match."""
         from imgsim_fast.indexes.hamming import hamming_radius
 
-        n, fids, _, _, _, alive, digests, _ = self._view()
-        if n == 0 or self.thumb_file is None:
+        n, fids, codes, _, _, alive, digests, _ = self._view()
+        if n == 0:
             return []
         t = self.t
-        ok = alive & (self.thumb_row[:n] >= 0) & ((fids != exclude) if exclude is not None else True)
-        # The candidates candidate_pairs would give this pair: the query's codes against every file's
-        # identity code (d(stored, query variant k): what PairJudge.distances(candidate, query) compares),
-        # and the files among the query's nearest views with a score the test could accept.
+        mine = alive & ((fids != exclude) if exclude is not None else True)
+        ok = mine & (self.thumb_row[:n] >= 0)
+        # The candidates of candidate_pairs: the query's codes against every file's identity code
+        # (d(stored, query variant k): what PairJudge.distances(candidate, query) compares) ...
         r = max(t.phash, t.similar_phash, t.dihedral)
         lims, ids, dist = hamming_radius(np.ascontiguousarray(query.dedup_codes8, np.uint64), self.dident[:n], r)
         ident = ids[:lims[1]][dist[:lims[1]] <= max(t.phash, t.similar_phash)]
         flips = ids[lims[1]:][dist[lims[1]:] <= t.dihedral]
         # ... and the other way round (the test takes the flip evidence either way): the query's identity
-        # code against every file's variants.
+        # code against every file's variants ...
         _, back, _ = hamming_radius(np.ascontiguousarray(query.dedup_codes8[:1], np.uint64),
                                     np.ascontiguousarray(self.dcodes[:n].reshape(n * 8, 1)), t.dihedral)
         cand = set(ident.tolist()) | set(flips.tolist()) | set((back // 8).tolist())
         q = None
         if self.dviews is not None and query.dedup_vectors is not None:
+            # ... and every file whose views score what the test could accept (PairJudge.cosines' crosswise
+            # rule). Not only the query's nearest `knn`: candidate_pairs also takes a file whose own nearest
+            # hold the query, which one query cannot know, so all of them, up to MAX_VIEW_CANDIDATES.
             q = self._project(np.asarray(query.dedup_vectors, np.float32)[None])[0]
             v = self.dviews[:n]
-            # PairJudge.cosines' crosswise rule: whole-whole, or whole-centre either way less the discount.
             score = np.maximum(v[:, 0] @ q[0], np.maximum(v[:, 0] @ q[1], v[:, 1] @ q[0]) - t.centre_discount)
             score[~ok] = -np.inf
-            top = np.argsort(-score)[:t.knn]
-            cand.update(int(i) for i in top if score[i] >= min(t.similar_cos, t.confirm_cos))
+            near_rows = np.flatnonzero(score >= min(t.similar_cos, t.confirm_cos))
+            if len(near_rows) > MAX_VIEW_CANDIDATES:
+                near_rows = near_rows[np.argpartition(-score[near_rows], MAX_VIEW_CANDIDATES)[:MAX_VIEW_CANDIDATES]]
+            cand.update(near_rows.tolist())
         cand = np.array(sorted(i for i in cand if ok[i]), np.int64)
-        if not len(cand):
-            return []
-        judge = self._judge(cand, digests, query, q)
-        m = len(cand)
-        # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
-        d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))
-        out = [Near(int(fids[cand[k]]), mt) for k, mt in zip(d.i.tolist(), d.matches(np.arange(len(d.i))))]
+        out = []
+        if len(cand):
+            judge = self._judge(cand, digests, query, q)
+            m = len(cand)
+            # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
+            d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))
+            out = [Near(int(fids[cand[k]]), mt) for k, mt in zip(d.i.tolist(), d.matches(np.arange(len(d.i))))]
+        # Byte-identical files need no features: those indexed without dedup's (by `imgsim index`) are still
+        # found by their digest, among the files whose plain code is the query's.
+        _, same, _ = hamming_radius(np.ascontiguousarray(query.codes8[:1], np.uint64), codes, 0)
+        seen = set(cand.tolist())
+        for i in same.tolist():
+            if mine[i] and i not in seen and digests[i] == query.digest:
+                out.append(Near(int(fids[i]), Match("exact", 0, 0, "none", None)))
         out.sort(key=lambda x: (not x.match.duplicate, x.match.phash, -(x.match.cos or 0), x.file_id))
         return out
 
@@ -372,10 +395,21 @@ class LiveIndex:
         facts_of: file ids -> their FileFacts (catalog/dedup_features.stored_facts), so the keeper is the
         file `imgsim dedup` keeps (keep.keep_ranks, looking at full-size pixels where the facts leave a
         doubt); None: the largest picture, then the first added."""
-        gen = self.generation
-        cached = self._groups
-        if cached is not None and cached[0] == gen:
-            return cached[1]
+        # One grouping at a time: a second caller waits for it and takes its result rather than doing the
+        # same pixel checks again (on a large collection the first grouping can outlast a request).
+        with self._groups_lock:
+            gen = self.generation
+            cached = self._groups
+            if cached is not None and cached[0] == gen:
+                return cached[1]
+            looks = len(self.checks), len(self.verdicts)
+            out = self._grouped(facts_of)
+            self._groups = (gen, out)
+            if self.on_looks is not None and (len(self.checks), len(self.verdicts)) != looks:
+                self.on_looks(dict(self.checks), dict(self.verdicts))
+            return out
+
+    def _grouped(self, facts_of) -> list:
         n, fids, _, _, _, alive, digests, pixels = self._view()
         rows = np.flatnonzero(alive & (self.thumb_row[:n] >= 0))
         out = []
@@ -394,7 +428,6 @@ class LiveIndex:
 
             for g in group_pairs(len(rows), candidate_pairs(judge), judge, ranker):
                 out.append((g.tier, [(int(ids[x]), m) for x, m in zip(g.members, g.matches)]))
-        self._groups = (gen, out)
         return out
 
 

@@ -23,7 +23,7 @@ from imgsim_fast.catalog.store import Catalog, embedding_array_name
 from imgsim_fast.io.atomic_write import fsync_dir
 from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, HASH_KIND, HASH_MODE, HASH_SIZE, Extracted
 
-__all__ = ["AddJob", "DeleteJob", "Writer", "stored_path"]
+__all__ = ["AddJob", "DeleteJob", "LooksJob", "Writer", "stored_path"]
 
 
 @dataclass
@@ -38,6 +38,14 @@ class AddJob:
 @dataclass
 class DeleteJob:
     file_id: int
+
+
+@dataclass
+class LooksJob:
+    """The live index's pixel checks and keep-best verdicts, kept in the catalog as `imgsim dedup --catalog`
+    keeps them, so a restart groups without looking at any pair again."""
+    checks: dict
+    verdicts: dict
 
 
 def stored_path(storage: str, digest: str, ext: str) -> str:
@@ -113,10 +121,12 @@ class Writer:
 
     def _commit(self, batch) -> None:
         try:
-            done, live_adds, removed, unlink = [], [], [], []
+            # live: the batch's changes to the live index, in the order the jobs made them (a file removed and
+            # an id reused, or a file added again and then changed, within one batch).
+            done, live, unlink = [], [], []
             with self.cat.transaction():
                 for job, _ in batch:
-                    done.append(self._apply(job, live_adds, removed, unlink))
+                    done.append(self._apply(job, live, unlink))
         except Exception as e:
             if len(batch) > 1:
                 for one in batch:
@@ -124,16 +134,17 @@ class Writer:
                 return
             batch[0][1].set_exception(e)
             return
-        for fid in removed:
-            self.live.remove(fid)
-        if live_adds:
-            fids, digests, pixels, codes8, vecs, dcodes8, thumb_rows, views = zip(*live_adds)
-            emb = None
-            if self.live.emb is not None:
-                emb = np.stack([np.zeros(self.live.dim, np.float32) if v is None else v for v in vecs])
-            self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb,
-                          dedup=(np.stack(dcodes8), np.array(thumb_rows, np.int64), None if self.live.emb is None else
-                                 np.stack([np.zeros((2, self.live.dim), np.float32) if v is None else v for v in views])))
+        k = 0
+        while k < len(live):
+            if live[k][0] == "remove":
+                self.live.remove(live[k][1])
+                k += 1
+                continue
+            run = []
+            while k < len(live) and live[k][0] == "add":
+                run.append(live[k][1])
+                k += 1
+            self._live_add(run)
         for p in unlink:
             try:
                 os.unlink(p)
@@ -146,14 +157,27 @@ class Writer:
                 _remove_quietly(job.tmp)
             fut.set_result(result)
 
-    def _apply(self, job, live_adds, removed, unlink):
+    def _live_add(self, adds: list[tuple]) -> None:
+        fids, digests, pixels, codes8, vecs, dcodes8, thumb_rows, views = zip(*adds)
+        emb = dviews = None
+        if self.live.emb is not None:
+            emb = np.stack([np.zeros(self.live.dim, np.float32) if v is None else v for v in vecs])
+            dviews = np.stack([np.zeros((2, self.live.dim), np.float32) if v is None else v for v in views])
+        self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb,
+                      dedup=(np.stack(dcodes8), np.array(thumb_rows, np.int64), dviews))
+
+    def _apply(self, job, live, unlink):
         conn = self.cat.conn
+        if isinstance(job, LooksJob):
+            dedup_arrays.store_checks(self.cat, job.checks)
+            dedup_arrays.store_verdicts(self.cat, job.verdicts)
+            return True
         if isinstance(job, DeleteJob):
             row = conn.execute("SELECT path FROM files WHERE id = ?", (job.file_id,)).fetchone()
             if row is None:
                 return False
             conn.execute("DELETE FROM files WHERE id = ?", (job.file_id,))
-            removed.append(job.file_id)
+            live.append(("remove", job.file_id))
             path = row[0]
             if path.startswith(self.storage + os.sep) and conn.execute(
                     "SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is None:
@@ -172,20 +196,22 @@ class Writer:
         else:
             path = job.source_path
             st = f.st
-        old = conn.execute("SELECT id, digest FROM files WHERE path = ?", (path,)).fetchone()
+        old = conn.execute("SELECT id, digest, error FROM files WHERE path = ?", (path,)).fetchone()
         if old is not None:
-            if old[1] == f.digest:
+            if old[1] == f.digest and old[2] is None:
                 # Known already. A file indexed without what this server keeps (by `imgsim index`: no dedup
                 # features, no embedding of this model) gets the missing arrays now, so adding it again is how
                 # it joins the duplicate test.
                 have = {a for (a,) in conn.execute("SELECT array FROM vectors WHERE file_id = ?", (old[0],))}
                 if not set(self._arrays()) <= have:
-                    live_adds.append(self._append_rows(old[0], f, job, have))
+                    live.append(("add", self._append_rows(old[0], f, job, have)))
                 return old[0], False, path
-            conn.execute("DELETE FROM files WHERE id = ?", (old[0],))  # a server-side file changed since
-            removed.append(old[0])
+            # A server-side file changed since, or one the indexer could not read (its row holds the error):
+            # this read succeeded, so a fresh row replaces the old one.
+            conn.execute("DELETE FROM files WHERE id = ?", (old[0],))
+            live.append(("remove", old[0]))
         fid = _insert_file(self.cat, path, st, f.digest, f.metadata, "")
-        live_adds.append(self._append_rows(fid, f, job, set()))
+        live.append(("add", self._append_rows(fid, f, job, set())))
         return fid, True, path
 
     def _arrays(self) -> list[str]:
