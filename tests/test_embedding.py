@@ -69,37 +69,6 @@ def test_efficientnet_embeddings_normalised_batch_equals_single(effnet):
         embed_text(["a red car"], effnet)
 
 
-def test_onnx_runtime_gives_the_torch_vectors_and_mends_its_cache(tmp_path, monkeypatch):
-    # On CPU the forward pass runs on ONNX Runtime (embedding/onnx_runtime.py): the graph exported from the
-    # loaded weights must give PyTorch's vectors, on real photos as on synthetic ones. The exported file is
-    # cached; a damaged one is exported again, never used.
-    from imgsim_fast.features.embedding.onnx_runtime import RUNTIME_ENV
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    photos = [os.path.join(UKUI, f) for f in sorted(os.listdir(UKUI))[:6]] if os.path.isdir(UKUI) else []
-    imgs = [load_image(p) for p in photos] + [synthetic(i, size=(300, 200)) for i in range(3)]
-    fast = load_model("efficientnet-lite0", device="cpu")
-    assert fast.runtime == "onnxruntime"
-    cached = [os.path.join(dp, f) for dp, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".onnx")]
-    assert len(cached) == 1
-    monkeypatch.setenv(RUNTIME_ENV, "torch")
-    slow = load_model("efficientnet-lite0", device="cpu")
-    assert slow.runtime == "torch"
-    a, b = embed_images(imgs, fast), embed_images(imgs, slow)
-    assert np.abs(a - b).max() < 1e-5
-    assert (a @ a.T)[np.triu_indices(len(imgs), 1)].max() < 0.999  # and not one constant vector
-    monkeypatch.delenv(RUNTIME_ENV)
-    with open(cached[0], "r+b") as f:  # a torn write or a flipped block
-        f.seek(4096)
-        f.write(b"\x00" * 65536)
-    again = load_model("efficientnet-lite0", device="cpu")
-    assert again.runtime == "onnxruntime"
-    with open(cached[0], "rb") as f:
-        f.seek(4096)
-        assert f.read(65536) != b"\x00" * 65536  # exported again
-    assert np.abs(embed_images(imgs, again) - b).max() < 1e-5
-
-
 def test_tf_center_crop_geometry():
     # crop_padding=0: the crop is the whole short side (16 px) of a 32x16 image, centred. TF crops
     # before resizing, so the black borders must not bleed in through the bicubic filter's support.

@@ -65,41 +65,7 @@ def embedding_rows(photos_src: str, quick: bool = False) -> list[Row]:
               "distinct_files": len(photos), "workers": workers,
               "torch_threads": torch.get_num_threads(), "batch_size": 32, "photos": photos_src}
     return [Row("embedding", f"EfficientNet-Lite0 end to end, CPU, {len(files)} JPEGs", len(files) / t_ours,
-                "images/s", "naive PIL + batch-1 loop", len(files) / t_naive, params),
-            _runtime_row(files, model, quick)]
-
-
-def _runtime_row(files: list[str], model, quick: bool) -> Row:
-    """The forward pass alone, batches of 32 prepared photos: ONNX Runtime (ours, embedding/onnx_runtime.py)
-    against PyTorch's eager CPU pass on the same weights, which must give the same vectors."""
-    import torch
-
-    from imgsim_fast.features.embedding import load_model
-    from imgsim_fast.features.embedding.onnx_runtime import RUNTIME_ENV
-    from imgsim_fast.features.embedding.preprocess import prepare_image
-    from imgsim_fast.io.loading import load_image
-
-    batch = torch.from_numpy(np.stack([prepare_image(load_image(p), model.spec) for p in files[:32]]))
-    before = os.environ.get(RUNTIME_ENV)
-    os.environ[RUNTIME_ENV] = "torch"
-    try:
-        eager = load_model(model.name, device="cpu")
-    finally:
-        if before is None:
-            del os.environ[RUNTIME_ENV]
-        else:
-            os.environ[RUNTIME_ENV] = before
-    if model.runtime != "onnxruntime":
-        raise RuntimeError("ONNX Runtime is not in use (is onnxruntime installed?): nothing to compare")
-    diff = float(np.abs(model.embed_pixels(batch).numpy() - eager.embed_pixels(batch).numpy()).max())
-    if diff > 1e-5:
-        raise RuntimeError(f"ONNX Runtime and PyTorch vectors differ by {diff}")
-    repeat = 2 if quick else 5
-    t_ort = best_time(lambda: model.embed_pixels(batch), repeat=repeat)
-    t_torch = best_time(lambda: eager.embed_pixels(batch), repeat=repeat)
-    return Row("embedding", f"EfficientNet-Lite0 forward pass, CPU, batch of {len(batch)}", len(batch) / t_ort,
-               "images/s", "PyTorch eager (same weights)", len(batch) / t_torch,
-               {"max_abs_difference": diff, "threads": torch.get_num_threads()})
+                "images/s", "naive PIL + batch-1 loop", len(files) / t_naive, params)]
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -46,8 +46,6 @@ def capabilities(torch_info: bool = True) -> dict:
         "pillow_features": _pillow_features(),
         "numba": _version("numba"),
         "numpy": _version("numpy"),
-        # The CPU embedding pass (features/embedding/onnx_runtime.py); None: PyTorch's runs instead.
-        "onnxruntime": _version("onnxruntime"),
     }
     if torch_info:
         try:

@@ -124,29 +124,9 @@ class EmbeddingModel:
 
 
 class EfficientNetLiteEmbedder(EmbeddingModel):
-    """EfficientNet-Lite0 pooled features (1280-d). On CPU the forward pass runs on ONNX Runtime where it is
-    installed (embedding/onnx_runtime.py: the same vectors, several times sooner); `runtime` says which."""
-
-    _session = None
-    _session_tried = False
-
-    @property
-    def runtime(self) -> str:
-        return "onnxruntime" if self._ort() is not None else "torch"
-
-    def _ort(self):
-        if not self._session_tried:
-            self._session_tried = True
-            if self.device.type == "cpu" and self.amp_dtype is None:
-                from imgsim_fast.features.embedding.onnx_runtime import session_for
-
-                self._session = session_for(self.module, self.name, self.spec.size, torch.get_num_threads())
-        return self._session
+    """EfficientNet-Lite0 pooled features (1280-d)."""
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        sess = self._ort()
-        if sess is not None:
-            return torch.from_numpy(sess.run(None, {"x": x.contiguous().numpy()})[0])
         return self.module.forward_features(x)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
