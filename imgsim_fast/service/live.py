@@ -7,8 +7,9 @@ Duplicates are `imgsim dedup`'s pair test on dedup's own features (catalog/dedup
 writer stores for every file it adds): the border-trimmed dihedral pHash, the two embedded views in the
 learned space (jobs/dedup.learned_space), and the pixel check on the 128 px thumbnails, read from the
 catalog's thumbnail array on demand (16 KiB a file stays on disk, not in memory). A file indexed without
-dedup's features (by `imgsim index`, or a server before this one) takes no part in the duplicate test until
-it is added again, when the writer stores what it lacks; `missing_dedup` counts those files.
+dedup's features (by `imgsim index`, or a server before this one) takes no part in the pair test (a
+byte-identical copy of it is still found, by digest) until it is added again, when the writer stores what it
+lacks; `missing_dedup` counts those files.
 """
 from __future__ import annotations
 
