@@ -248,3 +248,40 @@ def test_the_writer_applies_a_batch_in_order_and_replaces_failed_rows(tmp_path, 
         restarted.load(cat, HASH_ARRAY, DIHEDRAL_ARRAY, None)
     assert rows[changed] == ("photo.png", None) and rows[failed] == ("slide_a.png", None)
     assert set(live.row_of) == set(restarted.row_of) == {changed, failed, old["other.jpg"]}
+
+
+def test_a_delete_and_the_same_upload_in_one_batch_keep_the_stored_bytes(tmp_path, folder):
+    """Uploads are stored by content: deleting one and uploading the same bytes again in one batch must leave
+    the stored file in place for the new row (it was unlinked after the commit)."""
+    import shutil
+    from concurrent.futures import Future
+
+    from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, extract
+    from imgsim_fast.service.live import LiveIndex
+    from imgsim_fast.service.writer import AddJob, DeleteJob, Writer, stored_path
+
+    def upload(k):
+        tmp = tmp_path / f"incoming-{k}"
+        shutil.copy(folder / "photo.png", tmp)
+        return AddJob(str(tmp), extract(str(tmp), max_pixels=None), None, ext=".png"), Future()
+
+    catalog, storage = str(tmp_path / "c.sqlite"), str(tmp_path / "store")
+    live = LiveIndex(1, None)
+    writer = Writer(catalog, storage, live, model_name=None, dim=None)
+    try:
+        live.load(writer.cat, HASH_ARRAY, DIHEDRAL_ARRAY, None)
+        first = upload(0)
+        writer._commit([first])
+        fid, _, path = first[1].result()
+        assert path == stored_path(storage, first[0].features.digest, ".png") and os.path.isfile(path)
+        gone, again = (DeleteJob(fid), Future()), upload(1)
+        writer._commit([gone, again])  # what the writer thread does with jobs that arrive together
+        new, created, new_path = again[1].result()
+    finally:
+        writer.close()
+    assert gone[1].result() is True and created and new_path == path
+    assert os.path.isfile(path)
+    with Catalog(catalog) as cat:
+        assert [(r.id, r.path) for r in cat.files()] == [(new, path)]
+    assert set(live.row_of) == {new}

@@ -27,10 +27,6 @@ from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks
 
 __all__ = ["LiveIndex", "Near"]
 
-# The pixel checks remembered between requests (PairJudge.checks, by pair of contents): a re-ranked group or a
-# repeated upload checks no pair twice. About 250 bytes a pair (a key string and a float in a dict): past
-# this many (about 100 MB) the memory starts again.
-MAX_CHECKS = 400_000
 # A query's candidates by embedding score, at most (the best-scoring): a collection holding thousands of
 # copies of one picture is judged on the closest ones.
 MAX_VIEW_CANDIDATES = 1024
@@ -203,9 +199,10 @@ class LiveIndex:
         if dedup_arrays.THUMBS not in arrays or dedup_arrays.PHASH8 not in arrays:
             return None
         self.thumb_file = cat.array_file(dedup_arrays.THUMBS)
-        checks = dedup_arrays.stored_checks(cat)
-        if len(checks) <= MAX_CHECKS:
-            self.checks = checks
+        # The pixel checks and keep-best verdicts made so far, by contents (PairJudge.checks, keep.derived_from):
+        # a regrouping or a repeated upload looks at no pair twice. All of them, as `imgsim dedup --catalog`
+        # holds them: about 250 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
+        self.checks = dedup_arrays.stored_checks(cat)
         self.verdicts = dedup_arrays.stored_verdicts(cat)
         pos = {int(f): i for i, f in enumerate(fids)}
         m = len(fids)
@@ -282,8 +279,6 @@ class LiveIndex:
             if views is not None:
                 views = np.concatenate([views, np.zeros((1,) + views.shape[1:], np.float32) if qviews is None
                                         else qviews[None]])
-        if len(self.checks) > MAX_CHECKS:
-            self.checks = {}
         thumbs = _Thumbs(self._thumbs(self.thumb_row[rows]), self.thumb_row[rows], extra)
         emb = centre = None
         if views is not None and np.abs(views).any(axis=2).all():

@@ -146,6 +146,9 @@ class Writer:
                 k += 1
             self._live_add(run)
         for p in unlink:
+            # A later job of the batch may have stored the same bytes again, at the same path.
+            if self.cat.conn.execute("SELECT 1 FROM files WHERE path = ?", (p,)).fetchone() is not None:
+                continue
             try:
                 os.unlink(p)
             except OSError:
@@ -169,8 +172,12 @@ class Writer:
     def _apply(self, job, live, unlink):
         conn = self.cat.conn
         if isinstance(job, LooksJob):
-            dedup_arrays.store_checks(self.cat, job.checks)
-            dedup_arrays.store_verdicts(self.cat, job.verdicts)
+            # Added to what the catalog holds (an `imgsim dedup --catalog` run may have stored others since).
+            checks, verdicts = dedup_arrays.stored_checks(self.cat), dedup_arrays.stored_verdicts(self.cat)
+            checks.update(job.checks)
+            verdicts.update(job.verdicts)
+            dedup_arrays.store_checks(self.cat, checks)
+            dedup_arrays.store_verdicts(self.cat, verdicts)
             return True
         if isinstance(job, DeleteJob):
             row = conn.execute("SELECT path FROM files WHERE id = ?", (job.file_id,)).fetchone()
