@@ -46,9 +46,14 @@ class Extracted:
     dedup_vectors: np.ndarray | None = None  # (2, dim): the views embedded (the caller's forward pass)
 
     @cached_property
+    def dedup_rows(self) -> dict[str, np.ndarray]:
+        """The file's rows of dedup's catalog arrays (catalog/dedup_features.feature_rows), made once."""
+        return feature_rows([self.dedup])
+
+    @property
     def dedup_codes8(self) -> np.ndarray:
         """(8, 1) uint64: the border-trimmed pHash and its flips, as catalog/dedup_features.PHASH8 keeps it."""
-        return feature_rows([self.dedup])[PHASH8].reshape(8, 1)
+        return self.dedup_rows[PHASH8].reshape(8, 1)
 
     @property
     def thumb(self) -> np.ndarray:

@@ -98,8 +98,8 @@ class LiveIndex:
             return
         new = max(need, 2 * cap)
 
-        def grown(a):
-            b = np.zeros((new,) + a.shape[1:], a.dtype)
+        def grown(a, fill=0):
+            b = np.full((new,) + a.shape[1:], fill, a.dtype)
             b[:self.n] = a[:self.n]
             return b
 
@@ -107,9 +107,7 @@ class LiveIndex:
         self.fids, self.pixels, self.codes, self.codes8, self.alive, self.dcodes, self.dident = (
             grown(self.fids), grown(self.pixels), grown(self.codes), grown(self.codes8), grown(self.alive),
             grown(self.dcodes), grown(self.dident))
-        rows = np.full(new, -1, np.int64)
-        rows[:self.n] = self.thumb_row[:self.n]
-        self.thumb_row = rows
+        self.thumb_row = grown(self.thumb_row, -1)
         if self.emb is not None:
             self.emb, self.dviews = grown(self.emb), grown(self.dviews)
 

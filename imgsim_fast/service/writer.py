@@ -75,8 +75,10 @@ class Writer:
             if self.embed_array:
                 self.cat.ensure_array(self.embed_array, np.float32, dim, {"model": model_name})
             # dedup's features, as `imgsim dedup --catalog` keeps them: the live index's duplicate test reads them.
-            dedup_arrays.ensure_arrays(self.cat, model_name, dim)
+            dedup_names = dedup_arrays.ensure_arrays(self.cat, model_name, dim)
             self.view_arrays = dedup_arrays.model_arrays(model_name) if model_name else None
+            # What this server keeps for every file it adds.
+            self.arrays = [HASH_ARRAY, DIHEDRAL_ARRAY] + ([self.embed_array] if self.embed_array else []) + dedup_names
         except BaseException:
             self.cat.close()
             raise
@@ -210,7 +212,7 @@ class Writer:
                 # features, no embedding of this model) gets the missing arrays now, so adding it again is how
                 # it joins the duplicate test.
                 have = {a for (a,) in conn.execute("SELECT array FROM vectors WHERE file_id = ?", (old[0],))}
-                if not set(self._arrays()) <= have:
+                if not set(self.arrays) <= have:
                     live.append(("add", self._append_rows(old[0], f, job, have)))
                 return old[0], False, path
             # A server-side file changed since, or one the indexer could not read (its row holds the error):
@@ -221,18 +223,12 @@ class Writer:
         live.append(("add", self._append_rows(fid, f, job, set())))
         return fid, True, path
 
-    def _arrays(self) -> list[str]:
-        """The arrays this server keeps for every file it adds."""
-        return ([HASH_ARRAY, DIHEDRAL_ARRAY] + ([self.embed_array] if self.embed_array else [])
-                + [dedup_arrays.PHASH8, dedup_arrays.THUMBS, dedup_arrays.FACTS] + list(self.view_arrays or ()))
-
     def _append_rows(self, fid: int, f: Extracted, job: AddJob, have: set) -> tuple:
         """Append file `fid`'s rows of the arrays it lacks (all but `have`); what the live index adds for it."""
         data = {HASH_ARRAY: f.codes8[:1], DIHEDRAL_ARRAY: f.codes8.reshape(1, -1)}
         if self.embed_array and job.vector is not None:
             data[self.embed_array] = job.vector[None]
-        ded = dedup_arrays.feature_rows([f.dedup])
-        data.update(ded)
+        data.update(f.dedup_rows)
         if self.view_arrays and f.dedup_vectors is not None:
             data.update({name: f.dedup_vectors[k:k + 1] for k, name in enumerate(self.view_arrays)})
         rows = [(fid, name, self.cat.append(name, x)) for name, x in data.items() if name not in have]
@@ -243,7 +239,7 @@ class Writer:
                                               (fid, dedup_arrays.THUMBS)).fetchone()[0]
         md = f.metadata
         return (fid, f.digest, (md.width or 0) * (md.height or 0), f.codes8, job.vector,
-                ded[dedup_arrays.PHASH8].reshape(8, 1), thumb_row, f.dedup_vectors)
+                f.dedup_codes8, thumb_row, f.dedup_vectors)
 
 
 def _remove_quietly(path: str) -> None:
