@@ -17,6 +17,7 @@ from imgsim_fast.jobs.dedup.detect import PairJudge, embedding_pairs, hash_pairs
 from imgsim_fast.jobs.dedup.grouping import group_pairs
 from imgsim_fast.features.extract import EMBED_CROP, Features, FileFacts, compute_features, trim_box
 from imgsim_fast.jobs.dedup.keep import keep_ranks, parse_order
+from lookalike_pictures import rgb as _rgb, save_burst, save_slides
 
 
 def _bits(codes8):
@@ -215,11 +216,6 @@ def test_trim_follows_contrast_not_grey_levels():
 # Real photos
 
 
-def _rgb(path, side=640):
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-    im.thumbnail((side, side))
-    return im
 
 
 @pytest.fixture(scope="module")
@@ -544,7 +540,7 @@ def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
     # affine alignment). Look-alikes: two bar charts of one style with other data, two slides of one
     # template with other words, and two frames of a "burst" (one object pasted a little further along on
     # the same photo): hashes call several of these close, the check must not.
-    from PIL import ImageDraw, ImageEnhance, ImageFont
+    from PIL import ImageDraw, ImageEnhance
 
     rng = np.random.default_rng(7)
     for name in ("a", "b"):
@@ -554,16 +550,7 @@ def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
         for k, v in enumerate(rng.integers(40, 320, size=8)):
             d.rectangle([80 + 65 * k, 360 - int(v), 120 + 65 * k, 360], fill=(40, 90, 200))
         im.save(tmp_path / f"chart_{name}.png")
-    font = ImageFont.load_default(size=28)
-    for name, lines in (("a", ("Quarterly review", "Backups weekly", "Camera import", "Session notes")),
-                        ("b", ("Roadmap summary", "Index folders", "Colour profiles", "Panel layout"))):
-        im = Image.new("RGB", (800, 450), "white")
-        d = ImageDraw.Draw(im)
-        d.rectangle([0, 0, 800, 70], fill=(30, 60, 100))
-        d.text((30, 18), lines[0], fill="white", font=font)
-        for k, line in enumerate(lines[1:]):
-            d.text((60, 120 + 50 * k), "- " + line, fill="black", font=font)
-        im.save(tmp_path / f"slide_{name}.png")
+    save_slides(tmp_path)
     photo = _rgb(photos[0])
     w, h = photo.size
     photo.save(tmp_path / "photo.png")
@@ -572,11 +559,7 @@ def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
     photo.crop((w // 10, h // 6, w // 10 + w * 4 // 5, h // 6 + h * 4 // 5)).save(tmp_path / "photo_crop.jpg")
     rot = photo.rotate(4, resample=Image.Resampling.BICUBIC)
     rot.crop((w // 12, h // 12, w - w // 12, h - h // 12)).save(tmp_path / "photo_rotated.jpg")
-    obj = _rgb(photos[1], side=w // 5)
-    for name, x in (("a", w // 3), ("b", w // 3 + w // 12)):
-        frame = _rgb(photos[2])
-        frame.paste(obj, (x, h // 3))
-        frame.save(tmp_path / f"burst_{name}.png")
+    save_burst(tmp_path, photos[2], photos[1], 640, (w, h))
     f = compute_features([str(tmp_path)], embed=False, workers=1, progress=False)
     idx = {os.path.basename(p): i for i, p in enumerate(f.paths)}
     judge = PairJudge(f, "phash", DEFAULTS)

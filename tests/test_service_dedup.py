@@ -6,19 +6,15 @@ import os
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
 
 from imgsim_fast.jobs.dedup import _learned_space, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
 from imgsim_fast.features.extract import compute_features
+from lookalike_pictures import rgb, save_burst, save_slides
 from service_server import Server
 
 
-def _rgb(path, side=480):
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-    im.thumbnail((side, side))
-    return im
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def folder(tmp_path_factory, photos):
     other words and two frames of a burst (their hashes are within dedup's pHash radius: only the pixel check
     tells them apart), and another photo."""
     d = tmp_path_factory.mktemp("svc-dedup")
-    photo = _rgb(photos[0])
+    photo = rgb(photos[0], 480)
     w, h = photo.size
     photo.save(d / "photo.png")
     photo.save(d / "photo_q40.jpg", quality=40)
@@ -36,22 +32,9 @@ def folder(tmp_path_factory, photos):
     bars = Image.new("RGB", (w, h * 4 // 3))
     bars.paste(photo, (0, h // 6))
     bars.save(d / "photo_letterbox.png")
-    font = ImageFont.load_default(size=28)
-    for name, lines in (("a", ("Quarterly review", "Backups weekly", "Camera import", "Session notes")),
-                        ("b", ("Roadmap summary", "Index folders", "Colour profiles", "Panel layout"))):
-        im = Image.new("RGB", (800, 450), "white")
-        dr = ImageDraw.Draw(im)
-        dr.rectangle([0, 0, 800, 70], fill=(30, 60, 100))
-        dr.text((30, 18), lines[0], fill="white", font=font)
-        for k, line in enumerate(lines[1:]):
-            dr.text((60, 120 + 50 * k), "- " + line, fill="black", font=font)
-        im.save(d / f"slide_{name}.png")
-    obj = _rgb(photos[1], side=w // 5)
-    for name, x in (("a", w // 3), ("b", w // 3 + w // 12)):
-        frame = _rgb(photos[2])
-        frame.paste(obj, (x, h // 3))
-        frame.save(d / f"burst_{name}.png")
-    _rgb(photos[3]).save(d / "other.jpg", quality=90)
+    save_slides(d)
+    save_burst(d, photos[2], photos[1], 480, (w, h))
+    rgb(photos[3], 480).save(d / "other.jpg", quality=90)
     return d
 
 
