@@ -134,12 +134,13 @@ def test_explore_statistics_use_dedups_test_on_its_stored_features(lib, tmp_path
 
 
 def test_stored_pixel_checks_out_of_range_are_not_trusted(lib, tmp_path):
-    # A verdict is a fraction of a thumbnail: anything else in the catalog is dropped and checked again.
+    # A verdict is two fractions of a thumbnail (changed, strongly changed): anything else in the catalog,
+    # the single fraction of the check's first version included, is dropped and checked again.
     cat = str(tmp_path / "c.sqlite")
     find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
     good = dfs.load_checks(cat)
-    assert good
-    bad = {k: -1.0 for k in good} | {"x": "0"}
+    assert good and all(len(v) == 2 for v in good.values())
+    bad = {k: [v[0], -1.0] for k, v in good.items()} | {"x": "0", "y": 0.01, "z": [0.01], "w": [True, 0.0]}
     with Catalog(cat, write=True) as c, c.transaction():
         c.set_meta("dedup_pixel_checks", bad)
     assert dfs.load_checks(cat) == {}

@@ -8,6 +8,7 @@ from imgsim_fast.jobs.dedup import verify
 from imgsim_fast.jobs.dedup.detect import DEFAULTS
 
 LIMIT = DEFAULTS.changed
+STRONG = DEFAULTS.strong
 SIDE = 128
 
 
@@ -36,14 +37,14 @@ def test_global_edits_change_nothing_local_edits_do():
     big = _scene()
     a = _thumb(big)
     gamma = (255 * (big / 255.0) ** 0.6).astype(np.uint8)  # a monotone intensity edit
-    assert verify.compare(a, _thumb(gamma), LIMIT).changed <= LIMIT
+    assert verify.compare(a, _thumb(gamma), LIMIT, STRONG).passes(LIMIT, STRONG)
     shifted = np.roll(big, 3, axis=1)  # under a thumbnail pixel
-    assert verify.compare(a, _thumb(shifted), LIMIT).changed <= LIMIT
+    assert verify.compare(a, _thumb(shifted), LIMIT, STRONG).passes(LIMIT, STRONG)
     # A subject moved into one spot (a burst frame): a light disc 80 px across, 2% of the picture.
     yy, xx = np.mgrid[0:512, 0:512]
     pasted = big.copy()
     pasted[(yy - 230) ** 2 + (xx - 270) ** 2 < 40 ** 2] = 245
-    v = verify.compare(a, _thumb(pasted), LIMIT)
+    v = verify.compare(a, _thumb(pasted), LIMIT, STRONG)
     assert LIMIT < v.changed < 0.25, v
 
 
@@ -51,13 +52,13 @@ def test_crop_and_rotation_are_aligned():
     big = _scene(1)
     a = _thumb(big)
     crop = big[40:40 + 410, 70:70 + 410]  # 80% of each side, off centre
-    v = verify.compare(a, _thumb(crop), LIMIT)
-    assert v.aligned and v.changed <= LIMIT and 0.55 < v.coverage < 0.8, v
+    v = verify.compare(a, _thumb(crop), LIMIT, STRONG)
+    assert v.aligned and v.passes(LIMIT, STRONG) and 0.55 < v.coverage < 0.8, v
     rot = np.asarray(Image.fromarray(big).rotate(4, resample=Image.Resampling.BICUBIC))[40:-40, 40:-40]
-    v = verify.compare(a, _thumb(rot), LIMIT)
-    assert v.aligned and v.changed <= LIMIT, v
+    v = verify.compare(a, _thumb(rot), LIMIT, STRONG)
+    assert v.aligned and v.passes(LIMIT, STRONG), v
     # Both ways round: the original against its crop.
-    assert verify.compare(_thumb(crop), a, LIMIT).changed <= LIMIT
+    assert verify.compare(_thumb(crop), a, LIMIT, STRONG).passes(LIMIT, STRONG)
 
 
 def test_two_pictures_sharing_a_region_are_not_a_copy():
@@ -67,7 +68,7 @@ def test_two_pictures_sharing_a_region_are_not_a_copy():
     a, b = top.copy(), top.copy()
     a[256:] = _scene(3)[256:]
     b[256:] = _scene(4)[256:]
-    assert verify.compare(_thumb(a), _thumb(b), LIMIT).changed > LIMIT
+    assert verify.compare(_thumb(a), _thumb(b), LIMIT, STRONG).changed > LIMIT
 
 
 def test_smoothing_matches_scipy():
@@ -81,17 +82,17 @@ def test_a_flat_picture_is_no_copy_of_a_textured_one():
     # Histogram matching would map the texture onto the flat picture's single grey level; either order.
     flat = np.full((SIDE, SIDE), 40, np.uint8)
     scene = _thumb(_scene(6))
-    assert verify.compare(flat, scene, LIMIT).changed > LIMIT
-    assert verify.compare(scene, flat, LIMIT).changed > LIMIT
+    assert verify.compare(flat, scene, LIMIT, STRONG).changed > LIMIT
+    assert verify.compare(scene, flat, LIMIT, STRONG).changed > LIMIT
     low = (scene.astype(np.float64) * 0.6 + 50).astype(np.uint8)  # a contrast x0.6 copy stays a copy
-    assert verify.compare(scene, low, LIMIT).changed <= LIMIT
+    assert verify.compare(scene, low, LIMIT, STRONG).passes(LIMIT, STRONG)
 
 
 def test_thumbnails_of_another_size_are_refused_not_read_past():
     import pytest
 
     with pytest.raises(ValueError):
-        verify.compare(np.zeros((128, 128), np.uint8), np.zeros((64, 64), np.uint8), LIMIT)
+        verify.compare(np.zeros((128, 128), np.uint8), np.zeros((64, 64), np.uint8), LIMIT, STRONG)
 
 
 def test_a_checks_verdict_is_kept_by_content_and_served_to_a_later_scan(monkeypatch):
@@ -123,3 +124,24 @@ def test_a_checks_verdict_is_kept_by_content_and_served_to_a_later_scan(monkeypa
     later = judge(["cc", "bb", "aa"], checks)  # another scan: other files, bb now found before aa
     assert later.changed(2, 1, 3) == turned and len(calls) == 1
     assert later.changed(0, 1) > DEFAULTS.changed and len(calls) == 2 and len(checks) == 2
+
+
+def test_a_small_change_of_content_fails_though_under_the_changed_bound():
+    # Two progress dialogs of one application, the bar filled further in one: under 1% of the picture
+    # differs, less than a rotated copy's resampling changes, but it differs by far more than the local
+    # contrast (other content, not resampling), and the strong bound refuses it. The old check (one bound)
+    # called the two copies.
+    dialog = np.full((480, 640), 236, np.uint8)
+    dialog[:40] = 60  # title bar
+    for y in range(90, 300, 30):  # lines of text
+        dialog[y:y + 8, 40:40 + (y * 7) % 400 + 120] = 30
+    dialog[370:400, 40:600] = 200  # the progress bar's trough
+    a, b = dialog.copy(), dialog.copy()
+    a[370:400, 40:240] = 50  # filled to a third ...
+    b[370:400, 40:340] = 50  # ... and to a half
+    v = verify.compare(_thumb(a), _thumb(b), LIMIT, STRONG)
+    assert v.changed <= LIMIT < 1, v  # what the first check looked at alone
+    assert v.strong > STRONG and not v.passes(LIMIT, STRONG), v
+    # A copy of the same dialog, re-saved at half size, passes both bounds.
+    half = np.asarray(Image.fromarray(a).resize((320, 240), Image.Resampling.BILINEAR))
+    assert verify.compare(_thumb(a), _thumb(half), LIMIT, STRONG).passes(LIMIT, STRONG)

@@ -191,9 +191,9 @@ def stored_verdicts(cat: Catalog) -> dict:
     return {k: bool(x) for k, x in v.items()} if isinstance(v, dict) else {}
 
 
-# The pair test's pixel checks (detect.PairJudge.checks: the changed fraction of two thumbnails, by contents,
-# flip, limit and check version): each costs milliseconds, and a second run over an unchanged collection
-# should cost none. A JSON object in meta, as the keep verdicts: about 95 bytes a checked pair (13,387
+# The pair test's pixel checks (detect.PairJudge.checks: the changed and strongly changed fractions of two
+# thumbnails, by contents, flip, limits and check version): each costs milliseconds, and a second run over
+# an unchanged collection should cost none. A JSON object in meta, as the keep verdicts: about 95 bytes a checked pair (13,387
 # checks of the 10,200-file reuse folder: 1.2 MB), so 10^7 would be about 1 GB of meta: a table is the next step.
 _CHECKS = "dedup_pixel_checks"
 
@@ -204,12 +204,17 @@ def load_checks(catalog: str) -> dict:
 
 
 def stored_checks(cat: Catalog) -> dict:
-    """The stored pixel checks of an open catalog; a value that is no fraction is dropped (checked again,
-    never trusted)."""
+    """The stored pixel checks of an open catalog; a value that is not two fractions is dropped (checked
+    again, never trusted)."""
     v = cat.get_meta(_CHECKS, {})
     if not isinstance(v, dict):
         return {}
-    return {k: float(x) for k, x in v.items() if isinstance(k, str) and isinstance(x, (int, float)) and 0 <= x <= 1}
+    return {k: [float(x[0]), float(x[1])] for k, x in v.items() if isinstance(k, str) and _fractions(x)}
+
+
+def _fractions(x) -> bool:
+    return (isinstance(x, list) and len(x) == 2
+            and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in x))
 
 
 def save_checks(catalog: str, checks: dict) -> None:

@@ -14,13 +14,18 @@ burst, other words on a slide of one template, another dialog of one application
 3. counts the pixels that differ by more than CHANGE_K times the local contrast, taken as the smaller of
    the two pictures' 3 x 3 standard deviations plus CONTRAST_FLOOR grey levels. Compression noise sits in texture,
    where the contrast is high, and stays under it; new text on a flat slide background or a moved subject
-   over sky is many times it.
+   over sky is many times it;
+4. counts, among them, the pixels that differ by more than STRONG_K local contrasts.
 
-The result is the fraction of changed pixels over the part of the first picture the second covers
-(`coverage`). Measured on the tune half of the accuracy corpus, original against each copy and every
-look-alike pair within 18 bits (README "Deduplication"): copies change 0 (median) and rarely over 1%,
-look-alikes at least 1.7% (slides of one template) and usually 3-40%. Text written over a picture is a
-local change too: such copies fail the check and are reported as look-alikes, never acted on.
+The results are the two fractions (`changed`, `strong`) over the part of the first picture the second
+covers (`coverage`); the pair test (detect.Thresholds) bounds both. Measured on the tune half of the
+accuracy corpus, original against each copy and every look-alike pair within 18 bits (README
+"Deduplication"): copies change 0 (median) and rarely over 1%, look-alikes at least 1.7% (slides of one
+template) and usually 3-40%. What a copy changes is barely over the bound: of the pixels a resampled or
+rotated copy changes, at most a quarter differ by STRONG_K contrasts (0.31% of the picture at most), while
+a look-alike's changed pixels are other content, most of them far over it (at least 0.48% of the picture
+among the look-alikes closest to passing). Text written over a picture is a local change too: such copies
+mostly fail the check and are reported as look-alikes, never acted on.
 """
 from __future__ import annotations
 
@@ -30,16 +35,17 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["VERSION", "Verdict", "compare", "changed_fraction"]
+__all__ = ["VERSION", "Verdict", "compare", "changed_fractions"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
 # whenever a change can change a verdict (here, or in what the check is given: the thumbnails' trimming
 # and resampling in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every
 # stored one is checked again. The thumbnails' side is in the key already.
-VERSION = 1
+VERSION = 2  # 2: the strong count (a verdict is two fractions)
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
-CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts
+CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
+STRONG_K = 10.0        # ... and strongly when by more than this many (other content, not resampling)
 _BLUR = 0.5            # light smoothing before comparing: resampling phase differences are not change
 _SHIFT = 2             # the cheap alignment: shifts of up to this many pixels
 MAX_CONTRAST_RATIO = 4.0  # pictures whose grey deviations differ by more are not copies of each other
@@ -53,12 +59,17 @@ _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its i
 
 @dataclass(frozen=True)
 class Verdict:
-    """changed: fraction of the covered pixels that differ; coverage: the share of each picture the other
-    covers (the smaller); aligned: whether the affine warp (not a shift) was needed."""
+    """changed: fraction of the covered pixels that differ; strong: fraction that differ by more than
+    STRONG_K contrasts (a part of changed); coverage: the share of each picture the other covers (the
+    smaller); aligned: whether the affine warp (not a shift) was needed."""
 
     changed: float
+    strong: float
     coverage: float
     aligned: bool
+
+    def passes(self, limit: float, strong_limit: float) -> bool:
+        return self.changed <= limit and self.strong <= strong_limit
 
 
 # A 5-tap Gaussian of sigma _BLUR (the taps beyond two pixels are below 1e-8).
@@ -161,26 +172,33 @@ def _prepare(a, b, mask, taps, box):
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(a, b, ca, cb, inner, floor, k, shift):
-    """Fraction of the `inner` pixels of a, a shift-pixel border left out, that differ from b moved by the
-    best shift of up to `shift` pixels by more than k times the smaller contrast plus floor."""
+def _count(a, b, ca, cb, inner, floor, k, k_strong, shift):
+    """Fractions of the `inner` pixels of a, a shift-pixel border left out, that differ from b moved by the
+    best shift of up to `shift` pixels (the one with the fewest changed) by more than k, and by more than
+    k_strong, times the smaller contrast plus floor."""
     h, w = a.shape
     best = 1.0
+    best_strong = 1.0
     for dy in range(-shift, shift + 1):
         for dx in range(-shift, shift + 1):
             n = 0
             c = 0
+            s = 0
             for i in range(shift, h - shift):
                 for j in range(shift, w - shift):
                     if not inner[i, j]:
                         continue
                     n += 1
-                    bv = b[i + dy, j + dx]
-                    if abs(a[i, j] - bv) > k * (min(ca[i, j], cb[i + dy, j + dx]) + floor):
+                    d = abs(a[i, j] - b[i + dy, j + dx])
+                    contrast = min(ca[i, j], cb[i + dy, j + dx]) + floor
+                    if d > k * contrast:
                         c += 1
+                        if d > k_strong * contrast:
+                            s += 1
             if n > 0 and c / n < best:
                 best = c / n
-    return best
+                best_strong = s / n
+    return best, best_strong
 
 
 @numba.njit(cache=True, nogil=True)
@@ -199,20 +217,22 @@ def _erode(mask, r):
     return out
 
 
-def changed_fraction(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, shift: int = 0) -> float:
-    """Fraction of pixels (inside mask) where b, remapped onto a's intensities, differs from a by more than
-    CHANGE_K local contrasts, at the best shift of up to `shift` pixels. a, b: float arrays of one shape."""
+def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
+                      shift: int = 0) -> tuple[float, float]:
+    """Fractions of pixels (inside mask) where b, remapped onto a's intensities, differs from a by more than
+    CHANGE_K and by more than STRONG_K local contrasts, at the best shift of up to `shift` pixels. a, b:
+    float arrays of one shape."""
     full = mask is None or bool(mask.all())
     if mask is None:
         mask = np.ones(a.shape, bool)
     if mask.sum() < 16:
-        return 1.0
+        return 1.0, 1.0
     a2, b2, ca, cb = _prepare(a, b, mask, _TAPS, _BOX)
     # Pixels next to the edge of the covered part mix in interpolation from outside it.
     inner = mask if full else _erode(mask, 2)
     if inner.sum() < 16:
         inner = mask
-    return _count(a2, b2, ca, cb, inner, CONTRAST_FLOOR, CHANGE_K, shift)
+    return _count(a2, b2, ca, cb, inner, CONTRAST_FLOOR, CHANGE_K, STRONG_K, shift)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,8 +396,8 @@ def _residuals(a, b, starts):
     return out
 
 
-def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(changed fraction, coverage) after the best affine alignment of b onto a."""
+def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(changed and strong fractions, coverage) after the best affine alignment of b onto a."""
     side = a.shape[0]
     # A pyramid: starts scored and refined at a quarter of the side, the best refined at half.
     quarter = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 2.0), 0.25, order=1)) for x in (a, b)]
@@ -387,34 +407,34 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     refined = [q for q in (_lk(quarter[0], quarter[1], starts[x], _LK_ITERS) for x in np.argsort(scores)[:2]
                            if np.isfinite(scores[x])) if np.isfinite(q).all()]
     if not refined:
-        return 1.0, 0.0
+        return 1.0, 1.0, 0.0
     final = _residuals(quarter[0], quarter[1], np.stack(refined))
     if not np.isfinite(final).any():
-        return 1.0, 0.0
+        return 1.0, 1.0, 0.0
     half = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 1.0), 0.5, order=1)) for x in (a, b)]
     p = _lk(half[0], half[1], _scale(refined[int(np.argmin(final))], 2.0), _LK_HALF_ITERS)
     p = _scale(p, 2.0)
     if not np.isfinite(p).all():  # a diverged fit (the kernels would sample at NaN)
-        return 1.0, 0.0
+        return 1.0, 1.0, 0.0
     lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
     sv = np.linalg.svd(lin, compute_uv=False)
     # A mirrored warp is no alignment of a copy (flips are matched by their own hash, then shifted).
     if np.linalg.det(lin) <= 0 or sv.max() > _MAX_SCALE or sv.min() < 1 / _MAX_SCALE:
-        return 1.0, 0.0
+        return 1.0, 1.0, 0.0
     bw, inside = _warp(b, p, *a.shape)
     sa, sb = _shares(p, inside)
     # A copy lies inside its original or holds it whole (crops, rotations, borders); an alignment where
     # each picture keeps a part of its own out is two pictures sharing a region (slides of one template
     # with the differing text left out), not a copy.
     if max(sa, sb) < CONTAINED or min(sa, sb) < MIN_COVERAGE:
-        return 1.0, 0.0
+        return 1.0, 1.0, 0.0
     # Half-size alignment is good to about a pixel at full size: the count takes the best shift of one.
-    return changed_fraction(a, bw, inside, shift=1), min(sa, sb)
+    return (*changed_fractions(a, bw, inside, shift=1), min(sa, sb))
 
 
-def compare(a: np.ndarray, b: np.ndarray, limit: float) -> Verdict:
+def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> Verdict:
     """The pixel check of thumbnails a and b (uint8, one shape): the shift alignment, and where it leaves
-    more than `limit` changed, the affine one too."""
+    more than `limit` changed or `strong_limit` strongly changed, the affine one too."""
     if a.ndim != 2 or a.shape != b.shape or a.shape[0] != a.shape[1] or a.shape[0] < 16:
         # The kernels index without bounds checks: a mismatch must stop here, not read past an array.
         raise ValueError(f"thumbnails must be square, of one size and at least 16 px: {a.shape} and {b.shape}")
@@ -424,11 +444,13 @@ def compare(a: np.ndarray, b: np.ndarray, limit: float) -> Verdict:
     # Copies keep their contrast within a small factor (contrast x0.6 edits: 1.7).
     lo, hi = sorted((max(float(a.std()), CONTRAST_FLOOR / 2), max(float(b.std()), CONTRAST_FLOOR / 2)))
     if hi > MAX_CONTRAST_RATIO * lo:
-        return Verdict(1.0, 0.0, False)
-    ch = changed_fraction(a, b, shift=_SHIFT)
-    if ch <= limit:
-        return Verdict(ch, 1.0, False)
-    ch2, cov = _aligned(a, b)
-    if ch2 < ch:
-        return Verdict(ch2, cov, True)
-    return Verdict(ch, 1.0, False)
+        return Verdict(1.0, 1.0, 0.0, False)
+    shifted = Verdict(*changed_fractions(a, b, shift=_SHIFT), 1.0, False)
+    if shifted.passes(limit, strong_limit):
+        return shifted
+    ch, strong, cov = _aligned(a, b)
+    warped = Verdict(ch, strong, cov, True)
+    # The warp's answer when it passes, or when neither passes and it explains more of the picture.
+    if warped.passes(limit, strong_limit) or warped.changed < shifted.changed:
+        return warped
+    return shifted
