@@ -5,7 +5,7 @@ bug behind the issue was 32 dialog screenshots of one application grouped as one
 pictures that are all different from each other (each is its own family in the corpus):
 
   screenshot  the top screen of Python's library reference pages (python3.11-doc: one Sphinx theme) and
-              dialogs of one made-up application in one GTK-like style (settings, forms, file choosers,
+              72 dialogs of one made-up application in one GTK-like style (settings, forms, file choosers,
               about boxes, messages, progress), rendered by headless Chromium
   slide       slides of one template (title bar, bullets, footer, some with a small figure), Chromium
   icon        Oxygen icon theme 256 px PNGs: folders with different emblems and text document types
@@ -43,7 +43,7 @@ from imgsim_fast.bench.debsrc import unpack_deb
 __all__ = ["LOOKALIKE_KINDS", "build_lookalikes"]
 
 LOOKALIKE_KINDS = ("screenshot", "slide", "icon", "object", "chart", "burst")
-VERSION = 2
+VERSION = 3  # 3: 72 dialogs (was 24), so that each half holds two or more of every kind
 SHEET_MAX = 4096  # Chromium screenshot side: larger windows are slow and may exceed the texture limit
 
 _PYDOC = "./usr/share/doc/python3.11/html"
@@ -87,7 +87,9 @@ def build_lookalikes(cache_dir: str, seed: int = 0) -> list[tuple[str, str, str]
         print("[corpus] chromium not found: screenshot, slide and chart look-alikes are left out", flush=True)
     else:
         with tempfile.TemporaryDirectory() as work:
-            pics += _screenshots(cache_dir, src, chromium, work, rng)
+            # The dialogs past the first 24 come from a generator of their own, so that adding them left every
+            # other look-alike as it was.
+            pics += _screenshots(cache_dir, src, chromium, work, rng, np.random.default_rng([seed, 1]))
             pics += [("slide", n, im) for n, im in _render(chromium, work, "slide", _slides(rng), (960, 540))]
             pics += [("chart", n, im) for n, im in _render(chromium, work, "chart", _charts(rng), (800, 500))]
     os.makedirs(root, exist_ok=True)
@@ -265,8 +267,8 @@ def _render(chromium: str, work: str, tag: str, pages: list[tuple[str, str]],
     return out
 
 
-def _screenshots(cache_dir: str, src: str, chromium: str, work: str,
-                 rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
+def _screenshots(cache_dir: str, src: str, chromium: str, work: str, rng: np.random.Generator,
+                 more: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
     out = []
     dest = os.path.join(src, "python3.11-doc")
     if unpack_deb(cache_dir, "python3.11-doc", dest,
@@ -275,7 +277,8 @@ def _screenshots(cache_dir: str, src: str, chromium: str, work: str,
         pages = [(f"pydoc-{p}", "file://" + os.path.join(base, f"{p}.html")) for p in _PYDOC_PAGES
                  if os.path.exists(os.path.join(base, f"{p}.html"))]
         out += [("screenshot", n, im) for n, im in _render(chromium, work, "pydoc", pages[::2], (1024, 768))]
-    out += [("screenshot", n, im) for n, im in _render(chromium, work, "dialog", _dialogs(rng), (640, 480))]
+    dialogs = _dialogs(rng, 24) + _dialogs(more, 48, start=24)
+    out += [("screenshot", n, im) for n, im in _render(chromium, work, "dialog", dialogs, (640, 480))]
     return out
 
 
@@ -426,10 +429,13 @@ def _dialog(kind: str, rng: np.random.Generator) -> tuple[str, str]:
             f'{html.escape(_phrase(rng, 2, 4).lower().replace(" ", "/"))}</p></div>' + _buttons("Cancel", style=""))
 
 
-def _dialogs(rng: np.random.Generator, n: int = 24) -> list[tuple[str, str]]:
+def _dialogs(rng: np.random.Generator, n: int, start: int = 0) -> list[tuple[str, str]]:
+    """n dialogs, numbered from start, their kinds in turn. Dialogs of one kind share a layout and differ in
+    words, a bar's length, an initial: the hardest look-alikes (72 of them, 9 of each kind and 18 settings
+    pages, so that the corpus's split by name puts two or more of every kind in each half)."""
     kinds = ("settings", "tabs", "form", "file", "about", "message", "progress", "settings")
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         kind = kinds[i % len(kinds)]
         title, inner = _dialog(kind, rng)
         tools = '<div class="t">&#8592;</div>' if kind in ("settings", "tabs") else ""
