@@ -134,15 +134,58 @@ def test_explore_statistics_use_dedups_test_on_its_stored_features(lib, tmp_path
 
 
 def test_stored_pixel_checks_out_of_range_are_not_trusted(lib, tmp_path):
-    # A verdict is two fractions of a thumbnail (changed, strongly changed): anything else in the catalog,
-    # the single fraction of the check's first version included, is dropped and checked again.
+    # A verdict is two fractions of a thumbnail (changed, strongly changed): anything else in the catalog's
+    # table is not read, and the pair is checked again.
     cat = str(tmp_path / "c.sqlite")
     find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
     good = dfs.load_checks(cat)
     assert good and all(len(v) == 2 for v in good.values())
-    bad = {k: [v[0], -1.0] for k, v in good.items()} | {"x": "0", "y": 0.01, "z": [0.01], "w": [True, 0.0]}
     with Catalog(cat, write=True) as c, c.transaction():
-        c.set_meta("dedup_pixel_checks", bad)
+        c.conn.execute("UPDATE pixel_checks SET strong = -1.0")
+        c.conn.executemany("INSERT INTO pixel_checks(key, changed, strong) VALUES (?, ?, ?)",
+                           [("x", "none", 0.0), ("y", 1.5, 0.0), ("z", 0.01, "many")])
     assert dfs.load_checks(cat) == {}
     again = find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
     assert dfs.load_checks(cat) == good and again.groups
+
+
+def test_a_run_stores_only_the_looks_it_added(lib, tmp_path, monkeypatch):
+    # The looks are tables added to row by row: a second run over a changed folder writes the checks it
+    # made, not the ones it read (which a JSON object in meta rewrote whole on every save).
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    first = dfs.load_checks(cat)
+    written = []
+    real = dfs.store_checks
+    monkeypatch.setattr(dfs, "store_checks", lambda c, checks: written.append(dict(checks)) or real(c, checks))
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    assert written == []  # nothing new was looked at
+    with Image.open(next(lib.glob("p1.*"))) as im:
+        im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(lib / "p1_mirror.png")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    assert len(written) == 1 and written[0] and not set(written[0]) & set(first)
+    assert dfs.load_checks(cat) == first | written[0]
+
+
+def test_schema_4_moves_keep_verdicts_out_of_meta(tmp_path):
+    # A catalog of schema 3 kept both kinds of looks as JSON objects in meta. Opening it for writing moves
+    # the keep verdicts to their table (a value that is no verdict is left behind) and drops the pixel
+    # checks, which the check's first version made and no run reads any more.
+    import sqlite3
+
+    cat = str(tmp_path / "c.sqlite")
+    with Catalog(cat, write=True):
+        pass
+    con = sqlite3.connect(cat)
+    con.executescript("DROP TABLE pixel_checks; DROP TABLE keep_verdicts; "
+                      "UPDATE meta SET value = '3' WHERE key = 'schema_version';")
+    con.execute("INSERT INTO meta(key, value) VALUES ('dedup_keep_verdicts', ?)",
+                (json.dumps({"1:a:b": 1, "1:a:c": 0, "1:x:y": "yes", "1:x:z": 7}),))
+    con.execute("INSERT INTO meta(key, value) VALUES ('dedup_pixel_checks', ?)", (json.dumps({"1:128:a:b:0": 0.01}),))
+    con.commit()
+    con.close()
+    with Catalog(cat, write=True) as c:
+        assert c.schema_version() == 4
+        assert dfs.stored_verdicts(c) == {"1:a:b": True, "1:a:c": False}
+        assert dfs.stored_checks(c) == {}
+        assert c.get_meta("dedup_keep_verdicts") is None and c.get_meta("dedup_pixel_checks") is None

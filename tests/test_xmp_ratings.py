@@ -103,7 +103,8 @@ def test_previous_schema_catalog_gets_ratings_on_next_index(library, capsys):
     root, cat = library
     db = sqlite3.connect(cat)  # back to schema 2, as an older imgsim_fast left it
     db.executescript("DROP INDEX files_rating; ALTER TABLE files DROP COLUMN rating; "
-                     "ALTER TABLE files DROP COLUMN label; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+                     "ALTER TABLE files DROP COLUMN label; DROP TABLE pixel_checks; DROP TABLE keep_verdicts; "
+                     "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     db.close()
     assert main(["index", str(root), "--catalog", cat, "--workers", "1", "--no-progress"]) == 0
     assert _query(capsys, cat, "--rating", ">=4") == ["five.jpg", "four.jpg"]

@@ -8,6 +8,7 @@ reads them back here: a file unchanged since it was indexed is not opened at all
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -19,7 +20,7 @@ from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
-           "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
+           "added", "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
            "store_checks", "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
 
 PHASH8 = "dedup-phash8"
@@ -166,9 +167,19 @@ def stored_facts(cat: Catalog, fids) -> dict[int, FileFacts]:
     return out
 
 
-# Keep-best's verdicts (keep.derived_from: "this file is an upscale / re-save / noisy copy of that one"), by
-# "digest:digest": they depend on the bytes only, and each one costs two full-size decodes.
-_VERDICTS = "dedup_keep_verdicts"
+# Dedup's looks at pixels, remembered by contents so that a second run over an unchanged collection looks at
+# no picture again: keep-best's verdicts (keep.derived_from: "this file is an upscale / re-save / noisy copy of
+# that one", each two full-size decodes) and the pair test's pixel checks (detect.PairJudge.checks: the
+# changed and strongly changed fractions of two thumbnails, by contents, flip, limits and check version).
+# Tables of the catalog (schema 4), added to row by row: the callers store what a run added
+# (`added`), not all they hold. A row that is not a verdict or two fractions is not read (looked at again,
+# never trusted).
+
+
+def added(looks: dict, before: int) -> dict:
+    """What was added to `looks` after its first `before` entries: the looks are only ever added to
+    (keep.derived_from, PairJudge), and a dict keeps its insertion order."""
+    return dict(itertools.islice(looks.items(), before, None))
 
 
 def load_verdicts(catalog: str) -> dict:
@@ -182,20 +193,14 @@ def save_verdicts(catalog: str, verdicts: dict) -> None:
 
 
 def store_verdicts(cat: Catalog, verdicts: dict) -> None:
-    """Keep keep-best's verdicts in a catalog open for writing, inside the caller's transaction."""
-    cat.set_meta(_VERDICTS, {k: int(v) for k, v in sorted(verdicts.items())})
+    """Add keep-best's verdicts to a catalog open for writing, inside the caller's transaction."""
+    cat.conn.executemany("INSERT OR REPLACE INTO keep_verdicts(key, derived) VALUES (?, ?)",
+                         [(k, int(bool(v))) for k, v in verdicts.items()])
 
 
 def stored_verdicts(cat: Catalog) -> dict:
-    v = cat.get_meta(_VERDICTS, {})
-    return {k: bool(x) for k, x in v.items()} if isinstance(v, dict) else {}
-
-
-# The pair test's pixel checks (detect.PairJudge.checks: the changed and strongly changed fractions of two
-# thumbnails, by contents, flip, limits and check version): each costs milliseconds, and a second run over
-# an unchanged collection should cost none. A JSON object in meta, as the keep verdicts: about 95 bytes a checked pair (13,387
-# checks of the 10,200-file reuse folder: 1.2 MB), so 10^7 would be about 1 GB of meta: a table is the next step.
-_CHECKS = "dedup_pixel_checks"
+    return {k: bool(d) for k, d in cat.conn.execute(
+        "SELECT key, derived FROM keep_verdicts WHERE typeof(derived) = 'integer' AND derived IN (0, 1)")}
 
 
 def load_checks(catalog: str) -> dict:
@@ -204,17 +209,10 @@ def load_checks(catalog: str) -> dict:
 
 
 def stored_checks(cat: Catalog) -> dict:
-    """The stored pixel checks of an open catalog; a value that is not two fractions is dropped (checked
-    again, never trusted)."""
-    v = cat.get_meta(_CHECKS, {})
-    if not isinstance(v, dict):
-        return {}
-    return {k: [float(x[0]), float(x[1])] for k, x in v.items() if isinstance(k, str) and _fractions(x)}
-
-
-def _fractions(x) -> bool:
-    return (isinstance(x, list) and len(x) == 2
-            and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in x))
+    """The stored pixel checks of an open catalog, [changed, strong] by key."""
+    return {k: [c, s] for k, c, s in cat.conn.execute(
+        "SELECT key, changed, strong FROM pixel_checks WHERE typeof(changed) = 'real' AND typeof(strong) = 'real' "
+        "AND changed BETWEEN 0 AND 1 AND strong BETWEEN 0 AND 1")}
 
 
 def save_checks(catalog: str, checks: dict) -> None:
@@ -223,5 +221,6 @@ def save_checks(catalog: str, checks: dict) -> None:
 
 
 def store_checks(cat: Catalog, checks: dict) -> None:
-    """Keep the pixel checks in a catalog open for writing, inside the caller's transaction."""
-    cat.set_meta(_CHECKS, dict(sorted(checks.items())))
+    """Add pixel checks to a catalog open for writing, inside the caller's transaction."""
+    cat.conn.executemany("INSERT OR REPLACE INTO pixel_checks(key, changed, strong) VALUES (?, ?, ?)",
+                         [(k, float(v[0]), float(v[1])) for k, v in checks.items()])

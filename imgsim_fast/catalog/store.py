@@ -117,6 +117,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX files_rating ON files(rating);
     UPDATE files SET meta_sig = 'before-schema-3';
     """,
+    # 4: dedup's looks at pixels in tables of their own, added to row by row (catalog/dedup_features.py). They
+    # were JSON objects in meta, rewritten whole on every save: about 95 bytes a checked pair, so 1 GB at 10^7.
+    # Keep-best's verdicts move over (Catalog._move_dedup_looks); the stored pixel checks were made by the
+    # check's first version (one fraction), which no run reads any more: they are dropped.
+    """
+    CREATE TABLE pixel_checks (
+        key TEXT PRIMARY KEY,               -- check version, thumbnail side, limits, the two digests, flip
+        changed REAL NOT NULL,              -- fraction of the thumbnail that differs
+        strong REAL NOT NULL                -- ... and that differs strongly (jobs/dedup/verify.py)
+    ) WITHOUT ROWID;
+    CREATE TABLE keep_verdicts (
+        key TEXT PRIMARY KEY,               -- verdict version and the two digests (jobs/dedup/keep.py)
+        derived INTEGER NOT NULL            -- 1: the second is a copy derived from the first
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -525,6 +540,8 @@ class Catalog:
                     self.conn.execute(stmt)
             if v < 2:
                 self._seal_unsealed_arrays()
+            if v < 4:
+                self._move_dedup_looks()
             if v != SCHEMA_VERSION:
                 self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                                   (str(SCHEMA_VERSION),))
@@ -532,6 +549,19 @@ class Catalog:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _move_dedup_looks(self) -> None:
+        """Schema 4: keep-best's verdicts from their JSON object in meta to their table; a value that is not
+        a verdict is left behind (looked at again, never trusted)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'dedup_keep_verdicts'").fetchone()
+        try:
+            old = json.loads(row[0]) if row else {}
+        except ValueError:
+            old = {}
+        if isinstance(old, dict):
+            self.conn.executemany("INSERT OR REPLACE INTO keep_verdicts(key, derived) VALUES (?, ?)",
+                                  [(k, int(x)) for k, x in old.items() if isinstance(x, int) and x in (0, 1)])
+        self.conn.execute("DELETE FROM meta WHERE key IN ('dedup_keep_verdicts', 'dedup_pixel_checks')")
 
     def _seal_unsealed_arrays(self) -> None:
         """Record block checksums of arrays written before version 2, as their files are now."""

@@ -84,9 +84,12 @@ class LiveIndex:
         self._mapped = np.zeros((0, THUMB_SIDE * THUMB_SIDE), np.uint8)
         self.checks: dict = {}
         self.verdicts: dict = {}  # keep-best's looks at full-size pixels (keep.derived_from), by contents
-        # Both are read from the catalog at load; after a grouping that added to them, on_looks(checks,
-        # verdicts) is called (the service hands them to its writer), so a restart checks no pair again.
+        # Both are read from the catalog at load; after a grouping, on_looks(checks, verdicts) is called with
+        # what was added since the last call (by queries and groupings; the service hands them to its
+        # writer, which adds them to the catalog's), so a restart checks no pair again. Both dicts are only
+        # ever added to, in order: `_handed` counts the entries handed over (or read at load).
         self.on_looks = None
+        self._handed = (0, 0)
         self._groups_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------------------
@@ -202,6 +205,7 @@ class LiveIndex:
         # holds them: about 250 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
         self.checks = dedup_arrays.stored_checks(cat)
         self.verdicts = dedup_arrays.stored_verdicts(cat)
+        self._handed = (len(self.checks), len(self.verdicts))
         pos = {int(f): i for i, f in enumerate(fids)}
         m = len(fids)
         dcodes = np.zeros((m, 8, 1), np.uint64)
@@ -396,11 +400,15 @@ class LiveIndex:
             cached = self._groups
             if cached is not None and cached[0] == gen:
                 return cached[1]
-            looks = len(self.checks), len(self.verdicts)
             out = self._grouped(facts_of)
             self._groups = (gen, out)
-            if self.on_looks is not None and (len(self.checks), len(self.verdicts)) != looks:
-                self.on_looks(dict(self.checks), dict(self.verdicts))
+            if self.on_looks is not None:
+                # Copied in one step each (queries on other threads may add meanwhile), then the new tail.
+                checks, verdicts = list(self.checks.items()), list(self.verdicts.items())
+                (hc, hv) = self._handed
+                if len(checks) > hc or len(verdicts) > hv:
+                    self.on_looks(dict(checks[hc:]), dict(verdicts[hv:]))
+                    self._handed = (len(checks), len(verdicts))
             return out
 
     def _grouped(self, facts_of) -> list:

@@ -174,12 +174,10 @@ class Writer:
     def _apply(self, job, live, unlink):
         conn = self.cat.conn
         if isinstance(job, LooksJob):
-            # Added to what the catalog holds (an `imgsim dedup --catalog` run may have stored others since).
-            checks, verdicts = dedup_arrays.stored_checks(self.cat), dedup_arrays.stored_verdicts(self.cat)
-            checks.update(job.checks)
-            verdicts.update(job.verdicts)
-            dedup_arrays.store_checks(self.cat, checks)
-            dedup_arrays.store_verdicts(self.cat, verdicts)
+            # The looks one grouping added, beside what the catalog holds (an `imgsim dedup --catalog` run may
+            # have stored others since).
+            dedup_arrays.store_checks(self.cat, job.checks)
+            dedup_arrays.store_verdicts(self.cat, job.verdicts)
             return True
         if isinstance(job, DeleteJob):
             row = conn.execute("SELECT path FROM files WHERE id = ?", (job.file_id,)).fetchone()

@@ -234,8 +234,8 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                                  extensions=extensions)
         return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                               progress=progress)
-    from imgsim_fast.catalog.dedup_features import (dedup_features, load_checks, load_verdicts, save_checks,
-                                                    save_verdicts)
+    from imgsim_fast.catalog.dedup_features import (added, dedup_features, load_checks, load_verdicts,
+                                                    save_checks, save_verdicts)
 
     feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
                               extensions=extensions)
@@ -245,8 +245,8 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)
-    if len(verdicts) != verdicts_before:  # both are only ever added to (keep.derived_from, PairJudge)
-        save_verdicts(catalog, verdicts)
+    if len(verdicts) != verdicts_before:  # only what this run added is stored
+        save_verdicts(catalog, added(verdicts, verdicts_before))
     if len(checks) != checks_before:
-        save_checks(catalog, checks)
+        save_checks(catalog, added(checks, checks_before))
     return res
