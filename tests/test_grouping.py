@@ -281,7 +281,7 @@ class _CheckedTableJudge(_TableJudge):
         d = super()._matches(ii, jj)
         pending = (d.rule >= 2) & (d.rule <= 5)
         d = PairDecisions(d.i, d.j, d.rule, d.phash, d.dihedral, d.transform, d.cos, np.full(len(ii), np.nan),
-                          pending)
+                          pending, np.full(len(ii), np.nan))
         if check:
             self.settle(d, np.flatnonzero(pending))
         return d
@@ -290,7 +290,8 @@ class _CheckedTableJudge(_TableJudge):
         self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
         a, b = self.digest_ids[ii], self.digest_ids[jj]  # a verdict depends on the contents, as the real one
         u = _mix(np.minimum(a, b), np.maximum(a, b), self.seed + 4).astype(np.float64) / 2.0**64
-        return np.where(u < self.p_fail, 0.5, 0.001)
+        changed = np.where(u < self.p_fail, 0.5, 0.001)
+        return changed, np.zeros_like(changed)  # (changed, strong), as PairJudge._changed
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -339,8 +340,9 @@ class _LookAlikeJudge(_CheckedTableJudge):
 
     def _changed(self, ii, jj, variants):
         self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
-        return np.array([0.5 if a in self.fakes or b in self.fakes else 0.001
-                         for a, b in zip(ii.tolist(), jj.tolist())])
+        changed = np.array([0.5 if a in self.fakes or b in self.fakes else 0.001
+                            for a, b in zip(ii.tolist(), jj.tolist())])
+        return changed, np.zeros_like(changed)
 
 
 def _voting_ranker(shape):
