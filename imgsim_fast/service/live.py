@@ -202,7 +202,7 @@ class LiveIndex:
         self.thumb_file = cat.array_file(dedup_arrays.THUMBS)
         # The pixel checks and keep-best verdicts made so far, by contents (PairJudge.checks, keep.derived_from):
         # a regrouping or a repeated upload looks at no pair twice. All of them, as `imgsim dedup --catalog`
-        # holds them: about 250 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
+        # holds them: about 300 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
         self.checks = dedup_arrays.stored_checks(cat)
         self.verdicts = dedup_arrays.stored_verdicts(cat)
         self._handed = (len(self.checks), len(self.verdicts))
@@ -402,13 +402,12 @@ class LiveIndex:
                 return cached[1]
             out = self._grouped(facts_of)
             self._groups = (gen, out)
-            if self.on_looks is not None:
+            hc, hv = self._handed
+            if self.on_looks is not None and (len(self.checks) > hc or len(self.verdicts) > hv):
                 # Copied in one step each (queries on other threads may add meanwhile), then the new tail.
-                checks, verdicts = list(self.checks.items()), list(self.verdicts.items())
-                (hc, hv) = self._handed
-                if len(checks) > hc or len(verdicts) > hv:
-                    self.on_looks(dict(checks[hc:]), dict(verdicts[hv:]))
-                    self._handed = (len(checks), len(verdicts))
+                checks, verdicts = self.checks.copy(), self.verdicts.copy()
+                self.on_looks(dedup_arrays.added(checks, hc), dedup_arrays.added(verdicts, hv))
+                self._handed = (len(checks), len(verdicts))
             return out
 
     def _grouped(self, facts_of) -> list:
