@@ -64,9 +64,9 @@ def family(request, tmp_path_factory, photos):
 def test_the_original_outranks_each_copy_that_wins_on_facts(family, copy):
     facts, idx = family
     o, c = idx["original"], idx[copy]
-    if copy == "upscale" or (copy == "resave" and not facts[c].blocky):
-        # The facts alone prefer these copies (more pixels; lossless, no block grid left to see at quality
-        # 95): what the inspection must undo. A ranking that never looked at pixels fails below for them.
+    if copy in ("upscale", "resave"):
+        # The facts alone prefer these copies (more pixels; lossless): what the inspection must undo. A
+        # ranking that never looked at pixels fails below for them.
         plain = keep_ranks(facts, [o, c])
         assert plain[c] < plain[o]
     r = keep_ranks(facts, [o, c], inspect=True)
@@ -131,16 +131,15 @@ def test_found_inside_finds_a_shifted_picture_and_not_another():
 
 
 def test_a_copy_turned_a_quarter_ranks_after_the_upright_ones():
-    # Facts alone: the upright original is a lossless re-save of a JPEG (ranked after JPEGs on generation),
-    # so a quarter-turned JPEG copy would win on quality; most of the group is landscape, so it is the
-    # turned one. With no majority (one of each), orientation decides nothing.
+    # Facts alone: the upright original is a lower-quality JPEG than its copies (ranked after them on
+    # generation), so a quarter-turned copy would win on quality; most of the group is landscape, so it is
+    # the turned one. With no majority (one of each), orientation decides nothing.
     from imgsim_fast.features.extract import FileFacts
 
-    def facts(name, w, h, fmt="JPEG", q=92, blocky=False, t=0.0):
-        return FileFacts(f"/p/{name}", 100_000, 1_700_000_000 + t, w, h, fmt, w * h, name, jpeg_quality=q,
-                         blocky=blocky)
+    def facts(name, w, h, fmt="JPEG", q=92, t=0.0):
+        return FileFacts(f"/p/{name}", 100_000, 1_700_000_000 + t, w, h, fmt, w * h, name, jpeg_quality=q)
 
-    group = [facts("original.png", 1600, 900, "PNG", None, True), facts("turned.jpg", 900, 1600, t=1),
+    group = [facts("original.jpg", 1600, 900, q=80), facts("turned.jpg", 900, 1600, t=1),
              facts("small.jpg", 800, 450, t=2), facts("crop.jpg", 1280, 720, t=3)]
     rank = keep_ranks(group, [0, 1, 2, 3])
     assert rank[1] > max(rank[0], rank[2], rank[3])
@@ -245,3 +244,32 @@ def test_ranks_over_columns_are_the_ranks_file_by_file():
         top, peers = members[0], members[1:]
         assert list(K._looked_at_file_by_file(facts, top, peers)) == K._looked_at_over_columns(table.columns(), top,
                                                                                                  peers)
+
+
+def test_a_screenshot_drawn_on_an_8_pixel_grid_is_kept_over_its_jpeg(tmp_path):
+    # A PNG drawn on an 8-pixel grid (a dialog: panels, rules and buttons at multiples of 8) shows the
+    # 8-periodic edges a JPEG block grid leaves, so the facts call it blocky. It is the original all the
+    # same: its JPEG copy is kept only where the PNG holds the JPEG's pixels (an exact re-save).
+    from PIL import ImageDraw, ImageFont
+
+    im = Image.new("RGB", (640, 480), (246, 245, 244))
+    d = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=16)
+    d.rectangle((0, 0, 639, 47), fill=(235, 235, 235))
+    d.text((232, 16), "Syncing region", fill=(40, 40, 40), font=font)
+    for k, y in enumerate(range(64, 400, 24)):
+        d.text((24, y), f"Option {k}: share storage document panel {k * 37}", fill=(30, 30, 30), font=font)
+        d.rectangle((560, y, 615, y + 16), outline=(150, 150, 160), fill=(255, 255, 255))
+    d.rectangle((496, 440, 615, 471), fill=(53, 132, 228))
+    im.save(tmp_path / "dialog.png")
+    im.save(tmp_path / "dialog_q70.jpg", quality=70)
+    with Image.open(tmp_path / "dialog_q70.jpg") as j:
+        j.convert("RGB").save(tmp_path / "resave.png")  # the JPEG's own pixels, saved losslessly
+    f = compute_features([str(tmp_path)], embed=False, workers=1, progress=False)
+    idx = {os.path.basename(p): i for i, p in enumerate(f.paths)}
+    png, jpg, resave = idx["dialog.png"], idx["dialog_q70.jpg"], idx["resave.png"]
+    assert f.facts[png].blocky  # what used to put it after every JPEG
+    r = keep_ranks(f.facts, [png, jpg], inspect=True)
+    assert r[png] < r[jpg], r
+    r = keep_ranks(f.facts, [resave, jpg], inspect=True)
+    assert r[jpg] < r[resave], r

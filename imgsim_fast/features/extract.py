@@ -75,7 +75,7 @@ class FileFacts:
     digest: str
     trim: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # kept box, fractions (left, top, right, bottom)
     jpeg_quality: int | None = None  # libjpeg quality estimated from the luminance quantisation table
-    blocky: bool = False     # a lossless file whose pixels carry an 8x8 JPEG block grid: a re-save of a JPEG
+    blocky: bool = False     # a lossless file whose pixels carry an 8-periodic edge grid (not ranked on: keep._generation)
     noise: float = 0.0       # grey noise sigma (Immerkaer) of the small decoded picture
     colour: bool = True      # False for a greyscale picture (or a colour file holding a grey one)
     camera: bool = False     # EXIF names a camera make or model
@@ -227,8 +227,9 @@ def _header_facts(path: str, data: bytes) -> tuple[int, int, str, int | None, bo
 # A lossless file re-saved from a JPEG keeps the JPEG's 8x8 block edges: the mean jump between pixel
 # columns (rows) at one phase of 8 stands out from the other seven. It shows clearly for JPEGs of quality
 # 90 and below, hardly at 95 (keep corpus: 1.0-1.45), and it also fires on pictures with a 2- or 4-pixel
-# period (downscaled by a whole factor), so it only orders generations among copies; an exact re-save is
-# recognised by its pixels (keep.derived_from).
+# period (downscaled by a whole factor) and on screenshots, slides and icons drawn on an 8-pixel grid, so
+# keep-best does not rank on it (keep._generation); a re-save is recognised by its pixels (keep.derived_from).
+# Kept in the facts (and the catalog's FACTS rows) as measured.
 BLOCK_RATIO = 1.25
 _BLOCK_WINDOW = 1024
 
