@@ -149,6 +149,21 @@ def test_stored_pixel_checks_out_of_range_are_not_trusted(lib, tmp_path):
     assert dfs.load_checks(cat) == good and again.groups
 
 
+def test_a_run_reads_only_the_checks_of_its_own_version(lib, tmp_path):
+    # Stored checks are kept by a key that starts with the check's version and thumbnail side: a run reads
+    # the ones it could look up, not those an earlier version made.
+    from imgsim_fast.jobs.dedup.detect import check_key_prefix
+
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="phash", workers=1, progress=False, catalog=cat)
+    good = dfs.load_checks(cat, check_key_prefix())
+    assert good and all(k.startswith(check_key_prefix()) for k in good)
+    with Catalog(cat, write=True) as c, c.transaction():
+        dfs.store_checks(c, {"1:128:0.015:a:b:0": [0.0, 0.0], "9:64:0.01:a:b:0": [0.5, 0.1]})
+    assert dfs.load_checks(cat, check_key_prefix()) == good
+    assert len(dfs.load_checks(cat)) == len(good) + 2
+
+
 def test_a_run_stores_only_the_looks_it_added(lib, tmp_path, monkeypatch):
     # The looks are tables added to row by row: a second run over a changed folder writes the checks it
     # made, not the ones it read (which a JSON object in meta rewrote whole on every save).

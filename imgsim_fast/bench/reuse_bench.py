@@ -176,11 +176,11 @@ def grouping_folder(folder: str, catalog: str) -> dict:
     """_timed_grouping on a folder's features read back from the catalog dedup stored them in (--method
     phash, keep-best as dedup runs it, its remembered verdicts and pixel checks included: a second run)."""
     from imgsim_fast.catalog.dedup_features import dedup_features, load_checks, load_verdicts
-    from imgsim_fast.jobs.dedup.detect import PairJudge, candidate_pairs
+    from imgsim_fast.jobs.dedup.detect import PairJudge, candidate_pairs, check_key_prefix
     from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, keep_ranks
 
     feats, decoded = dedup_features(catalog, [folder], progress=False)
-    judge = PairJudge(feats, "phash", checks=load_checks(catalog))
+    judge = PairJudge(feats, "phash", checks=load_checks(catalog, check_key_prefix()))
     t0 = time.perf_counter()
     pairs = candidate_pairs(judge)
     t_pairs = time.perf_counter() - t0

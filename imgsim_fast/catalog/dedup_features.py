@@ -203,16 +203,20 @@ def stored_verdicts(cat: Catalog) -> dict:
         "SELECT key, derived FROM keep_verdicts WHERE typeof(derived) = 'integer' AND derived IN (0, 1)")}
 
 
-def load_checks(catalog: str) -> dict:
+def load_checks(catalog: str, prefix: str = "") -> dict:
     with Catalog(catalog) as cat:
-        return stored_checks(cat)
+        return stored_checks(cat, prefix)
 
 
-def stored_checks(cat: Catalog) -> dict:
-    """The stored pixel checks of an open catalog, [changed, strong] by key."""
+def stored_checks(cat: Catalog, prefix: str = "") -> dict:
+    """The stored pixel checks of an open catalog whose key starts with prefix (detect.check_key_prefix: the
+    current check's), [changed, strong] by key."""
+    # A range of the primary key: every key with the prefix sorts at or after it and before the prefix with
+    # its last character raised.
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
     return {k: [c, s] for k, c, s in cat.conn.execute(
-        "SELECT key, changed, strong FROM pixel_checks WHERE typeof(changed) = 'real' AND typeof(strong) = 'real' "
-        "AND changed BETWEEN 0 AND 1 AND strong BETWEEN 0 AND 1")}
+        "SELECT key, changed, strong FROM pixel_checks WHERE key >= ? AND key < ? AND typeof(changed) = 'real' "
+        "AND typeof(strong) = 'real' AND changed BETWEEN 0 AND 1 AND strong BETWEEN 0 AND 1", (prefix, end))}
 
 
 def save_checks(catalog: str, checks: dict) -> None:

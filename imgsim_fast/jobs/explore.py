@@ -181,7 +181,7 @@ def near_duplicates(cat: Catalog, paths: list[str], hash_array: str | None = Non
     from imgsim_fast.catalog.dedup_features import model_arrays, read_features, stored_checks
     from imgsim_fast.features.extract import Features, FileFacts
     from imgsim_fast.jobs.dedup import _learned_space
-    from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, candidate_pairs
+    from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, candidate_pairs, check_key_prefix
 
     t = DEFAULTS if threshold is None else dataclasses.replace(DEFAULTS, phash=threshold)
     arrays = cat.arrays()
@@ -191,7 +191,8 @@ def near_duplicates(cat: Catalog, paths: list[str], hash_array: str | None = Non
     if paths and not missing and not feats.failures:
         method = "auto" if feats.embeddings is not None else "phash"
         feats, t = _learned_space(feats, t) if method == "auto" else (feats, t)
-        judge = PairJudge(feats, method, t, checks=stored_checks(cat))  # pairs dedup checked cost nothing
+        # pairs dedup checked cost nothing
+        judge = PairJudge(feats, method, t, checks=stored_checks(cat, check_key_prefix()))
         test = f"dedup's pair test ({method}, stored dedup features)"
     else:
         if hash_array is None or not paths:

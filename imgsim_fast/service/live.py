@@ -21,7 +21,7 @@ import numpy as np
 from imgsim_fast.catalog import dedup_features as dedup_arrays
 from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.jobs.dedup import learned_space
-from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs, check_key_prefix
 from imgsim_fast.jobs.dedup.grouping import group_pairs
 from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks
 
@@ -203,7 +203,7 @@ class LiveIndex:
         # The pixel checks and keep-best verdicts made so far, by contents (PairJudge.checks, keep.derived_from):
         # a regrouping or a repeated upload looks at no pair twice. All of them, as `imgsim dedup --catalog`
         # holds them: about 300 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
-        self.checks = dedup_arrays.stored_checks(cat)
+        self.checks = dedup_arrays.stored_checks(cat, check_key_prefix())
         self.verdicts = dedup_arrays.stored_verdicts(cat)
         self._handed = (len(self.checks), len(self.verdicts))
         pos = {int(f): i for i, f in enumerate(fids)}

@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from imgsim_fast.jobs.dedup.detect import DEFAULTS, METHODS, Match, PairJudge, Thresholds, candidate_pairs
+from imgsim_fast.jobs.dedup.detect import (DEFAULTS, METHODS, Match, PairJudge, Thresholds, candidate_pairs,
+                                         check_key_prefix)
 from imgsim_fast.jobs.dedup.grouping import Group, group_pairs
 from imgsim_fast.features.extract import Features, FileFacts, compute_features, file_digest
 from imgsim_fast.runtime.progress import phase
@@ -241,7 +242,7 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                               extensions=extensions)
     # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
     # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
-    verdicts, checks = load_verdicts(catalog), load_checks(catalog)
+    verdicts, checks = load_verdicts(catalog), load_checks(catalog, check_key_prefix())
     verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)

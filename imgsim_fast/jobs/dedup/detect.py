@@ -43,7 +43,7 @@ from imgsim_fast.jobs.dedup import verify
 from imgsim_fast.jobs.dedup.verify import compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
-           "hash_pairs", "embedding_pairs", "candidate_pairs"]
+           "hash_pairs", "embedding_pairs", "candidate_pairs", "check_key_prefix"]
 
 METHODS = ("auto", "phash", "embedding", "exact")
 # Variant names in hashing.DIHEDRAL's order; variant 0 is the image itself.
@@ -161,6 +161,13 @@ def _bits(d: int) -> str:
 
 
 KEEPER = Match("keeper", 0, 0, "none", None)
+
+
+def check_key_prefix() -> str:
+    """What the key of every pixel check this version makes starts with (PairJudge.checks): the check's
+    version and the thumbnails' side. A caller loading stored checks reads only these: one of an earlier
+    version is never looked up, and need not be held."""
+    return f"{verify.VERSION}:{THUMB_SIDE}:"
 
 
 class PairJudge:
@@ -356,7 +363,8 @@ class PairJudge:
         # tried), the thumbnails' side and the check's version (verify.VERSION): that is its key in
         # self.checks, and [changed, strong] its value.
         dg = self.digests
-        keys = [f"{verify.VERSION}:{THUMB_SIDE}:{limit}:{strong}:{dg[a]}:{dg[b]}:{v}"
+        prefix = check_key_prefix()
+        keys = [f"{prefix}{limit}:{strong}:{dg[a]}:{dg[b]}:{v}"
                 for a, b, v in zip(ii.tolist(), jj.tolist(), variants.tolist())]
         out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
