@@ -323,7 +323,7 @@ class PairJudge:
         d.changed[rows] = c
         d.strong[rows] = s
         d.pending[rows] = False
-        fail = rows[(c > self.t.changed) | (s > self.t.strong)]
+        fail = rows[~self._passing(c, s)]
         d.rule[fail] = 0
         self._similar(d, fail)
 
@@ -346,8 +346,11 @@ class PairJudge:
 
     def passes(self, i: int, j: int, variant: int = 0) -> bool:
         """Whether one pair passes the pixel check (both of its bounds)."""
-        c, s = self._changed(np.array([i]), np.array([j]), np.array([variant]))
-        return bool(c[0] <= self.t.changed and s[0] <= self.t.strong)
+        return bool(self._passing(*self._changed(np.array([i]), np.array([j]), np.array([variant])))[0])
+
+    def _passing(self, changed: np.ndarray, strong: np.ndarray) -> np.ndarray:
+        """Which checks pass: the one statement of the pixel check's two bounds over arrays of results."""
+        return (changed <= self.t.changed) & (strong <= self.t.strong)
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(changed, strong) fractions of the pairs' pixel checks (verify.compare), each run once by content."""
