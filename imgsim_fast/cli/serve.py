@@ -35,8 +35,9 @@ def cmd_serve(args) -> int:
     live = app.state.svc.live
     print(f"imgsim serve: {cfg.catalog} ({len(live)} files) on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
-    if live.missing_dedup:
-        print(f"imgsim serve: {live.missing_dedup} files lack dedup's features (indexed by `imgsim index`) and take no "
+    missing = live.missing_dedup  # a count over every live file
+    if missing:
+        print(f"imgsim serve: {missing} files lack dedup's features (indexed by `imgsim index`) and take no "
               "part in duplicate answers until they are added again (POST /v1/images/from-path adds what they lack)",
               file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
