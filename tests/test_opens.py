@@ -58,8 +58,9 @@ def test_extraction_opens_each_file_once(folder, opens, embed):
 
 
 def test_dedup_reads_again_only_what_keep_best_inspects(folder, opens):
-    """Keep-best looks at a group's lossy members at full size (re-save, upscale: keep.derived_from), the
-    one second read; a file in no group is opened once."""
+    """The pair test's detail check decodes both files of a pair whose thumbnails pass (jobs/dedup/detail.py)
+    and keep-best looks at a group's lossy members at full size (re-save, upscale: keep.derived_from): a
+    group's member is read at most twice more; a file in no group is opened once."""
     from imgsim_fast.jobs.dedup import find_duplicates
 
     res = find_duplicates([str(folder)], method="phash", workers=1, progress=False)
@@ -67,7 +68,7 @@ def test_dedup_reads_again_only_what_keep_best_inspects(folder, opens):
     members = {res.paths[m] for m in group.members}
     assert str(folder / "copy.jpg") in members and len(members) == 2
     for p in _images(folder):
-        assert opens[p] == 1 or (p in members and opens[p] == 2), (p, opens[p])
+        assert opens[p] == 1 or (p in members and opens[p] in (2, 3)), (p, opens[p])
 
 
 def test_search_of_an_unindexed_query_opens_it_once(folder, tmp_path, opens):

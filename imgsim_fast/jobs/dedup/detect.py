@@ -39,7 +39,8 @@ import numpy as np
 from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import THUMB_SIDE, Features
 from imgsim_fast.features.hashing import DIHEDRAL
-from imgsim_fast.jobs.dedup import verify
+from imgsim_fast.jobs.dedup import detail as detail_check, verify
+from imgsim_fast.jobs.dedup.detail import DETAIL_SIDE
 from imgsim_fast.jobs.dedup.verify import compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
@@ -80,6 +81,11 @@ class Thresholds:
     # 0.56 -> 0.44). Two dialogs of one kind of one application pass both bounds (0.25-0.6% changed, 0.03-0.3%
     # strongly): the corpus with 72 dialogs shows it, README "Accuracy".
     strong: float = 0.004
+    # A pair that passes is compared again at up to 384 px, decoded from the files, where words resolve
+    # (detail.py): at most `detail_changed` may differ and `detail_strong` strongly. Tune half with 70 more
+    # dialogs: 5 of 596 look-alike pairs passing the thumbnail check pass these, 20 of 890 copies fail.
+    detail_changed: float = 0.02
+    detail_strong: float = 0.0003
     # A pair the test refuses is a look-alike only when the pictures still line up over most of their area
     # (crops, slides of one template: 1-10% differs); two unrelated photos the embedding happens to score
     # high differ over a third or more, and are no pair at all.
@@ -115,6 +121,7 @@ class Match:
     cos: float | None         # embedding cosine similarity, None without embeddings
     changed: float | None = None  # fraction of the aligned thumbnails that differs (the pixel check) ...
     strong: float | None = None   # ... and that differs strongly (verify.STRONG_K)
+    detail: tuple[float, float] | None = None  # (changed, strong) at the detail side, where that check ran
 
     @property
     def duplicate(self) -> bool:
@@ -147,13 +154,16 @@ class Match:
             diff = "" if self.changed is None else f", {_percent(self.changed)} of the picture differs"
             if self.strong:
                 diff += f" ({_percent(self.strong)} strongly)"
+            if self.detail is not None and any(self.detail):
+                close, strongly = (_percent(x) for x in self.detail)
+                diff += f"; looked at closer, {close} differs ({strongly} strongly)"
             return f"look-alike, not a duplicate: {_bits(self.phash)} apart{cos}{diff}"
         return "no match"
 
 
 def _percent(x: float) -> str:
-    """0.4% and 12%: a look-alike may differ by under one percent (the strong count)."""
-    return f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
+    """0.04%, 0.4% and 12%: a look-alike may differ by under one percent (the strong counts)."""
+    return f"{x:.2%}" if x < 0.001 else f"{x:.1%}" if x < 0.1 else f"{x:.0%}"
 
 
 def _bits(d: int) -> str:
@@ -192,6 +202,10 @@ class PairJudge:
         # The pixel check's results by pair of contents (see _changed); the caller may pass a dict it keeps
         # (find_duplicates with a catalog stores it), so a second run checks no pair twice.
         self.checks = {} if checks is None else checks
+        # The detail check reads the files (facts' paths): a file that cannot be read (the service's stand-in
+        # facts have no path) leaves its pairs judged on their thumbnails alone.
+        self.paths = [x.path for x in features.facts]
+        self.pictures = detail_check.Pictures()
         n = len(features)
         words = features.phash8.shape[2] if features.phash8.ndim == 3 else 1
         self.codes = np.ascontiguousarray(features.phash8, dtype=np.uint64).reshape(n, 8, words)
@@ -302,12 +316,13 @@ class PairJudge:
             pending = (rule >= 2) & (rule <= 5)  # every duplicate rule but byte identity
         d = PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
                           None if pending is None else np.full(m, np.nan), pending,
-                          None if pending is None else np.full(m, np.nan))
+                          None if pending is None else np.full(m, np.nan),
+                          None if pending is None else np.full((m, 2), np.nan))
         self._similar(d, np.flatnonzero(rule == 0))
         if check and pending is not None:
             self.settle(d, np.flatnonzero(pending))
         if d.changed is not None and np.isnan(d.changed).all() and not d.pending.any():
-            d = dataclasses.replace(d, changed=None, strong=None)  # the check ran on no pair at all
+            d = dataclasses.replace(d, changed=None, strong=None, detail=None)  # the check ran on no pair at all
         return d
 
     def settle(self, d: PairDecisions, rows: np.ndarray) -> None:
@@ -319,11 +334,12 @@ class PairJudge:
         rows = rows[d.pending[rows]]
         if not len(rows):
             return
-        c, s = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
+        c, s, fine = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
         d.changed[rows] = c
         d.strong[rows] = s
+        d.detail[rows] = fine
         d.pending[rows] = False
-        fail = rows[~self._passing(c, s)]
+        fail = rows[~self._passing(c, s, fine)]
         d.rule[fail] = 0
         self._similar(d, fail)
 
@@ -345,15 +361,20 @@ class PairJudge:
         return float(self._changed(np.array([i]), np.array([j]), np.array([variant]))[0][0])
 
     def passes(self, i: int, j: int, variant: int = 0) -> bool:
-        """Whether one pair passes the pixel check (both of its bounds)."""
+        """Whether one pair passes the pixel check (its bounds, and the detail check's where that ran)."""
         return bool(self._passing(*self._changed(np.array([i]), np.array([j]), np.array([variant])))[0])
 
-    def _passing(self, changed: np.ndarray, strong: np.ndarray) -> np.ndarray:
-        """Which checks pass: the one statement of the pixel check's two bounds over arrays of results."""
-        return (changed <= self.t.changed) & (strong <= self.t.strong)
+    def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray) -> np.ndarray:
+        """Which checks pass: the one statement of the pixel check's bounds over arrays of results (fine: the
+        detail check's (changed, strong) rows, NaN where it did not run)."""
+        t = self.t
+        ok = (changed <= t.changed) & (strong <= t.strong)
+        return ok & ~((fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong))
 
-    def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(changed, strong) fractions of the pairs' pixel checks (verify.compare), each run once by content."""
+    def _changed(self, ii: np.ndarray, jj: np.ndarray,
+                 variants: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(changed, strong, detail) of the pairs' pixel checks (verify.compare, then detail.py's where the
+        thumbnails pass: an (m, 2) array, NaN where it did not run), each run once by content."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
         # The check is not symmetric (one picture's grey levels are mapped onto the other's): each pair is
         # checked in one order fixed by content, so byte-identical files get the same verdict against a
@@ -376,18 +397,51 @@ class PairJudge:
             v = compare(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]), limit, strong)
             return [v.changed, v.strong]
 
-        if len(todo) < 64:
-            found = [one(x) for x in todo]
-        else:
-            # The check's kernels are numba with the GIL released: threads over pairs use every core.
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-                found = list(ex.map(one, todo))
+        found = _pool_map(one, todo)
         for x, c in zip(todo, found):
             out[x] = c
             self.checks[keys[x]] = c
-        return out[:, 0].copy(), out[:, 1].copy()
+        fine = np.full((len(keys), 2), np.nan)
+        ok = np.flatnonzero((out[:, 0] <= limit) & (out[:, 1] <= strong))
+        fine[ok] = self._detail(ii[ok], jj[ok], variants[ok], [keys[x] for x in ok.tolist()])
+        return out[:, 0].copy(), out[:, 1].copy(), fine
+
+    def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
+        """The detail check of pairs whose thumbnails passed (in the order _changed fixed), (m, 2): NaN where
+        the files cannot be read now (the thumbnail verdict stands, and nothing is stored), (0, 0) where the
+        check does not apply. Stored in self.checks beside the thumbnail verdict, its key that one's with
+        'detail' and the detail check's version and side."""
+        t = self.t
+        keys = [f"{k}:detail{detail_check.VERSION}:{DETAIL_SIDE}:{t.detail_changed}:{t.detail_strong}"
+                for k in keys]
+        out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
+        todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
+        thumbs, paths, pictures = self.thumbs, self.paths, self.pictures
+
+        def one(x: int) -> list[float] | None:
+            a, b, v = int(ii[x]), int(jj[x]), int(variants[x])
+            if not detail_check.applies(thumbs[a], DIHEDRAL[v](thumbs[b]), t.changed, t.strong):
+                return [0.0, 0.0]
+            got = detail_check.detail_fractions(pictures, paths[a], paths[b], v, t.detail_changed, t.detail_strong)
+            return None if got is None else list(got)
+
+        found = _pool_map(one, todo, serial_under=8)
+        for x, c in zip(todo, found):
+            if c is not None:
+                out[x] = c
+                self.checks[keys[x]] = c
+        return out
+
+
+def _pool_map(fn, items: list, serial_under: int = 64) -> list:
+    """fn over items, on threads when there are many: the checks' kernels are numba with the GIL released,
+    and decoding (Pillow) releases it too, so threads over pairs use every core."""
+    if len(items) < serial_under:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as ex:
+        return list(ex.map(fn, items))
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
@@ -403,7 +457,8 @@ class PairDecisions:
 
     rule: index into _RULES (0: no match). dihedral: -1 without flips; transform: index into TRANSFORMS.
     cos: None without embeddings. changed: the pixel check, NaN where it did not run, None where it ran on
-    no pair at all by an eager decide (a lazy one keeps the array); strong: its strong count, alike.
+    no pair at all by an eager decide (a lazy one keeps the array); strong: its strong count, and detail
+    the detail check's two fractions (m x 2), alike.
     pending: rows whose duplicate rule still waits for the pixel check (PairJudge.settle); None without
     thumbnails, all False after an eager decide. Pending rows count in `duplicate` until settled, and are
     never made into a Match.
@@ -419,6 +474,7 @@ class PairDecisions:
     changed: np.ndarray | None
     pending: np.ndarray | None = None  # the pixel check not run yet (decide(lazy=True))
     strong: np.ndarray | None = None
+    detail: np.ndarray | None = None  # (m, 2): the detail check's (changed, strong), NaN where it did not run
 
     def __len__(self) -> int:
         return len(self.i)
@@ -440,8 +496,10 @@ class PairDecisions:
         cos = [None] * m if t.cos is None else t.cos.tolist()
         chg = [None] * m if t.changed is None else [None if c != c else c for c in t.changed.tolist()]  # NaN: none
         st = [None] * m if t.strong is None else [None if c != c else c for c in t.strong.tolist()]
-        return [Match(_RULES[r], d, e, TRANSFORMS[k], c, x, y) for r, d, e, k, c, x, y in
-                zip(t.rule.tolist(), t.phash.tolist(), t.dihedral.tolist(), t.transform.tolist(), cos, chg, st)]
+        fine = [None] * m if t.detail is None else [None if r[0] != r[0] else tuple(r) for r in t.detail.tolist()]
+        return [Match(_RULES[r], d, e, TRANSFORMS[k], c, x, y, z) for r, d, e, k, c, x, y, z in
+                zip(t.rule.tolist(), t.phash.tolist(), t.dihedral.tolist(), t.transform.tolist(), cos, chg, st,
+                    fine)]
 
     def take(self, sel) -> PairDecisions:
         """The rows picked by a mask or index array."""
@@ -449,7 +507,7 @@ class PairDecisions:
 
     def _arrays(self) -> tuple:
         return (self.i, self.j, self.rule, self.phash, self.dihedral, self.transform, self.cos, self.changed,
-                self.pending, self.strong)
+                self.pending, self.strong, self.detail)
 
     @staticmethod
     def concat(parts: list[PairDecisions]) -> PairDecisions:
@@ -461,13 +519,14 @@ class PairDecisions:
             return parts[0]
         cols = list(zip(*(p._arrays() for p in parts)))
         cos = None if cols[6][0] is None else np.concatenate(cols[6])
-        changed = pending = strong = None
+        changed = pending = strong = fine = None
         if any(c is not None for c in cols[7]):
             changed = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[7])])
             strong = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[9])])
+            fine = np.concatenate([np.full((len(p), 2), np.nan) if c is None else c for p, c in zip(parts, cols[10])])
         if any(c is not None for c in cols[8]):
             pending = np.concatenate([np.zeros(len(p), bool) if c is None else c for p, c in zip(parts, cols[8])])
-        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed, pending, strong)
+        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed, pending, strong, fine)
 
 
 _DUPLICATE_CODES = np.array([_RULES.index(r) for r in DUPLICATE_RULES], np.int8)

@@ -55,6 +55,7 @@ MAX_CONTRAST_RATIO = 4.0  # pictures whose grey deviations differ by more are no
 _WINDOW_FRACTIONS = (0.8, 0.9)
 _LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
 _LK_HALF_ITERS = 8     # ... and at half (the full-size count then allows a pixel)
+_FULL_SIGMA = 0.7      # smoothing before a full-size refinement (compare's full_iters)
 MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
 CONTAINED = 0.9        # ... and one picture nearly whole
 _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
@@ -398,8 +399,9 @@ def _residuals(a, b, starts):
     return out
 
 
-def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """(changed and strong fractions, coverage) after the best affine alignment of b onto a."""
+def _aligned(a: np.ndarray, b: np.ndarray, full_iters: int = 0) -> tuple[float, float, float]:
+    """(changed and strong fractions, coverage) after the best affine alignment of b onto a (full_iters: more
+    Lucas-Kanade iterations at full size, for pictures larger than the thumbnail, see compare)."""
     side = a.shape[0]
     # A pyramid: starts scored and refined at a quarter of the side, the best refined at half.
     quarter = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 2.0), 0.25, order=1)) for x in (a, b)]
@@ -416,6 +418,8 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     half = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 1.0), 0.5, order=1)) for x in (a, b)]
     p = _lk(half[0], half[1], _scale(refined[int(np.argmin(final))], 2.0), _LK_HALF_ITERS)
     p = _scale(p, 2.0)
+    if full_iters and np.isfinite(p).all():
+        p = _lk(*(_normalised(ndimage.gaussian_filter(x, _FULL_SIGMA)) for x in (a, b)), p, full_iters)
     if not np.isfinite(p).all():  # a diverged fit (the kernels would sample at NaN)
         return 1.0, 1.0, 0.0
     lin = np.array([[1 + p[0], p[2]], [p[1], 1 + p[3]]])
@@ -434,9 +438,12 @@ def _aligned(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return (*changed_fractions(a, bw, inside, shift=1), min(sa, sb))
 
 
-def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> Verdict:
+def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float, full_iters: int = 0) -> Verdict:
     """The pixel check of thumbnails a and b (uint8, one shape): the shift alignment, and where it leaves
-    more than `limit` changed or `strong_limit` strongly changed, the affine one too."""
+    more than `limit` changed or `strong_limit` strongly changed, the affine one too.
+
+    full_iters: Lucas-Kanade iterations at full size after the half-size fit. A fit good to about a pixel
+    at 128 px is not at 384 (detail.py): a 2-degree rotated wallpaper then keeps its edges a pixel off."""
     if a.ndim != 2 or a.shape != b.shape or a.shape[0] != a.shape[1] or a.shape[0] < 16:
         # The kernels index without bounds checks: a mismatch must stop here, not read past an array.
         raise ValueError(f"thumbnails must be square, of one size and at least 16 px: {a.shape} and {b.shape}")
@@ -450,7 +457,7 @@ def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> 
     shifted = Verdict(*changed_fractions(a, b, shift=_SHIFT), 1.0, False)
     if shifted.passes(limit, strong_limit):
         return shifted
-    ch, strong, cov = _aligned(a, b)
+    ch, strong, cov = _aligned(a, b, full_iters)
     warped = Verdict(ch, strong, cov, True)
     # The warp's answer when it passes, or when neither passes and it explains more of the picture.
     if warped.passes(limit, strong_limit) or warped.changed < shifted.changed:

@@ -1,0 +1,134 @@
+"""The detail check: the pixel check again at up to DETAIL_SIDE px, for pairs the thumbnails cannot tell apart.
+
+At the 128 px thumbnail the words of a dialog are grey smudges: two dialogs of one kind of one application
+(about boxes, progress dialogs: other words, another bar length) differ there by under 1%, as little as a
+resized copy. At 384 px the words resolve. So a pair that passes the thumbnail check is compared again on
+its pictures decoded from the files, both squashed to s x s with s = DETAIL_SHARE of the smaller picture's
+shorter trimmed side, at most DETAIL_SIDE (verify.compare, its own bounds: Thresholds.detail_*). The share
+keeps s under the copy's own resolution: compared at its own size, a half-size copy of a slide differs from
+the original resampled there by the two resampling filters (0.1% strongly, tune half).
+
+It runs where the thumbnails line up by a shift, and on flat pictures (FLAT_SHARE of the thumbnail without
+texture: screenshots, slides, charts) whatever aligned them. A photo that needed the affine warp (a rotated
+or cropped copy) is left to the thumbnail check: at 384 px its textured edges are off by the warp's
+error (checked on every pair, with the warp fitted at half the side, 30 of the tune half's 68 rotated
+copies failed). Where the detail check warps, the warp is refined at the detail side (DETAIL_LK_ITERS).
+
+Measured on the tune half of the accuracy corpus and 70 more dialogs made aside (tune side only): of the
+890 copies that pass the thumbnail check 20 fail this one (14 text captions, 6 wallpapers letterboxed,
+greyed, brightened or cropped); of the 596 look-alike pairs that pass the thumbnail check (dialogs of one
+kind, mostly) 5 pass this one, all two progress dialogs made aside, one of them at half size: compared at
+180 px their bars differ by 1.5% and hardly strongly (bounds: 2% changed, 0.03% strongly changed).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from PIL import Image
+
+from imgsim_fast.features.extract import trim_uniform_borders
+from imgsim_fast.features.hashing import DIHEDRAL
+from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
+
+__all__ = ["VERSION", "DETAIL_SIDE", "applies", "Pictures", "detail_fractions"]
+
+# Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
+VERSION = 1
+DETAIL_SIDE = 384    # words of a 640 x 480 dialog resolve; a 3-4 px stroke at 1080p still counts
+DETAIL_SHARE = 0.75  # of the smaller picture's shorter side: compared below either picture's own resolution
+DETAIL_MIN = 160     # under this the detail check sees little the 128 px thumbnail does not
+FLAT_SHARE = 0.5     # a picture this much flat (3 x 3 deviation under FLAT_LEVEL grey levels) is a graphic
+FLAT_LEVEL = 1.0
+DETAIL_LK_ITERS = 10  # the warp refined at the detail side too: tune half, 8 of 11 warped copies failing pass
+DECODE_SIDE = 512    # JPEGs decoded at a DCT scale keeping both sides at least this (s reaches its cap)
+CACHE_BYTES = 128 << 20  # decoded grey pictures kept across pairs (a file is in many pairs of its group)
+
+
+def flat_share(thumb: np.ndarray) -> float:
+    """Share of a thumbnail's pixels whose 3 x 3 neighbourhood is flat (screenshots 0.5-0.9, most photos less)."""
+    return float((_contrast(thumb.astype(np.float64), _BOX) < FLAT_LEVEL).mean())
+
+
+def applies(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> bool:
+    """Whether a pair of thumbnails (b already flipped as compared) gets the detail check: they line up by a
+    shift, or both are flat pictures."""
+    if min(flat_share(a), flat_share(b)) >= FLAT_SHARE:
+        return True
+    changed, strong = changed_fractions(a.astype(np.float64), b.astype(np.float64), shift=_SHIFT)
+    return changed <= limit and strong <= strong_limit
+
+
+class Pictures:
+    """Trimmed grey pictures by path, and their squares at the sides pairs asked for, decoded and resampled
+    once while they fit in CACHE_BYTES (least recently used out): a file is in many pairs of its group.
+    Thread-safe: the pair checks run on a thread pool."""
+
+    def __init__(self, budget: int = CACHE_BYTES):
+        self.budget, self.held, self._got = budget, 0, OrderedDict()
+        self._lock = threading.Lock()
+
+    def picture(self, path: str) -> Image.Image | None:
+        """The trimmed grey picture of `path`, or None when it cannot be read now."""
+        return self._cached((path, 0), lambda: _trimmed_grey(path))
+
+    def square(self, path: str, side: int) -> np.ndarray:
+        """The picture squashed to side x side (uint8); picture(path) must have been read."""
+        return self._cached((path, side), lambda: np.asarray(
+            self.picture(path).resize((side, side), Image.Resampling.LANCZOS)))
+
+    def _cached(self, key, make):
+        with self._lock:
+            if key in self._got:
+                self._got.move_to_end(key)
+                return self._got[key]
+        got = make()  # outside the lock: decodes run in parallel (two threads may make one twice)
+        with self._lock:
+            if key not in self._got:
+                self._got[key] = got
+                self.held += _bytes(got)
+            while self.held > self.budget and len(self._got) > 1:
+                self.held -= _bytes(self._got.popitem(last=False)[1])
+        return got
+
+
+def _bytes(x) -> int:
+    if x is None:
+        return 0
+    return x.nbytes if isinstance(x, np.ndarray) else x.width * x.height
+
+
+def _trimmed_grey(path: str) -> Image.Image | None:
+    from imgsim_fast.io.loading import ImageLoadError, load_image
+
+    if not path:
+        return None
+    try:
+        im = load_image(path, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
+    except (ImageLoadError, OSError):
+        return None
+    im = im if im.mode == "L" else im.convert("L")
+    return trim_uniform_borders(im)[0]
+
+
+def detail_fractions(pictures: Pictures, a: str, b: str, variant: int, limit: float,
+                     strong_limit: float) -> tuple[float, float] | None:
+    """(changed, strong) of the pixel check of the files a and b (b's `variant` flip), both trimmed and
+    squashed to the detail side; (0, 0) where the pictures are too small to show more than the thumbnail;
+    None where either cannot be read now.
+
+    Pictures that agree unshifted pass as they are: most copies do, and the shift search costs twice that."""
+    pa, pb = pictures.picture(a), pictures.picture(b)
+    if pa is None or pb is None:
+        return None
+    s = min(DETAIL_SIDE, int(DETAIL_SHARE * min(*pa.size, *pb.size)))
+    if s < DETAIL_MIN:
+        return 0.0, 0.0
+    ta = pictures.square(a, s)
+    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(b, s)))
+    changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64))
+    if changed <= limit and strong <= strong_limit:
+        return changed, strong
+    v = compare(ta, tb, limit, strong_limit, full_iters=DETAIL_LK_ITERS)
+    return v.changed, v.strong

@@ -1,0 +1,97 @@
+"""The detail check (jobs/dedup/detail.py): two dialogs of one application that the 128 px thumbnails cannot
+tell apart are told apart at 384 px, where their words resolve; copies of one dialog still pass."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from imgsim_fast.features.extract import compute_features
+from imgsim_fast.jobs.dedup import detail, find_duplicates
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
+
+
+def _about(name: str, version: str, line: str) -> Image.Image:
+    """An about box of a made-up application: the same layout, other words."""
+    im = Image.new("RGB", (640, 480), (246, 245, 244))
+    d = ImageDraw.Draw(im)
+
+    def font(size):
+        return ImageFont.load_default(size=size)
+
+    d.rectangle((0, 0, 639, 47), fill=(235, 235, 235))
+    d.text((320, 24), "About Notewise", font=font(15), fill=(46, 52, 54), anchor="mm")
+    d.rounded_rectangle((272, 74, 368, 170), 22, fill=(224, 27, 36))
+    d.text((320, 122), "N", font=font(56), fill="white", anchor="mm")
+    d.text((320, 192), f"Notewise {name}", font=font(22), fill=(46, 52, 54), anchor="mm")
+    d.text((320, 219), f"Version {version}", font=font(14), fill=(119, 119, 119), anchor="mm")
+    d.text((320, 249), line, font=font(14), fill=(46, 52, 54), anchor="mm")
+    d.rectangle((0, 424, 639, 479), fill=(240, 240, 240))
+    for x0, label in ((457, "Credits"), (549, "Close")):
+        d.rounded_rectangle((x0, 437, x0 + 72, 466), 5, fill="white", outline=(200, 200, 200))
+        d.text((x0 + 36, 452), label, font=font(14), fill=(46, 52, 54), anchor="mm")
+    return im
+
+
+@pytest.fixture(scope="module")
+def dialogs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dialogs")
+    a = _about("Report", "5.27.2", "Connection download email network password quality remote lock.")
+    b = _about("Local", "2.28.6", "Network connection device location printer archive.")
+    a.save(d / "about_report.png")
+    b.save(d / "about_local.png")
+    a.save(d / "about_report_q70.jpg", quality=70)
+    a.resize((320, 240), Image.Resampling.BILINEAR).save(d / "about_report_half.jpg", quality=85)
+    return d
+
+
+def _judge(folder, checks=None, names=None):
+    names = names or sorted(os.listdir(folder))
+    feats = compute_features([str(folder / n) for n in names], workers=1, progress=False)
+    return PairJudge(feats, "phash", checks=checks), names
+
+
+def test_dialogs_of_one_kind_pass_the_thumbnails_and_fail_the_detail_check(dialogs):
+    judge, names = _judge(dialogs)
+    ix = {n: k for k, n in enumerate(names)}
+    a, b = ix["about_report.png"], ix["about_local.png"]
+    changed, strong, fine = judge._changed(np.array([a]), np.array([b]), np.array([0]))
+    # What the thumbnail check alone says: the same picture (this is the bug the detail check mends).
+    assert changed[0] <= DEFAULTS.changed and strong[0] <= DEFAULTS.strong, (changed, strong)
+    assert fine[0, 1] > DEFAULTS.detail_strong, fine
+    assert not judge.passes(a, b)
+    m = judge.match(a, b)
+    assert not m.duplicate and "looked at closer" in m.describe(), m.describe()
+    # Its copies, a JPEG and a half-size one, pass both checks against it.
+    for copy in ("about_report_q70.jpg", "about_report_half.jpg"):
+        assert judge.passes(a, ix[copy]), copy
+        assert judge.match(a, ix[copy]).duplicate
+
+
+def test_dedup_groups_the_copies_and_reports_the_other_dialog_as_a_look_alike(dialogs):
+    res = find_duplicates([str(dialogs)], workers=1, progress=False)
+    dup = [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups if g.tier == "duplicate"]
+    assert dup == [["about_report.png", "about_report_half.jpg", "about_report_q70.jpg"]], dup
+
+
+def test_a_detail_verdict_is_stored_by_content_and_a_missing_file_stores_none(dialogs, tmp_path, monkeypatch):
+    decoded = []
+    real = detail._trimmed_grey
+    monkeypatch.setattr(detail, "_trimmed_grey", lambda p: decoded.append(p) or real(p))
+    checks: dict = {}
+    judge, names = _judge(dialogs, checks)
+    a, b = names.index("about_report.png"), names.index("about_local.png")
+    assert not judge.passes(a, b) and len(decoded) == 2
+    stored = [k for k in checks if ":detail" in k]
+    assert len(stored) == 1 and checks[stored[0]][1] > DEFAULTS.detail_strong
+    # A later run over the same contents reads the verdict instead of decoding again.
+    again, _ = _judge(dialogs, checks)
+    assert not again.passes(a, b) and len(decoded) == 2
+    # A file that cannot be read now: the thumbnail verdict stands for this run, and nothing is stored (the
+    # file may be readable next time).
+    for n in ("about_report.png", "about_local.png"):
+        Image.open(dialogs / n).save(tmp_path / n)
+    gone, _ = _judge(tmp_path, {})
+    os.remove(tmp_path / "about_local.png")
+    assert gone.passes(0, 1) and not any(":detail" in k for k in gone.checks)
+
