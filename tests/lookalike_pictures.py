@@ -35,3 +35,38 @@ def save_burst(folder, scene: str, subject: str, side: int, size: tuple[int, int
         frame = rgb(scene, side)
         frame.paste(obj, (x, h // 3))
         frame.save(folder / f"burst_{name}.png")
+
+
+def about_box(name: str, version: str, line: str) -> Image.Image:
+    """An about box of a made-up application (640 x 480): dialogs of this kind share the layout and differ in
+    words, which a 128 px thumbnail blurs into the same grey bars (jobs/dedup/detail.py)."""
+    im = Image.new("RGB", (640, 480), (246, 245, 244))
+    d = ImageDraw.Draw(im)
+
+    def font(size):
+        return ImageFont.load_default(size=size)
+
+    d.rectangle((0, 0, 639, 47), fill=(235, 235, 235))
+    d.text((320, 24), "About Notewise", font=font(15), fill=(46, 52, 54), anchor="mm")
+    d.rounded_rectangle((272, 74, 368, 170), 22, fill=(224, 27, 36))
+    d.text((320, 122), "N", font=font(56), fill="white", anchor="mm")
+    d.text((320, 192), f"Notewise {name}", font=font(22), fill=(46, 52, 54), anchor="mm")
+    d.text((320, 219), f"Version {version}", font=font(14), fill=(119, 119, 119), anchor="mm")
+    d.text((320, 249), line, font=font(14), fill=(46, 52, 54), anchor="mm")
+    d.rectangle((0, 424, 639, 479), fill=(240, 240, 240))
+    for x0, label in ((457, "Credits"), (549, "Close")):
+        d.rounded_rectangle((x0, 437, x0 + 72, 466), 5, fill="white", outline=(200, 200, 200))
+        d.text((x0 + 36, 452), label, font=font(14), fill=(46, 52, 54), anchor="mm")
+    return im
+
+
+def save_about_boxes(folder) -> None:
+    """about_report.png, about_local.png: two about boxes of one application with other words (they pass the
+    thumbnail check and fail the detail check); about_report_q70.jpg, about_report_half.jpg: copies of the
+    first (JPEG quality 70; half size, JPEG quality 85)."""
+    a = about_box("Report", "5.27.2", "Connection download email network password quality remote lock.")
+    b = about_box("Local", "2.28.6", "Network connection device location printer archive.")
+    a.save(folder / "about_report.png")
+    b.save(folder / "about_local.png")
+    a.save(folder / "about_report_q70.jpg", quality=70)
+    a.resize((320, 240), Image.Resampling.BILINEAR).save(folder / "about_report_half.jpg", quality=85)

@@ -4,44 +4,18 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import detail, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
-
-
-def _about(name: str, version: str, line: str) -> Image.Image:
-    """An about box of a made-up application: the same layout, other words."""
-    im = Image.new("RGB", (640, 480), (246, 245, 244))
-    d = ImageDraw.Draw(im)
-
-    def font(size):
-        return ImageFont.load_default(size=size)
-
-    d.rectangle((0, 0, 639, 47), fill=(235, 235, 235))
-    d.text((320, 24), "About Notewise", font=font(15), fill=(46, 52, 54), anchor="mm")
-    d.rounded_rectangle((272, 74, 368, 170), 22, fill=(224, 27, 36))
-    d.text((320, 122), "N", font=font(56), fill="white", anchor="mm")
-    d.text((320, 192), f"Notewise {name}", font=font(22), fill=(46, 52, 54), anchor="mm")
-    d.text((320, 219), f"Version {version}", font=font(14), fill=(119, 119, 119), anchor="mm")
-    d.text((320, 249), line, font=font(14), fill=(46, 52, 54), anchor="mm")
-    d.rectangle((0, 424, 639, 479), fill=(240, 240, 240))
-    for x0, label in ((457, "Credits"), (549, "Close")):
-        d.rounded_rectangle((x0, 437, x0 + 72, 466), 5, fill="white", outline=(200, 200, 200))
-        d.text((x0 + 36, 452), label, font=font(14), fill=(46, 52, 54), anchor="mm")
-    return im
+from lookalike_pictures import save_about_boxes
 
 
 @pytest.fixture(scope="module")
 def dialogs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dialogs")
-    a = _about("Report", "5.27.2", "Connection download email network password quality remote lock.")
-    b = _about("Local", "2.28.6", "Network connection device location printer archive.")
-    a.save(d / "about_report.png")
-    b.save(d / "about_local.png")
-    a.save(d / "about_report_q70.jpg", quality=70)
-    a.resize((320, 240), Image.Resampling.BILINEAR).save(d / "about_report_half.jpg", quality=85)
+    save_about_boxes(d)
     return d
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps
 from imgsim_fast.jobs.dedup import _learned_space, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
 from imgsim_fast.features.extract import compute_features
-from lookalike_pictures import rgb, save_burst, save_slides
+from lookalike_pictures import rgb, save_about_boxes, save_burst, save_slides
 from service_server import Server
 
 
@@ -21,7 +21,8 @@ from service_server import Server
 def folder(tmp_path_factory, photos):
     """Copies of a real photo (JPEG q40, an 85% crop, a mirror, a letterbox), two slides of one template with
     other words and two frames of a burst (their hashes are within dedup's pHash radius: only the pixel check
-    tells them apart), and another photo."""
+    tells them apart), two about boxes of one application with a JPEG and a half-size copy of one (only the
+    detail check tells them apart), and another photo."""
     d = tmp_path_factory.mktemp("svc-dedup")
     photo = rgb(photos[0], 480)
     w, h = photo.size
@@ -33,6 +34,7 @@ def folder(tmp_path_factory, photos):
     bars.paste(photo, (0, h // 6))
     bars.save(d / "photo_letterbox.png")
     save_slides(d)
+    save_about_boxes(d)
     save_burst(d, photos[2], photos[1], 480, (w, h))
     rgb(photos[3], 480).save(d / "other.jpg", quality=90)
     return d
@@ -83,6 +85,10 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
         m = truth[(f"{kind}_a.png", f"{kind}_b.png")]
         assert not m.duplicate and m.changed is not None and m.changed > DEFAULTS.changed, (kind, m)
     assert any(truth[(f"{k}_a.png", f"{k}_b.png")].phash <= DEFAULTS.phash for k in ("slide", "burst"))
+    # Two about boxes: the thumbnails pass, the detail check (the files at up to 384 px) refuses them.
+    m = truth[("about_local.png", "about_report.png")]
+    assert not m.duplicate and m.changed <= DEFAULTS.changed and m.detail[1] > DEFAULTS.detail_strong, m
+    assert truth[("about_report.png", "about_report_q70.jpg")].duplicate
 
     catalog = tmp_path / "c.sqlite"
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
@@ -103,11 +109,14 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     names = [os.path.basename(p) for p in res.paths]
     assert served == {(names[g.members[0]], frozenset(names[m] for m in g.members[1:]))
                       for g in res.groups if g.tier == "duplicate"}
-    # The original, not the letterboxed copy that has the most pixels (the service's keeper before).
-    assert [k for k, _ in served] == ["photo.png"]
+    # The original, not the letterboxed copy that has the most pixels (the service's keeper before); the
+    # about box with its two copies, the other about box apart.
+    assert sorted(k for k, _ in served) == ["about_report.png", "photo.png"]
+    assert ("about_report.png", frozenset({"about_report_q70.jpg", "about_report_half.jpg"})) in served
 
     # The grouping's pixel checks and keep-best verdicts went to the catalog: grouping again from what it
     # holds looks at no pair and no picture.
+    import imgsim_fast.jobs.dedup.detail as detail
     import imgsim_fast.jobs.dedup.detect as detect
     import imgsim_fast.jobs.dedup.keep as keep
     from imgsim_fast.catalog.dedup_features import stored_facts
@@ -126,6 +135,7 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(detect, "compare", no_look)
+        mp.setattr(detail, "_trimmed_grey", no_look)  # the detail check's verdicts were stored too
         mp.setattr(keep, "_full_grey", no_look)  # keep-best decodes a picture only here
         again = live.groups(lambda fids: facts)
     finally:

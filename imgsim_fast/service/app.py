@@ -338,9 +338,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         up = await receive_upload(request, svc.tmp_dir, cfg.max_upload_bytes)
         try:
             f, vec = await run_in_threadpool(svc.features_of, up.path)
+            near = await run_in_threadpool(svc.live.near, f, None)  # the upload kept for the detail check
         finally:
             up.discard()
-        near = await run_in_threadpool(svc.live.near, f, None)
         dup, sim = await run_in_threadpool(svc.near_out, near)
         md = f.metadata
         return {"digest": f.digest, "width": md.width, "height": md.height, "format": md.format,

@@ -77,6 +77,9 @@ class LiveIndex:
         self.thumb_row = np.full(cap, -1, np.int64)
         self.dviews = np.zeros((cap, 2, space), np.float32) if dim else None
         self.digests: list[str] = []
+        # Each row's file, for the pair test's detail check (it decodes both files of a pair whose thumbnails
+        # pass); "" where none is known. Only appended to, like digests.
+        self.paths: list[str] = []
         self.row_of: dict[int, int] = {}
         self.generation = 0
         self._groups = None
@@ -123,10 +126,10 @@ class LiveIndex:
         out[~np.abs(flat).any(axis=1)] = 0
         return out.reshape(len(views), 2, -1)
 
-    def add(self, fids, digests, pixels, codes8, emb=None, dedup=None) -> None:
+    def add(self, fids, digests, pixels, codes8, emb=None, dedup=None, paths=None) -> None:
         """Append files (rows aligned). codes8 (m, 8, words); emb (m, dim) with zero rows for files lacking one;
         dedup: (trimmed codes (m, 8, 1), thumbnail rows in the catalog array (m,), -1 for none, raw views
-        (m, 2, dim) or None), or None for files without dedup's features."""
+        (m, 2, dim) or None), or None for files without dedup's features; paths: the files (None: unknown)."""
         m = len(fids)
         if not m:
             return
@@ -149,6 +152,7 @@ class LiveIndex:
                 if views is not None:
                     self.dviews[s:e] = views
             self.alive[s:e] = True
+            self.paths.extend(paths if paths is not None else [""] * m)
             self.digests.extend(digests)
             for i, f in enumerate(fids):
                 old = self.row_of.get(int(f))
@@ -171,8 +175,8 @@ class LiveIndex:
         if hash_array not in arrays:
             return
         with cat.snapshot():
-            info = {fid: (d, px) for fid, d, px in cat.conn.execute(
-                "SELECT id, digest, coalesce(width * height, 0) FROM files WHERE error IS NULL")}
+            info = {fid: (d, px, p) for fid, d, px, p in cat.conn.execute(
+                "SELECT id, digest, coalesce(width * height, 0), path FROM files WHERE error IS NULL")}
             fids, _, codes = cat.vectors(hash_array)
             keep = np.array([int(f) in info for f in fids], bool)
             fids, codes = fids[keep], codes[keep]
@@ -192,7 +196,8 @@ class LiveIndex:
                     if int(f) in pos and len(v) == self.dim:
                         emb[pos[int(f)]] = v
             dedup = self._load_dedup(cat, fids, arrays)
-        self.add(fids, [info[int(f)][0] for f in fids], [info[int(f)][1] for f in fids], codes8, emb, dedup)
+        self.add(fids, [info[int(f)][0] for f in fids], [info[int(f)][1] for f in fids], codes8, emb, dedup,
+                 [info[int(f)][2] for f in fids])
 
     def _load_dedup(self, cat, fids: np.ndarray, arrays: dict):
         """dedup's features of the files `fids` (see add), from the catalog, inside the caller's snapshot; a
@@ -267,15 +272,18 @@ class LiveIndex:
                                          shape=(max(need, len(self._mapped)), THUMB_SIDE * THUMB_SIDE))
             return self._mapped
 
-    def _judge(self, rows: np.ndarray, digests: list[str], query=None, qviews: np.ndarray | None = None) -> PairJudge:
+    def _judge(self, rows: np.ndarray, digests: list[str], query=None, qviews: np.ndarray | None = None,
+               qpath: str = "") -> PairJudge:
         """dedup's pair test over the live rows `rows` (and the query last, with its views already in the
-        test's space): its codes, views and thumbnails, in the space and at the thresholds `imgsim dedup` uses."""
-        facts = [_facts(digests[i]) for i in rows]
+        test's space, its file at qpath): its codes, views, thumbnails and files, in the space and at the
+        thresholds `imgsim dedup` uses."""
+        paths = self.paths
+        facts = [_facts(digests[i], paths[i]) for i in rows]
         codes = self.dcodes[rows]
         views = None if self.dviews is None else self.dviews[rows]
         extra = None
         if query is not None:
-            facts.append(_facts(query.digest))
+            facts.append(_facts(query.digest, qpath))
             codes = np.concatenate([codes, query.dedup_codes8[None]])
             extra = query.thumb
             if views is not None:
@@ -326,7 +334,11 @@ class LiveIndex:
         cand = np.array(sorted(i for i in cand if ok[i]), np.int64)
         out = []
         if len(cand):
-            judge = self._judge(cand, digests, query, q)
+            # The query's file for the detail check: where it was just stored, its row's (the upload it was
+            # read from has been moved into the store), else the file it was read from.
+            row = self.row_of.get(int(exclude)) if exclude is not None else None
+            qpath = self.paths[row] if row is not None and row < n else query.dedup[0].path
+            judge = self._judge(cand, digests, query, q, qpath)
             m = len(cand)
             # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
             d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))
@@ -432,6 +444,7 @@ class LiveIndex:
         return out
 
 
-def _facts(digest: str) -> FileFacts:
-    """The pair test reads only the digest of a file's facts (the exact rule)."""
-    return FileFacts("", 0, 0.0, 0, 0, "", 0, digest or "")
+def _facts(digest: str, path: str = "") -> FileFacts:
+    """The pair test reads only the digest of a file's facts (the exact rule) and its path (the detail
+    check)."""
+    return FileFacts(path, 0, 0.0, 0, 0, "", 0, digest or "")

@@ -163,13 +163,13 @@ class Writer:
             fut.set_result(result)
 
     def _live_add(self, adds: list[tuple]) -> None:
-        fids, digests, pixels, codes8, vecs, dcodes8, thumb_rows, views = zip(*adds)
+        fids, digests, pixels, codes8, vecs, dcodes8, thumb_rows, views, paths = zip(*adds)
         emb = dviews = None
         if self.live.emb is not None:
             emb = np.stack([np.zeros(self.live.dim, np.float32) if v is None else v for v in vecs])
             dviews = np.stack([np.zeros((2, self.live.dim), np.float32) if v is None else v for v in views])
         self.live.add(np.array(fids, np.int64), list(digests), list(pixels), np.stack(codes8), emb,
-                      dedup=(np.stack(dcodes8), np.array(thumb_rows, np.int64), dviews))
+                      dedup=(np.stack(dcodes8), np.array(thumb_rows, np.int64), dviews), paths=list(paths))
 
     def _apply(self, job, live, unlink):
         conn = self.cat.conn
@@ -211,17 +211,17 @@ class Writer:
                 # it joins the duplicate test.
                 have = {a for (a,) in conn.execute("SELECT array FROM vectors WHERE file_id = ?", (old[0],))}
                 if not set(self.arrays) <= have:
-                    live.append(("add", self._append_rows(old[0], f, job, have)))
+                    live.append(("add", self._append_rows(old[0], f, job, have, path)))
                 return old[0], False, path
             # A server-side file changed since, or one the indexer could not read (its row holds the error):
             # this read succeeded, so a fresh row replaces the old one.
             conn.execute("DELETE FROM files WHERE id = ?", (old[0],))
             live.append(("remove", old[0]))
         fid = _insert_file(self.cat, path, st, f.digest, f.metadata, "")
-        live.append(("add", self._append_rows(fid, f, job, set())))
+        live.append(("add", self._append_rows(fid, f, job, set(), path)))
         return fid, True, path
 
-    def _append_rows(self, fid: int, f: Extracted, job: AddJob, have: set) -> tuple:
+    def _append_rows(self, fid: int, f: Extracted, job: AddJob, have: set, path: str) -> tuple:
         """Append file `fid`'s rows of the arrays it lacks (all but `have`); what the live index adds for it."""
         data = {HASH_ARRAY: f.codes8[:1], DIHEDRAL_ARRAY: f.codes8.reshape(1, -1)}
         if self.embed_array and job.vector is not None:
@@ -237,7 +237,7 @@ class Writer:
                                               (fid, dedup_arrays.THUMBS)).fetchone()[0]
         md = f.metadata
         return (fid, f.digest, (md.width or 0) * (md.height or 0), f.codes8, job.vector,
-                f.dedup_codes8, thumb_row, f.dedup_vectors)
+                f.dedup_codes8, thumb_row, f.dedup_vectors, path)
 
 
 def _remove_quietly(path: str) -> None:
