@@ -51,7 +51,7 @@ def test_dedup_groups_the_copies_and_reports_the_other_dialog_as_a_look_alike(di
 def test_a_detail_verdict_is_stored_by_content_and_a_missing_file_stores_none(dialogs, tmp_path, monkeypatch):
     decoded = []
     real = detail._trimmed_grey
-    monkeypatch.setattr(detail, "_trimmed_grey", lambda p: decoded.append(p) or real(p))
+    monkeypatch.setattr(detail, "_trimmed_grey", lambda p, d: decoded.append(p) or real(p, d))
     checks: dict = {}
     judge, names = _judge(dialogs, checks)
     a, b = names.index("about_report.png"), names.index("about_local.png")
@@ -69,3 +69,18 @@ def test_a_detail_verdict_is_stored_by_content_and_a_missing_file_stores_none(di
     os.remove(tmp_path / "about_local.png")
     assert gone.passes(0, 1) and not any(":detail" in k for k in gone.checks)
 
+
+
+def test_a_file_changed_since_the_scan_is_not_judged_by_its_new_pixels(dialogs, tmp_path):
+    # The verdict is stored under the contents scanned: pixels read from a file rewritten since (here the
+    # about box replaced by its own twin, which would pass) must not be judged, nor stored under the old key.
+    for n in ("about_report.png", "about_local.png"):
+        Image.open(dialogs / n).save(tmp_path / n)
+    judge, names = _judge(tmp_path, {})
+    a, b = names.index("about_report.png"), names.index("about_local.png")
+    Image.open(dialogs / "about_report.png").save(tmp_path / "about_local.png", compress_level=1)
+    assert judge.passes(a, b) and not any(":detail" in k for k in judge.checks)
+    # Read as scanned, the pair is told apart.
+    Image.open(dialogs / "about_local.png").save(tmp_path / "about_local.png")
+    fresh, _ = _judge(tmp_path, {})
+    assert not fresh.passes(a, b)

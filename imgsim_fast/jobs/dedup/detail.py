@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from imgsim_fast.features.extract import trim_uniform_borders
+from imgsim_fast.io.digest import bytes_digest
 from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
@@ -69,14 +70,16 @@ class Pictures:
         self.budget, self.held, self._got = budget, 0, OrderedDict()
         self._lock = threading.Lock()
 
-    def picture(self, path: str) -> Image.Image | None:
-        """The trimmed grey picture of `path`, or None when it cannot be read now."""
-        return self._cached((path, 0), lambda: _trimmed_grey(path))
+    def picture(self, path: str, digest: str) -> Image.Image | None:
+        """The trimmed grey picture of `path`, or None when it cannot be read now or no longer holds the
+        content `digest` names (changed since it was scanned: a verdict on its new pixels would be stored
+        under the old content)."""
+        return self._cached((path, digest, 0), lambda: _trimmed_grey(path, digest))
 
-    def square(self, path: str, side: int) -> np.ndarray:
-        """The picture squashed to side x side (uint8); picture(path) must have been read."""
-        return self._cached((path, side), lambda: np.asarray(
-            self.picture(path).resize((side, side), Image.Resampling.LANCZOS)))
+    def square(self, path: str, digest: str, side: int) -> np.ndarray:
+        """The picture squashed to side x side (uint8); picture(path, digest) must have been read."""
+        return self._cached((path, digest, side), lambda: np.asarray(
+            self.picture(path, digest).resize((side, side), Image.Resampling.LANCZOS)))
 
     def _cached(self, key, make):
         with self._lock:
@@ -99,34 +102,37 @@ def _bytes(x) -> int:
     return x.nbytes if isinstance(x, np.ndarray) else x.width * x.height
 
 
-def _trimmed_grey(path: str) -> Image.Image | None:
-    from imgsim_fast.io.loading import ImageLoadError, load_image
+def _trimmed_grey(path: str, digest: str) -> Image.Image | None:
+    from imgsim_fast.io.loading import ImageLoadError, load_image, read_file
 
     if not path:
         return None
     try:
-        im = load_image(path, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
+        data = read_file(path)
+        if bytes_digest(data) != digest:
+            return None
+        im = load_image(path, data=data, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
     except (ImageLoadError, OSError):
         return None
     im = im if im.mode == "L" else im.convert("L")
     return trim_uniform_borders(im)[0]
 
 
-def detail_fractions(pictures: Pictures, a: str, b: str, variant: int, limit: float,
+def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], variant: int, limit: float,
                      strong_limit: float) -> tuple[float, float] | None:
-    """(changed, strong) of the pixel check of the files a and b (b's `variant` flip), both trimmed and
-    squashed to the detail side; (0, 0) where the pictures are too small to show more than the thumbnail;
-    None where either cannot be read now.
+    """(changed, strong) of the pixel check of the files a and b, (path, content digest) each (b's `variant`
+    flip), both trimmed and squashed to the detail side; (0, 0) where the pictures are too small to show more
+    than the thumbnail; None where either cannot be read now or holds other content.
 
     Pictures that agree unshifted pass as they are: most copies do, and the shift search costs twice that."""
-    pa, pb = pictures.picture(a), pictures.picture(b)
+    pa, pb = pictures.picture(*a), pictures.picture(*b)
     if pa is None or pb is None:
         return None
     s = min(DETAIL_SIDE, int(DETAIL_SHARE * min(*pa.size, *pb.size)))
     if s < DETAIL_MIN:
         return 0.0, 0.0
-    ta = pictures.square(a, s)
-    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(b, s)))
+    ta = pictures.square(*a, s)
+    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, s)))
     changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64))
     if changed <= limit and strong <= strong_limit:
         return changed, strong

@@ -202,8 +202,8 @@ class PairJudge:
         # The pixel check's results by pair of contents (see _changed); the caller may pass a dict it keeps
         # (find_duplicates with a catalog stores it), so a second run checks no pair twice.
         self.checks = {} if checks is None else checks
-        # The detail check reads the files (facts' paths): a file that cannot be read (the service's stand-in
-        # facts have no path) leaves its pairs judged on their thumbnails alone.
+        # The detail check reads the files (facts' paths): a file that cannot be read, or no longer holds the
+        # content scanned, leaves its pairs judged on their thumbnails alone.
         self.paths = [x.path for x in features.facts]
         self.pictures = detail_check.Pictures()
         n = len(features)
@@ -416,13 +416,14 @@ class PairJudge:
                 for k in keys]
         out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
-        thumbs, paths, pictures = self.thumbs, self.paths, self.pictures
+        thumbs, paths, digests, pictures = self.thumbs, self.paths, self.digests, self.pictures
 
         def one(x: int) -> list[float] | None:
             a, b, v = int(ii[x]), int(jj[x]), int(variants[x])
             if not detail_check.applies(thumbs[a], DIHEDRAL[v](thumbs[b]), t.changed, t.strong):
                 return [0.0, 0.0]
-            got = detail_check.detail_fractions(pictures, paths[a], paths[b], v, t.detail_changed, t.detail_strong)
+            got = detail_check.detail_fractions(pictures, (paths[a], digests[a]), (paths[b], digests[b]), v,
+                                                t.detail_changed, t.detail_strong)
             return None if got is None else list(got)
 
         found = _pool_map(one, todo, serial_under=8)
