@@ -46,6 +46,8 @@ def test_dedup_groups_the_copies_and_reports_the_other_dialog_as_a_look_alike(di
     res = find_duplicates([str(dialogs)], workers=1, progress=False)
     dup = [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups if g.tier == "duplicate"]
     assert dup == [["about_report.png", "about_report_half.jpg", "about_report_q70.jpg"]], dup
+    similar = [sorted(os.path.basename(res.paths[m]) for m in g.members) for g in res.groups if g.tier == "similar"]
+    assert ["about_local.png", "about_report.png"] in similar, similar
 
 
 def test_a_detail_verdict_is_stored_by_content_and_a_missing_file_stores_none(dialogs, tmp_path, monkeypatch):
