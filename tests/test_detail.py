@@ -86,3 +86,17 @@ def test_a_file_changed_since_the_scan_is_not_judged_by_its_new_pixels(dialogs, 
     Image.open(dialogs / "about_local.png").save(tmp_path / "about_local.png")
     fresh, _ = _judge(tmp_path, {})
     assert not fresh.passes(a, b)
+
+
+def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, monkeypatch):
+    # With a cache too small to keep a picture, the squares are still made from the pictures the pair read:
+    # a second read could find the file changed (None) and fail the run.
+    decoded = []
+    real = detail._trimmed_grey
+    monkeypatch.setattr(detail, "_trimmed_grey", lambda p, d: decoded.append(p) or real(p, d))
+    judge, names = _judge(dialogs)
+    files = [(str(dialogs / n), judge.digests[k]) for k, n in enumerate(names)]
+    a, b = names.index("about_report.png"), names.index("about_local.png")
+    got = detail.detail_fractions(detail.Pictures(budget=1), files[a], files[b], 0,
+                                  DEFAULTS.detail_changed, DEFAULTS.detail_strong)
+    assert got is not None and got[1] > DEFAULTS.detail_strong and len(decoded) == 2, (got, decoded)

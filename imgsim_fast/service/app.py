@@ -296,8 +296,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     # Adding and checking
 
     async def _add(job: AddJob, f: Extracted, vec):
-        fid, created, _ = await asyncio.wrap_future(svc.writer.submit(job))
-        near = await run_in_threadpool(svc.live.near, f, fid)
+        fid, created, stored = await asyncio.wrap_future(svc.writer.submit(job))
+        near = await run_in_threadpool(svc.live.near, f, fid, stored)  # stored: the file the detail check reads
         dup, sim = await run_in_threadpool(svc.near_out, near)
         rec = await run_in_threadpool(svc.reader.get, fid)
         if rec is None:

@@ -296,7 +296,7 @@ class LiveIndex:
         return PairJudge(Features(facts, codes, emb, model=self.dedup_model, centre_embeddings=centre,
                                   thumbs=thumbs), "auto", self.t, checks=self.checks)
 
-    def near(self, query, exclude: int | None = None) -> list[Near]:
+    def near(self, query, exclude: int | None = None, qpath: str | None = None) -> list[Near]:
         """Files of the collection the pair test calls duplicates or look-alikes of the picture `query`
         (service/ingest.Extracted, its dedup views embedded), duplicates first, each with its Match."""
         from imgsim_fast.indexes.hamming import hamming_radius
@@ -334,10 +334,11 @@ class LiveIndex:
         cand = np.array(sorted(i for i in cand if ok[i]), np.int64)
         out = []
         if len(cand):
-            # The query's file for the detail check: where it was just stored, its row's (the upload it was
-            # read from has been moved into the store), else the file it was read from.
-            row = self.row_of.get(int(exclude)) if exclude is not None else None
-            qpath = self.paths[row] if row is not None and row < n else query.dedup[0].path
+            # The query's file for the detail check (qpath: the caller's, where it was just stored): else its
+            # row's (the upload it was read from has been moved into the store), else the file read.
+            if qpath is None:
+                row = self.row_of.get(int(exclude)) if exclude is not None else None
+                qpath = self.paths[row] if row is not None and row < n else query.dedup[0].path
             judge = self._judge(cand, digests, query, q, qpath)
             m = len(cand)
             # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.

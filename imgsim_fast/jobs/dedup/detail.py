@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from imgsim_fast.features.extract import trim_uniform_borders
-from imgsim_fast.io.digest import bytes_digest
 from imgsim_fast.features.hashing import DIHEDRAL
+from imgsim_fast.io.digest import bytes_digest
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
 __all__ = ["VERSION", "DETAIL_SIDE", "applies", "Pictures", "detail_fractions"]
@@ -45,6 +45,7 @@ FLAT_LEVEL = 1.0
 DETAIL_LK_ITERS = 10  # the warp refined at the detail side too: tune half, 8 of 11 warped copies failing pass
 DECODE_SIDE = 512    # JPEGs decoded at a DCT scale keeping both sides at least this (s reaches its cap)
 CACHE_BYTES = 128 << 20  # decoded grey pictures kept across pairs (a file is in many pairs of its group)
+_DECODE_LOCK = threading.Lock()
 
 
 def flat_share(thumb: np.ndarray) -> float:
@@ -76,10 +77,10 @@ class Pictures:
         under the old content)."""
         return self._cached((path, digest, 0), lambda: _trimmed_grey(path, digest))
 
-    def square(self, path: str, digest: str, side: int) -> np.ndarray:
-        """The picture squashed to side x side (uint8); picture(path, digest) must have been read."""
+    def square(self, path: str, digest: str, picture: Image.Image, side: int) -> np.ndarray:
+        """`picture` (picture(path, digest), already read: never read twice) squashed to side x side, uint8."""
         return self._cached((path, digest, side), lambda: np.asarray(
-            self.picture(path, digest).resize((side, side), Image.Resampling.LANCZOS)))
+            picture.resize((side, side), Image.Resampling.LANCZOS)))
 
     def _cached(self, key, make):
         with self._lock:
@@ -111,7 +112,8 @@ def _trimmed_grey(path: str, digest: str) -> Image.Image | None:
         data = read_file(path)
         if bytes_digest(data) != digest:
             return None
-        im = load_image(path, data=data, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
+        with _DECODE_LOCK:  # load_image silences Pillow's warnings through the process-wide filter
+            im = load_image(path, data=data, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
     except (ImageLoadError, OSError):
         return None
     im = im if im.mode == "L" else im.convert("L")
@@ -131,8 +133,8 @@ def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str],
     s = min(DETAIL_SIDE, int(DETAIL_SHARE * min(*pa.size, *pb.size)))
     if s < DETAIL_MIN:
         return 0.0, 0.0
-    ta = pictures.square(*a, s)
-    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, s)))
+    ta = pictures.square(*a, pa, s)
+    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, pb, s)))
     changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64))
     if changed <= limit and strong <= strong_limit:
         return changed, strong

@@ -121,7 +121,7 @@ class Match:
     cos: float | None         # embedding cosine similarity, None without embeddings
     changed: float | None = None  # fraction of the aligned thumbnails that differs (the pixel check) ...
     strong: float | None = None   # ... and that differs strongly (verify.STRONG_K)
-    detail: tuple[float, float] | None = None  # (changed, strong) at the detail side, where that check ran
+    detail: tuple[float, float] | None = None  # the detail check's (changed, strong); (0, 0) where it did not apply
 
     @property
     def duplicate(self) -> bool:
