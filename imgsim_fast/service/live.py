@@ -334,12 +334,9 @@ class LiveIndex:
         cand = np.array(sorted(i for i in cand if ok[i]), np.int64)
         out = []
         if len(cand):
-            # The query's file for the detail check (qpath: the caller's, where it was just stored): else its
-            # row's (the upload it was read from has been moved into the store), else the file read.
-            if qpath is None:
-                row = self.row_of.get(int(exclude)) if exclude is not None else None
-                qpath = self.paths[row] if row is not None and row < n else query.dedup[0].path
-            judge = self._judge(cand, digests, query, q, qpath)
+            # The query's file for the detail check: qpath where the caller just stored it (the upload it was
+            # read from has been moved into the store), else the file it was read from.
+            judge = self._judge(cand, digests, query, q, query.dedup[0].path if qpath is None else qpath)
             m = len(cand)
             # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
             d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))

@@ -40,7 +40,6 @@ from imgsim_fast.indexes.mih import HammingIndex
 from imgsim_fast.features.extract import THUMB_SIDE, Features
 from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup import detail as detail_check, verify
-from imgsim_fast.jobs.dedup.detail import DETAIL_SIDE
 from imgsim_fast.jobs.dedup.verify import compare
 
 __all__ = ["METHODS", "DUPLICATE_RULES", "Thresholds", "DEFAULTS", "PairJudge", "PairDecisions", "Match",
@@ -412,7 +411,7 @@ class PairJudge:
         check does not apply. Stored in self.checks beside the thumbnail verdict, its key that one's with
         'detail' and the detail check's version and side."""
         t = self.t
-        keys = [f"{k}:detail{detail_check.VERSION}:{DETAIL_SIDE}:{t.detail_changed}:{t.detail_strong}"
+        keys = [f"{k}:detail{detail_check.VERSION}:{detail_check.DETAIL_SIDE}:{t.detail_changed}:{t.detail_strong}"
                 for k in keys]
         out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
