@@ -29,7 +29,7 @@ def test_dialogs_of_one_kind_pass_the_thumbnails_and_fail_the_detail_check(dialo
     judge, names = _judge(dialogs)
     ix = {n: k for k, n in enumerate(names)}
     a, b = ix["about_report.png"], ix["about_local.png"]
-    changed, strong, fine = judge._changed(np.array([a]), np.array([b]), np.array([0]))
+    changed, strong, fine, _ = judge._changed(np.array([a]), np.array([b]), np.array([0]))
     # What the thumbnail check alone says: the same picture (this is the bug the detail check mends).
     assert changed[0] <= DEFAULTS.changed and strong[0] <= DEFAULTS.strong, (changed, strong)
     assert fine[0, 1] > DEFAULTS.detail_strong, fine

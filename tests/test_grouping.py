@@ -281,7 +281,7 @@ class _CheckedTableJudge(_TableJudge):
         d = super()._matches(ii, jj)
         pending = (d.rule >= 2) & (d.rule <= 5)
         d = PairDecisions(d.i, d.j, d.rule, d.phash, d.dihedral, d.transform, d.cos, np.full(len(ii), np.nan),
-                          pending, np.full(len(ii), np.nan), np.full((len(ii), 2), np.nan))
+                          pending, np.full(len(ii), np.nan), np.full((len(ii), 2), np.nan), np.zeros(len(ii), bool))
         if check:
             self.settle(d, np.flatnonzero(pending))
         return d
@@ -291,8 +291,8 @@ class _CheckedTableJudge(_TableJudge):
         a, b = self.digest_ids[ii], self.digest_ids[jj]  # a verdict depends on the contents, as the real one
         u = _mix(np.minimum(a, b), np.maximum(a, b), self.seed + 4).astype(np.float64) / 2.0**64
         changed = np.where(u < self.p_fail, 0.5, 0.001)
-        # (changed, strong, detail), as PairJudge._changed; no detail check ran
-        return changed, np.zeros_like(changed), np.full((len(changed), 2), np.nan)
+        # (changed, strong, detail, overlay), as PairJudge._changed; no detail check ran, no overlay measures
+        return changed, np.zeros_like(changed), np.full((len(changed), 2), np.nan), np.full((len(changed), 4), np.nan)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -343,7 +343,7 @@ class _LookAlikeJudge(_CheckedTableJudge):
         self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
         changed = np.array([0.5 if a in self.fakes or b in self.fakes else 0.001
                             for a, b in zip(ii.tolist(), jj.tolist())])
-        return changed, np.zeros_like(changed), np.full((len(changed), 2), np.nan)
+        return changed, np.zeros_like(changed), np.full((len(changed), 2), np.nan), np.full((len(changed), 4), np.nan)
 
 
 def _voting_ranker(shape):

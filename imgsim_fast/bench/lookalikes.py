@@ -13,7 +13,9 @@ pictures that are all different from each other (each is its own family in the c
   chart       bar and line charts of one style (axes, grid, palette), different data, Chromium
   burst       six frames of each of six scenes: a real landscape photo (lomiri-wallpapers-16.04, not used
               elsewhere in the corpus) with a real cut-out animal (Tux Paint) walking across it, sensor
-              noise differing per frame; the framing never moves, so only the subject tells frames apart
+              noise differing per frame; the framing never moves, so only the subject tells frames apart.
+              Each scene has a seventh frame taken before the animal walked in: the scene alone differs
+              from the others by something added over one picture, as a caption differs from its photo
 
 Everything comes from Debian packages (downloaded with apt-get, unpacked with dpkg-deb, never installed) or
 is generated here from a fixed seed. Chromium renders many pictures per launch: one page of fixed-size
@@ -43,7 +45,7 @@ from imgsim_fast.bench.debsrc import unpack_deb
 __all__ = ["LOOKALIKE_KINDS", "build_lookalikes"]
 
 LOOKALIKE_KINDS = ("screenshot", "slide", "icon", "object", "chart", "burst")
-VERSION = 3  # 3: 72 dialogs (was 24), so that each half holds two or more of every kind
+VERSION = 4  # 3: 72 dialogs (was 24), so that each half holds two or more of every kind; 4: empty burst frames
 SHEET_MAX = 4096  # Chromium screenshot side: larger windows are slow and may exceed the texture limit
 
 _PYDOC = "./usr/share/doc/python3.11/html"
@@ -82,7 +84,7 @@ def build_lookalikes(cache_dir: str, seed: int = 0) -> list[tuple[str, str, str]
     pics: list[tuple[str, str, Image.Image]] = []
     pics += _icons(cache_dir, src)
     pics += _objects(cache_dir, src)
-    pics += _bursts(cache_dir, src, rng)
+    pics += _bursts(cache_dir, src, rng, np.random.default_rng([seed, 2]))
     if chromium is None:
         print("[corpus] chromium not found: screenshot, slide and chart look-alikes are left out", flush=True)
     else:
@@ -187,7 +189,8 @@ def _objects(cache_dir: str, src: str) -> list[tuple[str, str, Image.Image]]:
     return [("object", n, im) for n, im in items[::max(1, len(items) // 36)][:36]]
 
 
-def _bursts(cache_dir: str, src: str, rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
+def _bursts(cache_dir: str, src: str, rng: np.random.Generator,
+            empty_rng: np.random.Generator) -> list[tuple[str, str, Image.Image]]:
     stamps = _stamps(cache_dir, src)
     dest = os.path.join(src, "lomiri-wallpapers-16.04")
     if stamps is None or not unpack_deb(cache_dir, "lomiri-wallpapers-16.04", dest,
@@ -218,6 +221,10 @@ def _bursts(cache_dir: str, src: str, rng: np.random.Generator) -> list[tuple[st
             arr += rng.normal(0, 2.0, arr.shape).astype(np.float32)
             im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
             out.append(("burst", f"{scene}-{t}", im))
+        # Its own generator: the frames above and every later look-alike stay as they were before it came.
+        arr = np.asarray(bg, dtype=np.float32)
+        arr = arr + empty_rng.normal(0, 2.0, arr.shape).astype(np.float32)
+        out.append(("burst", f"{scene}-empty", Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))))
     return out
 
 

@@ -165,7 +165,9 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
 # the head's own training data, where it hides nothing, and a looser check (0.03 whole, 0.2 crop) let
 # through what the head never saw (held-out: charts 3.5 -> 98 false pairs per 1,000 files), so it was
 # not kept.
-LEARNED = {"phash_cos": 0.55}
+# overlay_cos: the learned score opens the overlay route (detect.Thresholds.overlay_*), which the raw cosine
+# cannot guard: tune half, captioned copies 0.92 and up, a burst frame against the empty scene 0.72 at most.
+LEARNED = {"phash_cos": 0.55, "overlay_cos": 0.75}
 
 
 def learned_space(model: str | None, thresholds: Thresholds = DEFAULTS, fixed=()) -> tuple[object | None, Thresholds]:

@@ -89,6 +89,25 @@ class Thresholds:
     # (crops, slides of one template: 1-10% differs); two unrelated photos the embedding happens to score
     # high differ over a third or more, and are no pair at all.
     similar_changed: float = 0.25
+    # A pair refused by the bounds above (the thumbnails' or the detail check's) is still a duplicate when what
+    # differs is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at
+    # most `overlay_changed` of the thumbnails differs, on the side of one picture (`overlay_side` of the
+    # changed pixels more contrasted there), over a photo that matches elsewhere (`overlay_texture` of it
+    # unchanged and textured), in a band (at most `overlay_rows` of the height, and `overlay_wide` times as
+    # wide a share of the width), and the embedding calls the two the same picture (`overlay_cos`). The
+    # learned similarity guards what pixels cannot tell (a subject that walked into a burst frame: 0.72 at
+    # most on the tune half, captioned copies 0.92 and up) and the raw cosine does not, so the route is closed
+    # (2.0) unless the learned space opens it (dedup.LEARNED). Tune half (34 captioned copies, 34 with a large
+    # watermark across the middle, look-alikes with empty burst frames): of the 29 captioned copies the bounds
+    # refuse, 19 pass (the rest lie on smooth wallpapers: texture under 0.5); no look-alike pair does. A
+    # watermark two lines high is no band (rows 0.24-0.8, as high as the burst frames' animal) and stays a
+    # look-alike; a wide low subject that drives into a frame would pass the pixels' tests.
+    overlay_changed: float = 0.2
+    overlay_side: float = 0.7
+    overlay_texture: float = 0.5
+    overlay_rows: float = 0.15
+    overlay_wide: float = 2.0
+    overlay_cos: float = 2.0
 
     def confirm_needed(self, h):
         """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart (h: int or array)."""
@@ -121,6 +140,7 @@ class Match:
     changed: float | None = None  # fraction of the aligned thumbnails that differs (the pixel check) ...
     strong: float | None = None   # ... and that differs strongly (verify.STRONG_K)
     detail: tuple[float, float] | None = None  # the detail check's (changed, strong); (0, 0) where it did not apply
+    overlay: bool = False     # a duplicate by the overlay route: `changed` is what was drawn over one picture
 
     @property
     def duplicate(self) -> bool:
@@ -136,6 +156,12 @@ class Match:
 
     def describe(self) -> str:
         """The match in plain words, e.g. 'mirrored copy, 2 bits apart'."""
+        words = self._words()
+        if self.overlay and self.changed is not None:
+            words += f", with a line of text written over {_percent(self.changed)} of it"
+        return words
+
+    def _words(self) -> str:
         cos = "" if self.cos is None else f", embedding similarity {self.cos:.2f}"
         if self.rule == "keeper":
             return "kept: the best file of the group"
@@ -316,12 +342,13 @@ class PairJudge:
         d = PairDecisions(ii, jj, rule, d0.astype(np.int32), dks.astype(np.int32), k.astype(np.int8), cos,
                           None if pending is None else np.full(m, np.nan), pending,
                           None if pending is None else np.full(m, np.nan),
-                          None if pending is None else np.full((m, 2), np.nan))
+                          None if pending is None else np.full((m, 2), np.nan),
+                          None if pending is None else np.zeros(m, bool))
         self._similar(d, np.flatnonzero(rule == 0))
         if check and pending is not None:
             self.settle(d, np.flatnonzero(pending))
         if d.changed is not None and np.isnan(d.changed).all() and not d.pending.any():
-            d = dataclasses.replace(d, changed=None, strong=None, detail=None)  # the check ran on no pair at all
+            d = dataclasses.replace(d, changed=None, strong=None, detail=None, overlay=None)  # no pair checked
         return d
 
     def settle(self, d: PairDecisions, rows: np.ndarray) -> None:
@@ -333,12 +360,14 @@ class PairJudge:
         rows = rows[d.pending[rows]]
         if not len(rows):
             return
-        c, s, fine = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
+        c, s, fine, over = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
+        cos = None if d.cos is None else d.cos[rows]
         d.changed[rows] = c
         d.strong[rows] = s
         d.detail[rows] = fine
+        d.overlay[rows] = self._overlaid(c, over, cos)
         d.pending[rows] = False
-        fail = rows[~self._passing(c, s, fine)]
+        fail = rows[~self._passing(c, s, fine, over, cos)]
         d.rule[fail] = 0
         self._similar(d, fail)
 
@@ -360,20 +389,35 @@ class PairJudge:
         return float(self._changed(np.array([i]), np.array([j]), np.array([variant]))[0][0])
 
     def passes(self, i: int, j: int, variant: int = 0) -> bool:
-        """Whether one pair passes the pixel check (its bounds, and the detail check's where that ran)."""
-        return bool(self._passing(*self._changed(np.array([i]), np.array([j]), np.array([variant])))[0])
+        """Whether one pair passes the pixel check (its bounds, and the detail check's where that ran, or the
+        overlay route)."""
+        ii, jj = np.array([i]), np.array([j])
+        return bool(self._passing(*self._changed(ii, jj, np.array([variant])), self.cosines(ii, jj))[0])
 
-    def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray, over: np.ndarray,
+                 cos: np.ndarray | None) -> np.ndarray:
         """Which checks pass: the one statement of the pixel check's bounds over arrays of results (fine: the
-        detail check's (changed, strong) rows, NaN where it did not run)."""
+        detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 4) rows,
+        NaN where they were not taken; cos: the pairs' embedding similarities, None without embeddings)."""
         t = self.t
         ok = (changed <= t.changed) & (strong <= t.strong)
-        return ok & ~((fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong))
+        ok &= ~((fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong))
+        return ok | self._overlaid(changed, over, cos)
+
+    def _overlaid(self, changed: np.ndarray, over: np.ndarray, cos: np.ndarray | None) -> np.ndarray:
+        """Which checks pass by the overlay route (Thresholds.overlay_*; NaN measures never do)."""
+        t = self.t
+        if cos is None:
+            return np.zeros(len(changed), bool)
+        side, texture, rows, cols = over.T
+        return ((changed <= t.overlay_changed) & (side >= t.overlay_side) & (texture >= t.overlay_texture)
+                & (rows <= t.overlay_rows) & (cols >= t.overlay_wide * rows) & (cos >= t.overlay_cos))
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray,
-                 variants: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(changed, strong, detail) of the pairs' pixel checks (verify.compare, then detail.py's where the
-        thumbnails pass: an (m, 2) array, NaN where it did not run), each run once by content."""
+                 variants: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
+        where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
+        the pair: (m, 2) and (m, 4) arrays, NaN where they did not run), each run once by content."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
         # The check is not symmetric (one picture's grey levels are mapped onto the other's): each pair is
         # checked in one order fixed by content, so byte-identical files get the same verdict against a
@@ -401,9 +445,36 @@ class PairJudge:
             out[x] = c
             self.checks[keys[x]] = c
         fine = np.full((len(keys), 2), np.nan)
-        ok = np.flatnonzero((out[:, 0] <= limit) & (out[:, 1] <= strong))
+        passed = (out[:, 0] <= limit) & (out[:, 1] <= strong)
+        ok = np.flatnonzero(passed)
         fine[ok] = self._detail(ii[ok], jj[ok], variants[ok], [keys[x] for x in ok.tolist()])
-        return out[:, 0].copy(), out[:, 1].copy(), fine
+        over = np.full((len(keys), 4), np.nan)
+        t = self.t
+        if t.overlay_cos <= 1.0:
+            refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
+                               out[:, 0] <= t.overlay_changed)
+            o = np.flatnonzero(refused)
+            over[o] = self._overlay(ii[o], jj[o], variants[o], [keys[x] for x in o.tolist()])
+        return out[:, 0].copy(), out[:, 1].copy(), fine, over
+
+    def _overlay(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
+        """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 4), stored in self.checks
+        beside the thumbnail verdict as two entries of two (what a stored check holds): its key with 'overlay'
+        and their version holds (side, texture), that key with ':extent' (rows, cols)."""
+        keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" for k in keys]
+        out = np.array([[*self.checks.get(k, (np.nan, np.nan)), *self.checks.get(f"{k}:extent", (np.nan, np.nan))]
+                        for k in keys], np.float64).reshape(len(keys), 4)
+        todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
+        thumbs = self.thumbs
+
+        def one(x: int) -> tuple[float, float, float, float]:
+            return verify.overlay_measures(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]))
+
+        for x, (side, texture, rows, cols) in zip(todo, _pool_map(one, todo)):
+            out[x] = side, texture, rows, cols
+            self.checks[keys[x]] = [side, texture]
+            self.checks[f"{keys[x]}:extent"] = [rows, cols]
+        return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
         """The detail check of pairs whose thumbnails passed (in the order _changed fixed), (m, 2): NaN where
@@ -475,6 +546,7 @@ class PairDecisions:
     pending: np.ndarray | None = None  # the pixel check not run yet (decide(lazy=True))
     strong: np.ndarray | None = None
     detail: np.ndarray | None = None  # (m, 2): the detail check's (changed, strong), NaN where it did not run
+    overlay: np.ndarray | None = None  # rows that passed by the overlay route (Match.overlay), with `changed`
 
     def __len__(self) -> int:
         return len(self.i)
@@ -497,9 +569,10 @@ class PairDecisions:
         chg = [None] * m if t.changed is None else [None if c != c else c for c in t.changed.tolist()]  # NaN: none
         st = [None] * m if t.strong is None else [None if c != c else c for c in t.strong.tolist()]
         fine = [None] * m if t.detail is None else [None if r[0] != r[0] else tuple(r) for r in t.detail.tolist()]
-        return [Match(_RULES[r], d, e, TRANSFORMS[k], c, x, y, z) for r, d, e, k, c, x, y, z in
+        over = [False] * m if t.overlay is None else t.overlay.tolist()
+        return [Match(_RULES[r], d, e, TRANSFORMS[k], c, x, y, z, o) for r, d, e, k, c, x, y, z, o in
                 zip(t.rule.tolist(), t.phash.tolist(), t.dihedral.tolist(), t.transform.tolist(), cos, chg, st,
-                    fine)]
+                    fine, over)]
 
     def take(self, sel) -> PairDecisions:
         """The rows picked by a mask or index array."""
@@ -507,7 +580,7 @@ class PairDecisions:
 
     def _arrays(self) -> tuple:
         return (self.i, self.j, self.rule, self.phash, self.dihedral, self.transform, self.cos, self.changed,
-                self.pending, self.strong, self.detail)
+                self.pending, self.strong, self.detail, self.overlay)
 
     @staticmethod
     def concat(parts: list[PairDecisions]) -> PairDecisions:
@@ -519,14 +592,15 @@ class PairDecisions:
             return parts[0]
         cols = list(zip(*(p._arrays() for p in parts)))
         cos = None if cols[6][0] is None else np.concatenate(cols[6])
-        changed = pending = strong = fine = None
+        changed = pending = strong = fine = over = None
         if any(c is not None for c in cols[7]):
             changed = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[7])])
             strong = np.concatenate([np.full(len(p), np.nan) if c is None else c for p, c in zip(parts, cols[9])])
             fine = np.concatenate([np.full((len(p), 2), np.nan) if c is None else c for p, c in zip(parts, cols[10])])
+            over = np.concatenate([np.zeros(len(p), bool) if c is None else c for p, c in zip(parts, cols[11])])
         if any(c is not None for c in cols[8]):
             pending = np.concatenate([np.zeros(len(p), bool) if c is None else c for p, c in zip(parts, cols[8])])
-        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed, pending, strong, fine)
+        return PairDecisions(*(np.concatenate(c) for c in cols[:6]), cos, changed, pending, strong, fine, over)
 
 
 _DUPLICATE_CODES = np.array([_RULES.index(r) for r in DUPLICATE_RULES], np.int8)

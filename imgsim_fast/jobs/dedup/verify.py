@@ -37,13 +37,14 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["VERSION", "Verdict", "compare", "changed_fractions"]
+__all__ = ["VERSION", "OVERLAY_VERSION", "Verdict", "compare", "changed_fractions", "overlay_measures"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
 # whenever a change can change a verdict (here, or in what the check is given: the thumbnails' trimming
 # and resampling in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every
 # stored one is checked again. The thumbnails' side is in the key already.
 VERSION = 2  # 2: the strong count (a verdict is two fractions)
+OVERLAY_VERSION = 1  # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge)
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
@@ -56,6 +57,7 @@ _WINDOW_FRACTIONS = (0.8, 0.9)
 _LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
 _LK_HALF_ITERS = 8     # ... and at half (the full-size count then allows a pixel)
 _FULL_SIGMA = 0.7      # smoothing before a full-size refinement (compare's full_iters)
+TEXTURE_LEVEL = 1.0   # overlay_measures: a pixel is textured where both 3 x 3 deviations reach this
 MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
 CONTAINED = 0.9        # ... and one picture nearly whole
 _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
@@ -236,6 +238,77 @@ def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
     if inner.sum() < 16:
         inner = mask
     return _count(a2, b2, ca, cb, inner, CONTRAST_FLOOR, CHANGE_K, STRONG_K, shift)
+
+
+@numba.njit(cache=True, nogil=True)
+def _extent(counts, total):
+    """The share of len(counts) between the 5% and the 95% quantiles of `total` pixels counted per line."""
+    lo, hi, seen = -1, -1, 0
+    for x in range(len(counts)):
+        seen += counts[x]
+        if lo < 0 and seen > 0.05 * total:
+            lo = x
+        if hi < 0 and seen >= 0.95 * total:
+            hi = x
+    return (hi - lo) / len(counts)
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlay(a, b, ca, cb, floor, k, level, shift):
+    """At the shift of up to `shift` pixels leaving the fewest changed pixels (as _count): (side, texture,
+    rows, cols), see overlay_measures."""
+    h, w = a.shape
+    best, bdy, bdx = -1, 0, 0
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            c = 0
+            for i in range(shift, h - shift):
+                for j in range(shift, w - shift):
+                    if abs(a[i, j] - b[i + dy, j + dx]) > k * (min(ca[i, j], cb[i + dy, j + dx]) + floor):
+                        c += 1
+            if best < 0 or c < best:
+                best, bdy, bdx = c, dy, dx
+    n = 0
+    changed = 0
+    b_higher = 0
+    textured = 0
+    per_row = np.zeros(h, np.int64)
+    per_col = np.zeros(w, np.int64)
+    for i in range(shift, h - shift):
+        for j in range(shift, w - shift):
+            n += 1
+            x, y = ca[i, j], cb[i + bdy, j + bdx]
+            if abs(a[i, j] - b[i + bdy, j + bdx]) > k * (min(x, y) + floor):
+                changed += 1
+                per_row[i] += 1
+                per_col[j] += 1
+                if y > x:
+                    b_higher += 1
+            elif min(x, y) >= level:
+                textured += 1
+    if changed == 0:
+        return 1.0, textured / n, 0.0, 0.0
+    side = b_higher / changed
+    return max(side, 1.0 - side), textured / n, _extent(per_row, changed), _extent(per_col, changed)
+
+
+def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+    """(side, texture, rows, cols) of two thumbnails (uint8, one shape) aligned by a shift: is their
+    difference a line of text written over one of them (a caption, a date stamp)?
+
+    side: of the changed pixels, the share where the picture with more of them is the more contrasted one.
+    Strokes drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned
+    copies); a subject that moved raises it in each picture where the subject now is (0.5-0.65 between two
+    frames of a burst). texture: the share of the picture that is unchanged and textured. A caption over a
+    photo leaves the photo's texture matching (0.6-0.99); two dialogs or slides of one template match over
+    the flat areas any two of them share (0.45 at most). rows, cols: the share of the height and of the width
+    holding the changed pixels (5% to 95% of them): a line of text is a band, wide and short (rows 0.02-0.15,
+    cols 0.2-0.7), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst
+    frames and the empty scene). None of these tells a caption from a wide, low subject (a car) that drove
+    in: the learned similarity is the last guard (Thresholds.overlay_cos)."""
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    a2, b2, ca, cb = _prepare(af, bf, np.ones(af.shape, np.bool_), _TAPS, _BOX)
+    return _overlay(a2, b2, ca, cb, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
 
 
 # ------------------------------------------------------------------------------------------------

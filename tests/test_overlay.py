@@ -1,0 +1,120 @@
+"""The overlay route of the pair test (verify.overlay_measures, Thresholds.overlay_*): a photo with a caption
+written over it is a duplicate of the photo; a burst frame with a subject that walked in is not, though its
+pixels differ from the empty scene on one side too, nor are two dialogs of one application (other words over
+flat areas), nor, since it hides a band as high as a subject, a photo with a large watermark across it."""
+import os
+
+import numpy as np
+import pytest
+
+from imgsim_fast.bench.corpus import apply_edit
+from imgsim_fast.features.extract import compute_features
+from imgsim_fast.jobs.dedup import group_features, verify
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
+from lookalike_pictures import rgb, save_about_boxes, save_burst
+
+
+def _texture(path) -> float:
+    """Share of a photo's 128 px grey picture that is textured (3 x 3 deviation of 3 grey levels or more)."""
+    grey = np.asarray(rgb(path, 128).convert("L"), np.float64)
+    return float((verify._contrast(grey, verify._BOX) >= 3).mean())
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, photos):
+    # The route is for captions over photos with texture (a caption over a smooth wallpaper is refused: over
+    # flat areas words are what tells two dialogs apart): the most textured photos of the set.
+    photos = sorted(photos, key=_texture, reverse=True)
+    d = tmp_path_factory.mktemp("overlay")
+    photo = rgb(photos[0])
+    photo.save(d / "photo.png")
+    rng = np.random.default_rng(3)
+    for level in ("mild", "strong"):  # a caption in a corner; a two-line watermark across the middle
+        im, _ = apply_edit(photo, "text", level, rng)
+        im.save(d / f"photo_text_{level}.jpg", quality=90)
+    # A burst: the scene alone, and two frames with a subject pasted at two places along.
+    save_burst(d, photos[2], photos[1], 640, photo.size)
+    rgb(photos[2]).save(d / "burst_empty.png")
+    save_about_boxes(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def features(folder):
+    return compute_features([str(folder)], embed=True, workers=1, progress=False)
+
+
+def _ix(features):
+    return {os.path.basename(p): k for k, p in enumerate(features.paths)}
+
+
+def _band(rows, cols):
+    return rows <= DEFAULTS.overlay_rows and cols >= DEFAULTS.overlay_wide * rows
+
+
+def test_a_caption_is_a_band_drawn_over_one_picture(features):
+    ix, th = _ix(features), features.thumbs
+    side, texture, rows, cols = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_mild.jpg"]])
+    assert side >= DEFAULTS.overlay_side and texture >= DEFAULTS.overlay_texture, (side, texture)
+    assert _band(rows, cols), (rows, cols)
+    # The watermark is drawn over one picture too, but over a third of its height.
+    side, texture, rows, cols = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
+    assert side >= DEFAULTS.overlay_side and not _band(rows, cols), (side, rows, cols)
+    # Two frames of the burst: the subject moved, so each picture is the more contrasted one somewhere.
+    side, *_ = verify.overlay_measures(th[ix["burst_a.png"]], th[ix["burst_b.png"]])
+    assert side < DEFAULTS.overlay_side, side
+    # The empty scene against a frame: one-sided, as a caption is, but a blob, not a band.
+    side, _, rows, cols = verify.overlay_measures(th[ix["burst_empty.png"]], th[ix["burst_a.png"]])
+    assert side >= DEFAULTS.overlay_side and not _band(rows, cols), (side, rows, cols)
+    # Two about boxes: other words over the flat areas every dialog of the application shares.
+    _, texture, *_ = verify.overlay_measures(th[ix["about_report.png"]], th[ix["about_local.png"]])
+    assert texture < DEFAULTS.overlay_texture, texture
+
+
+def test_a_captioned_copy_is_a_duplicate_and_the_look_alikes_are_not(features):
+    res = group_features(features, "auto")
+    assert res.thresholds.overlay_cos <= 1.0  # the learned space opens the route
+    names = [os.path.basename(p) for p in res.paths]
+    dup = {frozenset(names[m] for m in g.members): g for g in res.groups if g.tier == "duplicate"}
+    photo = [g for k, g in dup.items() if "photo.png" in k]
+    assert len(photo) == 1 and {names[m] for m in photo[0].members} == {"photo.png", "photo_text_mild.jpg"}, list(dup)
+    g = photo[0]
+    match = g.matches[[names[m] for m in g.members].index("photo_text_mild.jpg")]
+    assert match.duplicate and match.overlay, match
+    assert "line of text written over" in match.describe(), match.describe()
+    # No burst frame and no dialog is a duplicate of another (a copy of one about box is, so only the group
+    # of about_report and its copies is allowed).
+    for k in dup:
+        assert not k & {"burst_empty.png", "burst_a.png", "burst_b.png", "about_local.png"}, k
+
+
+def test_the_raw_cosine_keeps_the_route_closed(features):
+    # Without the learned similarity a caption is not told from a low subject driving in: the route is shut,
+    # and the captioned copy is a look-alike.
+    res = group_features(features, "auto", learned=False)
+    assert res.thresholds.overlay_cos > 1.0
+    names = [os.path.basename(p) for p in res.paths]
+    dup = [{names[m] for m in g.members} for g in res.groups if g.tier == "duplicate"]
+    assert not any("photo_text_mild.jpg" in g for g in dup), dup
+
+
+def test_overlay_measures_are_stored_by_content_and_not_taken_twice(features, monkeypatch):
+    res = group_features(features, "auto")
+    ix = _ix(features)
+    a, b = ix["photo.png"], ix["photo_text_mild.jpg"]
+    taken = []
+    real = verify.overlay_measures
+    monkeypatch.setattr(verify, "overlay_measures", lambda x, y: taken.append(1) or real(x, y))
+    checks: dict = {}
+    judge = PairJudge(res.features, "auto", res.thresholds, checks=checks)
+    assert judge.passes(a, b) and len(taken) == 1
+    stored = [k for k in checks if k.endswith(f":overlay{verify.OVERLAY_VERSION}")]
+    assert len(stored) == 1 and f"{stored[0]}:extent" in checks, list(checks)
+    again = PairJudge(res.features, "auto", res.thresholds, checks=dict(checks))
+    assert again.passes(b, a) and len(taken) == 1  # either way round: one check by content, read back
+    # Stored measures are believed: a change said to be as high as the picture is no line of text.
+    refused = dict(checks)
+    refused[f"{stored[0]}:extent"] = [0.6, 0.6]
+    assert not PairJudge(res.features, "auto", res.thresholds, checks=refused).passes(a, b)
+    # ... and the learned similarity is the last guard: the captioned copy clears it.
+    assert judge.cosine(a, b) >= res.thresholds.overlay_cos
