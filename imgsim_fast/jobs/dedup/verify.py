@@ -27,7 +27,8 @@ a look-alike's changed pixels are other content, most of them far over it (at le
 among the look-alikes closest to passing). Two dialogs of one kind of one application (about boxes,
 progress dialogs: other words, another bar length) pass both: they differ by under 1% of the thumbnail,
 and by little (the corpus with 72 dialogs shows it). Text written over a picture is a local change too:
-such copies mostly fail the check and are reported as look-alikes, never acted on.
+such copies fail the check, and overlay_measures says whether the change is a line of text drawn over a
+photo, which the pair test lets through where the learned similarity agrees (detect.Thresholds.overlay_*).
 """
 from __future__ import annotations
 
