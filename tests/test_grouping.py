@@ -286,7 +286,7 @@ class _CheckedTableJudge(_TableJudge):
             self.settle(d, np.flatnonzero(pending))
         return d
 
-    def _changed(self, ii, jj, variants):
+    def _changed(self, ii, jj, variants, cos=None):
         self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
         a, b = self.digest_ids[ii], self.digest_ids[jj]  # a verdict depends on the contents, as the real one
         u = _mix(np.minimum(a, b), np.maximum(a, b), self.seed + 4).astype(np.float64) / 2.0**64
@@ -339,7 +339,7 @@ class _LookAlikeJudge(_CheckedTableJudge):
         super().__init__([f"d{x}" for x in range(n)], rules, p_dup=0.0, seed=0, cos=False, p_fail=0.0)
         self.fakes = set(fakes)
 
-    def _changed(self, ii, jj, variants):
+    def _changed(self, ii, jj, variants, cos=None):
         self.checked += list(zip(np.minimum(ii, jj).tolist(), np.maximum(ii, jj).tolist()))
         changed = np.array([0.5 if a in self.fakes or b in self.fakes else 0.001
                             for a, b in zip(ii.tolist(), jj.tolist())])

@@ -118,3 +118,53 @@ def test_overlay_measures_are_stored_by_content_and_not_taken_twice(features, mo
     assert not PairJudge(res.features, "auto", res.thresholds, checks=refused).passes(a, b)
     # ... and the learned similarity is the last guard: the captioned copy clears it.
     assert judge.cosine(a, b) >= res.thresholds.overlay_cos
+
+
+def test_each_guard_of_the_route_refuses_on_its_own(features):
+    # Measures that pass every guard, then each guard failed alone: the route must refuse each.
+    res = group_features(features, "auto")
+    judge = PairJudge(res.features, "auto", res.thresholds)
+    t = res.thresholds
+    good = dict(changed=0.05, side=0.95, texture=0.8, rows=0.05, cols=0.4, cos=0.9)
+    bad = dict(changed=t.overlay_changed + 0.01, side=t.overlay_side - 0.01, texture=t.overlay_texture - 0.01,
+               rows=t.overlay_rows + 0.01, cols=t.overlay_cols - 0.01, cos=t.overlay_cos - 0.01)
+
+    def route(**m):
+        over = np.array([[m["side"], m["texture"], m["rows"], m["cols"]]])
+        return bool(judge._overlaid(np.array([m["changed"]]), over, np.array([m["cos"]]))[0])
+
+    assert route(**good)
+    for k, v in bad.items():
+        assert not route(**dict(good, **{k: v})), k
+    assert not route(**dict(good, rows=0.1, cols=0.19))  # not twice as wide as high
+    assert not judge._overlaid(np.array([0.05]), np.full((1, 4), np.nan), np.array([0.9]))[0]  # none taken
+    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4]]), None)[0]  # no embeddings
+
+
+def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
+    # A subject a fortieth of the width, a little further along in the second frame: one-sided and flat
+    # enough to look like a band at 128 px, but narrower than any line of text (found by review).
+    photos = sorted(photos, key=_texture, reverse=True)
+    scene = rgb(photos[0])
+    w, h = scene.size
+    obj = rgb(photos[1], side=w // 40)
+    for name, x in (("a", w // 3), ("b", w // 3 + w // 30)):
+        frame = scene.copy()
+        frame.paste(obj, (x, h // 3))
+        frame.save(tmp_path / f"frame_{name}.png")
+    f = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
+    res = group_features(f, "auto")
+    ix = _ix(f)
+    judge = PairJudge(res.features, "auto", res.thresholds)
+    side, texture, rows, cols = verify.overlay_measures(f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]])
+    assert cols < DEFAULTS.overlay_cols, (side, texture, rows, cols)
+    assert not judge.passes(ix["frame_a.png"], ix["frame_b.png"])
+    assert not judge.passes(ix["frame_b.png"], ix["frame_a.png"])
+
+
+def test_overlay_measures_refuse_thumbnails_of_two_shapes():
+    a = np.zeros((128, 128), np.uint8)
+    with pytest.raises(ValueError):
+        verify.overlay_measures(a, a[:100, :100])
+    side, texture, rows, cols = verify.overlay_measures(a, a)  # nothing changed: no extent
+    assert (side, rows, cols) == (1.0, 0.0, 0.0)

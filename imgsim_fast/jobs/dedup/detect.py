@@ -102,12 +102,16 @@ class Thresholds:
     # watermark across the middle, look-alikes with empty burst frames): of the 29 captioned copies the bounds
     # refuse, 19 pass (the rest lie on smooth wallpapers: texture under 0.5); no look-alike pair does. A
     # watermark two lines high is no band (rows 0.24-0.8, as high as the burst frames' animal) and stays a
-    # look-alike; a wide low subject that drives into a frame would pass the pixels' tests.
+    # look-alike. A band must span `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small
+    # subject that moved a little in a burst is one-sided too, and a blob a few pixels across passes any
+    # ratio of its height. A wide low subject that drives into a frame, or a small one that crosses it,
+    # would still pass the pixels' tests.
     overlay_changed: float = 0.2
     overlay_side: float = 0.7
     overlay_texture: float = 0.5
     overlay_rows: float = 0.15
     overlay_wide: float = 2.0
+    overlay_cols: float = 0.2
     overlay_cos: float = 2.0
 
     def confirm_needed(self, h):
@@ -361,8 +365,8 @@ class PairJudge:
         rows = rows[d.pending[rows]]
         if not len(rows):
             return
-        c, s, fine, over = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0))
         cos = None if d.cos is None else d.cos[rows]
+        c, s, fine, over = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0), cos)
         d.changed[rows] = c
         d.strong[rows] = s
         d.detail[rows] = fine
@@ -393,7 +397,8 @@ class PairJudge:
         """Whether one pair passes the pixel check (its bounds, and the detail check's where that ran, or the
         overlay route)."""
         ii, jj = np.array([i]), np.array([j])
-        return bool(self._passing(*self._changed(ii, jj, np.array([variant])), self.cosines(ii, jj))[0])
+        cos = self.cosines(ii, jj)
+        return bool(self._passing(*self._changed(ii, jj, np.array([variant]), cos), cos)[0])
 
     def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray, over: np.ndarray,
                  cos: np.ndarray | None) -> np.ndarray:
@@ -412,13 +417,16 @@ class PairJudge:
             return np.zeros(len(changed), bool)
         side, texture, rows, cols = over.T
         return ((changed <= t.overlay_changed) & (side >= t.overlay_side) & (texture >= t.overlay_texture)
-                & (rows <= t.overlay_rows) & (cols >= t.overlay_wide * rows) & (cos >= t.overlay_cos))
+                & (rows <= t.overlay_rows) & (cols >= t.overlay_wide * rows) & (cols >= t.overlay_cols)
+                & (cos >= t.overlay_cos))
 
-    def _changed(self, ii: np.ndarray, jj: np.ndarray,
-                 variants: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray,
+                 cos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
         where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
-        the pair: (m, 2) and (m, 4) arrays, NaN where they did not run), each run once by content."""
+        the pair: (m, 2) and (m, 4) arrays, NaN where they did not run), each run once by content. cos: the
+        pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
+        reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
         # The check is not symmetric (one picture's grey levels are mapped onto the other's): each pair is
         # checked in one order fixed by content, so byte-identical files get the same verdict against a
@@ -454,6 +462,8 @@ class PairJudge:
         if t.overlay_cos <= 1.0:
             refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
                                out[:, 0] <= t.overlay_changed)
+            if cos is not None:
+                refused &= cos >= t.overlay_cos
             o = np.flatnonzero(refused)
             over[o] = self._overlay(ii[o], jj[o], variants[o], [keys[x] for x in o.tolist()])
         return out[:, 0].copy(), out[:, 1].copy(), fine, over

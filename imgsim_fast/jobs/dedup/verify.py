@@ -243,7 +243,8 @@ def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
 
 @numba.njit(cache=True, nogil=True)
 def _extent(counts, total):
-    """The share of len(counts) between the 5% and the 95% quantiles of `total` pixels counted per line."""
+    """The share of len(counts) from the line holding the 5% quantile of `total` pixels counted per line to
+    the one holding the 95% quantile, both counted (one line: 1 / len(counts))."""
     lo, hi, seen = -1, -1, 0
     for x in range(len(counts)):
         seen += counts[x]
@@ -251,7 +252,7 @@ def _extent(counts, total):
             lo = x
         if hi < 0 and seen >= 0.95 * total:
             hi = x
-    return (hi - lo) / len(counts)
+    return (hi - lo + 1) / len(counts)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -300,13 +301,19 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
     side: of the changed pixels, the share where the picture with more of them is the more contrasted one.
     Strokes drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned
     copies); a subject that moved raises it in each picture where the subject now is (0.5-0.65 between two
-    frames of a burst). texture: the share of the picture that is unchanged and textured. A caption over a
+    frames of a burst, but 0.85 for a small one that moved a little). texture: the share of the picture that is unchanged and textured. A caption over a
     photo leaves the photo's texture matching (0.6-0.99); two dialogs or slides of one template match over
     the flat areas any two of them share (0.45 at most). rows, cols: the share of the height and of the width
     holding the changed pixels (5% to 95% of them): a line of text is a band, wide and short (rows 0.02-0.15,
-    cols 0.2-0.7), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst
+    cols 0.23-0.67), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst
     frames and the empty scene). None of these tells a caption from a wide, low subject (a car) that drove
-    in: the learned similarity is the last guard (Thresholds.overlay_cos)."""
+    in: the learned similarity is the last guard (Thresholds.overlay_cos).
+
+    The measures are those of the shift alignment only: a captioned copy that also needs the affine warp
+    (rotated, cropped) shows the warp's error as change, and is refused."""
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] < 16:
+        # The kernels index without bounds checks: a mismatch must stop here, not read past an array.
+        raise ValueError(f"thumbnails must be of one shape and at least 16 px: {a.shape} and {b.shape}")
     af, bf = a.astype(np.float64), b.astype(np.float64)
     a2, b2, ca, cb = _prepare(af, bf, np.ones(af.shape, np.bool_), _TAPS, _BOX)
     return _overlay(a2, b2, ca, cb, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
