@@ -369,18 +369,15 @@ def fit(tune_feats, tune_files, extra_feats, extra_files, seed: int, **kw):
 def compare_heldout(head, all_feats, all_files) -> dict:
     """Held-out (test half) metrics of the shipped rule and of the rule on the learned score."""
     from imgsim_fast.bench.accuracy import evaluate, our_pairs
-    from imgsim_fast.jobs.dedup import LEARNED
-    from imgsim_fast.jobs.dedup.detect import DEFAULTS
+    from imgsim_fast.jobs.dedup import head_thresholds
     from imgsim_fast.features.embedding.siamese import learned_features
 
     rows = np.array([i for i, f in enumerate(all_files) if f.split == "test"])
     feats = subset(all_feats, rows)
     files = [all_files[i] for i in rows]
-    # The thresholds dedup uses with this head (dedup.learned_space): the head's own, then LEARNED's (the
-    # learned pHash floor and the overlay route), so the comparison scores the rule as it would ship.
-    tuned = {k: v for k, v in head.meta["thresholds"].items() if hasattr(DEFAULTS, k)}
-    tuned.update({k: v for k, v in LEARNED.items() if k not in tuned})
-    t = dataclasses.replace(DEFAULTS, **tuned)
+    # The thresholds dedup would use with this head (its own, then dedup.LEARNED's: the learned pHash floor
+    # and the overlay route), so the comparison scores the rule as it would ship.
+    t = head_thresholds(head)
     out = {}
     for name, pred in (("hand rule (auto)", our_pairs(feats, "auto", learned=False)),
                        ("learned score", our_pairs(learned_features(feats, head), "auto", t))):

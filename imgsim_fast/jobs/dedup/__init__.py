@@ -178,13 +178,20 @@ def learned_space(model: str | None, thresholds: Thresholds = DEFAULTS, fixed=()
     On the held-out half of the accuracy corpus the learned score beat the raw cosine with the same pair
     rule (python -m imgsim_fast.train --eval, README "Accuracy"), which is why it is the default.
     """
-    import dataclasses
-
     from imgsim_fast.features.embedding.siamese import load_head
 
     head = load_head()
     if model is None or model != head.meta.get("model"):
         return None, thresholds  # another backbone, none, or already projected
+    return head, head_thresholds(head, thresholds, fixed)
+
+
+def head_thresholds(head, thresholds: Thresholds = DEFAULTS, fixed=()) -> Thresholds:
+    """The thresholds the pair test uses with a learned head: the head's own (its weights file), then LEARNED's,
+    over `thresholds` where those are still the defaults and not `fixed` (learned_space; train --eval scores a
+    candidate head with them, as dedup would ship it)."""
+    import dataclasses
+
     tuned = dict(head.meta.get("thresholds", {}))
     # The learned score pushes look-alikes apart (the tune half's look-alike pairs score 0.15 at the median),
     # so no cosine band marks them: a pair the learned score calls the same picture and the pixel check
@@ -195,7 +202,7 @@ def learned_space(model: str | None, thresholds: Thresholds = DEFAULTS, fixed=()
     tuned = {k: v for k, v in tuned.items() if hasattr(thresholds, k)}
     tuned.update({k: v for k, v in LEARNED.items() if k not in tuned})
     kept = {k: v for k, v in tuned.items() if k not in fixed and getattr(thresholds, k) == getattr(DEFAULTS, k)}
-    return head, dataclasses.replace(thresholds, **kept)
+    return dataclasses.replace(thresholds, **kept)
 
 
 def _learned_space(features: Features, thresholds: Thresholds, fixed=()) -> tuple[Features, Thresholds]:
