@@ -90,6 +90,24 @@ def test_a_native_file_is_not_an_upscale_of_its_half_size_copy(family):
     assert K.derived_from(facts, o, [h]) is None
 
 
+def test_a_colour_original_is_no_resave_of_its_greyscale_jpeg(tmp_path):
+    # On a smooth picture a grey JPEG's pixels are the colour original's grey levels to within its encoding
+    # noise: what the re-save test looks for. A colour file is never made from a grey one, so it is not asked.
+    src = _smooth()
+    src.save(tmp_path / "original.png")
+    src.convert("L").save(tmp_path / "grey.jpg", quality=95)
+    f = compute_features([str(tmp_path / "original.png"), str(tmp_path / "grey.jpg")], embed=False, workers=1,
+                         progress=False)
+    o, g = (f.paths.index(str(tmp_path / n)) for n in ("original.png", "grey.jpg"))
+    assert K.derived_from(f.facts, o, [g]) is None
+    assert K._derived(K._full_grey(f.facts[o].path), K._full_grey(f.facts[g].path), f.facts[o], f.facts[g],
+                      "resave")  # what the pixels alone would say
+    assert list(K._looked_at_file_by_file(f.facts, o, [g])) == []
+    assert K._looked_at_over_columns(K.FactTable(f.facts).columns(), o, [g]) == []  # big components' way
+    r = keep_ranks(f.facts, [o, g], inspect=True)
+    assert r[o] < r[g], r
+
+
 def test_a_smooth_upscale_at_the_originals_quality_is_not_demoted(tmp_path):
     # No detail to tell by and no earlier encode: nothing shows the larger file is a copy, so the pixels
     # count (a half-size copy is never kept over a native file for want of detail).

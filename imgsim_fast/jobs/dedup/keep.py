@@ -454,8 +454,8 @@ def _looked_at_file_by_file(facts: list[FileFacts], top: int, peers: list[int]):
             kind = "upscale"
         else:
             continue
-        if f.digest == t.digest:
-            continue
+        if f.digest == t.digest or (t.colour and not f.colour):
+            continue  # the same bytes; or a greyscale peer, which a colour file cannot have been made from
         looked += 1
         if looked > INSPECT_PEERS:
             return
@@ -485,7 +485,9 @@ def _looked_at_over_columns(t: _Columns, top: int, peers: list[int]) -> list[tup
         lossy | ((fW == tW) & (fH == tH) & (t.noise[p] <= NOISE_RATIO * t.noise[top] + NOISE_FLOOR)))
     upscale = (t.content[top] > UPSCALE_MIN * t.content[p]) & (tw >= (1 - RESAVE_JITTER) * fw) & \
         (th >= (1 - RESAVE_JITTER) * fh)
-    doubt = (resave | recode | upscale) & (t.digest[p] != t.digest[top])
+    # A colour file is never made from a greyscale one: on a smooth picture a grey JPEG's pixels are the
+    # colour original's grey levels to within its encoding noise, and looked like a source re-saved.
+    doubt = (resave | recode | upscale) & (t.digest[p] != t.digest[top]) & ~(t.colour[top] & ~t.colour[p])
     return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "upscale")
             for k in np.flatnonzero(doubt)[:INSPECT_PEERS]]
 
