@@ -1,7 +1,7 @@
 """The overlay route of the pair test (verify.overlay_measures, Thresholds.overlay_*): a photo with a caption
-written over it is a duplicate of the photo; a burst frame with a subject that walked in is not, though its
-pixels differ from the empty scene on one side too, nor are two dialogs of one application (other words over
-flat areas), nor, since it hides a band as high as a subject, a photo with a large watermark across it."""
+or a large watermark written over it is a duplicate of the photo; a burst frame with a subject that walked in
+is not, though its pixels differ from the empty scene on one side too (a blob, neither a band nor strokes),
+nor are two dialogs of one application (other words over flat areas)."""
 import os
 
 import numpy as np
@@ -52,20 +52,26 @@ def _band(rows, cols):
     return rows <= DEFAULTS.overlay_rows and cols >= DEFAULTS.overlay_wide * rows
 
 
-def test_a_caption_is_a_band_drawn_over_one_picture(features):
+def test_a_caption_is_a_band_and_a_watermark_strokes_drawn_over_one_picture(features):
     ix, th = _ix(features), features.thumbs
-    side, texture, rows, cols = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_mild.jpg"]])
-    assert side >= DEFAULTS.overlay_side and texture >= DEFAULTS.overlay_texture, (side, texture)
+    t = DEFAULTS
+    side, texture, rows, cols, _ = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_mild.jpg"]])
+    assert side >= t.overlay_side and texture >= t.overlay_texture, (side, texture)
     assert _band(rows, cols), (rows, cols)
-    # The watermark is drawn over one picture too, but over a third of its height.
-    side, texture, rows, cols = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
-    assert side >= DEFAULTS.overlay_side and not _band(rows, cols), (side, rows, cols)
+    # The watermark is drawn over one picture too, over a third of its height: no band, but letters.
+    side, texture, rows, cols, strokes = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
+    assert side >= t.overlay_stroke_side and not _band(rows, cols), (side, rows, cols)
+    assert strokes >= t.overlay_strokes and texture >= t.overlay_stroke_texture, (strokes, texture)
     # Two frames of the burst: the subject moved, so each picture is the more contrasted one somewhere.
     side, *_ = verify.overlay_measures(th[ix["burst_a.png"]], th[ix["burst_b.png"]])
-    assert side < DEFAULTS.overlay_side, side
-    # The empty scene against a frame: one-sided, as a caption is, but a blob, not a band.
-    side, _, rows, cols = verify.overlay_measures(th[ix["burst_empty.png"]], th[ix["burst_a.png"]])
-    assert side >= DEFAULTS.overlay_side and not _band(rows, cols), (side, rows, cols)
+    assert side < t.overlay_side, side
+    # The empty scene against a frame: one-sided, as a caption is, but a blob: no band, and long runs.
+    side, _, rows, cols, strokes = verify.overlay_measures(th[ix["burst_empty.png"]], th[ix["burst_a.png"]])
+    assert side >= t.overlay_side and not _band(rows, cols), (side, rows, cols)
+    assert strokes < t.overlay_strokes, strokes
+    # Which picture is named first does not matter (each grey-level mapping is tried, the better kept).
+    assert verify.overlay_measures(th[ix["photo_text_strong.jpg"]], th[ix["photo.png"]]) == \
+        verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
     # Two about boxes: other words over the flat areas every dialog of the application shares.
     _, texture, *_ = verify.overlay_measures(th[ix["about_report.png"]], th[ix["about_local.png"]])
     assert texture < DEFAULTS.overlay_texture, texture
@@ -77,11 +83,13 @@ def test_a_captioned_copy_is_a_duplicate_and_the_look_alikes_are_not(features):
     names = [os.path.basename(p) for p in res.paths]
     dup = {frozenset(names[m] for m in g.members): g for g in res.groups if g.tier == "duplicate"}
     photo = [g for k, g in dup.items() if "photo.png" in k]
-    assert len(photo) == 1 and {names[m] for m in photo[0].members} == {"photo.png", "photo_text_mild.jpg"}, list(dup)
+    assert len(photo) == 1, list(dup)
     g = photo[0]
-    match = g.matches[[names[m] for m in g.members].index("photo_text_mild.jpg")]
-    assert match.duplicate and match.overlay, match
-    assert "line of text written over" in match.describe(), match.describe()
+    assert {names[m] for m in g.members} == {"photo.png", "photo_text_mild.jpg", "photo_text_strong.jpg"}, list(dup)
+    for name in ("photo_text_mild.jpg", "photo_text_strong.jpg"):
+        match = g.matches[[names[m] for m in g.members].index(name)]
+        assert match.duplicate and match.overlay, match
+        assert "text written over" in match.describe(), match.describe()
     # No burst frame and no dialog is a duplicate of another (a copy of one about box is, so only the group
     # of about_report and its copies is allowed).
     for k in dup:
@@ -109,12 +117,13 @@ def test_overlay_measures_are_stored_by_content_and_not_taken_twice(features, mo
     judge = PairJudge(res.features, "auto", res.thresholds, checks=checks)
     assert judge.passes(a, b) and len(taken) == 1
     stored = [k for k in checks if k.endswith(f":overlay{verify.OVERLAY_VERSION}")]
-    assert len(stored) == 1 and f"{stored[0]}:extent" in checks, list(checks)
+    assert len(stored) == 1 and {f"{stored[0]}:extent", f"{stored[0]}:strokes"} <= checks.keys(), list(checks)
     again = PairJudge(res.features, "auto", res.thresholds, checks=dict(checks))
     assert again.passes(b, a) and len(taken) == 1  # either way round: one check by content, read back
-    # Stored measures are believed: a change said to be as high as the picture is no line of text.
+    # Stored measures are believed: a change said to be as high as the picture, in long runs, is no text.
     refused = dict(checks)
     refused[f"{stored[0]}:extent"] = [0.6, 0.6]
+    refused[f"{stored[0]}:strokes"] = [0.2, 0.0]
     assert not PairJudge(res.features, "auto", res.thresholds, checks=refused).passes(a, b)
     # ... and the learned similarity is the last guard: the captioned copy clears it.
     assert judge.cosine(a, b) >= res.thresholds.overlay_cos
@@ -125,20 +134,26 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
     res = group_features(features, "auto")
     judge = PairJudge(res.features, "auto", res.thresholds)
     t = res.thresholds
-    good = dict(changed=0.05, side=0.95, texture=0.8, rows=0.05, cols=0.4, cos=0.9)
-    bad = dict(changed=t.overlay_changed + 0.01, side=t.overlay_side - 0.01, texture=t.overlay_texture - 0.01,
-               rows=t.overlay_rows + 0.01, cols=t.overlay_cols - 0.01, cos=t.overlay_cos - 0.01)
+    # A band (a caption) with runs too long to be letters; then letters (a watermark) too high to be a band.
+    band = dict(changed=0.05, side=0.95, texture=0.8, rows=0.05, cols=0.4, strokes=0.3, cos=0.9)
+    bad_band = dict(changed=t.overlay_changed + 0.01, side=t.overlay_side - 0.01, texture=t.overlay_texture - 0.01,
+                    rows=t.overlay_rows + 0.01, cols=t.overlay_cols - 0.01, cos=t.overlay_cos - 0.01)
+    letters = dict(changed=0.05, side=0.95, texture=0.8, rows=0.4, cols=0.6, strokes=0.8, cos=0.9)
+    bad_letters = dict(changed=t.overlay_changed + 0.01, side=t.overlay_stroke_side - 0.01,
+                       texture=t.overlay_stroke_texture - 0.01, cols=t.overlay_cols - 0.01,
+                       strokes=t.overlay_strokes - 0.01, cos=t.overlay_cos - 0.01)
 
     def route(**m):
-        over = np.array([[m["side"], m["texture"], m["rows"], m["cols"]]])
+        over = np.array([[m["side"], m["texture"], m["rows"], m["cols"], m["strokes"]]])
         return bool(judge._overlaid(np.array([m["changed"]]), over, np.array([m["cos"]]))[0])
 
-    assert route(**good)
-    for k, v in bad.items():
-        assert not route(**dict(good, **{k: v})), k
-    assert not route(**dict(good, rows=0.1, cols=0.19))  # not twice as wide as high
-    assert not judge._overlaid(np.array([0.05]), np.full((1, 4), np.nan), np.array([0.9]))[0]  # none taken
-    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4]]), None)[0]  # no embeddings
+    for good, bad in ((band, bad_band), (letters, bad_letters)):
+        assert route(**good), good
+        for k, v in bad.items():
+            assert not route(**dict(good, **{k: v})), (good, k)
+    assert not route(**dict(band, rows=0.1, cols=0.19))  # not twice as wide as high
+    assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]))[0]  # none taken
+    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None)[0]  # no embeddings
 
 
 def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
@@ -156,8 +171,8 @@ def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
     res = group_features(f, "auto")
     ix = _ix(f)
     judge = PairJudge(res.features, "auto", res.thresholds)
-    side, texture, rows, cols = verify.overlay_measures(f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]])
-    assert cols < DEFAULTS.overlay_cols, (side, texture, rows, cols)
+    side, texture, rows, cols, strokes = verify.overlay_measures(f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]])
+    assert cols < DEFAULTS.overlay_cols, (side, texture, rows, cols, strokes)
     assert not judge.passes(ix["frame_a.png"], ix["frame_b.png"])
     assert not judge.passes(ix["frame_b.png"], ix["frame_a.png"])
 
@@ -166,5 +181,5 @@ def test_overlay_measures_refuse_thumbnails_of_two_shapes():
     a = np.zeros((128, 128), np.uint8)
     with pytest.raises(ValueError):
         verify.overlay_measures(a, a[:100, :100])
-    side, texture, rows, cols = verify.overlay_measures(a, a)  # nothing changed: no extent
-    assert (side, rows, cols) == (1.0, 0.0, 0.0)
+    side, texture, rows, cols, strokes = verify.overlay_measures(a, a)  # nothing changed: no extent
+    assert (side, rows, cols, strokes) == (1.0, 0.0, 0.0, 0.0)
