@@ -196,6 +196,27 @@ def test_trim_box_finds_letterbox_and_leaves_photos():
     assert trim_box(np.full((50, 50), 128, np.uint8)) == (0, 0, 50, 50)  # flat: left whole
 
 
+def test_a_border_inside_a_border_is_trimmed_as_the_picture_alone_is():
+    # A picture with a flat grey margin on its left, and a letterboxed copy (black bars above and below): the
+    # copy's content box must be the picture's, margin trimmed, not the bars' inside (one pass took only the
+    # bars, and the copy hashed apart from its original and outranked it on content).
+    rng = np.random.default_rng(1)
+    pic = rng.integers(0, 256, size=(90, 160), dtype=np.uint8)
+    pic[:, :16] = 200  # the margin: a tenth of the width
+    boxed = np.zeros((130, 160), np.uint8)
+    boxed[20:110] = pic
+    left, top, right, bottom = trim_box(pic)
+    assert 16 <= left <= 17 and (top, right, bottom) == (0, 160, 90), (left, top, right, bottom)
+    bl, bt, br, bb = trim_box(boxed)
+    assert (bl, br) == (left, right) and 20 <= bt <= 21 and 109 <= bb <= 110, (bl, bt, br, bb)
+    # Never more than TRIM_MAX of a side in all: the pass that would take the third border is not made.
+    nested = np.zeros((100, 100), np.uint8)
+    nested[10:90, 10:90] = 100
+    nested[20:80, 20:80] = 200
+    nested[45:55, 45:55] = rng.integers(0, 256, size=(10, 10), dtype=np.uint8)
+    assert trim_box(nested) == (21, 21, 79, 79)
+
+
 def test_trim_follows_contrast_not_grey_levels():
     # A picture whose top fades smoothly into its content (a wallpaper's sky), and a darker, flatter copy
     # (brightness x0.6 then contrast x0.6, the corpus's strong "bright" edit). With a fixed 10-level

@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from imgsim_fast.catalog.store import Catalog
-from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
+from imgsim_fast.features.extract import PREP_VERSION, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
@@ -23,11 +23,13 @@ __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensur
            "added", "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
            "store_checks", "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
 
-PHASH8 = "dedup-phash8"
-# Named by its side: a catalog written with another thumbnail size lacks this array, so its files are
-# extracted again rather than misread.
-THUMBS = f"dedup-thumb{THUMB_SIDE}"
-FACTS = "dedup-facts"
+# Named by the preparation's version (extract.PREP_VERSION; before version 2 there was none), and the
+# thumbnails by their side too: a catalog written by another preparation or with another thumbnail size lacks
+# these arrays, so its files are extracted again rather than misread.
+_PREP = "" if PREP_VERSION == 1 else f"-p{PREP_VERSION}"
+PHASH8 = f"dedup-phash8{_PREP}"
+THUMBS = f"dedup-thumb{THUMB_SIDE}{_PREP}"
+FACTS = f"dedup-facts{_PREP}"
 # FileFacts fields kept as one float64 row (format goes to the files row; path, size, mtime and digest are
 # the row's own): all are properties of the bytes, so a byte-identical copy shares them.
 FACT_COLUMNS = ("width", "height", "content_pixels", "trim_left", "trim_top", "trim_right", "trim_bottom",
@@ -37,7 +39,7 @@ FACT_COLUMNS = ("width", "height", "content_pixels", "trim_left", "trim_top", "t
 def model_arrays(model: str) -> tuple[str, str]:
     """The arrays of dedup's two embedded views (whole trimmed picture, centre) by `model`."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model)[-80:]
-    return f"dedup-emb-{name}", f"dedup-centre-{name}"
+    return f"dedup-emb{_PREP}-{name}", f"dedup-centre{_PREP}-{name}"
 
 
 def fact_row(f: FileFacts) -> list[float]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
-from imgsim_fast.features.extract import THUMB_SIDE, Features
+from imgsim_fast.features.extract import PREP_VERSION, THUMB_SIDE, Features
 from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup import detail as detail_check, verify
 from imgsim_fast.jobs.dedup.verify import compare
@@ -216,9 +216,11 @@ KEEPER = Match("keeper", 0, 0, "none", None)
 
 def check_key_prefix() -> str:
     """What the key of every pixel check this version makes starts with (PairJudge.checks): the check's
-    version and the thumbnails' side. A caller loading stored checks reads only these: one of an earlier
-    version is never looked up, and need not be held."""
-    return f"{verify.VERSION}:{THUMB_SIDE}:"
+    version, the thumbnails' side and, from its version 2, the preparation's (extract.PREP_VERSION: the
+    thumbnails are of the trimmed picture). A caller loading stored checks reads only these: one of an
+    earlier version is never looked up, and need not be held."""
+    prep = "" if PREP_VERSION == 1 else f"p{PREP_VERSION}:"
+    return f"{verify.VERSION}:{THUMB_SIDE}:{prep}"
 
 
 class PairJudge:

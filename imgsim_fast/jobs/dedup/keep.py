@@ -68,8 +68,9 @@ RESAVE_JITTER = 0.02  # content sides this close (a trim moves by a few lines) h
 RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trimmed boxes put them
 PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (grey float32: 4 bytes a pixel)
 # Verdicts are cached by this version (catalog meta): a change to what a verdict means bumps it, so a verdict
-# of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies.
-VERDICT_VERSION = 2
+# of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies; 3: the
+# trims they compare inside are extract.PREP_VERSION 2's (nested borders).
+VERDICT_VERSION = 3
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
 # 0.07 at most, a PNG original against its own JPEG copies (q20-q70) 0.17 at least.
