@@ -171,7 +171,8 @@ def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
     res = group_features(f, "auto")
     ix = _ix(f)
     judge = PairJudge(res.features, "auto", res.thresholds)
-    side, texture, rows, cols, strokes = verify.overlay_measures(f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]])
+    a, b = f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]]
+    side, texture, rows, cols, strokes = verify.overlay_measures(a, b)
     assert cols < DEFAULTS.overlay_cols, (side, texture, rows, cols, strokes)
     assert not judge.passes(ix["frame_a.png"], ix["frame_b.png"])
     assert not judge.passes(ix["frame_b.png"], ix["frame_a.png"])

@@ -17,8 +17,8 @@ Methods:
 Every match but byte identity must then pass the pixel check (verify.compare: the thumbnails aligned by a
 shift or an affine warp, at most `changed` of them different beyond the local contrast and at most
 `strong` far beyond it, and the detail check's bounds where it applies), or pass the overlay route (text
-written over a photo: a caption, a watermark; verify.overlay_measures, Thresholds.overlay_*): hashes and embeddings see
-that two pictures look alike, the pixels whether one is a copy of the other.
+written over a photo: a caption, a watermark; verify.overlay_measures, Thresholds.overlay_*): hashes and
+embeddings see that two pictures look alike, the pixels whether one is a copy of the other.
 
 Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
 bits, or one the embedding accepted and the pixel check refused while the pictures still line up over most

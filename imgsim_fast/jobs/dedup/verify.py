@@ -45,7 +45,9 @@ __all__ = ["VERSION", "OVERLAY_VERSION", "Verdict", "compare", "changed_fraction
 # and resampling in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every
 # stored one is checked again. The thumbnails' side is in the key already.
 VERSION = 2  # 2: the strong count (a verdict is two fractions)
-OVERLAY_VERSION = 2  # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge); 2: strokes
+# overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge). 2: strokes, and the
+# better of the two grey-level mappings.
+OVERLAY_VERSION = 2
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
@@ -307,22 +309,21 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
     """(side, texture, rows, cols, strokes) of two thumbnails (uint8, one shape) aligned by a shift: is their
     difference text written over one of them (a caption, a date stamp, a watermark)?
 
-    side: of the changed pixels, the share where the picture with more of them is the more contrasted one.
-    Strokes drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned
-    copies); a subject that moved raises it in each picture where the subject now is (0.5-0.65 between two
-    frames of a burst, but 0.85 for a small one that moved a little). texture: the share of the picture that is unchanged and textured. A caption over a
-    photo leaves the photo's texture matching (0.6-0.99); two dialogs or slides of one template match over
-    the flat areas any two of them share (0.45 at most). rows, cols: the share of the height and of the width
-    holding the changed pixels (5% to 95% of them): a line of text is a band, wide and short (rows 0.02-0.15,
-    cols 0.23-0.67), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst
-    frames and the empty scene). strokes: the runs of changed pixels along the rows, ends counted, per changed
-    pixel: letters are thin strokes with gaps, many short runs (a watermark two lines high across the middle:
-    0.72 at the median on the tune half, 0.5 at the tenth percentile), a subject that walked in is a blob of
-    longer runs (0.47-0.57 between the corpus's burst frames and their empty scene; a textured subject
-    breaks its blob into runs too). None of these tells a caption from a wide, low subject (a car) that
-    drove in, or lettering from a striped one: the learned similarity is the last guard
-    (Thresholds.overlay_cos). Each is taken with either picture's grey levels mapped onto the other's, the
-    way that leaves fewer pixels changed.
+    side: of the changed pixels, the share where the picture with more of them is the more contrasted one. Strokes
+    drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned copies); a subject
+    that moved raises it in each picture where the subject now is (0.5-0.65 between two frames of a burst, but 0.85
+    for a small one that moved a little). texture: the share of the picture that is unchanged and textured. A
+    caption over a photo leaves the photo's texture matching (0.6-0.99); two dialogs or slides of one template match
+    over the flat areas any two of them share (0.45 at most). rows, cols: the share of the height and of the width
+    holding the changed pixels (5% to 95% of them): a line of text is a band, wide and short (rows 0.02-0.15, cols
+    0.23-0.67), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst frames and
+    the empty scene). strokes: the runs of changed pixels along the rows, ends counted, per changed pixel: letters
+    are thin strokes with gaps, many short runs (a watermark two lines high across the middle: 0.72 at the median on
+    the tune half, 0.5 at the tenth percentile), a subject that walked in is a blob of longer runs (0.47-0.57
+    between the corpus's burst frames and their empty scene; a textured subject breaks its blob into runs too). None
+    of these tells a caption from a wide, low subject (a car) that drove in, or lettering from a striped one: the
+    learned similarity is the last guard (Thresholds.overlay_cos). Each is taken with either picture's grey levels
+    mapped onto the other's, the way that leaves fewer pixels changed.
 
     The measures are those of the shift alignment only: a captioned copy that also needs the affine warp
     (rotated, cropped) shows the warp's error as change, and is refused."""
@@ -335,13 +336,9 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
     # mapped onto the lettered copy's levels changes all over, the copy onto the photo's only where the
     # letters are. Both ways are measured and the one that explains more is taken, so the measures do not
     # depend on which of the two the caller names first.
-    best = None
-    for x, y in ((af, bf), (bf, af)):
-        x2, y2, cx, cy = _prepare(x, y, inside, _TAPS, _BOX)
-        got = _overlay(x2, y2, cx, cy, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
-        if best is None or got[0] < best[0]:
-            best = got
-    return best[1:]
+    ways = [_overlay(*_prepare(x, y, inside, _TAPS, _BOX), CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
+            for x, y in ((af, bf), (bf, af))]
+    return min(ways)[1:]  # fewer changed first; a tie goes by the measures themselves, not by the order
 
 
 # ------------------------------------------------------------------------------------------------
