@@ -10,7 +10,7 @@ import pytest
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import group_features, verify
-from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
+from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, check_key_prefix
 from lookalike_pictures import rgb, save_about_boxes, save_burst
 
 
@@ -127,6 +127,31 @@ def test_overlay_measures_are_stored_by_content_and_not_taken_twice(features, mo
     assert not PairJudge(res.features, "auto", res.thresholds, checks=refused).passes(a, b)
     # ... and the learned similarity is the last guard: the captioned copy clears it.
     assert judge.cosine(a, b) >= res.thresholds.overlay_cos
+
+
+def test_overlay_measures_come_back_from_a_catalog(features, tmp_path, monkeypatch):
+    # A stored check is two fractions, and a catalog reads back values in [0, 1] only; strokes run to 2 (a
+    # scatter of single pixels), so they are stored halved: a finely lettered pair is not measured again on
+    # every run.
+    from imgsim_fast.catalog import dedup_features as dfs
+
+    res = group_features(features, "auto")
+    ix = _ix(features)
+    a, b = ix["photo.png"], ix["photo_text_strong.jpg"]
+    real = verify.overlay_measures
+    monkeypatch.setattr(verify, "overlay_measures", lambda x, y: (*real(x, y)[:4], 1.9))  # strokes of 1.9
+    checks: dict = {}
+    assert PairJudge(res.features, "auto", res.thresholds, checks=checks).passes(a, b)
+    cat = str(tmp_path / "cat")
+    dfs.save_checks(cat, checks)
+    back = dfs.load_checks(cat, check_key_prefix())
+    assert back.keys() == checks.keys()
+    monkeypatch.setattr(verify, "overlay_measures", lambda x, y: pytest.fail("measured again"))
+    again = PairJudge(res.features, "auto", res.thresholds, checks=back)
+    assert again.passes(a, b)
+    over = again._overlay(*(np.array([x]) for x in sorted((a, b), key=lambda x: again.digests[x])), np.array([0]),
+                          [next(k for k in back if k.endswith(":0"))])
+    assert over[0, 4] == pytest.approx(1.9), over
 
 
 def test_each_guard_of_the_route_refuses_on_its_own(features):

@@ -37,7 +37,8 @@ def cmd_serve(args) -> int:
           file=sys.stderr, flush=True)
     missing = live.missing_dedup  # a count over every live file
     if missing:
-        print(f"imgsim serve: {missing} files lack dedup's features (indexed by `imgsim index`) and take no "
+        print(f"imgsim serve: {missing} files lack dedup's features (indexed by `imgsim index`, or by "
+              "an earlier version's preparation) and take no "
               "part in duplicate answers until they are added again (POST /v1/images/from-path adds what they lack)",
               file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -166,7 +166,8 @@ def group_features(features: Features, method: str = "auto", thresholds: Thresho
 # through what the head never saw (held-out: charts 3.5 -> 98 false pairs per 1,000 files), so it was
 # not kept.
 # overlay_cos: the learned score opens the overlay route (detect.Thresholds.overlay_*), which the raw cosine
-# cannot guard: tune half, captioned copies 0.92 and up, a burst frame against the empty scene 0.72 at most.
+# cannot guard: tune half, captioned and watermarked copies 0.77 and up, a burst frame against the empty scene
+# 0.69 at most.
 LEARNED = {"phash_cos": 0.55, "overlay_cos": 0.75}
 
 

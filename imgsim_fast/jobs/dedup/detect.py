@@ -91,21 +91,20 @@ class Thresholds:
     # high differ over a third or more, and are no pair at all.
     similar_changed: float = 0.25
     # A pair refused by the bounds above (the thumbnails' or the detail check's) is still a duplicate when what
-    # differs is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at
-    # most `overlay_changed` of the thumbnails differs, on the side of one picture (`overlay_side` of the
-    # changed pixels more contrasted there), over a photo that matches elsewhere (`overlay_texture` of it
-    # unchanged and textured), in a band (at most `overlay_rows` of the height, and `overlay_wide` times as
-    # wide a share of the width), and the embedding calls the two the same picture (`overlay_cos`). The
-    # learned similarity guards what pixels cannot tell (a subject that walked into a burst frame: 0.72 at
-    # most on the tune half, captioned copies 0.92 and up) and the raw cosine does not, so the route is closed
-    # (2.0) unless the learned space opens it (dedup.LEARNED). Tune half (34 captioned copies, 34 with a large
-    # watermark across the middle, look-alikes with empty burst frames): of the 29 captioned copies the bounds
-    # refuse, 19 pass (the rest lie on smooth wallpapers: texture under 0.5); no look-alike pair does. A
-    # watermark two lines high is no band (rows 0.24-0.8, as high as the burst frames' animal) and stays a
-    # look-alike. A band must span `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small
-    # subject that moved a little in a burst is one-sided too, and a blob a few pixels across passes any
-    # ratio of its height. A wide low subject that drives into a frame, or a small one that crosses it,
-    # would still pass the pixels' tests.
+    # differs is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at most
+    # `overlay_changed` of the thumbnails differs, on the side of one picture (`overlay_side` of the changed pixels
+    # more contrasted there), over a photo that matches elsewhere (`overlay_texture` of it unchanged and textured),
+    # in a band (at most `overlay_rows` of the height, and `overlay_wide` times as wide a share of the width), and
+    # the embedding calls the two the same picture (`overlay_cos`). The learned similarity guards what pixels cannot
+    # tell (a subject that walked into a burst frame: 0.69 at most on the tune half, captioned and watermarked
+    # copies 0.77 and up) and the raw cosine does not, so the route is closed (2.0) unless the learned space opens
+    # it (dedup.LEARNED). Tune half (34 captioned copies, 34 with a large watermark across the middle, look-alikes
+    # with empty burst frames): of the 29 captioned copies the bounds refuse, 19 pass (the rest lie on smooth
+    # wallpapers: texture under 0.5); no look-alike pair does. A watermark two lines high is no band (rows 0.24-0.8,
+    # as high as the burst frames' animal): it passes as letters, below, or not at all. A band must span
+    # `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small subject that moved a little in a
+    # burst is one-sided too, and a blob a few pixels across passes any ratio of its height. A wide low subject that
+    # drives into a frame, or a small one that crosses it, would still pass the pixels' tests.
     overlay_changed: float = 0.2
     overlay_side: float = 0.7
     overlay_texture: float = 0.5
@@ -451,7 +450,7 @@ class PairJudge:
         ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
         # A verdict depends on the two contents, the flip, the limits (they decide whether the warp is
-        # tried), the thumbnails' side and the check's version (verify.VERSION): that is its key in
+        # tried), the thumbnails' side, the check's and the preparation's versions: that is its key in
         # self.checks, and [changed, strong] its value.
         dg = self.digests
         prefix = check_key_prefix()
@@ -486,12 +485,12 @@ class PairJudge:
     def _overlay(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
         """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 5), stored in self.checks
         beside the thumbnail verdict as entries of two (what a stored check holds): its key with 'overlay' and
-        their version holds (side, texture), that key with ':extent' (rows, cols), with ':strokes' (strokes,
-        0)."""
+        their version holds (side, texture), that key with ':extent' (rows, cols), with ':strokes' (strokes / 2,
+        0): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes run to 2."""
         keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" for k in keys]
         nan2 = (np.nan, np.nan)
         out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2),
-                         self.checks.get(f"{k}:strokes", nan2)[0]] for k in keys], np.float64).reshape(len(keys), 5)
+                         2 * self.checks.get(f"{k}:strokes", nan2)[0]] for k in keys], np.float64).reshape(len(keys), 5)
         todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
         thumbs = self.thumbs
 
@@ -502,7 +501,7 @@ class PairJudge:
             out[x] = side, texture, rows, cols, strokes
             self.checks[keys[x]] = [side, texture]
             self.checks[f"{keys[x]}:extent"] = [rows, cols]
-            self.checks[f"{keys[x]}:strokes"] = [strokes, 0.0]
+            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, 0.0]
         return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:

@@ -27,8 +27,9 @@ a look-alike's changed pixels are other content, most of them far over it (at le
 among the look-alikes closest to passing). Two dialogs of one kind of one application (about boxes,
 progress dialogs: other words, another bar length) pass both: they differ by under 1% of the thumbnail,
 and by little (the corpus with 72 dialogs shows it). Text written over a picture is a local change too:
-such copies fail the check, and overlay_measures says whether the change is a line of text drawn over a
-photo, which the pair test lets through where the learned similarity agrees (detect.Thresholds.overlay_*).
+such copies fail the check, and overlay_measures says whether the change is text drawn over a photo (a
+line of it, or letters across it), which the pair test lets through where the learned similarity agrees
+(detect.Thresholds.overlay_*).
 """
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ from scipy import ndimage
 __all__ = ["VERSION", "OVERLAY_VERSION", "Verdict", "compare", "changed_fractions", "overlay_measures"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
-# whenever a change can change a verdict (here, or in what the check is given: the thumbnails' trimming
-# and resampling in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every
-# stored one is checked again. The thumbnails' side is in the key already.
+# whenever a change can change a verdict (here, or in what the check is given: the thumbnails' resampling
+# in features/extract.py, hashing.DIHEDRAL's flips, detect's order of a pair), and every stored one is
+# checked again. The thumbnails' side and the trim's version (extract.PREP_VERSION) are in the key already.
 VERSION = 2  # 2: the strong count (a verdict is two fractions)
 # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge). 2: strokes, and the
 # better of the two grey-level mappings.
