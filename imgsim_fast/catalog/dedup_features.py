@@ -23,10 +23,10 @@ __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensur
            "added", "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
            "store_checks", "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
 
-# Named by the preparation's version (extract.PREP_VERSION; before version 2 there was none), and the
+# Named by the preparation's version (extract.PREP_VERSION; the arrays of version 1 had no suffix), and the
 # thumbnails by their side too: a catalog written by another preparation or with another thumbnail size lacks
 # these arrays, so its files are extracted again rather than misread.
-_PREP = "" if PREP_VERSION == 1 else f"-p{PREP_VERSION}"
+_PREP = f"-p{PREP_VERSION}"
 PHASH8 = f"dedup-phash8{_PREP}"
 THUMBS = f"dedup-thumb{THUMB_SIDE}{_PREP}"
 FACTS = f"dedup-facts{_PREP}"

@@ -215,11 +215,10 @@ KEEPER = Match("keeper", 0, 0, "none", None)
 
 def check_key_prefix() -> str:
     """What the key of every pixel check this version makes starts with (PairJudge.checks): the check's
-    version, the thumbnails' side and, from its version 2, the preparation's (extract.PREP_VERSION: the
-    thumbnails are of the trimmed picture). A caller loading stored checks reads only these: one of an
-    earlier version is never looked up, and need not be held."""
-    prep = "" if PREP_VERSION == 1 else f"p{PREP_VERSION}:"
-    return f"{verify.VERSION}:{THUMB_SIDE}:{prep}"
+    version, the thumbnails' side and the preparation's version (extract.PREP_VERSION: the thumbnails are
+    of the trimmed picture; keys of version 1 had no such part). A caller loading stored checks reads only
+    these: one of an earlier version is never looked up, and need not be held."""
+    return f"{verify.VERSION}:{THUMB_SIDE}:p{PREP_VERSION}:"
 
 
 class PairJudge:
