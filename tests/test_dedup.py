@@ -157,15 +157,17 @@ def test_star_of_lookalikes_the_keeper_is_the_hub_or_spokes_stay():
 
 
 def test_keep_ranks_prefer_the_original():
-    # On facts alone. A lossless re-save of the original (framed, letterboxed or not) is told by its pixels
-    # (keep.derived_from; tests/test_keep.py), not here: a block grid in a PNG's pixels ranks nothing.
+    # On facts alone. A lossless re-save of the original (framed, letterboxed, noisy or not) is told by its
+    # pixels (keep.derived_from; tests/test_keep.py, and the noisy PNG of
+    # test_the_original_is_kept_over_upscaled_resaved_noisy_and_bordered_copies), not here: a block grid in a
+    # PNG's pixels ranks nothing, and a file's noise is measured against its own or earlier generations only.
     orig = _facts(0, format="JPEG", jpeg_quality=95, content_pixels=10000, mtime=5.0, noise=2.0)
     squashed = _facts(1, format="JPEG", jpeg_quality=95, width=120, content_pixels=12000, noise=2.0)
-    noisy_png = _facts(2, format="PNG", content_pixels=10000, noise=6.0)
+    noisy = _facts(2, format="JPEG", jpeg_quality=95, content_pixels=10000, noise=6.0)
     recompressed = _facts(3, format="JPEG", jpeg_quality=70, content_pixels=10000, noise=1.5)
     smaller = _facts(4, format="PNG", width=50, height=50, content_pixels=2500, noise=1.0)
     grey = _facts(5, format="JPEG", jpeg_quality=95, content_pixels=10000, colour=False, noise=2.0)
-    facts = [orig, squashed, noisy_png, recompressed, smaller, grey]
+    facts = [orig, squashed, noisy, recompressed, smaller, grey]
     rank = keep_ranks(facts, list(range(len(facts))))
     assert min(rank, key=rank.get) == 0
     for i in range(1, len(facts)):  # and against each copy alone

@@ -172,6 +172,28 @@ def test_a_copy_turned_a_quarter_ranks_after_the_upright_ones():
     assert min(rank, key=rank.__getitem__) == 0
 
 
+def test_a_lossless_original_is_not_noisy_next_to_its_own_smoother_jpegs():
+    # Compression (and dimming) lowers the noise estimate: a PNG original measured noisier than its own JPEG
+    # copies of its size, so it ranked last on quality and a letterboxed PNG copy (a size of its own, never
+    # measured against them) was kept (accuracy corpus, tune half: 15 of 34 groups). A file is measured only
+    # against its own or earlier generations. A noisy PNG next to a clean PNG of its size still ranks last.
+    from imgsim_fast.features.extract import FileFacts
+
+    def facts(name, w, h, fmt, noise, q=None, t=0.0):
+        return FileFacts(f"/p/{name}", 100_000, 1_700_000_000 + t, w, h, fmt, 512 * 512, name,
+                         (0.0, 0.0, 1.0, 1.0) if h == 512 else (0.0, 0.07, 1.0, 0.93), q, noise=noise)
+
+    group = [facts("original.png", 512, 512, "PNG", 2.0), facts("dim.jpg", 512, 512, "JPEG", 0.6, q=90, t=1),
+             facts("q20.jpg", 512, 512, "JPEG", 0.7, q=20, t=2), facts("letterbox.png", 512, 593, "PNG", 2.0, t=3)]
+    noisy = [facts("clean.png", 512, 512, "PNG", 2.0), facts("noisy.png", 512, 512, "PNG", 4.0, t=-1)]
+    table = K.FactTable(group + noisy)
+    for members, kept, last in (([0, 1, 2, 3], 0, 2), ([4, 5, 1], 4, 5)):
+        by_file = K._ranks_file_by_file(table.facts, members, K.DEFAULT_ORDER, None)
+        assert by_file == K._ranks_over_columns(table.columns(), members, K.DEFAULT_ORDER, None)
+        assert min(members, key=by_file.__getitem__) == kept
+        assert max(members, key=by_file.__getitem__) == last
+
+
 def test_a_picture_cut_past_its_reach_resizes_to_the_same_floats():
     # _upscale_verdict hands PIL only the rows and columns a resize reads (keep._reach); a cut that took
     # one column too few would clamp the filter at a new edge and change the last outputs. Shapes: the

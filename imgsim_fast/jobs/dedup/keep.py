@@ -6,9 +6,10 @@ Files are ranked against the other files they were found with (keep_ranks), crit
   the most content pixels: pixels inside the trimmed box, so letterbox bars and
   mats add nothing. Counts within CONTENT_TIE of the group's largest tie: a trim moves by a few lines
   between a picture and its recompressed copy (and by a band where the picture has a flat margin).
-- quality: a copy noisier than the group's cleanest file of its size by NOISE_RATIO is a noisy copy and
-  ranks last; then the earliest generation: a clean lossless file first, JPEGs by estimated quality (from
-  the quantisation table, QUALITY_STEP levels per class); then a greyscale copy of a colour group. A
+- quality: a copy noisier by NOISE_RATIO than the group's cleanest file of its size and of its own or an
+  earlier generation is a noisy copy and ranks last; then the earliest generation: a clean lossless file
+  first, JPEGs by estimated quality (from the quantisation table, QUALITY_STEP levels per class); then a
+  greyscale copy of a colour group. A
   lossless re-save of a JPEG is told by its pixels (inspect, below), not by a block grid in them: pictures
   drawn on an 8-pixel grid (screenshots, slides, icons) show one as strongly (FileFacts.blocky).
 - camera: a file whose EXIF names a camera first (edited exports often drop it).
@@ -51,6 +52,14 @@ ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: sq
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
 NOISE_RATIO = 1.5       # noise sigma above 1.5 x the cleanest of its size (+ NOISE_FLOOR): a noisy copy
 NOISE_FLOOR = 0.5
+# A file is measured against the files of its size of its own or an earlier generation only (_generation):
+# compression removes noise and fine texture alike, so a later encode measures cleaner than its source without
+# being so. Against all of them, PNG originals of the accuracy corpus counted noisy next to their own JPEG
+# copies (quality 90 dimmed to 0.6, quality 70, quality 20), and 15 of the tune half's 34 groups kept a
+# letterboxed copy, a size of its own, instead (1 with the rule). A noisy lossless copy of a JPEG is then told
+# by its pixels (derived_from's noise test) unless a clean lossless file of its size is in the group. A copy
+# dimmed but not re-encoded at a lower quality still measures cleaner than its original: the estimate follows
+# the picture's contrast.
 INSPECT_ROUNDS = 6  # at most this many would-be keepers are found derived per group ...
 INSPECT_PEERS = 6   # ... each checked against this many next-best members whose facts leave a doubt
 # An enlarged copy differs from the peer's bicubic enlargement by less than from its own down-up round trip:
@@ -198,6 +207,28 @@ class _Columns:
         self.path = [f.path for f in facts]
 
 
+def _cleanest_earlier(shape: np.ndarray, generation: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """For each file, the least noise among the files of its shape whose generation is its own or earlier
+    (_ranks_file_by_file's `cleanest`, over columns): blocks of one shape and generation, their minima, then a
+    running minimum over the blocks of each shape."""
+    order = np.lexsort((generation, shape))
+    s, g, r = shape[order], generation[order], noise[order]
+    first = np.r_[True, (s[1:] != s[:-1]) | (g[1:] != g[:-1])]
+    starts = np.flatnonzero(first)
+    block_min = np.minimum.reduceat(r, starts)
+    segment = np.cumsum(np.r_[True, s[starts][1:] != s[starts][:-1]])
+    # Over the minima's ranks (integers, so exact): an offset falling from one shape to the next keeps each
+    # running minimum within its own shape.
+    by_value = np.argsort(block_min, kind="stable")
+    rank = np.empty(len(block_min), np.int64)
+    rank[by_value] = np.arange(len(block_min))
+    offset = (segment[-1] - segment) * len(block_min)
+    running = np.minimum.accumulate(rank + offset) - offset
+    out = np.empty(len(r))
+    out[order] = block_min[by_value[running]][np.cumsum(first) - 1]
+    return out
+
+
 def _log_aspect(w: float, h: float) -> float:
     """log(long side / short side) of a content size (FileFacts.content_aspect's arithmetic)."""
     w, h = max(1e-9, w), max(1e-9, h)
@@ -292,19 +323,19 @@ def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple
     largest = max(undistorted)
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
     # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
-    cleanest: dict[tuple[int, int], float] = {}
-    for f in fs:
-        cleanest[f.width, f.height] = min(f.noise, cleanest.get((f.width, f.height), f.noise))
+    generation = [_generation(f) for f in fs]
+    cleanest = [min(o.noise for g, o in zip(generation, fs) if (o.width, o.height) == (f.width, f.height)
+                    and g <= gen) for f, gen in zip(fs, generation)]
     any_colour = any(f.colour for f in fs)
     out = {}
-    for m, f, dist, turn in zip(members, fs, distorted, turned):
+    for m, f, dist, turn, clean in zip(members, fs, distorted, turned, cleanest):
         key: list = [0 if reference and reference[m] else 1]
         for c in order:
             if c == "content":
                 key += [int(dist), int(turn),
                         -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
             elif c == "quality":
-                noisy = f.noise > NOISE_RATIO * cleanest[f.width, f.height] + NOISE_FLOOR
+                noisy = f.noise > NOISE_RATIO * clean + NOISE_FLOOR
                 key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
             elif c == "camera":
                 key.append(0 if f.camera else 1)
@@ -354,9 +385,7 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
     # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
     noise = t.noise[m]
-    _, shape_of = np.unique(t.shape[m], return_inverse=True)
-    cleanest = np.full(shape_of.max() + 1, np.inf)
-    np.minimum.at(cleanest, shape_of, noise)
+    cleanest = _cleanest_earlier(t.shape[m], t.generation[m], noise)
     colour = t.colour[m]
     any_colour = bool(colour.any())
     cols: list = [[0 if reference and reference[x] else 1 for x in members]]
@@ -365,7 +394,7 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
             cols += [distorted.astype(np.int64).tolist(), turned.astype(np.int64).tolist(),
                      np.where(content >= CONTENT_TIE * largest, -largest, -content).tolist()]
         elif c == "quality":
-            noisy = noise > NOISE_RATIO * cleanest[shape_of] + NOISE_FLOOR
+            noisy = noise > NOISE_RATIO * cleanest + NOISE_FLOOR
             cols += [noisy.astype(np.int64).tolist(), t.generation[m].tolist(),
                      (any_colour & ~colour).astype(np.int64).tolist()]
         elif c == "camera":
