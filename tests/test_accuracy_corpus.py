@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsim_fast.bench.accuracy import evaluate
+from imgsim_fast.bench.accuracy import evaluate, keepers
 from imgsim_fast.bench.corpus import EDIT_KINDS, EDITS, CorpusFile, apply_edit, split_of
 
 
@@ -76,3 +76,16 @@ def test_lookalike_false_pairs_per_kind():
     assert la["screenshot"]["families"] == 2 and la["screenshot"]["files"] == 4
     # Per-edit recall stays on the ordinary families: the look-alikes' missed JPEG copy does not lower it.
     assert r["per_kind"]["jpeg"] == 1.0
+
+
+def test_keepers_count_groups_whose_keeper_is_the_original():
+    from types import SimpleNamespace
+
+    files = [CorpusFile(f"/{f}{k}", f, k, "" if k == "original" else "mild", split)
+             for f, split in (("a", "test"), ("b", "test"), ("c", "test"), ("d", "tune"))
+             for k in ("original", "jpeg")]
+    files.append(CorpusFile("/s-original", "s", "original", "", "test", "screenshot"))  # a look-alike: not counted
+    # a: 0 1 kept first; b: 2 3 with its copy kept; c: 4 alone; d: 6 7 on the other split; s: 8 grouped.
+    groups = [SimpleNamespace(members=m) for m in ([0, 1], [3, 2], [6, 7], [8, 5])]
+    assert keepers(groups, files, "test") == {"groups_with_original": 2, "original_kept": 1}
+    assert keepers(groups, files, None) == {"groups_with_original": 3, "original_kept": 2}

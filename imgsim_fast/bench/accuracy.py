@@ -106,14 +106,31 @@ def imagehash_pairs(files: list[CorpusFile], threshold: int = IMAGEHASH_THRESHOL
     return set(zip(ii.tolist(), jj.tolist())), dt
 
 
-def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate",
-              learned: bool = True):
-    """Pairs inside dedup's groups of one tier, exactly as `imgsim dedup` groups them (learned=False: with
+def our_groups(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate",
+               learned: bool = True) -> list:
+    """Dedup's groups of one tier, exactly as `imgsim dedup` groups them, keeper first (learned=False: with
     the raw embedding cosine, the hand rule the learned similarity replaced)."""
     from imgsim_fast.jobs.dedup import DEFAULTS, group_features
 
     res = group_features(features, method, thresholds or DEFAULTS, flips=flips, learned=learned)
-    return _pairs_from_groups([g for g in res.groups if g.tier == tier])
+    return [g for g in res.groups if g.tier == tier]
+
+
+def our_pairs(features, method: str, thresholds=None, flips: bool = True, tier: str = "duplicate",
+              learned: bool = True):
+    """Pairs inside dedup's groups of one tier (our_groups)."""
+    return _pairs_from_groups(our_groups(features, method, thresholds, flips, tier, learned))
+
+
+def keepers(groups, files: list[CorpusFile], split: str | None) -> dict:
+    """Of the split's ordinary families, in how many the original is in a group, and in how many of those it
+    is the keeper (members[0]): keep-best on a corpus of PNG and JPEG originals with twenty edits each,
+    beside the keep bench's one-step copies of JPEGs."""
+    first = {m: g.members[0] for g in groups for m in g.members}
+    originals = [i for i, f in enumerate(files) if f.kind == "original" and not f.negative
+                 and (split is None or f.split == split)]
+    grouped = [i for i in originals if i in first]
+    return {"groups_with_original": len(grouped), "original_kept": sum(first[i] == i for i in grouped)}
 
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None) -> list[Row]:
@@ -135,8 +152,9 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
     ih_pred, t_ih = imagehash_pairs(files)
     results = {"imagehash.phash@10": {s: evaluate(ih_pred, files, s) for s in ("test", "tune", None)}}
     for m in METHODS:
-        pred = our_pairs(feats, m)
-        results[m] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+        groups = our_groups(feats, m)
+        pred = _pairs_from_groups(groups)
+        results[m] = {s: {**evaluate(pred, files, s), "keep": keepers(groups, files, s)} for s in ("test", "tune", None)}
     pred = our_pairs(feats, "phash", flips=False)
     results["phash-noflip"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
     pred = our_pairs(feats, "auto", learned=False)  # the hand rule on the raw cosine, as it was
@@ -161,6 +179,9 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         rows.append(Row("accuracy", f"auto {metric} (whole corpus)", round(r[metric], 4), "",
                         "imagehash.phash@10", round(ih_all[metric], 4), dict(params, split="all")))
     r = results["auto"]["test"]
+    rows.append(Row("accuracy", "auto original kept (held-out)",
+                    round(r["keep"]["original_kept"] / max(1, r["keep"]["groups_with_original"]), 4), "",
+                    params={"split": "test", **r["keep"]}))
     for k, v in r["per_kind"].items():
         if "/" not in k or k in ("crop/strong", "letterbox/strong", "rot90/strong", "mirror/strong"):
             rows.append(Row("accuracy", f"auto recall {k}", round(v, 4), "", "imagehash.phash@10",
@@ -186,6 +207,10 @@ def _print_details(details: dict) -> None:
             r = res[n][split]
             print(f"  {n:20} P={r['precision']:.4f} R={r['recall']:.4f} F1={r['f1']:.4f} "
                   f"({r['false_pairs']} false of {r['pairs']} pairs)")
+    for split in ("test", "tune"):
+        k = res["auto"][split]["keep"]
+        print(f"auto, {split} split: the original kept in {k['original_kept']} of the {k['groups_with_original']} "
+              "groups holding one")
     print(f"\nper-kind recall, held-out split ({' | '.join(names)})")
     for k in res["auto"]["test"]["per_kind"]:
         print(f"  {k:18} " + " ".join(f"{res[n]['test']['per_kind'][k]:6.3f}" for n in names))
