@@ -331,7 +331,7 @@ def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple
                     and g <= gen) for f, gen in zip(fs, generation)]
     any_colour = any(f.colour for f in fs)
     out = {}
-    for m, f, dist, turn, clean in zip(members, fs, distorted, turned, cleanest):
+    for m, f, dist, turn, gen, clean in zip(members, fs, distorted, turned, generation, cleanest):
         key: list = [0 if reference and reference[m] else 1]
         for c in order:
             if c == "content":
@@ -339,7 +339,7 @@ def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple
                         -largest if f.content_pixels >= CONTENT_TIE * largest else -f.content_pixels]
             elif c == "quality":
                 noisy = f.noise > NOISE_RATIO * clean + NOISE_FLOOR
-                key += [int(noisy), _generation(f), int(any_colour and not f.colour)]
+                key += [int(noisy), gen, int(any_colour and not f.colour)]
             elif c == "camera":
                 key.append(0 if f.camera else 1)
             elif c == "size":
