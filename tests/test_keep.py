@@ -194,6 +194,51 @@ def test_a_lossless_original_is_not_noisy_next_to_its_own_smoother_jpegs():
         assert max(members, key=by_file.__getitem__) == last
 
 
+@pytest.fixture(scope="module")
+def noisy_family(tmp_path_factory, photos):
+    # A photo saved at quality 90; a copy with noise added (sigma 12) saved at quality 98, which its tables
+    # make an earlier JPEG generation than its source; a plain re-encode of the original at quality 30.
+    d = tmp_path_factory.mktemp("noisy")
+    src = _rgb([p for p in photos if p.endswith(".jpg")][0], 800)
+    src.save(d / "original.jpg", quality=90)
+    with Image.open(d / "original.jpg") as im:
+        o = np.asarray(im.convert("RGB"), np.float32)
+    noise = np.random.default_rng(0).normal(0, 12, o.shape[:2] + (1,))
+    Image.fromarray(np.clip(o + noise, 0, 255).astype(np.uint8)).save(d / "noisy.jpg", quality=98)
+    Image.fromarray(o.astype(np.uint8)).save(d / "q30.jpg", quality=30)
+    f = compute_features([str(d / n) for n in ("original.jpg", "noisy.jpg", "q30.jpg")], embed=False, workers=1,
+                         progress=False)
+    return f.facts
+
+
+def test_a_noisy_copy_saved_at_a_higher_quality_than_its_original_is_not_kept(noisy_family):
+    # An earlier generation by its tables, the noisy copy is never measured against the original on facts
+    # (the noise rule looks back only), so the pixels are asked: its difference from the original is white
+    # noise independent of the picture. Nor is the original a re-encode of the copy, though it holds the
+    # copy's picture within RECODE_DIFF: the copy is it with noise added.
+    facts = noisy_family
+    plain = keep_ranks(facts, [0, 1])
+    assert plain[1] < plain[0]  # the facts alone keep the noisy copy: what the look at pixels must undo
+    looked = list(K._looked_at_file_by_file(facts, 1, [0]))
+    assert looked == [(0, "noise")]
+    assert K._looked_at_over_columns(K.FactTable(facts).columns(), 1, [0]) == looked
+    assert K.derived_from(facts, 1, [0]) == 0
+    assert K.derived_from(facts, 0, [1]) is None
+    r = keep_ranks(facts, [0, 1], inspect=True)
+    assert r[0] < r[1], r
+    r = keep_ranks(facts, [0, 1, 2], inspect=True)
+    assert min(r, key=r.__getitem__) == 0, r
+
+
+def test_an_original_is_no_noisy_copy_of_its_own_smoother_reencode(noisy_family):
+    # The original measures noisier than its quality-30 copy (compression smooths), so the noise test is
+    # asked, and must find the difference tied to the picture's detail: what JPEG takes away.
+    facts = noisy_family
+    assert facts[0].noise > facts[2].noise
+    assert (2, "noise") in list(K._looked_at_file_by_file(facts, 0, [2]))
+    assert K.derived_from(facts, 0, [2]) is None
+
+
 def test_a_picture_cut_past_its_reach_resizes_to_the_same_floats():
     # _upscale_verdict hands PIL only the rows and columns a resize reads (keep._reach); a cut that took
     # one column too few would clamp the filter at a new edge and change the last outputs. Shapes: the

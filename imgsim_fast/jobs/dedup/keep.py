@@ -59,10 +59,10 @@ NOISE_FLOOR = 0.5
 # letterboxed copy, a size of its own, instead (1 with the rule). A noisy lossless copy of a JPEG is then told
 # by its pixels (derived_from's noise test) unless a clean lossless file of its size is in the group. A copy
 # dimmed but not re-encoded at a lower quality still measures cleaner than its original: the estimate follows
-# the picture's contrast. And a noisy copy saved at a higher JPEG quality than its original is an earlier
-# generation, so it is not measured against it, and no look at pixels asks (derived_from tests noise only for a
-# lossless top): review of this rule, 10 photos at q75 with noise sigma 20 re-saved at q95, original kept 6 of
-# 10 before, 0 now (at sigma 8, 0 either way). A pixel test for that case is open work.
+# the picture's contrast. A noisy copy saved at a higher JPEG quality than its original is an earlier
+# generation, so it is not measured against it either: its pixels are (derived_from's "noise" test, asked
+# wherever a would-be keeper is noisier than a peer of its size). Review of this rule, 10 photos at q75 with
+# noise sigma 20 re-saved at q95: original kept 6 of 10 before it, 0 with it and no pixel test.
 INSPECT_ROUNDS = 6  # at most this many would-be keepers are found derived per group ...
 INSPECT_PEERS = 6   # ... each checked against this many next-best members whose facts leave a doubt
 # An enlarged copy differs from the peer's bicubic enlargement by less than from its own down-up round trip:
@@ -85,8 +85,9 @@ RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trim
 PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (grey float32: 4 bytes a pixel)
 # Verdicts are cached by this version (catalog meta): a change to what a verdict means bumps it, so a verdict
 # of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies; 3: the
-# trims they compare inside are extract.PREP_VERSION 2's (nested borders).
-VERDICT_VERSION = 3
+# trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no file is a re-encode of its own
+# noisy copy.
+VERDICT_VERSION = 4
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
 # 0.07 at most, a PNG original against its own JPEG copies (q20-q70) 0.17 at least.
@@ -425,9 +426,12 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
 
     - top lossless, the peer lossy, the peer's pixels found unchanged inside top (at the same place, or
       inside a frame or bars): top is a lossless re-save of the peer;
-    - same size, their difference is noise independent of the picture, top the noisier: top is a noisy copy;
+    - same size, their difference is noise independent of the picture, top the noisier: top is a noisy copy
+      (asked where top is lossless and the peer lossy, or top measures noisier than the peer: a noisy copy
+      saved at a higher quality than its source is an earlier generation by its tables);
     - top a later encode than the peer, the peer's picture found inside top at its scale up to a tone map
-      (RECODE_DIFF): top is a re-encode that outranked it only by a trim;
+      (RECODE_DIFF), and the peer not top with noise added: top is a re-encode that outranked it only by a
+      trim;
     - top larger (on either axis or both), and no more detail than the peer enlarged: top is an upscaled
       copy; where neither file has detail enough to tell, top counts as one when the peer is an earlier
       generation (an enlargement is a new encode, made after its source).
@@ -486,6 +490,13 @@ def _looked_at_file_by_file(facts: list[FileFacts], top: int, peers: list[int]):
             # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took
             # a band more or less: if it holds the same picture, the earlier encode is its source
             kind = "recode"
+        elif (f.width, f.height) == (t.width, t.height) and t.noise > f.noise:
+            # top measures noisier than a peer of its size that the noise rule did not measure it against
+            # (or not by NOISE_RATIO): noise added, then saved at a higher quality than its source; or its own
+            # grain that the peer's coarser encode smoothed away, which the test tells apart. Before the
+            # upscale test: noise over a flat margin stops the trim, so a noisy copy also counts more content
+            # pixels than its source.
+            kind = "noise"
         elif t.content_pixels > UPSCALE_MIN * f.content_pixels and tw >= (1 - RESAVE_JITTER) * fw and \
                 th >= (1 - RESAVE_JITTER) * fh:
             kind = "upscale"
@@ -522,10 +533,13 @@ def _looked_at_over_columns(t: _Columns, top: int, peers: list[int]) -> list[tup
         lossy | ((fW == tW) & (fH == tH) & (t.noise[p] <= NOISE_RATIO * t.noise[top] + NOISE_FLOOR)))
     upscale = (t.content[top] > UPSCALE_MIN * t.content[p]) & (tw >= (1 - RESAVE_JITTER) * fw) & \
         (th >= (1 - RESAVE_JITTER) * fh)
+    # top noisier than a peer of its size (_looked_at_file_by_file), asked before upscale
+    noise = ~resave & ~recode & (fW == tW) & (fH == tH) & (t.noise[top] > t.noise[p])
     # A colour file is never made from a greyscale one: on a smooth picture a grey JPEG's pixels are the
     # colour original's grey levels to within its encoding noise, and looked like a source re-saved.
-    doubt = (resave | recode | upscale) & (t.digest[p] != t.digest[top]) & ~(t.colour[top] & ~t.colour[p])
-    return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "upscale")
+    doubt = (resave | recode | upscale | noise) & (t.digest[p] != t.digest[top]) & \
+        ~(t.colour[top] & ~t.colour[p])
+    return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "noise" if noise[k] else "upscale")
             for k in np.flatnonzero(doubt)[:INSPECT_PEERS]]
 
 
@@ -537,25 +551,33 @@ def _content_size(f: FileFacts) -> tuple[float, float]:
 def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
     if kind == "recode":
-        return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True)
+        # ... unless the earlier encode is top with noise added: a noisy copy saved at a higher quality than
+        # its source holds the source's picture within RECODE_DIFF too (keep corpus noisy copies, sigma 6).
+        return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True) and not _noise_added(b, a)
     if kind == "resave":
-        if _resaved_inside(a, b, t, f, RESAVE_DIFF):
-            return True
-        if a.shape != b.shape:
-            return False
-        r = a - b
-        std, whiteness = _spread(r)
-        if std <= 1.5 or whiteness >= NOISE_WHITE:  # the Laplacians only where these pass (a fifth)
-            return False
-        lap_b = _laplacian(b)
-        if _laplacian(a).mean() > lap_b.mean():
-            dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
-            return bool(np.isfinite(dep) and dep < NOISE_DEPENDENCE)
-        return False
+        return _resaved_inside(a, b, t, f, RESAVE_DIFF) or _noise_added(a, b)
+    if kind == "noise":
+        return _noise_added(a, b)
     verdict = _upscale_verdict(a, t, b, f)
     if verdict is None:  # too little detail to tell which came first: the earlier encode is the source
         return _generation(f) < _generation(t)
     return verdict
+
+
+def _noise_added(a, b) -> bool:
+    """Is `a` (grey, full size) `b` with noise added: a difference that is white, independent of b's detail,
+    and more detail in a than in b."""
+    if a.shape != b.shape:
+        return False
+    r = a - b
+    std, whiteness = _spread(r)
+    if std <= 1.5 or whiteness >= NOISE_WHITE:  # the Laplacians only where these pass (a fifth)
+        return False
+    lap_b = _laplacian(b)
+    if _laplacian(a).mean() > lap_b.mean():
+        dep = np.corrcoef(np.abs(r[1:-1, 1:-1]).ravel(), lap_b.ravel())[0, 1]
+        return bool(np.isfinite(dep) and dep < NOISE_DEPENDENCE)
+    return False
 
 
 class _Pictures:
