@@ -204,3 +204,45 @@ def test_schema_4_moves_keep_verdicts_out_of_meta(tmp_path):
         assert dfs.stored_verdicts(c) == {"1:a:b": True, "1:a:c": False}
         assert dfs.stored_checks(c) == {}
         assert c.get_meta("dedup_keep_verdicts") is None and c.get_meta("dedup_pixel_checks") is None
+
+
+def test_an_earlier_versions_features_and_looks_are_dropped(lib, tmp_path, monkeypatch):
+    # A new preparation or check version makes everything again under new names and keys. What the old one
+    # stored is read by no run of this version, so it is dropped (a catalog kept every version's copy of every
+    # file's features otherwise); this version's arrays, another model's views and this version's looks stay,
+    # and a second run still decodes nothing.
+    import numpy as np
+
+    from imgsim_fast.jobs.dedup.detect import check_key_prefix
+    from imgsim_fast.jobs.dedup.keep import verdict_key_prefix
+
+    cat = str(tmp_path / "c.sqlite")
+    first = find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
+    checks, verdicts = dfs.load_checks(cat), dfs.load_verdicts(cat)
+    assert checks and verdicts
+    other_model = dfs.model_arrays("another-model")[0]
+    with Catalog(cat, write=True) as c:
+        current = set(c.arrays())
+        old = ["dedup-facts", "dedup-facts-p1", "dedup-thumb64" + dfs.THUMBS[len("dedup-thumb128"):],
+               "dedup-emb-p1-efficientnet-lite0", other_model]
+        for name in old:
+            c.ensure_array(name, np.float32, 4)
+        with c.transaction():
+            for name in old:
+                c.append(name, np.ones((3, 4), np.float32))
+            dfs.store_checks(c, {"1:128:0.015:a:b:0": [0.0, 0.0]})
+            dfs.store_verdicts(c, {"1:a:b": True, "3:c:d": False})
+        orphan = os.path.join(c.arrays_dir, "dedup-phash8-p0.bin")  # a drop cut short by a crash
+        with open(orphan, "wb") as f:
+            f.write(b"\0" * 64)
+        arrays_dir = c.arrays_dir
+    _no_decoding(monkeypatch)
+    again = find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
+    assert _same(first, again)
+    with Catalog(cat) as c:
+        assert set(c.arrays()) == current | {other_model}
+        assert c.verify() == []
+    assert sorted(f for f in os.listdir(arrays_dir) if f.startswith("dedup-")) == sorted(
+        n + ".bin" for n in current | {other_model} if n.startswith("dedup-"))
+    assert dfs.load_checks(cat) == checks and all(k.startswith(check_key_prefix()) for k in checks)
+    assert dfs.load_verdicts(cat) == verdicts and all(k.startswith(verdict_key_prefix()) for k in verdicts)

@@ -278,3 +278,32 @@ def test_a_delete_and_the_same_upload_in_one_batch_keep_the_stored_bytes(tmp_pat
     with Catalog(catalog) as cat:
         assert [(r.id, r.path) for r in cat.files()] == [(new, path)]
     assert set(live.row_of) == {new}
+
+
+def test_the_writer_drops_an_earlier_versions_dedup_features_and_looks(tmp_path):
+    # As `imgsim dedup --catalog` does: the service serves one version, and its writer drops what an
+    # earlier one stored (no read of this version looks it up), keeping this version's.
+    import numpy as np
+
+    from imgsim_fast.catalog import dedup_features as dfs
+    from imgsim_fast.catalog.store import Catalog
+    from imgsim_fast.jobs.dedup.detect import check_key_prefix
+    from imgsim_fast.jobs.dedup.keep import verdict_key_prefix
+    from imgsim_fast.service.live import LiveIndex
+    from imgsim_fast.service.writer import Writer
+
+    catalog = str(tmp_path / "c.sqlite")
+    now_check, now_verdict = f"{check_key_prefix()}0.015:a:b:0", f"{verdict_key_prefix()}a:b"
+    with Catalog(catalog, write=True) as cat:
+        cat.ensure_array("dedup-facts-p1", np.float64, 12)
+        with cat.transaction():
+            cat.append("dedup-facts-p1", np.zeros((2, 12)))
+            dfs.store_checks(cat, {"1:128:0.015:a:b:0": [0.0, 0.0], now_check: [0.1, 0.0]})
+            dfs.store_verdicts(cat, {"1:a:b": True, now_verdict: False})
+    writer = Writer(catalog, str(tmp_path / "store"), LiveIndex(1, None), model_name=None, dim=None)
+    writer.close()
+    with Catalog(catalog) as cat:
+        assert "dedup-facts-p1" not in cat.arrays() and dfs.FACTS in cat.arrays()
+        assert dfs.stored_checks(cat) == {now_check: [0.1, 0.0]}
+        assert dfs.stored_verdicts(cat) == {now_verdict: False}
+    assert not os.path.exists(os.path.join(catalog + ".arrays", "dedup-facts-p1.bin"))

@@ -177,14 +177,14 @@ def grouping_folder(folder: str, catalog: str) -> dict:
     phash, keep-best as dedup runs it, its remembered verdicts and pixel checks included: a second run)."""
     from imgsim_fast.catalog.dedup_features import dedup_features, load_checks, load_verdicts
     from imgsim_fast.jobs.dedup.detect import PairJudge, candidate_pairs, check_key_prefix
-    from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, keep_ranks
+    from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, keep_ranks, verdict_key_prefix
 
     feats, decoded = dedup_features(catalog, [folder], progress=False)
     judge = PairJudge(feats, "phash", checks=load_checks(catalog, check_key_prefix()))
     t0 = time.perf_counter()
     pairs = candidate_pairs(judge)
     t_pairs = time.perf_counter() - t0
-    verdicts = load_verdicts(catalog)
+    verdicts = load_verdicts(catalog, verdict_key_prefix())
     ref = [False] * len(feats)
     out = _timed_grouping(len(feats), pairs, judge, lambda members: keep_ranks(
         feats.facts, members, DEFAULT_ORDER, ref, inspect=True, verdicts=verdicts))

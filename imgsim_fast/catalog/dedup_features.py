@@ -15,18 +15,20 @@ import re
 import numpy as np
 
 from imgsim_fast.catalog.store import Catalog
-from imgsim_fast.features.extract import PREP_VERSION, THUMB_SIDE, Features, FileFacts
+from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
-           "added", "load_checks", "load_verdicts", "model_arrays", "read_features", "save_checks", "save_verdicts",
-           "store_checks", "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
+           "added", "drop_stale_arrays", "drop_stale_looks", "load_checks", "load_verdicts", "model_arrays",
+           "read_features", "save_checks", "save_looks", "store_checks", "store_verdicts", "stored_checks",
+           "stored_facts", "stored_verdicts"]
 
-# Named by the preparation's version (extract.PREP_VERSION; the arrays of version 1 had no suffix), and the
+# Named by the preparation's version (extract.PREP_TAG; the arrays of version 1 had no suffix), and the
 # thumbnails by their side too: a catalog written by another preparation or with another thumbnail size lacks
-# these arrays, so its files are extracted again rather than misread.
-_PREP = f"-p{PREP_VERSION}"
+# these arrays, so its files are extracted again rather than misread (and the old arrays are dropped:
+# drop_stale_arrays).
+_PREP = f"-{PREP_TAG}"
 PHASH8 = f"dedup-phash8{_PREP}"
 THUMBS = f"dedup-thumb{THUMB_SIDE}{_PREP}"
 FACTS = f"dedup-facts{_PREP}"
@@ -40,6 +42,25 @@ def model_arrays(model: str) -> tuple[str, str]:
     """The arrays of dedup's two embedded views (whole trimmed picture, centre) by `model`."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model)[-80:]
     return f"dedup-emb{_PREP}-{name}", f"dedup-centre{_PREP}-{name}"
+
+
+def _current(name: str) -> bool:
+    """Whether a dedup-* array name is one this version makes (for some model)."""
+    return name in (PHASH8, THUMBS, FACTS) or name.startswith((f"dedup-emb{_PREP}-", f"dedup-centre{_PREP}-"))
+
+
+def drop_stale_arrays(cat: Catalog) -> list[str]:
+    """Drop dedup's arrays of another preparation or thumbnail side (no run of this version reads them, and
+    a catalog would otherwise keep every version's copy of every file's features), with any dedup-* array
+    file no row names (a drop cut short); the names dropped. A catalog open for writing, outside a
+    transaction."""
+    stale = [n for n in cat.arrays() if n.startswith("dedup-") and not _current(n)]
+    if os.path.isdir(cat.arrays_dir):
+        named = set(cat.arrays())
+        stale += [f[:-4] for f in os.listdir(cat.arrays_dir)
+                  if f.startswith("dedup-") and f.endswith(".bin") and f[:-4] not in named and not _current(f[:-4])]
+    cat.drop_arrays(stale)
+    return stale
 
 
 def fact_row(f: FileFacts) -> list[float]:
@@ -184,14 +205,22 @@ def added(looks: dict, before: int) -> dict:
     return dict(itertools.islice(looks.items(), before, None))
 
 
-def load_verdicts(catalog: str) -> dict:
+def load_verdicts(catalog: str, prefix: str = "") -> dict:
     with Catalog(catalog) as cat:
-        return stored_verdicts(cat)
+        return stored_verdicts(cat, prefix)
 
 
-def save_verdicts(catalog: str, verdicts: dict) -> None:
+def save_looks(catalog: str, verdicts: dict, checks: dict, check_prefix: str, verdict_prefix: str) -> None:
+    """Store what a run added (verdicts, checks) and drop the looks of other versions (drop_stale_looks), in
+    one transaction; the catalog is not opened for writing when there is neither."""
+    if not verdicts and not checks:
+        with Catalog(catalog) as cat:
+            if not _has_stale_looks(cat, check_prefix, verdict_prefix):
+                return
     with Catalog(catalog, write=True) as cat, cat.transaction():
         store_verdicts(cat, verdicts)
+        store_checks(cat, checks)
+        drop_stale_looks(cat, check_prefix, verdict_prefix)
 
 
 def store_verdicts(cat: Catalog, verdicts: dict) -> None:
@@ -200,9 +229,34 @@ def store_verdicts(cat: Catalog, verdicts: dict) -> None:
                          [(k, int(bool(v))) for k, v in verdicts.items()])
 
 
-def stored_verdicts(cat: Catalog) -> dict:
+def stored_verdicts(cat: Catalog, prefix: str = "") -> dict:
+    """The stored verdicts of an open catalog whose key starts with prefix (keep.verdict_key_prefix: the
+    current tests'), by key."""
     return {k: bool(d) for k, d in cat.conn.execute(
-        "SELECT key, derived FROM keep_verdicts WHERE typeof(derived) = 'integer' AND derived IN (0, 1)")}
+        "SELECT key, derived FROM keep_verdicts WHERE key >= ? AND key < ? AND typeof(derived) = 'integer' "
+        "AND derived IN (0, 1)", (prefix, _after(prefix)))}
+
+
+def _after(prefix: str) -> str:
+    """The least string above every string that starts with prefix: a key range of the primary key."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+
+
+def drop_stale_looks(cat: Catalog, check_prefix: str, verdict_prefix: str) -> int:
+    """Delete the stored looks no run of this version reads (pixel checks whose key lacks check_prefix,
+    verdicts whose key lacks verdict_prefix), inside the caller's transaction; how many. A catalog used by
+    one version keeps one version's looks."""
+    n = 0
+    for table, prefix in (("pixel_checks", check_prefix), ("keep_verdicts", verdict_prefix)):
+        n += cat.conn.execute(f"DELETE FROM {table} WHERE key < ? OR key >= ?", (prefix, _after(prefix))).rowcount
+    return n
+
+
+def _has_stale_looks(cat: Catalog, check_prefix: str, verdict_prefix: str) -> bool:
+    """Whether drop_stale_looks would delete anything (index seeks at both ends of each range, no scan)."""
+    return any(cat.conn.execute(f"SELECT 1 FROM {table} WHERE key < ? OR key >= ? LIMIT 1",
+                                (prefix, _after(prefix))).fetchone()
+               for table, prefix in (("pixel_checks", check_prefix), ("keep_verdicts", verdict_prefix)))
 
 
 def load_checks(catalog: str, prefix: str = "") -> dict:
@@ -213,12 +267,10 @@ def load_checks(catalog: str, prefix: str = "") -> dict:
 def stored_checks(cat: Catalog, prefix: str = "") -> dict:
     """The stored pixel checks of an open catalog whose key starts with prefix (detect.check_key_prefix: the
     current check's), [changed, strong] by key."""
-    # A range of the primary key: every key with the prefix sorts at or after it and before the prefix with
-    # its last character raised.
-    end = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
     return {k: [c, s] for k, c, s in cat.conn.execute(
         "SELECT key, changed, strong FROM pixel_checks WHERE key >= ? AND key < ? AND typeof(changed) = 'real' "
-        "AND typeof(strong) = 'real' AND changed BETWEEN 0 AND 1 AND strong BETWEEN 0 AND 1", (prefix, end))}
+        "AND typeof(strong) = 'real' AND changed BETWEEN 0 AND 1 AND strong BETWEEN 0 AND 1",
+        (prefix, _after(prefix)))}
 
 
 def save_checks(catalog: str, checks: dict) -> None:

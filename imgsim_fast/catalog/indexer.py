@@ -287,6 +287,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         if dedup:
             model = _load_model(dedup_model) if dedup_model else None
             wanted += dedup_arrays.ensure_arrays(cat, model.name if model else None, model.dim if model else None)
+            dedup_arrays.drop_stale_arrays(cat)  # an earlier preparation's: no run of this version reads them
 
         if sidecar_map is None:
             stored = cat.get_meta("sidecar_map")

@@ -709,6 +709,34 @@ class Catalog:
             self._arrays[name] = _ArrayFile(self._array_path(name), dtype, int(width), committed, block_rows,
                                             tail_crc)
 
+    def drop_arrays(self, names: list[str]) -> None:
+        """Delete arrays whole: their rows, vectors and checksums in one transaction of its own, then their
+        files, named or not by a row (a crash in between leaves a file no row names, which nothing reads:
+        a later drop of the name removes it). Not inside `transaction()`: the files go only once the rows are
+        gone for good."""
+        if self._in_tx:
+            raise CatalogError("drop_arrays inside a transaction")
+        names = [n for n in names if _NAME_RE.match(n)]
+        if not names:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name in names:
+                self.conn.execute("DELETE FROM vectors WHERE array = ?", (name,))
+                self.conn.execute("DELETE FROM array_blocks WHERE array = ?", (name,))
+                self.conn.execute("DELETE FROM arrays WHERE name = ?", (name,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        for name in names:
+            a = self._arrays.pop(name, None)
+            if a is not None:
+                a.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._array_path(name))
+
     def append(self, name: str, rows: np.ndarray) -> int:
         """Write rows to array `name` (inside `transaction()`); returns the index of the first one."""
         if not self._in_tx:

@@ -25,7 +25,8 @@ from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, R
 
 __all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "embed_inputs", "extract_chunk", "extract_file",
            "extract_many", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
-           "noise_sigma", "trim_box", "trim_tolerance", "trim_uniform_borders", "PREP_VERSION"]
+           "noise_sigma", "trim_box", "trim_tolerance", "trim_uniform_borders", "PREP_VERSION",
+           "PREP_TAG"]
 
 # Decoded short side: enough for a 224 px embedding input and for finding a border to within 1/256.
 FEATURE_SIDE = 256
@@ -62,6 +63,7 @@ TRIM_PASSES = 3
 # facts made from it): dedup's catalog arrays and the pixel checks stored by content are named by it, so
 # what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders.
 PREP_VERSION = 2
+PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p2, pixel check keys)
 _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 # The thumbnail kept for the pixel check of the pair test (jobs/dedup/verify.py). At 128 px the words on
 # slides of one template and a subject a step further in a burst still differ where 64 px blurs them into

@@ -23,7 +23,7 @@ from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
 from imgsim_fast.jobs.dedup import learned_space
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, Match, PairJudge, candidate_pairs, check_key_prefix
 from imgsim_fast.jobs.dedup.grouping import group_pairs
-from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks
+from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, keep_ranks, verdict_key_prefix
 
 __all__ = ["LiveIndex", "Near"]
 
@@ -209,7 +209,7 @@ class LiveIndex:
         # a regrouping or a repeated upload looks at no pair twice. All of them, as `imgsim dedup --catalog`
         # holds them: about 300 bytes a checked pair in memory (a group rests on about 1.5 checks a file).
         self.checks = dedup_arrays.stored_checks(cat, check_key_prefix())
-        self.verdicts = dedup_arrays.stored_verdicts(cat)
+        self.verdicts = dedup_arrays.stored_verdicts(cat, verdict_key_prefix())
         self._handed = (len(self.checks), len(self.verdicts))
         pos = {int(f): i for i, f in enumerate(fids)}
         m = len(fids)

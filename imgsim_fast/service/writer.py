@@ -21,6 +21,8 @@ from imgsim_fast.catalog import dedup_features as dedup_arrays
 from imgsim_fast.catalog.indexer import _insert_file  # the indexer's row writer: one definition of a file row
 from imgsim_fast.catalog.store import Catalog, embedding_array_name
 from imgsim_fast.io.atomic_write import fsync_dir
+from imgsim_fast.jobs.dedup.detect import check_key_prefix
+from imgsim_fast.jobs.dedup.keep import verdict_key_prefix
 from imgsim_fast.service.ingest import DIHEDRAL_ARRAY, HASH_ARRAY, HASH_KIND, HASH_MODE, HASH_SIZE, Extracted
 
 __all__ = ["AddJob", "DeleteJob", "LooksJob", "Writer", "stored_path"]
@@ -77,6 +79,10 @@ class Writer:
             # dedup's features, as `imgsim dedup --catalog` keeps them: the live index's duplicate test reads them.
             dedup_names = dedup_arrays.ensure_arrays(self.cat, model_name, dim)
             self.view_arrays = dedup_arrays.model_arrays(model_name) if model_name else None
+            # An earlier version's dedup features and looks: nothing of this version reads them.
+            dedup_arrays.drop_stale_arrays(self.cat)
+            with self.cat.transaction():
+                dedup_arrays.drop_stale_looks(self.cat, check_key_prefix(), verdict_key_prefix())
             # What this server keeps for every file it adds.
             self.arrays = [HASH_ARRAY, DIHEDRAL_ARRAY] + ([self.embed_array] if self.embed_array else []) + dedup_names
         except BaseException:

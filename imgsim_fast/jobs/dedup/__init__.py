@@ -18,7 +18,8 @@ from imgsim_fast.jobs.dedup.detect import (DEFAULTS, METHODS, Match, PairJudge, 
 from imgsim_fast.jobs.dedup.grouping import Group, group_pairs
 from imgsim_fast.features.extract import Features, FileFacts, compute_features, file_digest
 from imgsim_fast.runtime.progress import phase
-from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, FactTable, all_under, keep_ranks, parse_order
+from imgsim_fast.jobs.dedup.keep import (DEFAULT_ORDER, FactTable, all_under, keep_ranks, parse_order,
+                                       verdict_key_prefix)
 
 __all__ = ["DEFAULTS", "DEFAULT_ORDER", "DEFAULT_THRESHOLD", "LEARNED", "METHODS", "DedupResult", "Features",
            "FileFacts", "Group", "Match", "Thresholds", "compute_features", "file_digest", "find_duplicates",
@@ -245,19 +246,17 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                                  extensions=extensions)
         return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                               progress=progress)
-    from imgsim_fast.catalog.dedup_features import (added, dedup_features, load_checks, load_verdicts,
-                                                    save_checks, save_verdicts)
+    from imgsim_fast.catalog.dedup_features import added, dedup_features, load_checks, load_verdicts, save_looks
 
     feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
                               extensions=extensions)
     # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
     # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
-    verdicts, checks = load_verdicts(catalog), load_checks(catalog, check_key_prefix())
+    # Only this version's looks are read; what it adds is stored, and an earlier version's are dropped.
+    verdicts, checks = load_verdicts(catalog, verdict_key_prefix()), load_checks(catalog, check_key_prefix())
     verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)
-    if len(verdicts) != verdicts_before:  # only what this run added is stored
-        save_verdicts(catalog, added(verdicts, verdicts_before))
-    if len(checks) != checks_before:
-        save_checks(catalog, added(checks, checks_before))
+    save_looks(catalog, added(verdicts, verdicts_before), added(checks, checks_before), check_key_prefix(),
+               verdict_key_prefix())
     return res

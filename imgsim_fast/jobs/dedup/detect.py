@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgsim_fast.indexes.mih import HammingIndex
-from imgsim_fast.features.extract import PREP_VERSION, THUMB_SIDE, Features
+from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features
 from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup import detail as detail_check, verify
 from imgsim_fast.jobs.dedup.verify import compare
@@ -218,7 +218,7 @@ def check_key_prefix() -> str:
     version, the thumbnails' side and the preparation's version (extract.PREP_VERSION: the thumbnails are
     of the trimmed picture; keys of version 1 had no such part). A caller loading stored checks reads only
     these: one of an earlier version is never looked up, and need not be held."""
-    return f"{verify.VERSION}:{THUMB_SIDE}:p{PREP_VERSION}:"
+    return f"{verify.VERSION}:{THUMB_SIDE}:{PREP_TAG}:"
 
 
 class PairJudge:

@@ -32,7 +32,8 @@ import numpy as np
 
 from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
 
-__all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "FactTable", "is_under", "all_under"]
+__all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "FactTable", "is_under", "all_under",
+           "verdict_key_prefix"]
 
 CRITERIA = {
     "content": "undistorted, then the most pixels inside the trimmed borders",
@@ -83,11 +84,19 @@ UPSCALE_MIN = 1.1     # content pixels over the peer's: larger than a trim's jit
 RESAVE_JITTER = 0.05
 RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trimmed boxes put them
 PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (grey float32: 4 bytes a pixel)
-# Verdicts are cached by this version (catalog meta): a change to what a verdict means bumps it, so a verdict
+# Verdicts are cached by this version (the catalog's keep_verdicts): a change to what a verdict means bumps it, so a verdict
 # of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies; 3: the
 # trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no file is a re-encode of its own
 # noisy copy.
 VERDICT_VERSION = 4
+
+
+def verdict_key_prefix() -> str:
+    """What the key of every verdict this version makes starts with (derived_from): a caller loading stored
+    verdicts reads only these, and an older one's can be dropped."""
+    return f"{VERDICT_VERSION}:"
+
+
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
 # 0.07 at most, a PNG original against its own JPEG copies (q20-q70) 0.17 at least.
@@ -443,7 +452,7 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
     a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
     for p, kind in _looked_at(table, top, peers):
         f = table.facts[p]
-        key = f"{VERDICT_VERSION}:{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
+        key = f"{verdict_key_prefix()}{t.digest}:{f.digest}"  # the verdict depends on the two files' bytes only
         if verdicts is not None and key in verdicts:
             if verdicts[key]:
                 return p
