@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from imgsim_fast.catalog import dedup_features as dfs
-from imgsim_fast.catalog.store import Catalog, CatalogDamaged
+from imgsim_fast.catalog.store import Catalog, CatalogDamaged, CatalogError
 from imgsim_fast.cli import main
 from imgsim_fast.jobs.dedup import find_duplicates
 
@@ -242,6 +242,10 @@ def test_an_earlier_versions_features_and_looks_are_dropped(lib, tmp_path, monke
     with Catalog(cat) as c:
         assert set(c.arrays()) == current | {other_model}
         assert c.verify() == []
+        with pytest.raises(CatalogError):  # only a writer drops (it holds the lock)
+            c.drop_arrays([other_model])
+        with pytest.raises(CatalogError):
+            dfs.drop_stale_looks(c, check_key_prefix(), verdict_key_prefix())
     assert sorted(f for f in os.listdir(arrays_dir) if f.startswith("dedup-")) == sorted(
         n + ".bin" for n in current | {other_model} if n.startswith("dedup-"))
     assert dfs.load_checks(cat) == checks and all(k.startswith(check_key_prefix()) for k in checks)

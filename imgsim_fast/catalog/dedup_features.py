@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from imgsim_fast.catalog.store import Catalog
+from imgsim_fast.catalog.store import Catalog, CatalogError
 from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
@@ -54,9 +54,9 @@ def drop_stale_arrays(cat: Catalog) -> list[str]:
     a catalog would otherwise keep every version's copy of every file's features), with any dedup-* array
     file no row names (a drop cut short); the names dropped. A catalog open for writing, outside a
     transaction."""
-    stale = [n for n in cat.arrays() if n.startswith("dedup-") and not _current(n)]
+    named = set(cat.arrays())
+    stale = sorted(n for n in named if n.startswith("dedup-") and not _current(n))
     if os.path.isdir(cat.arrays_dir):
-        named = set(cat.arrays())
         stale += [f[:-4] for f in os.listdir(cat.arrays_dir)
                   if f.startswith("dedup-") and f.endswith(".bin") and f[:-4] not in named and not _current(f[:-4])]
     cat.drop_arrays(stale)
@@ -210,16 +210,16 @@ def load_verdicts(catalog: str, prefix: str = "") -> dict:
         return stored_verdicts(cat, prefix)
 
 
-def save_looks(catalog: str, verdicts: dict, checks: dict, check_prefix: str, verdict_prefix: str) -> None:
-    """Store what a run added (verdicts, checks) and drop the looks of other versions (drop_stale_looks), in
+def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str, verdict_prefix: str) -> None:
+    """Store what a run added (checks, verdicts) and drop the looks of other versions (drop_stale_looks), in
     one transaction; the catalog is not opened for writing when there is neither."""
     if not verdicts and not checks:
         with Catalog(catalog) as cat:
             if not _has_stale_looks(cat, check_prefix, verdict_prefix):
                 return
     with Catalog(catalog, write=True) as cat, cat.transaction():
-        store_verdicts(cat, verdicts)
         store_checks(cat, checks)
+        store_verdicts(cat, verdicts)
         drop_stale_looks(cat, check_prefix, verdict_prefix)
 
 
@@ -246,17 +246,22 @@ def drop_stale_looks(cat: Catalog, check_prefix: str, verdict_prefix: str) -> in
     """Delete the stored looks no run of this version reads (pixel checks whose key lacks check_prefix,
     verdicts whose key lacks verdict_prefix), inside the caller's transaction; how many. A catalog used by
     one version keeps one version's looks."""
-    n = 0
-    for table, prefix in (("pixel_checks", check_prefix), ("keep_verdicts", verdict_prefix)):
-        n += cat.conn.execute(f"DELETE FROM {table} WHERE key < ? OR key >= ?", (prefix, _after(prefix))).rowcount
-    return n
+    if not cat.write_mode:
+        raise CatalogError("catalog opened read-only")
+    return sum(cat.conn.execute(f"DELETE FROM {table} {where}", args).rowcount
+               for table, where, args in _stale(check_prefix, verdict_prefix))
 
 
 def _has_stale_looks(cat: Catalog, check_prefix: str, verdict_prefix: str) -> bool:
     """Whether drop_stale_looks would delete anything (index seeks at both ends of each range, no scan)."""
-    return any(cat.conn.execute(f"SELECT 1 FROM {table} WHERE key < ? OR key >= ? LIMIT 1",
-                                (prefix, _after(prefix))).fetchone()
-               for table, prefix in (("pixel_checks", check_prefix), ("keep_verdicts", verdict_prefix)))
+    return any(cat.conn.execute(f"SELECT 1 FROM {table} {where} LIMIT 1", args).fetchone()
+               for table, where, args in _stale(check_prefix, verdict_prefix))
+
+
+def _stale(check_prefix: str, verdict_prefix: str):
+    """(table, WHERE clause, its arguments) selecting each table's looks of other versions."""
+    for table, prefix in (("pixel_checks", check_prefix), ("keep_verdicts", verdict_prefix)):
+        yield table, "WHERE key < ? OR key >= ?", (prefix, _after(prefix))
 
 
 def load_checks(catalog: str, prefix: str = "") -> dict:

@@ -713,7 +713,10 @@ class Catalog:
         """Delete arrays whole: their rows, vectors and checksums in one transaction of its own, then their
         files, named or not by a row (a crash in between leaves a file no row names, which nothing reads:
         a later drop of the name removes it). Not inside `transaction()`: the files go only once the rows are
-        gone for good."""
+        gone for good. A reader whose snapshot still names a dropped array finds its file missing and calls
+        the catalog damaged: drop only what no reader of this version reads."""
+        if not self.write_mode:
+            raise CatalogError("catalog opened read-only")
         if self._in_tx:
             raise CatalogError("drop_arrays inside a transaction")
         names = [n for n in names if _NAME_RE.match(n)]
@@ -731,6 +734,7 @@ class Catalog:
                 self.conn.execute("ROLLBACK")
             raise
         for name in names:
+            self._verified.pop(name, None)
             a = self._arrays.pop(name, None)
             if a is not None:
                 a.close()

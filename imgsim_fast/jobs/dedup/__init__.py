@@ -257,6 +257,6 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
     verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)
-    save_looks(catalog, added(verdicts, verdicts_before), added(checks, checks_before), check_key_prefix(),
-               verdict_key_prefix())
+    save_looks(catalog, checks=added(checks, checks_before), verdicts=added(verdicts, verdicts_before),
+               check_prefix=check_key_prefix(), verdict_prefix=verdict_key_prefix())
     return res

@@ -60,10 +60,13 @@ NOISE_FLOOR = 0.5
 # letterboxed copy, a size of its own, instead (1 with the rule). A noisy lossless copy of a JPEG is then told
 # by its pixels (derived_from's noise test) unless a clean lossless file of its size is in the group. A copy
 # dimmed but not re-encoded at a lower quality still measures cleaner than its original: the estimate follows
-# the picture's contrast. A noisy copy saved at a higher JPEG quality than its original is an earlier
-# generation, so it is not measured against it either: its pixels are (derived_from's "noise" test, asked
-# wherever a would-be keeper is noisier than a peer of its size). Review of this rule, 10 photos at q75 with
-# noise sigma 20 re-saved at q95: original kept 6 of 10 before it, 0 with it and no pixel test.
+# the picture's contrast. And a noisy copy saved at a higher JPEG quality than its original is an earlier
+# generation, so it is not measured against it, and no look at pixels asks (review of this rule, 10 photos
+# at q75 with noise sigma 20 re-saved at q95: original kept 6 of 10 before it, 0 with it). Asking derived_from's
+# noise test wherever a would-be keeper measured noisier than a member of its size was tried and taken out:
+# noise added cannot be told from grain an edit took away, and a grainy JPEG original (noise sigma 4 or 8,
+# q92) then lost to its own denoised, blurred, darkened or flattened q75 copies in 21 of 168 pairs (none
+# before); grain is common in originals, added noise in copies is not.
 INSPECT_ROUNDS = 6  # at most this many would-be keepers are found derived per group ...
 INSPECT_PEERS = 6   # ... each checked against this many next-best members whose facts leave a doubt
 # An enlarged copy differs from the peer's bicubic enlargement by less than from its own down-up round trip:
@@ -84,18 +87,11 @@ UPSCALE_MIN = 1.1     # content pixels over the peer's: larger than a trim's jit
 RESAVE_JITTER = 0.05
 RESAVE_SHIFT = 2      # ... found within this many trim pixels of where the trimmed boxes put them
 PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (grey float32: 4 bytes a pixel)
-# Verdicts are cached by this version (the catalog's keep_verdicts): a change to what a verdict means bumps it, so a verdict
-# of the old tests is never trusted. 2: framed re-saves, upscales judged on detail, stretched copies; 3: the
-# trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no file is a re-encode of its own
-# noisy copy.
+# Verdicts are cached by this version (the catalog's keep_verdicts): a change to what a verdict means bumps it,
+# so a verdict of the old tests is never trusted (verdict_key_prefix). 2: framed re-saves, upscales judged on
+# detail, stretched copies; 3: the trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no
+# file is a re-encode of its own noisy copy, nor a noisy copy of its own re-encode.
 VERDICT_VERSION = 4
-
-
-def verdict_key_prefix() -> str:
-    """What the key of every verdict this version makes starts with (derived_from): a caller loading stored
-    verdicts reads only these, and an older one's can be dropped."""
-    return f"{VERDICT_VERSION}:"
-
 
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
@@ -105,6 +101,13 @@ _LOSSY = frozenset({"JPEG", "MPO", "WEBP", "HEIF", "AVIF"})
 # ... and is white: neighbouring differences uncorrelated (noisy PNGs 0.06 at most), which a brightness or
 # contrast edit, whose difference follows the picture's tones smoothly, is not.
 NOISE_WHITE = 0.3
+# ... and the member is not the file's own re-encode: a camera's grain, which a re-encode smooths away, passes
+# both tests above, so a grainy PNG original looked like a noisy copy of its own JPEG re-encodes (review: 6
+# photos with grain of sigma 4 or 8, 19 of 168 such pairs lost; none now, none lost the other way). The file
+# encoded again at the member's quality lands within REENCODE_RATIO of the distance between them from the
+# member when it is its re-encode (libjpeg, grey: 0.09 at most), not when the member is the source (noise of
+# sigma 4 to 20 added and saved at q95: 0.57 and more).
+REENCODE_RATIO = 0.3
 # Mean |difference| in grey levels below which two same-size files hold the same pixels: a lossless re-save
 # of a decoded JPEG is exact (the same decoder), while a quality-90 JPEG of a smooth PNG can already be
 # within half a level of it on average.
@@ -428,6 +431,12 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
 # Looking at pixels (only for a group's would-be keeper, against the members that could be its source)
 
 
+def verdict_key_prefix() -> str:
+    """What the key of every verdict this version makes starts with (derived_from): a caller loading stored
+    verdicts reads only these, and an older one's can be dropped."""
+    return f"{VERDICT_VERSION}:"
+
+
 def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int], verdicts: dict | None = None,
                  pictures: _Pictures | None = None) -> int | None:
     """The member of `peers` (best first) that `top` was made from, judging by full-size pixels, or None.
@@ -435,9 +444,9 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
 
     - top lossless, the peer lossy, the peer's pixels found unchanged inside top (at the same place, or
       inside a frame or bars): top is a lossless re-save of the peer;
-    - same size, their difference is noise independent of the picture, top the noisier: top is a noisy copy
-      (asked where top is lossless and the peer lossy, or top measures noisier than the peer: a noisy copy
-      saved at a higher quality than its source is an earlier generation by its tables);
+    - top lossless, the peer lossy and of its size, their difference noise independent of the picture, top
+      the noisier, and the peer not top's plain re-encode (grain a re-encode smoothed away looks the same):
+      top is a noisy copy;
     - top a later encode than the peer, the peer's picture found inside top at its scale up to a tone map
       (RECODE_DIFF), and the peer not top with noise added: top is a re-encode that outranked it only by a
       trim;
@@ -499,13 +508,6 @@ def _looked_at_file_by_file(facts: list[FileFacts], top: int, peers: list[int]):
             # top outranks an earlier encode of its size (not a noisy lossless one) only by a trim that took
             # a band more or less: if it holds the same picture, the earlier encode is its source
             kind = "recode"
-        elif (f.width, f.height) == (t.width, t.height) and t.noise > f.noise:
-            # top measures noisier than a peer of its size that the noise rule did not measure it against
-            # (or not by NOISE_RATIO): noise added, then saved at a higher quality than its source; or its own
-            # grain that the peer's coarser encode smoothed away, which the test tells apart. Before the
-            # upscale test: noise over a flat margin stops the trim, so a noisy copy also counts more content
-            # pixels than its source.
-            kind = "noise"
         elif t.content_pixels > UPSCALE_MIN * f.content_pixels and tw >= (1 - RESAVE_JITTER) * fw and \
                 th >= (1 - RESAVE_JITTER) * fh:
             kind = "upscale"
@@ -542,13 +544,10 @@ def _looked_at_over_columns(t: _Columns, top: int, peers: list[int]) -> list[tup
         lossy | ((fW == tW) & (fH == tH) & (t.noise[p] <= NOISE_RATIO * t.noise[top] + NOISE_FLOOR)))
     upscale = (t.content[top] > UPSCALE_MIN * t.content[p]) & (tw >= (1 - RESAVE_JITTER) * fw) & \
         (th >= (1 - RESAVE_JITTER) * fh)
-    # top noisier than a peer of its size (_looked_at_file_by_file), asked before upscale
-    noise = ~resave & ~recode & (fW == tW) & (fH == tH) & (t.noise[top] > t.noise[p])
     # A colour file is never made from a greyscale one: on a smooth picture a grey JPEG's pixels are the
     # colour original's grey levels to within its encoding noise, and looked like a source re-saved.
-    doubt = (resave | recode | upscale | noise) & (t.digest[p] != t.digest[top]) & \
-        ~(t.colour[top] & ~t.colour[p])
-    return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "noise" if noise[k] else "upscale")
+    doubt = (resave | recode | upscale) & (t.digest[p] != t.digest[top]) & ~(t.colour[top] & ~t.colour[p])
+    return [(int(p[k]), "resave" if resave[k] else "recode" if recode[k] else "upscale")
             for k in np.flatnonzero(doubt)[:INSPECT_PEERS]]
 
 
@@ -562,15 +561,36 @@ def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     if kind == "recode":
         # ... unless the earlier encode is top with noise added: a noisy copy saved at a higher quality than
         # its source holds the source's picture within RECODE_DIFF too (keep corpus noisy copies, sigma 6).
-        return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True) and not _noise_added(b, a)
+        return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True) and not _noisy_copy(b, a, t)
     if kind == "resave":
-        return _resaved_inside(a, b, t, f, RESAVE_DIFF) or _noise_added(a, b)
-    if kind == "noise":
-        return _noise_added(a, b)
+        return _resaved_inside(a, b, t, f, RESAVE_DIFF) or _noisy_copy(a, b, f)
     verdict = _upscale_verdict(a, t, b, f)
     if verdict is None:  # too little detail to tell which came first: the earlier encode is the source
         return _generation(f) < _generation(t)
     return verdict
+
+
+def _noisy_copy(a, b, f: FileFacts) -> bool:
+    """Is `a` (grey, full size) `b` with noise added, `b` being file f's pixels? Grain that a re-encode smoothed
+    away looks the same as noise added to the re-encode, so b must also not be a's plain re-encode at f's
+    quality (_reencode_of)."""
+    return _noise_added(a, b) and not (f.jpeg_quality is not None and _reencode_of(b, a, f.jpeg_quality))
+
+
+def _reencode_of(b, a, quality: int) -> bool:
+    """Is b a's re-encode at JPEG `quality`: a encoded again at it (grey) differs from b by at most
+    REENCODE_RATIO of what a and b differ by."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").save(buf, "JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        again = np.asarray(im, np.float32)
+    apart = float(np.abs(a - b).mean())
+    return apart > 0 and float(np.abs(again - b).mean()) <= REENCODE_RATIO * apart
 
 
 def _noise_added(a, b) -> bool:
