@@ -58,7 +58,8 @@ def applies(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> 
     shift, or both are flat pictures."""
     if min(flat_share(a), flat_share(b)) >= FLAT_SHARE:
         return True
-    changed, strong = changed_fractions(a.astype(np.float64), b.astype(np.float64), shift=_SHIFT)
+    changed, strong = changed_fractions(a.astype(np.float64), b.astype(np.float64), shift=_SHIFT,
+                                        bounds=(limit, strong_limit))
     return changed <= limit and strong <= strong_limit
 
 
@@ -135,7 +136,7 @@ def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str],
         return 0.0, 0.0
     ta = pictures.square(*a, pa, s)
     tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, pb, s)))
-    changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64))
+    changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64), bounds=(limit, strong_limit))
     if changed <= limit and strong <= strong_limit:
         return changed, strong
     v = compare(ta, tb, limit, strong_limit, full_iters=DETAIL_LK_ITERS)

@@ -230,11 +230,12 @@ def _erode(mask, r):
     return out
 
 
-def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
-                      shift: int = 0) -> tuple[float, float]:
-    """Fractions of pixels (inside mask) where b, remapped onto a's intensities or a onto b's (the way that
-    leaves fewer), differs from a by more than CHANGE_K and by more than STRONG_K local contrasts, at the
-    best shift of up to `shift` pixels. a, b: float arrays of one shape."""
+def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, shift: int = 0,
+                      bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Fractions of pixels (inside mask) where b, remapped onto a's intensities or a onto b's, differs from a
+    by more than CHANGE_K and by more than STRONG_K local contrasts, at the best shift of up to `shift`
+    pixels. a, b: float arrays of one shape. The way that leaves fewer changed counts; with bounds
+    (changed, strong), the first way that passes them (the other way is then not counted), else the fewer."""
     full = mask is None or bool(mask.all())
     if mask is None:
         mask = np.ones(a.shape, bool)
@@ -245,14 +246,15 @@ def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
     if inner.sum() < 16:
         inner = mask
     got = _count(*_prepare(a, b, mask, _TAPS, _BOX, False), inner, CONTRAST_FLOOR, CHANGE_K, STRONG_K, shift)
-    if got[0] > 0:
+    if got[0] > 0 and not (bounds is not None and got[0] <= bounds[0] and got[1] <= bounds[1]):
         # A monotone edit that merges grey levels (a contrast stretch that clips, a posterised copy) is undone
         # one way only: the histogram match maps the picture the other was made from onto it, and cannot
         # split the merged levels back. So the other way round too, and the one that explains more counts
         # (tune half of the accuracy corpus: greyscale copies at contrast x1.4 that clip changed 3-18% one way,
         # 0 the other; recall 0.922 -> 0.932, still no false pair).
-        got = min(got, _count(*_prepare(a, b, mask, _TAPS, _BOX, True), inner, CONTRAST_FLOOR, CHANGE_K, STRONG_K,
-                              shift))
+        other = _count(*_prepare(a, b, mask, _TAPS, _BOX, True), inner, CONTRAST_FLOOR, CHANGE_K, STRONG_K, shift)
+        passes = bounds is not None and other[0] <= bounds[0] and other[1] <= bounds[1]
+        got = other if passes else min(got, other)
     return got
 
 
@@ -515,9 +517,11 @@ def _residuals(a, b, starts):
     return out
 
 
-def _aligned(a: np.ndarray, b: np.ndarray, full_iters: int = 0) -> tuple[float, float, float]:
+def _aligned(a: np.ndarray, b: np.ndarray, full_iters: int = 0,
+             bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """(changed and strong fractions, coverage) after the best affine alignment of b onto a (full_iters: more
-    Lucas-Kanade iterations at full size, for pictures larger than the thumbnail, see compare)."""
+    Lucas-Kanade iterations at full size, for pictures larger than the thumbnail, see compare; bounds: as
+    changed_fractions takes them)."""
     side = a.shape[0]
     # A pyramid: starts scored and refined at a quarter of the side, the best refined at half.
     quarter = [_normalised(ndimage.zoom(ndimage.gaussian_filter(x, 2.0), 0.25, order=1)) for x in (a, b)]
@@ -551,7 +555,7 @@ def _aligned(a: np.ndarray, b: np.ndarray, full_iters: int = 0) -> tuple[float, 
     if max(sa, sb) < CONTAINED or min(sa, sb) < MIN_COVERAGE:
         return 1.0, 1.0, 0.0
     # Half-size alignment is good to about a pixel at full size: the count takes the best shift of one.
-    return (*changed_fractions(a, bw, inside, shift=1), min(sa, sb))
+    return (*changed_fractions(a, bw, inside, shift=1, bounds=bounds), min(sa, sb))
 
 
 def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float, full_iters: int = 0) -> Verdict:
@@ -570,10 +574,11 @@ def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float, ful
     lo, hi = sorted((max(float(a.std()), CONTRAST_FLOOR / 2), max(float(b.std()), CONTRAST_FLOOR / 2)))
     if hi > MAX_CONTRAST_RATIO * lo:
         return Verdict(1.0, 1.0, 0.0, False)
-    shifted = Verdict(*changed_fractions(a, b, shift=_SHIFT), 1.0, False)
+    bounds = (limit, strong_limit)
+    shifted = Verdict(*changed_fractions(a, b, shift=_SHIFT, bounds=bounds), 1.0, False)
     if shifted.passes(limit, strong_limit):
         return shifted
-    ch, strong, cov = _aligned(a, b, full_iters)
+    ch, strong, cov = _aligned(a, b, full_iters, bounds)
     warped = Verdict(ch, strong, cov, True)
     # The warp's answer when it passes, or when neither passes and it explains more of the picture.
     if warped.passes(limit, strong_limit) or warped.changed < shifted.changed:
