@@ -196,22 +196,22 @@ def test_a_lossless_original_is_not_noisy_next_to_its_own_smoother_jpegs():
 
 @pytest.fixture(scope="module")
 def grain_family(tmp_path_factory, photos):
-    # A grainy lossless original (a photo with grain of sigma 4) and its plain q85 re-encode; a clean JPEG
-    # original (q90) with two noisy copies (sigma 8): a PNG, and a JPEG saved at q98, an earlier generation
-    # than its source by its tables.
+    # A grainy lossless original (a photo with grain of sigma 4) and its plain q90 re-encode (which the
+    # quality estimate from its table puts at 91); a clean JPEG original (q90) with two noisy copies (sigma 8):
+    # a PNG, and a JPEG saved at q98, an earlier generation than its source by its tables.
     d = tmp_path_factory.mktemp("grain")
     rng = np.random.default_rng(0)
     a = np.asarray(_rgb([p for p in photos if p.endswith(".jpg")][0], 800), np.float32)
     grainy = Image.fromarray(np.clip(np.rint(a + rng.normal(0, 4, a.shape[:2] + (1,))), 0, 255).astype(np.uint8))
     grainy.save(d / "grainy.png")
-    grainy.save(d / "grainy_q85.jpg", quality=85)
+    grainy.save(d / "grainy_q90.jpg", quality=90)
     Image.fromarray(a.astype(np.uint8)).save(d / "original.jpg", quality=90)
     with Image.open(d / "original.jpg") as im:
         o = np.asarray(im.convert("RGB"), np.float32)
     noisy = Image.fromarray(np.clip(np.rint(o + rng.normal(0, 8, o.shape[:2] + (1,))), 0, 255).astype(np.uint8))
     noisy.save(d / "noisy.png")
     noisy.save(d / "noisy_q98.jpg", quality=98)
-    names = ("grainy.png", "grainy_q85.jpg", "original.jpg", "noisy.png", "noisy_q98.jpg")
+    names = ("grainy.png", "grainy_q90.jpg", "original.jpg", "noisy.png", "noisy_q98.jpg")
     f = compute_features([str(d / n) for n in names], embed=False, workers=1, progress=False)
     return f.facts, {n.split(".")[0]: f.paths.index(str(d / n)) for n in names}
 
@@ -221,12 +221,12 @@ def test_a_grainy_original_is_no_noisy_copy_of_its_own_reencode(grain_family):
     # independent of the picture's detail): the re-encode is told by encoding the original again at its
     # quality, which lands next to it. A noisy copy of a JPEG is still found.
     facts, i = grain_family
-    a, b = (K._full_grey(facts[i[n]].path) for n in ("grainy", "grainy_q85"))
+    a, b = (K._full_grey(facts[i[n]].path) for n in ("grainy", "grainy_q90"))
     assert K._noise_added(a, b)  # what the noise test alone says
-    assert K._reencode_of(b, a, facts[i["grainy_q85"]].jpeg_quality)
-    assert K.derived_from(facts, i["grainy"], [i["grainy_q85"]]) is None
-    r = keep_ranks(facts, [i["grainy"], i["grainy_q85"]], inspect=True)
-    assert r[i["grainy"]] < r[i["grainy_q85"]]
+    assert K._reencode_of(b, a, K._luma_table(facts[i["grainy_q90"]].path))
+    assert K.derived_from(facts, i["grainy"], [i["grainy_q90"]]) is None
+    r = keep_ranks(facts, [i["grainy"], i["grainy_q90"]], inspect=True)
+    assert r[i["grainy"]] < r[i["grainy_q90"]]
     assert K.derived_from(facts, i["noisy"], [i["original"]]) == i["original"]
     r = keep_ranks(facts, [i["original"], i["noisy"]], inspect=True)
     assert r[i["original"]] < r[i["noisy"]]

@@ -90,8 +90,9 @@ PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (gre
 # Verdicts are cached by this version (the catalog's keep_verdicts): a change to what a verdict means bumps it,
 # so a verdict of the old tests is never trusted (verdict_key_prefix). 2: framed re-saves, upscales judged on
 # detail, stretched copies; 3: the trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no
-# file is a re-encode of its own noisy copy, nor a noisy copy of its own re-encode.
-VERDICT_VERSION = 4
+# file is a re-encode of its own noisy copy (and 5: nor a noisy copy of its own re-encode, told by the file's
+# own quantisation table).
+VERDICT_VERSION = 5
 
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
@@ -104,9 +105,11 @@ NOISE_WHITE = 0.3
 # ... and the member is not the file's own re-encode: a camera's grain, which a re-encode smooths away, passes
 # both tests above, so a grainy PNG original looked like a noisy copy of its own JPEG re-encodes (review: 6
 # photos with grain of sigma 4 or 8, 19 of 168 such pairs lost; none now, none lost the other way). The file
-# encoded again at the member's quality lands within REENCODE_RATIO of the distance between them from the
-# member when it is its re-encode (libjpeg, grey: 0.09 at most), not when the member is the source (noise of
-# sigma 4 to 20 added and saved at q95: 0.57 and more).
+# encoded again (grey) with the member's own luminance table lands within REENCODE_RATIO of the distance
+# between them from the member when it is its re-encode (libjpeg: 0.10 at most for grey and q50-q90 colour
+# re-encodes, 0.16-0.27 for colour ones at q95, review), not when the member is the source (noise of sigma 4
+# to 20 added and saved at q95: 0.57 and more). Noise light enough for a coarse encode to erase (sigma 2-4
+# over a q30-q40 source) is told apart by neither: the noisy lossless copy is then kept.
 REENCODE_RATIO = 0.3
 # Mean |difference| in grey levels below which two same-size files hold the same pixels: a lossless re-save
 # of a decoded JPEG is exact (the same decoder), while a quality-90 JPEG of a smooth PNG can already be
@@ -448,8 +451,8 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
       the noisier, and the peer not top's plain re-encode (grain a re-encode smoothed away looks the same):
       top is a noisy copy;
     - top a later encode than the peer, the peer's picture found inside top at its scale up to a tone map
-      (RECODE_DIFF), and the peer not top with noise added: top is a re-encode that outranked it only by a
-      trim;
+      (RECODE_DIFF), and the peer not top with noise added (unless top is the peer's plain re-encode): top
+      is a re-encode that outranked it only by a trim;
     - top larger (on either axis or both), and no more detail than the peer enlarged: top is an upscaled
       copy; where neither file has detail enough to tell, top counts as one when the peer is an earlier
       generation (an enlargement is a new encode, made after its source).
@@ -560,7 +563,7 @@ def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
     """derived_from's test of one pair of full-size grey pictures (a: the candidate copy, b: its source)."""
     if kind == "recode":
         # ... unless the earlier encode is top with noise added: a noisy copy saved at a higher quality than
-        # its source holds the source's picture within RECODE_DIFF too (keep corpus noisy copies, sigma 6).
+        # its source holds the source's picture within RECODE_DIFF too (a noisy PNG's pixels saved at q98).
         return _resaved_inside(a, b, t, f, RECODE_DIFF, tones=True) and not _noisy_copy(b, a, t)
     if kind == "resave":
         return _resaved_inside(a, b, t, f, RESAVE_DIFF) or _noisy_copy(a, b, f)
@@ -572,20 +575,38 @@ def _derived(a, b, t: FileFacts, f: FileFacts, kind: str) -> bool:
 
 def _noisy_copy(a, b, f: FileFacts) -> bool:
     """Is `a` (grey, full size) `b` with noise added, `b` being file f's pixels? Grain that a re-encode smoothed
-    away looks the same as noise added to the re-encode, so b must also not be a's plain re-encode at f's
-    quality (_reencode_of)."""
-    return _noise_added(a, b) and not (f.jpeg_quality is not None and _reencode_of(b, a, f.jpeg_quality))
+    away looks the same as noise added to the re-encode, so b must also not be a's plain re-encode with f's
+    own luminance table (_reencode_of)."""
+    return _noise_added(a, b) and not _reencode_of(b, a, _luma_table(f.path))
 
 
-def _reencode_of(b, a, quality: int) -> bool:
-    """Is b a's re-encode at JPEG `quality`: a encoded again at it (grey) differs from b by at most
-    REENCODE_RATIO of what a and b differ by."""
+def _luma_table(path: str) -> list[int] | None:
+    """The luminance quantisation table of a JPEG file, as Pillow reads and writes it; None for another
+    format or a file that cannot be read now."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            tables = getattr(im, "quantization", None) or {}
+            table = tables.get(0)
+    except (OSError, ValueError):
+        return None
+    return None if table is None or len(table) != 64 else list(table)
+
+
+def _reencode_of(b, a, table: list[int] | None) -> bool:
+    """Is b a's re-encode with the luminance quantisation `table`: a encoded again with it (grey) differs from
+    b by at most REENCODE_RATIO of what a and b differ by. The file's own table, not a quality estimated from
+    it: another encoder's tables (a camera's, mozjpeg's) are no libjpeg quality, and an estimate one off
+    lands too far."""
     import io
 
     from PIL import Image
 
+    if table is None:
+        return False
     buf = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").save(buf, "JPEG", quality=int(quality))
+    Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").save(buf, "JPEG", qtables=[table])
     buf.seek(0)
     with Image.open(buf) as im:
         again = np.asarray(im, np.float32)
