@@ -441,10 +441,10 @@ class PairJudge:
         pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
         reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
-        # The check is not symmetric (one picture's grey levels are mapped onto the other's): each pair is
-        # checked in one order fixed by content, so byte-identical files get the same verdict against a
-        # third, whichever way round the caller asks. Swapping inverts the flip (rot90 <-> rot270; the
-        # others undo themselves).
+        # The check is not symmetric (it tries one way round before the other, for the grey levels and for
+        # the warp, and reports the first that passes): each pair is checked in one order fixed by content,
+        # so byte-identical files get the same verdict against a third, whichever way round the caller asks.
+        # Swapping inverts the flip (rot90 <-> rot270; the others undo themselves).
         swap = self.digest_ids[ii] > self.digest_ids[jj]
         ii, jj = np.where(swap, jj, ii), np.where(swap, ii, jj)
         variants = np.where(swap, _INVERSE_VARIANT[variants], variants)
