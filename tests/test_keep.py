@@ -218,8 +218,8 @@ def grain_family(tmp_path_factory, photos):
 
 def test_a_grainy_original_is_no_noisy_copy_of_its_own_reencode(grain_family):
     # Grain that a re-encode smoothed away passes the noise test as if added to the re-encode (white, and
-    # independent of the picture's detail): the re-encode is told by encoding the original again at its
-    # quality, which lands next to it. A noisy copy of a JPEG is still found.
+    # independent of the picture's detail): the re-encode is told by encoding the original again with its
+    # quantisation table, which lands next to it. A noisy copy of a JPEG is still found.
     facts, i = grain_family
     a, b = (K._full_grey(facts[i[n]].path) for n in ("grainy", "grainy_q90"))
     assert K._noise_added(a, b)  # what the noise test alone says

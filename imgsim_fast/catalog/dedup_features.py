@@ -20,9 +20,9 @@ from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
-           "added", "drop_stale_arrays", "drop_stale_looks", "load_checks", "load_verdicts", "model_arrays",
-           "read_features", "save_checks", "save_looks", "store_checks", "store_verdicts", "stored_checks",
-           "stored_facts", "stored_verdicts"]
+           "added", "drop_stale_arrays", "drop_stale_looks", "load_checks", "load_looks", "load_verdicts",
+           "model_arrays", "read_features", "save_checks", "save_looks", "store_checks", "store_verdicts",
+           "stored_checks", "stored_facts", "stored_verdicts"]
 
 # Named by the preparation's version (extract.PREP_TAG; the arrays of version 1 had no suffix), and the
 # thumbnails by their side too: a catalog written by another preparation or with another thumbnail size lacks
@@ -210,13 +210,20 @@ def load_verdicts(catalog: str, prefix: str = "") -> dict:
         return stored_verdicts(cat, prefix)
 
 
-def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str, verdict_prefix: str) -> None:
-    """Store what a run added (checks, verdicts) and drop the looks of other versions (drop_stale_looks), in
-    one transaction; the catalog is not opened for writing when there is neither."""
-    if not verdicts and not checks:
-        with Catalog(catalog) as cat:
-            if not _has_stale_looks(cat, check_prefix, verdict_prefix):
-                return
+def load_looks(catalog: str, check_prefix: str, verdict_prefix: str) -> tuple[dict, dict, bool]:
+    """(this version's pixel checks, its keep verdicts, whether another version's are stored), in one open
+    (each open checks the whole database)."""
+    with Catalog(catalog) as cat:
+        return (stored_checks(cat, check_prefix), stored_verdicts(cat, verdict_prefix),
+                _has_stale_looks(cat, check_prefix, verdict_prefix))
+
+
+def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str, verdict_prefix: str,
+               stale: bool) -> None:
+    """Store what a run added (checks, verdicts) and drop the looks of other versions (drop_stale_looks; stale:
+    load_looks found some), in one transaction; the catalog is not opened when there is nothing to do."""
+    if not verdicts and not checks and not stale:
+        return
     with Catalog(catalog, write=True) as cat, cat.transaction():
         store_checks(cat, checks)
         store_verdicts(cat, verdicts)

@@ -246,17 +246,18 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                                  extensions=extensions)
         return group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                               progress=progress)
-    from imgsim_fast.catalog.dedup_features import added, dedup_features, load_checks, load_verdicts, save_looks
+    from imgsim_fast.catalog.dedup_features import added, dedup_features, load_looks, save_looks
 
     feats, _ = dedup_features(catalog, roots, embed=embed, workers=workers, progress=progress, device=device,
                               extensions=extensions)
     # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
     # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
     # Only this version's looks are read; what it adds is stored, and an earlier version's are dropped.
-    verdicts, checks = load_verdicts(catalog, verdict_key_prefix()), load_checks(catalog, check_key_prefix())
+    prefixes = {"check_prefix": check_key_prefix(), "verdict_prefix": verdict_key_prefix()}
+    checks, verdicts, stale = load_looks(catalog, **prefixes)
     verdicts_before, checks_before = len(verdicts), len(checks)
     res = group_features(feats, method, thresholds, flips, reference, keep_order, roots=roots, fixed=fixed,
                          verdicts=verdicts, checks=checks, progress=progress)
     save_looks(catalog, checks=added(checks, checks_before), verdicts=added(verdicts, verdicts_before),
-               check_prefix=check_key_prefix(), verdict_prefix=verdict_key_prefix())
+               stale=stale, **prefixes)
     return res
