@@ -61,9 +61,10 @@ TRIM_MAX = 0.8
 TRIM_PASSES = 3
 # The version of dedup's preparation of a picture (the trim, and so the hashes, thumbnails, embeddings and
 # facts made from it): dedup's catalog arrays and the pixel checks stored by content are named by it, so
-# what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders.
-PREP_VERSION = 2
-PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p2, pixel check keys)
+# what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders;
+# 3: the JPEG quality estimate compares tables in the order Pillow gives them (estimate_jpeg_quality).
+PREP_VERSION = 3
+PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p3, pixel check keys)
 _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 # The thumbnail kept for the pixel check of the pair test (jobs/dedup/verify.py). At 128 px the words on
 # slides of one template and a subject a step further in a burst still differ where 64 px blurs them into
@@ -193,12 +194,18 @@ def trim_uniform_borders(img: Image.Image) -> tuple[Image.Image, tuple[float, fl
 # Per file (worker side)
 
 
-# libjpeg's luminance quantisation table at quality 50 (ITU-T T.81 Annex K), in zigzag order as Pillow
-# reports it; a file's table is this one scaled by libjpeg's quality rule, which estimate_jpeg_quality inverts.
-_JPEG_LUMA_Q50 = np.array([16, 11, 12, 14, 12, 10, 16, 14, 13, 14, 18, 17, 16, 19, 24, 40, 26, 24, 22, 22, 24,
-                           49, 35, 37, 29, 40, 58, 51, 61, 60, 57, 51, 56, 55, 64, 72, 92, 78, 64, 68, 87, 69,
-                           55, 56, 80, 109, 81, 87, 95, 98, 103, 104, 103, 62, 77, 113, 121, 112, 100, 120, 92,
-                           101, 103, 99], np.float64)
+# libjpeg's luminance quantisation table at quality 50 (ITU-T T.81 Annex K, K.1), row by row: the natural
+# order in which Pillow (8.3 and later) reports a file's tables. A file's table is this one scaled by libjpeg's
+# quality rule, which estimate_jpeg_quality inverts. (Held in zigzag order until PREP_VERSION 3, it read 31 of
+# the 100 qualities one or two off: 90 as 91, 50 as 51, 20 as 18.)
+_JPEG_LUMA_Q50 = np.array([16, 11, 10, 16, 24, 40, 51, 61,
+                           12, 12, 14, 19, 26, 58, 60, 55,
+                           14, 13, 16, 24, 40, 57, 69, 56,
+                           14, 17, 22, 29, 51, 87, 80, 62,
+                           18, 22, 37, 56, 68, 109, 103, 77,
+                           24, 35, 55, 64, 81, 104, 113, 92,
+                           49, 64, 78, 87, 103, 121, 120, 101,
+                           72, 92, 95, 98, 112, 100, 103, 99], np.float64)
 _QUALITIES = np.arange(1, 101)
 _SCALES = np.where(_QUALITIES < 50, 5000 / _QUALITIES, 200 - 2 * _QUALITIES)
 _TABLES = np.clip(np.floor((_JPEG_LUMA_Q50[None, :] * _SCALES[:, None] + 50) / 100), 1, 255)
