@@ -101,8 +101,8 @@ def test_a_colour_original_is_no_resave_of_its_greyscale_jpeg(tmp_path):
                          progress=False)
     o, g = (f.paths.index(str(tmp_path / n)) for n in ("original.png", "grey.jpg"))
     assert K.derived_from(f.facts, o, [g]) is None
-    assert K._derived(K._full_grey(f.facts[o].path), K._full_grey(f.facts[g].path), f.facts[o], f.facts[g],
-                      "resave")  # what the pixels alone would say
+    a, b = (K._full_grey(f.facts[x].path, f.facts[x].digest) for x in (o, g))
+    assert K._derived(a, b, f.facts[o], f.facts[g], "resave")  # what the pixels alone would say
     assert list(K._looked_at_file_by_file(f.facts, o, [g])) == []
     assert K._looked_at_over_columns(K.FactTable(f.facts).columns(), o, [g]) == []  # big components' way
     r = keep_ranks(f.facts, [o, g], inspect=True)
@@ -135,6 +135,24 @@ def test_verdicts_are_cached_under_their_version(family):
     old = {k.split(":", 1)[1]: v for k, v in verdicts.items()}
     r_old = keep_ranks(gone, list(idx.values()), inspect=True, verdicts=old)
     assert all(k[1] == 0 for k in r_old.values())
+
+
+def test_a_file_changed_since_the_scan_is_not_looked_at(tmp_path):
+    """Verdicts are stored by the two files' contents: one made on pixels written after the scan would be
+    stored under contents it never saw. A file that no longer holds its scanned content is not read; its
+    rank stays the facts' alone, and no verdict is stored."""
+    paths = _copies(tmp_path, _smooth())
+    f = compute_features([paths["original"], paths["resave"]], embed=False, workers=1, progress=False)
+    o, c = (f.paths.index(paths[n]) for n in ("original", "resave"))
+    verdicts: dict = {}
+    r = keep_ranks(f.facts, [o, c], inspect=True, verdicts=verdicts)
+    assert r[o] < r[c] and list(verdicts.values()) == [True]  # unchanged: the re-save is found by its pixels
+    with Image.open(paths["resave"]) as im:
+        ImageOps.mirror(im).save(paths["resave"])  # rewritten after the scan
+    verdicts = {}
+    r = keep_ranks(f.facts, [o, c], inspect=True, verdicts=verdicts)
+    assert verdicts == {} and r[c] < r[o]
+    assert K._full_grey(paths["resave"], f.facts[c].digest) is None
 
 
 def test_found_inside_finds_a_shifted_picture_and_not_another():
@@ -222,7 +240,7 @@ def test_a_grainy_original_is_no_noisy_copy_of_its_own_reencode(grain_family):
     # independent of the picture's detail): the re-encode is told by encoding the original again with its
     # quantisation table, which lands next to it. A noisy copy of a JPEG is still found.
     facts, i = grain_family
-    a, b = (K._full_grey(facts[i[n]].path) for n in ("grainy", "grainy_q90"))
+    a, b = (K._full_grey(facts[i[n]].path, facts[i[n]].digest) for n in ("grainy", "grainy_q90"))
     assert K._noise_added(a, b)  # what the noise test alone says
     assert K._reencode_of(b, a, K._luma_table(facts[i["grainy_q90"]].path))
     assert K.derived_from(facts, i["grainy"], [i["grainy_q90"]]) is None
@@ -242,7 +260,7 @@ def test_an_original_is_no_reencode_of_its_own_noisy_copy(grain_family):
     o, c = i["original"], i["noisy_q98"]
     assert list(K._looked_at_file_by_file(facts, o, [c])) == [(c, "recode")]
     assert K._looked_at_over_columns(K.FactTable(facts).columns(), o, [c]) == [(c, "recode")]
-    a, b = K._full_grey(facts[o].path), K._full_grey(facts[c].path)
+    a, b = (K._full_grey(facts[x].path, facts[x].digest) for x in (o, c))
     assert K._resaved_inside(a, b, facts[o], facts[c], K.RECODE_DIFF, tones=True)  # what the test alone says
     assert K.derived_from(facts, o, [c]) is None
 

@@ -22,15 +22,12 @@ kind, mostly) 5 pass this one, all two progress dialogs made aside, one of them 
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numpy as np
 from PIL import Image
 
 from imgsim_fast.features.extract import trim_uniform_borders
 from imgsim_fast.features.hashing import DIHEDRAL
-from imgsim_fast.io.digest import bytes_digest
+from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
 __all__ = ["VERSION", "DETAIL_SIDE", "applies", "Pictures", "detail_fractions"]
@@ -45,7 +42,6 @@ FLAT_LEVEL = 1.0
 DETAIL_LK_ITERS = 10  # the warp refined at the detail side too: tune half, 8 of 11 warped copies failing pass
 DECODE_SIDE = 512    # JPEGs decoded at a DCT scale keeping both sides at least this (s reaches its cap)
 CACHE_BYTES = 128 << 20  # decoded grey pictures kept across pairs (a file is in many pairs of its group)
-_DECODE_LOCK = threading.Lock()
 
 
 def flat_share(thumb: np.ndarray) -> float:
@@ -64,58 +60,26 @@ def applies(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> 
 
 
 class Pictures:
-    """Trimmed grey pictures by path, and their squares at the sides pairs asked for, decoded and resampled
-    once while they fit in CACHE_BYTES (least recently used out): a file is in many pairs of its group.
-    Thread-safe: the pair checks run on a thread pool."""
+    """Trimmed grey pictures by path and content, and their squares at the sides pairs asked for, decoded and
+    resampled once while they fit in CACHE_BYTES (pictures.PictureCache). Thread-safe."""
 
     def __init__(self, budget: int = CACHE_BYTES):
-        self.budget, self.held, self._got = budget, 0, OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = PictureCache(budget)
 
     def picture(self, path: str, digest: str) -> Image.Image | None:
         """The trimmed grey picture of `path`, or None when it cannot be read now or no longer holds the
-        content `digest` names (changed since it was scanned: a verdict on its new pixels would be stored
-        under the old content)."""
-        return self._cached((path, digest, 0), lambda: _trimmed_grey(path, digest))
+        content `digest` names (pictures.read_picture)."""
+        return self._cache.get((path, digest, 0), lambda: _trimmed_grey(path, digest))
 
     def square(self, path: str, digest: str, picture: Image.Image, side: int) -> np.ndarray:
         """`picture` (picture(path, digest), already read: never read twice) squashed to side x side, uint8."""
-        return self._cached((path, digest, side), lambda: np.asarray(
+        return self._cache.get((path, digest, side), lambda: np.asarray(
             picture.resize((side, side), Image.Resampling.LANCZOS)))
-
-    def _cached(self, key, make):
-        with self._lock:
-            if key in self._got:
-                self._got.move_to_end(key)
-                return self._got[key]
-        got = make()  # outside the lock: decodes run in parallel (two threads may make one twice)
-        with self._lock:
-            if key not in self._got:
-                self._got[key] = got
-                self.held += _bytes(got)
-            while self.held > self.budget and len(self._got) > 1:
-                self.held -= _bytes(self._got.popitem(last=False)[1])
-        return got
-
-
-def _bytes(x) -> int:
-    if x is None:
-        return 0
-    return x.nbytes if isinstance(x, np.ndarray) else x.width * x.height
 
 
 def _trimmed_grey(path: str, digest: str) -> Image.Image | None:
-    from imgsim_fast.io.loading import ImageLoadError, load_image, read_file
-
-    if not path:
-        return None
-    try:
-        data = read_file(path)
-        if bytes_digest(data) != digest:
-            return None
-        with _DECODE_LOCK:  # load_image silences Pillow's warnings through the process-wide filter
-            im = load_image(path, data=data, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
-    except (ImageLoadError, OSError):
+    im = read_picture(path, digest, min_size=(DECODE_SIDE, DECODE_SIDE), grey=True)
+    if im is None:
         return None
     im = im if im.mode == "L" else im.convert("L")
     return trim_uniform_borders(im)[0]

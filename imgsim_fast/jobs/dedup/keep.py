@@ -26,11 +26,11 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from collections import OrderedDict
 
 import numpy as np
 
 from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
+from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 
 __all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "FactTable", "is_under", "all_under",
            "verdict_key_prefix"]
@@ -279,7 +279,7 @@ def keep_ranks(facts: list[FileFacts] | FactTable, members: list[int], order: tu
     if not inspect or len(members) < 2 or "content" not in order:
         return keys
     derived: set[int] = set()
-    pictures = _Pictures(PICTURE_BYTES)
+    pictures = _pictures()
     live_keys = keys
     for _ in range(INSPECT_ROUNDS):
         live = [m for m in members if m not in derived]
@@ -442,7 +442,7 @@ def verdict_key_prefix() -> str:
 
 
 def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int], verdicts: dict | None = None,
-                 pictures: _Pictures | None = None) -> int | None:
+                 pictures: PictureCache | None = None) -> int | None:
     """The member of `peers` (best first) that `top` was made from, judging by full-size pixels, or None.
     Only the first INSPECT_PEERS peers whose facts allow it are looked at.
 
@@ -461,7 +461,7 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
     """
     table = facts if isinstance(facts, FactTable) else FactTable(facts)
     t = table.facts[top]
-    pictures = _Pictures(PICTURE_BYTES) if pictures is None else pictures
+    pictures = _pictures() if pictures is None else pictures
     a = None  # top's pixels: decoded at the first pair that needs them, then held for the others
     for p, kind in _looked_at(table, top, peers):
         f = table.facts[p]
@@ -471,8 +471,8 @@ def derived_from(facts: list[FileFacts] | FactTable, top: int, peers: list[int],
                 return p
             continue
         if a is None:
-            a = pictures.get(t.path)
-        b = pictures.get(f.path)
+            a = _picture(pictures, t)
+        b = _picture(pictures, f)
         if a is None or b is None:
             continue  # not remembered: the file may be readable next time
         found = _derived(a, b, t, f, kind)
@@ -631,38 +631,25 @@ def _noise_added(a, b) -> bool:
     return False
 
 
-class _Pictures:
-    """Full-size grey pictures decoded for one keep_ranks call, shared across its rounds (a round's keeper
-    is often a peer of the round before), the most recently used kept up to `budget` bytes: a group of
-    large photos does not hold every member at full size. Pictures decoded for other groups are not kept:
-    a file is ranked again in another group only after many others (stars redrawn), so a cache bounded in
-    size would have dropped it by then (held-out folder: 467 decodes with this, 459 with a 256 MiB cache
-    kept across calls)."""
-
-    def __init__(self, budget: int):
-        self.budget, self.held, self._got = budget, 0, OrderedDict()
-
-    def get(self, path: str):
-        """_full_grey(path), decoded once while it stays within the budget; None when unreadable now."""
-        if path in self._got:
-            self._got.move_to_end(path)
-            return self._got[path]
-        a = _full_grey(path)
-        self._got[path] = a  # None too: an unreadable file is tried once per call, as before
-        self.held += 0 if a is None else a.nbytes
-        while self.held > self.budget and len(self._got) > 1:
-            old = self._got.popitem(last=False)[1]
-            self.held -= 0 if old is None else old.nbytes
-        return a
+def _pictures() -> PictureCache:
+    """Full-size grey pictures for one keep_ranks call, shared across its rounds (a round's keeper is often a
+    peer of the round before), the most recently used kept up to PICTURE_BYTES: a group of large photos does
+    not hold every member at full size. Pictures decoded for other groups are not kept: a file is ranked
+    again in another group only after many others (stars redrawn), so a cache bounded in size would have
+    dropped it by then (held-out folder: 467 decodes with this, 459 with a 256 MiB cache kept across calls)."""
+    return PictureCache(PICTURE_BYTES)
 
 
-def _full_grey(path: str):
-    """Full-size grey float32 pixels, or None when the file cannot be read now."""
-    from imgsim_fast.io.loading import ImageLoadError, load_image
+def _picture(pictures: PictureCache, f: FileFacts):
+    """f's full-size grey pixels (_full_grey), decoded once while the cache holds them."""
+    return pictures.get((f.path, f.digest), lambda: _full_grey(f.path, f.digest))
 
-    try:
-        im = load_image(path)
-    except (ImageLoadError, OSError):
+
+def _full_grey(path: str, digest: str):
+    """Full-size grey float32 pixels, or None when the file cannot be read now or no longer holds the
+    content `digest` names (the verdict is stored by content: pictures.read_picture)."""
+    im = read_picture(path, digest)
+    if im is None:
         return None
     return np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.float32)
 
