@@ -242,7 +242,7 @@ def test_a_grainy_original_is_no_noisy_copy_of_its_own_reencode(grain_family):
     facts, i = grain_family
     a, b = (K._full_grey(facts[i[n]].path, facts[i[n]].digest) for n in ("grainy", "grainy_q90"))
     assert K._noise_added(a, b)  # what the noise test alone says
-    assert K._reencode_of(b, a, K._luma_table(facts[i["grainy_q90"]].path))
+    assert K._reencode_of(b, a, K._luma_table(facts[i["grainy_q90"]]))
     assert K.derived_from(facts, i["grainy"], [i["grainy_q90"]]) is None
     r = keep_ranks(facts, [i["grainy"], i["grainy_q90"]], inspect=True)
     assert r[i["grainy"]] < r[i["grainy_q90"]]

@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from imgsim_fast.features.extract import FEATURE_SIDE, FileFacts
-from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
+from imgsim_fast.jobs.dedup.pictures import PictureCache, read_bytes, read_picture
 
 __all__ = ["CRITERIA", "DEFAULT_ORDER", "parse_order", "keep_ranks", "FactTable", "is_under", "all_under",
            "verdict_key_prefix"]
@@ -578,19 +578,24 @@ def _noisy_copy(a, b, f: FileFacts) -> bool:
     """Is `a` (grey, full size) `b` with noise added, `b` being file f's pixels? Grain that a re-encode smoothed
     away looks the same as noise added to the re-encode, so b must also not be a's plain re-encode with f's
     own luminance table (_reencode_of)."""
-    return _noise_added(a, b) and not _reencode_of(b, a, _luma_table(f.path))
+    return _noise_added(a, b) and not _reencode_of(b, a, _luma_table(f))
 
 
-def _luma_table(path: str) -> list[int] | None:
-    """The luminance quantisation table of a JPEG file, as Pillow reads and writes it; None for another
-    format or a file that cannot be read now."""
+def _luma_table(f: FileFacts) -> list[int] | None:
+    """The luminance quantisation table of f's JPEG file, as Pillow reads and writes it; None for another
+    format, or a file that cannot be read now or no longer holds f's content (pictures.read_bytes)."""
+    import io
+
     from PIL import Image
 
+    data = read_bytes(f.path, f.digest)
+    if data is None:
+        return None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             tables = getattr(im, "quantization", None) or {}
             table = tables.get(0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):  # the header alone; the bomb guard reads it too
         return None
     return None if table is None or len(table) != 64 else list(table)
 

@@ -16,25 +16,36 @@ from PIL import Image
 
 from imgsim_fast.io.digest import bytes_digest
 
-__all__ = ["PictureCache", "read_picture"]
+__all__ = ["PictureCache", "read_bytes", "read_picture"]
 
 # load_image silences Pillow's warnings through the process-wide warnings filter, which two threads must
 # not change at once (the detail check decodes on a thread pool).
 _DECODE_LOCK = threading.Lock()
 
 
-def read_picture(path: str, digest: str, *, min_size: tuple[int, int] | None = None,
-                 grey: bool = False) -> Image.Image | None:
-    """The picture in `path` decoded by loading.load_image (min_size, grey: as there), or None when the file
-    cannot be read now or no longer holds the content `digest` names."""
-    from imgsim_fast.io.loading import ImageLoadError, load_image, read_file
+def read_bytes(path: str, digest: str) -> bytes | None:
+    """The bytes of `path`, or None when it cannot be read now or no longer holds the content `digest` names."""
+    from imgsim_fast.io.loading import ImageLoadError, read_file
 
     if not path:
         return None
     try:
         data = read_file(path)
-        if bytes_digest(data) != digest:
-            return None
+    except (ImageLoadError, OSError):
+        return None
+    return data if bytes_digest(data) == digest else None
+
+
+def read_picture(path: str, digest: str, *, min_size: tuple[int, int] | None = None,
+                 grey: bool = False) -> Image.Image | None:
+    """The picture in `path` decoded by loading.load_image (min_size, grey: as there), or None when the file
+    cannot be read or decoded now, or no longer holds the content `digest` names."""
+    from imgsim_fast.io.loading import ImageLoadError, load_image
+
+    data = read_bytes(path, digest)
+    if data is None:
+        return None
+    try:
         with _DECODE_LOCK:
             return load_image(path, data=data, min_size=min_size, grey=grey)
     except (ImageLoadError, OSError):
