@@ -61,10 +61,9 @@ TRIM_MAX = 0.8
 TRIM_PASSES = 3
 # The version of dedup's preparation of a picture (the trim, and so the hashes, thumbnails, embeddings and
 # facts made from it): dedup's catalog arrays and the pixel checks stored by content are named by it, so
-# what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders;
-# 3: the JPEG quality estimate compares tables in the order Pillow gives them (estimate_jpeg_quality).
-PREP_VERSION = 3
-PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p3, pixel check keys)
+# what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders.
+PREP_VERSION = 2
+PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p2, pixel check keys)
 _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 # The thumbnail kept for the pixel check of the pair test (jobs/dedup/verify.py). At 128 px the words on
 # slides of one template and a subject a step further in a burst still differ where 64 px blurs them into
@@ -196,8 +195,11 @@ def trim_uniform_borders(img: Image.Image) -> tuple[Image.Image, tuple[float, fl
 
 # libjpeg's luminance quantisation table at quality 50 (ITU-T T.81 Annex K, K.1), row by row: the natural
 # order in which Pillow (8.3 and later) reports a file's tables. A file's table is this one scaled by libjpeg's
-# quality rule, which estimate_jpeg_quality inverts. (Held in zigzag order until PREP_VERSION 3, it read 31 of
-# the 100 qualities one or two off: 90 as 91, 50 as 51, 20 as 18.)
+# quality rule, which estimate_jpeg_quality inverts. Held in zigzag order before, it read 31 of the 100
+# qualities one or two off (90 as 91, 50 as 51, 20 as 18). Facts stored before (a catalog's, a feature set's)
+# keep those estimates until their file changes: not worth PREP_VERSION, which would extract every stored file
+# again and leave `imgsim serve` without dedup features until re-added, for an error that moves 8 of the 100
+# qualities one generation class (keep.QUALITY_STEP) and none of 75, 80, 85, 90 or 95.
 _JPEG_LUMA_Q50 = np.array([16, 11, 10, 16, 24, 40, 51, 61,
                            12, 12, 14, 19, 26, 58, 60, 55,
                            14, 13, 16, 24, 40, 57, 69, 56,
