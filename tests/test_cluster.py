@@ -455,3 +455,22 @@ def test_partitioned_embedding_search_matches_the_single_machine_one(local_ray):
     i, j = embedding_join(inputs, sample, 0.8, 8, cells=8, probes=3, partitions=3, ray=local_ray)
     got = set(zip(i.tolist(), j.tolist()))
     assert len(got & want) >= 0.95 * len(want) and len(got - want) <= len(want) // 100
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ({"imgsim_features": 2}, "older imgsim (feature set format 2"),
+    ({"imgsim_features": fs.FORMAT_VERSION, "prep": "p1"}, "another preparation of the pictures (p1"),
+    ({"imgsim_features": fs.FORMAT_VERSION}, "another preparation of the pictures (None"),
+])
+def test_a_feature_set_of_another_preparation_is_refused(tmp_path, capsys, meta, needle):
+    # Features made by another trim (extract.PREP_TAG) hash, align and embed other pixels: neither read by
+    # dedup nor added to by a resumed index, each refused in one line before Ray starts.
+    out = tmp_path / "feats"
+    out.mkdir()
+    (out / fs.META_NAME).write_text(json.dumps({**meta, "sources": [str(tmp_path)], "extensions": None,
+                                                "shard_size": 200, "model": None}))
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    for argv in (["cluster", "dedup", str(out)], ["cluster", "index", str(tmp_path), "--out", str(out)]):
+        assert _cli(*argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from imgsim_fast.features.extract import THUMB_SIDE, Features, FileFacts
+from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.io.loading import LoadFailure
 
 __all__ = ["META_NAME", "LISTING_NAME", "shard_table", "write_shard", "read_meta", "write_meta", "shard_paths",
@@ -22,7 +22,11 @@ __all__ = ["META_NAME", "LISTING_NAME", "shard_table", "write_shard", "read_meta
 
 META_NAME = "imgsim-features.json"
 LISTING_NAME = "listing.parquet"
-FORMAT_VERSION = 2  # 2: 128 px thumbnails (1 had 64 px)
+# 2: 128 px thumbnails (1 had 64 px); 3: the preparation the features were made by (extract.PREP_TAG: the trim,
+# so the hashes, thumbnails and views) is recorded, and a set of another is refused, as a catalog's arrays of
+# another are made again: an index resumed after an upgrade would otherwise add shards of one preparation to
+# another's, and dedup would compare the two.
+FORMAT_VERSION = 3
 
 
 def _schema(dim: int | None):
@@ -88,18 +92,22 @@ def read_meta(folder: str) -> dict | None:
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     version = meta.get("imgsim_features")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise ValueError(f"{folder} was written by an older imgsim (feature set format {version}, which does not "
+                         f"say how its pictures were prepared): extract again into a new folder")
     if version != FORMAT_VERSION:
-        if isinstance(version, int) and version < FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by an older imgsim (feature set format {version}, 64 px "
-                             f"thumbnails; this version reads format {FORMAT_VERSION}): extract again into a new folder")
         raise ValueError(f"{folder} is not an imgsim feature set (version {FORMAT_VERSION})")
+    if meta.get("prep") != PREP_TAG:
+        raise ValueError(f"{folder} holds features of another preparation of the pictures ({meta.get('prep')}; "
+                         f"this version makes {PREP_TAG}): extract again into a new folder")
     return meta
 
 
 def write_meta(folder: str, meta: dict) -> None:
     from imgsim_fast.io.atomic_write import write_text
 
-    write_text(os.path.join(folder, META_NAME), json.dumps({"imgsim_features": FORMAT_VERSION, **meta}, indent=1))
+    write_text(os.path.join(folder, META_NAME),
+               json.dumps({"imgsim_features": FORMAT_VERSION, "prep": PREP_TAG, **meta}, indent=1))
 
 
 def shard_paths(folder: str) -> list[str]:
