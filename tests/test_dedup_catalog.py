@@ -250,3 +250,22 @@ def test_an_earlier_versions_features_and_looks_are_dropped(lib, tmp_path, monke
         n + ".bin" for n in current | {other_model} if n.startswith("dedup-"))
     assert dfs.load_checks(cat) == checks and all(k.startswith(check_key_prefix()) for k in checks)
     assert dfs.load_verdicts(cat) == verdicts and all(k.startswith(verdict_key_prefix()) for k in verdicts)
+
+
+def test_files_the_catalog_cannot_hold_or_read_are_named_with_their_reason(tmp_path, photos, capsys):
+    # README "Exit status": each file that failed is listed on stderr. A name that is not valid UTF-8 is one
+    # the catalog cannot hold (its paths are UTF-8 text): `index` lists it as a walk error, and
+    # `dedup --catalog` says why it is left out, not that it vanished.
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.open(photos[0]).convert("RGB").resize((160, 120)).save(d / "ok.jpg", quality=90)
+    shutil.copyfile(d / "ok.jpg", os.path.join(os.fsencode(d), b"caf\xe9.jpg"))
+    (d / "cut.jpg").write_bytes((d / "ok.jpg").read_bytes()[:200])
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["index", str(d), "--catalog", cat, "--workers", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "cut.jpg: " in err and "caf\\xe9.jpg: file name is not valid UTF-8" in err, err
+    assert main(["dedup", str(d), "--catalog", cat, "--workers", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "caf\\xe9.jpg: file name is not valid UTF-8, which the catalog cannot hold" in err, err
+    assert "vanished" not in err

@@ -57,6 +57,7 @@ class IndexStats:
     pixel_digested: int = 0  # files fully decoded for a pixel digest
     failed: int = 0          # files recorded with an error this run
     walk_errors: int = 0     # unreadable folders, symlink loops, undecodable names
+    failures: list = field(default_factory=list)  # (path, reason) of each walk error and file failed this run
     passed_over: list = field(default_factory=list)  # files in the folders not named like images (--extensions)
     batches: int = 0         # write transactions of the decode phase
     repaired: int = 0        # --repair: catalog entries whose damaged rows were forgotten, to recompute
@@ -297,6 +298,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         # 1. Walk and stat.
         with timer("walk"):
             walk_failures: list[LoadFailure] = []
+            bad_names: dict[int, str] = {}  # id of a walk error stored under another name -> the name on disk
             found = []
             # Not counted as passed over: the catalog's files (database, -wal, .lock, .arrays/), the whole
             # .imgsim folder when the catalog is in one (explore's reports too), and sidecars (.xmp,
@@ -317,8 +319,11 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                 try:
                     p.encode("utf-8")
                 except UnicodeEncodeError:
+                    # Stored with U+FFFD for the undecodable bytes (the catalog's text is UTF-8); listed on
+                    # stderr by its own name.
                     walk_failures.append(LoadFailure(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
                                                      "file name is not valid UTF-8; skipped", "bad_name"))
+                    bad_names[id(walk_failures[-1])] = p
                     continue
                 try:
                     st = os.stat(p)
@@ -329,6 +334,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
             walk_bar.close()
             stats.seen = len(found)
             stats.walk_errors = len(walk_failures)
+            stats.failures += [(bad_names.get(id(f), f.path), f.reason) for f in walk_failures]
 
         # 2. Compare with the catalog.
         with timer("compare"):
@@ -657,6 +663,7 @@ class _Run:
                         cat.conn.execute("UPDATE files SET error = ?, error_kind = ? WHERE id = ?", (*err, fid))
                 if err:
                     stats.failed += 1
+                    stats.failures.append((w.path, err[0]))
                 cat.conn.executemany("INSERT OR REPLACE INTO vectors(file_id, array, row) VALUES (?, ?, ?)",
                                      [(fid, n, r) for n, r in vec.items()])
                 if not err and w.kind != "backfill":

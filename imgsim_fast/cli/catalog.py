@@ -81,6 +81,8 @@ def cmd_index(args) -> int:
               batch_size=args.batch_size, progress=False if args.no_progress else None, repair=args.repair,
               extensions=args.extensions or DEFAULT_EXTENSIONS)
     report_passed_over(s.passed_over, args.verbose)
+    for path, reason in s.failures:
+        print(f"imgsim: skipped {display_path(path)}: {display_path(reason)}", file=sys.stderr)
     for note in s.repair_notes:
         print(f"imgsim: repaired: {display_path(note)}", file=sys.stderr)  # a note can name a path
     if args.repair and not s.repair_notes:
