@@ -389,6 +389,24 @@ def test_cli_explore(corpus, tmp_path, capsys):
         assert json.load(f)["k"] == 5
 
 
+def test_cli_explore_leaves_a_data_file_of_the_users_alone(corpus, tmp_path, capsys):
+    # The report's data goes beside it (notes.html -> notes.json) unless --json-out names it: a notes.json of
+    # the user's own is refused before any work, in one line, and left as it was (a report's own is replaced,
+    # test_cli_explore).
+    from imgsim_fast.cli.main import main
+
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"shopping": ["milk"]}')
+    argv = ["explore", "--catalog", corpus["hash_catalog"], "--out", str(tmp_path / "notes.html"), "--workers", "1",
+            "--map", "pca", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was not written by imgsim explore" in err, err
+    assert mine.read_text() == '{"shopping": ["milk"]}' and not (tmp_path / "notes.html").exists()
+    assert main(argv + ["--json-out", str(tmp_path / "data.json")]) == 0
+    assert mine.read_text() == '{"shopping": ["milk"]}' and (tmp_path / "data.json").exists()
+
+
 @pytest.mark.parametrize("ext", ["csv", "parquet", "json"])
 def test_cli_explore_out_table(corpus, tmp_path, capsys, ext):
     """--out with .csv, .parquet or .json: one row per file, the same rows as Exploration.to_rows()."""

@@ -67,6 +67,10 @@ def cmd_explore(args) -> int:
     for out in (None if table else args.out, args.json_out):  # unwritable outputs fail now, not after the work
         if out and os.path.isdir(os.path.dirname(os.path.abspath(out))):  # a missing folder is made later
             check_target(out)
+    if args.out and not table and not args.json_out:
+        from imgsim_fast.reports.explore_html import check_data_target, data_path
+
+        check_data_target(data_path(args.out))
     with _open_catalog(args.catalog, args.dir) as cat:
         exp = explore(cat, k=args.k, features=args.features, model=args.model, where=where,
                       n_outliers=args.outliers, seed=args.seed, min_cluster_size=args.min_cluster_size,

@@ -122,11 +122,37 @@ def render_html(exp: Exploration, *, thumbs: str, missing: list[bool], title: st
         map_w=MAP_W, map_h=MAP_H, thumb=THUMB, data=data)
 
 
+_OWN_KEYS = ("features", "verdict", "files", "clusters", "thumbnails")  # what write_report's JSON holds
+
+
+def data_path(out_html: str) -> str:
+    """The data file written beside a report whose path the user named, when they named no other."""
+    return os.path.splitext(out_html)[0] + ".json"
+
+
+def check_data_target(path: str) -> None:
+    """Refuse to write the report's data over a file the user did not name that explore did not write: a
+    report named notes.html must not replace the user's own notes.json."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        ours = isinstance(doc, dict) and all(k in doc for k in _OWN_KEYS)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ValueError(f"{path} exists and was not written by imgsim explore; move it, or name the data file "
+                         f"with --json-out")
+
+
 def write_report(exp: Exploration, out_html: str, *, json_path: str | None = None, title: str | None = None,
                  workers: int | None = None, progress: bool | None = False) -> tuple[str, str]:
     """Write the HTML report, its thumbnail folder and its JSON (default: the HTML path with .json);
     returns the HTML and JSON paths."""
-    json_path = json_path or os.path.splitext(out_html)[0] + ".json"
+    if json_path is None:
+        json_path = data_path(out_html)
+        check_data_target(json_path)
     folder = os.path.dirname(os.path.abspath(out_html))
     os.makedirs(folder, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
