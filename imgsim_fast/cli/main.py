@@ -401,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:
+        # After Ctrl-C the command ends at once (_exit_now), and the resource tracker, a process of its own
+        # started with this one's -W options, then removes the pools' semaphores: its job, which it would
+        # also announce as a warning.
+        sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, in the handler below, not as a warning at exit
@@ -424,7 +429,23 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         print("imgsim: interrupted", file=sys.stderr)
+        if argv is None:  # the command itself (a caller of main() passes its argv and gets 130 back)
+            _exit_now(130)
         return 130
+
+
+def _exit_now(rc: int) -> None:
+    """Exit at once, without the interpreter's exit handlers: after Ctrl-C they join the pools' workers, and
+    one whose pool the interrupt left open (a generator cut short) is never told to stop, so the command
+    hung after "interrupted". Nothing is lost: a catalog write is committed or rolled back (SQLite), an
+    output file is written whole or not at all (io/atomic_write), and the workers end with this process
+    (runtime.pool._die_with)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 def _fail(e) -> int:

@@ -8,6 +8,7 @@ import multiprocessing.context
 from multiprocessing import popen_forkserver, spawn
 import os
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -91,7 +92,12 @@ def _die_with(main_pid: int) -> None:
     forkserver, the resource tracker and every worker, ~360 MB, alive for good). Each worker watches the
     main process: once it is gone the worker exits, the forkserver sees its alive pipe close and exits,
     and the resource tracker, left with no writer, exits too.
+
+    Ctrl-C is the main process's to handle (shut the pool down, say "interrupted", exit 130): the terminal
+    sends SIGINT to every process of the group, and each worker would otherwise print a KeyboardInterrupt
+    traceback of its own.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         fd = os.pidfd_open(main_pid)  # Linux >= 5.3: readable when the process exits, no polling
     except ProcessLookupError:  # the main process died before this worker started
@@ -120,10 +126,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _start_forkserver(ctx) -> None:
+    """Start the forkserver with Ctrl-C ignored (inherited through exec, and kept by Python at start-up):
+    it imports the warm-up module before it ignores SIGINT itself, and a Ctrl-C in that second would print
+    its traceback beside the main process's one-line "interrupted". Only the main thread may set handlers."""
+    if ctx is not _WORKER_CONTEXT or threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def process_pool(workers: int, ctx=None) -> ProcessPoolExecutor:
     """A ProcessPoolExecutor whose workers exit when this process ends, even by SIGKILL (`_die_with`).
     ctx: a multiprocessing context (default: the pipeline's forkserver with the warm-up preload)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx or _mp_context(), initializer=_die_with,
+    ctx = ctx or _mp_context()
+    _start_forkserver(ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
                                initargs=(os.getpid(),))
 
 
