@@ -179,3 +179,18 @@ def test_exit_status_1_when_some_files_fail_2_when_none_is_readable(tmp_path, ca
         assert "skipped" in err and "bad.jpg" in err, err
     (tmp_path / "bad.jpg").unlink()
     assert main(["dedup", str(tmp_path), "--method", "exact", *opts]) == 0
+
+
+def test_dedup_refuses_reports_that_would_overwrite_each_other_or_a_foreign_folder_before_the_scan(
+        tmp_path, capsys):
+    # Two reports naming one file (the later one won, both said "wrote"), and a review page whose thumbnail
+    # folder holds files imgsim did not make (refused, but only after the scan and the printed groups).
+    (tmp_path / "mine_files").mkdir()
+    (tmp_path / "mine_files" / "holiday.txt").write_text("not imgsim's")
+    for opts, needle in ((["--json", "a.json", "--csv", "a.json"], "--json and --csv both name a.json"),
+                         (["--html", "r.html", "--out", "r.html"], "--out and --html both name r.html"),
+                         (["--html", str(tmp_path / "mine.html")], "mine_files exists and was not made by imgsim")):
+        assert main(["dedup", str(tmp_path), "--method", "exact", "--no-progress", *opts]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and needle in err, (out, err)
+    assert (tmp_path / "mine_files" / "holiday.txt").read_text() == "not imgsim's"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -186,9 +187,18 @@ def cmd_dedup(args) -> int:
     if not args.paths:
         raise ValueError("dedup needs image files or folders (or --apply PLAN)")
     check_paths_exist(list(args.paths) + list(args.reference or []))
+    named = [(flag, out) for flag, out in (("--json", args.json), ("--csv", args.csv), ("--out", args.out),
+                                            ("--html", args.html)) if out]
+    for (f1, o1), (f2, o2) in itertools.combinations(named, 2):
+        if os.path.abspath(o1) == os.path.abspath(o2):
+            raise ValueError(f"{f1} and {f2} both name {o1}: give each report a file of its own")
     for out in (args.json, args.csv, args.html):  # a report that cannot be written fails now, not after the scan
         if out:
             check_target(out)
+    if args.html:
+        from imgsim_fast.reports.thumbnails import check_folder, thumbs_folder
+
+        check_folder(thumbs_folder(args.html))
     if args.out:
         from imgsim_fast.io.tables import check_table_target
 

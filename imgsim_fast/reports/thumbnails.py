@@ -21,12 +21,20 @@ def thumbs_folder(page: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(page)), f"{stem}_files")
 
 
-def prepare_folder(folder: str) -> None:
-    """Create the thumbnail folder, or empty an earlier run's one of its thumbnails; refuse a folder of
-    the same name that is not ours (it could hold the user's files)."""
+def check_folder(folder: str) -> None:
+    """Refuse a thumbnail folder of a page's name that is not ours (it could hold the user's files), or that
+    is no folder: callers with slow work before the page call it first, prepare_folder always does."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} exists and is not a folder; move it or choose another page name")
     if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, _MARKER)):
         if os.listdir(folder):
             raise ValueError(f"{folder} exists and was not made by imgsim; move it or choose another page name")
+
+
+def prepare_folder(folder: str) -> None:
+    """Create the thumbnail folder, or empty an earlier run's one of its thumbnails; refuse a folder of
+    the same name that is not ours (check_folder)."""
+    check_folder(folder)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, _MARKER), "w", encoding="utf-8") as f:
         f.write("thumbnails of an imgsim dedup review page\n")
