@@ -4,6 +4,7 @@ changed since the review is skipped and reported while the rest goes ahead."""
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_apply_moves_exactly_the_plan_and_undo_restores(tmp_path, album, capsys)
     doc = _plan(album)
     doc["groups"][1]["remove"].pop()  # a person unmarked pic1_b.jpg
     q = tmp_path / "q"
-    assert main(["dedup", "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 0
+    assert main(["dedup", str(album), "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 0
     gone = {str(album / "sub" / n) for n in ("pic0_a.jpg", "pic0_b.jpg", "pic1_a.jpg", "pic2_a.jpg", "pic2_b.jpg")}
     after = tree_snapshot(album)
     assert set(after) == set(before) - gone
@@ -78,6 +79,30 @@ def test_apply_alone_only_checks(tmp_path, album, capsys):
     assert main(["dedup", "--apply", _write(tmp_path, _plan(album))]) == 0
     assert "6 files to remove" in capsys.readouterr().out
     assert tree_snapshot(album) == before
+
+
+def test_a_plan_changes_files_only_in_folders_the_command_names(tmp_path, album, capsys):
+    # A plan edited to reach outside the album (its roots widened to "/", a removal elsewhere) is a plan like
+    # any other to the code: what it may change is bounded by the folders the person running it names.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(album / "pic0.png", outside / "kept_safe.png")
+    doc = _plan(album)
+    doc["roots"] = ["/"]
+    doc["groups"][0]["remove"].append({"path": str(outside / "kept_safe.png"),
+                                       "digest": file_digest(str(outside / "kept_safe.png"))})
+    plan = _write(tmp_path, doc)
+    before = tree_snapshot(album, outside)
+    q = tmp_path / "q"
+    for argv, why in ((["dedup", "--apply", plan, "--move-to", str(q)], "name the folders the plan may change"),
+                      (["dedup", str(album), "--apply", plan, "--move-to", str(q)],
+                       "outside the folders given on the command line")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and why in err, err
+        assert not q.exists() and tree_snapshot(album, outside) == before
+    assert main(["dedup", "--apply", plan]) == 0  # only checked: nothing to bound
+    assert tree_snapshot(album, outside) == before
 
 
 def _tampered(album, tmp_path):
@@ -128,9 +153,8 @@ def test_tampered_or_malformed_plans_are_refused_and_touch_nothing(tmp_path, alb
     q = tmp_path / "q"
     for name, (doc, why) in cases.items():
         plan = _write(tmp_path, doc, f"{name.replace(' ', '_')}.json")
-        argv = ["dedup", "--apply", plan, "--move-to", str(q)]
+        argv = ["dedup", str(album), "--apply", plan, "--move-to", str(q)]  # the user names the album
         if name == "widened roots":
-            argv.insert(1, str(album))  # the user names only the album on the command line
             why = "outside the folders given on the command line"
         capsys.readouterr()
         assert main(argv) == 2, name
@@ -147,7 +171,7 @@ def test_changed_files_are_skipped_and_reported_rest_goes_ahead(tmp_path, album,
     (album / "pic2.png").write_bytes((album / "pic2.png").read_bytes() + b"x")  # a keeper changed
     before = tree_snapshot(album)
     q = tmp_path / "q"
-    assert main(["dedup", "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 1
+    assert main(["dedup", str(album), "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 1
     err = capsys.readouterr().err
     assert f"skipped {album / 'sub' / 'pic0_a.jpg'}: file changed since the review" in err
     assert err.count("its keeper") == 2  # both removals of group 3 skipped with their keeper
@@ -158,13 +182,14 @@ def test_changed_files_are_skipped_and_reported_rest_goes_ahead(tmp_path, album,
 
 def test_apply_with_hard_links_then_delete(tmp_path, album):
     doc = _plan(album)
-    assert main(["dedup", "--apply", _write(tmp_path, doc), "--move-to", str(tmp_path / "q"), "--link", "hard"]) == 0
+    assert main(["dedup", str(album), "--apply", _write(tmp_path, doc), "--move-to", str(tmp_path / "q"),
+                 "--link", "hard"]) == 0
     for g in doc["groups"]:
         for e in g["remove"]:
             assert os.path.samefile(e["path"], g["keep"]["path"])
     other = _album(tmp_path / "other")
     doc = _plan(other)
-    assert main(["dedup", "--apply", _write(tmp_path, doc, "p2.json"), "--delete", "--yes",
+    assert main(["dedup", str(other), "--apply", _write(tmp_path, doc, "p2.json"), "--delete", "--yes",
                  "--manifest", str(tmp_path / "m.jsonl")]) == 0
     assert sorted(os.listdir(other / "sub")) == []
     assert sorted(os.listdir(other)) == ["pic0.png", "pic1.png", "pic2.png", "sub"]

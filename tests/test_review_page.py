@@ -130,7 +130,7 @@ def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
     assert os.path.join(d, "sub", CAFE) in gone | keep  # the plan names the non-UTF-8 file exactly
 
     q = tmp_path / "Q"
-    assert main(["dedup", "--apply", str(tmp_path / "plan.json"), "--move-to", str(q)]) == 0
+    assert main(["dedup", str(d), "--apply", str(tmp_path / "plan.json"), "--move-to", str(q)]) == 0
     after = tree_snapshot(d)
     assert set(after) == set(before) - gone  # exactly the chosen files moved; the chosen keepers stayed
     assert keep <= set(after) and str(d / "sub" / "p0_small.jpg") in after

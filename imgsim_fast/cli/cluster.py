@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 from imgsim_fast.cli.types import bits, positive_int
@@ -76,8 +77,9 @@ def cmd_cluster_dedup(args) -> int:
         print(f"wrote {display_path(args.csv)}")
     if args.plan:
         write_plan(res, args.plan, roots, args.reference or [])
-        print(f"wrote {display_path(args.plan)} (carry it out with imgsim dedup --apply {display_path(args.plan)} "
-              "--move-to DIR)")
+        folders = " ".join(shlex.quote(display_path(r)) for r in roots)
+        print(f"wrote {display_path(args.plan)} (carry it out with imgsim dedup {folders} --apply "
+              f"{display_path(args.plan)} --move-to DIR)")
     return 1 if res.features.failures else 0
 
 

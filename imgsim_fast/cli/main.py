@@ -282,11 +282,17 @@ def _apply_plan(args, op: str | None) -> int:
     if args.json or args.csv or args.out or args.html:
         raise ValueError("--apply runs a plan and scans nothing, so it writes no --json, --csv, --out or --html")
     plan = pl.load_plan(args.apply)
+    if op is not None and not args.paths:
+        # The plan's roots are what the plan itself says: a plan edited by hand, or come from elsewhere, could
+        # name any folder. What a run may change is what the person running it names.
+        shown = " ".join(display_path(r) for r in plan.roots)
+        raise ValueError(f"name the folders the plan may change files in: imgsim dedup FOLDER... --apply PLAN "
+                         f"(its roots: {shown})")
     pl.check_plan(plan, list(args.paths) or None)
     stale = pl.stale_entries(plan)
     for e, why in stale:
         print(f"imgsim: skipped {display_path(e.path)}: {display_path(why)}", file=sys.stderr)
-    # The roots bound what a plan may touch unless the command line names narrower ones: show them.
+    # What the plan says it covers; the folders named on the command line bound what it may change.
     shown_roots = ", ".join(display_path(r) for r in plan.roots)
     print(f"plan {display_path(args.apply)} (roots {shown_roots}): {len(plan.groups)} groups, "
           f"{len(plan.removals)} files to remove, {len(stale)} skipped")
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dedup", help="find duplicate and near-duplicate images; report (default), move, link "
                                       "or delete them")
     p.add_argument("paths", nargs="*", help="image files and/or folders (searched recursively); with --apply, "
-                                            "the folders the plan may remove files from (default: its roots)")
+                                            "the folders the plan may remove files from (needed to change any)")
     add_walk_options(p)
     p.add_argument("--apply", metavar="PLAN",
                    help="carry out a plan exported from the --html review page instead of scanning (with "
