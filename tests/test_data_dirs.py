@@ -54,6 +54,20 @@ def test_index_writes_nothing_in_the_folder_and_readers_find_it(tmp_path, xdg_da
     assert sorted(os.path.basename(p) for p in out.split()) == before and err == ""
 
 
+def test_search_beside_the_folder_finds_the_catalog_of_its_examples(tmp_path, xdg_data_home, monkeypatch, capsys):
+    # `imgsim index photos/` then `imgsim search photos/0.png`, both run from the folder holding photos/: the
+    # catalog is photos/'s, not the working folder's (user trial: "no catalog found here or above").
+    d = _folder(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "photos", "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", os.path.join("photos", "0.png"), "--top", "1", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "0.png" in out and err == "", (out, err)
+    monkeypatch.chdir(d)  # from inside, the folder's own catalog, as before
+    assert main(["search", "0.png", "--top", "1", "--no-progress"]) == 0
+
+
 def test_an_older_in_folder_catalog_is_used_and_named_once(tmp_path, monkeypatch, capsys):
     d = _folder(tmp_path / "old")
     legacy = d / ".imgsim" / "catalog.sqlite"

@@ -54,14 +54,19 @@ def note_legacy_catalog(path: str) -> None:
           "(new catalogs go to the XDG data folder; pass --catalog to choose)", file=sys.stderr)
 
 
-def open_catalog(path):
-    """The catalog at `path`, or the nearest one upwards, opened for reading."""
+def open_catalog(path, near=()):
+    """The catalog at `path`, or else the one of this folder or the nearest above it with one, or else of the
+    folders of `near` (example images or folders: `imgsim search photos/a.jpg` run beside photos/ finds the
+    catalog `imgsim index photos/` made), opened for reading."""
     from imgsim_fast.catalog.store import Catalog
 
     if not path:
-        path = find_catalog()
+        starts = ["."] + [p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+                          for p in near if not p.startswith("@") and os.path.exists(p)]
+        path = next((c for c in map(find_catalog, starts) if c is not None), None)
         if path is None:
-            raise ValueError("no catalog found here or above; pass --catalog or run `imgsim index DIR` first")
+            raise ValueError("no catalog found here or above, nor beside the examples; pass --catalog or run "
+                             "`imgsim index DIR` first")
         note_legacy_catalog(path)
     return Catalog(path)
 

@@ -68,7 +68,7 @@ def cmd_search(args) -> int:
     batch = len(examples) > 1 or any(_is_batch(e) for e in examples)
     where = _build_filter(argparse.Namespace(**dict(vars(args), text=args.contains)))  # --contains: description
     common = dict(method=args.method, model=args.model, k=args.top, where=where, collapse=not args.no_collapse)
-    with open_catalog(args.catalog) as cat:
+    with open_catalog(args.catalog, near=examples) as cat:
         if args.text is not None:
             results = SearchResults([search(cat, text=args.text, **common)])
         elif batch:
@@ -133,7 +133,8 @@ def add_subcommands(sub) -> None:
                    help="phash etc.: Hamming distance of hashes; cnn: EfficientNet-Lite0 embeddings; "
                         "clip: CLIP embeddings (default phash; clip for --text)")
     p.add_argument("--model", help="embedding model the catalog was indexed with (CLIP folder or hub name)")
-    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    p.add_argument("--catalog", help="catalog file (default: the catalog of this folder or the nearest above with "
+                                     "one, else of the examples' folders)")
     p.add_argument("--top", type=positive_int, default=20, help="results per query (default 20)")
     p.add_argument("--exclude-self", action="store_true", help="leave the query file itself out of its results")
     add_filter_options(p, text_flag="--contains")
@@ -147,7 +148,8 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("query", help="alias of search with its older flags: filters, --like IMAGE, --kind HASH")
-    p.add_argument("--catalog", help="catalog file (default: nearest .imgsim/catalog.sqlite upwards)")
+    p.add_argument("--catalog", help="catalog file (default: the catalog of this folder or the nearest above with "
+                                     "one)")
     add_filter_options(p)
     p.add_argument("--like", metavar="IMAGE", help="rank the matches by similarity to this image (search's EXAMPLE)")
     p.add_argument("--kind", default="phash", help="what --like ranks by: a hash kind, cnn or clip (search's --method)")
