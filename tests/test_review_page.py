@@ -106,6 +106,7 @@ def test_review_page_decisions_apply_and_undo(tmp_path, photos, browser):
     assert "keeper" in mirror.get_attribute("class").split()
     png = page.locator("figure", has_text="p1.png")
     assert "rm" in png.get_attribute("class").split() and png.locator(".tag").inner_text().lower() == "remove"
+    assert png.locator(".why").inner_text() == "the keeper the scan proposed"  # no longer "kept: the best file"
     # Group of p0: keep p0_small.jpg after all.
     page.locator("figure", has_text="p0_small.jpg").locator(".rmc").uncheck()
     assert page.inner_text("#count").startswith("5 files marked for removal")
