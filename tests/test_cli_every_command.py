@@ -154,6 +154,7 @@ def _imgsim(*args, cwd=None):
     (["hash", "/nonexistent"], "/nonexistent: no such file or folder"),
     (["query", "--like", "missing.jpg"], "missing.jpg: file not found"),
     (["query", "--after", "2020-13-45"], "'2020-13-45' is not an ISO date"),
+    (["query", "--where", "width=abc"], "width holds numbers; 'abc' is not one"),  # matched nothing, exit 0
     # `search` with no example lists the catalog (what `query` without --like did); with both, it says so.
     (["search", "x.jpg", "--text", "a car"], "give example images (or a folder / list file of them) or --text, not both"),
     (["undo", "/nonexistent"], "/nonexistent: no such file or directory"),

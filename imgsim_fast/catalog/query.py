@@ -29,6 +29,8 @@ FIELDS = {
 }
 # Fields whose SQL is casefolded: a value compared with them is casefolded too (Field, Range).
 _CASEFOLDED = frozenset({"label"})
+# Fields holding numbers: a value that is no number matches nothing, so it is refused rather than run.
+_NUMERIC = frozenset({"size", "mtime_ns", "width", "height", "pixels", "lat", "lon", "rating"})
 _OPS = ("=", "!=", "<", "<=", ">", ">=", "contains")
 
 
@@ -105,6 +107,11 @@ def _field_sql(name: str) -> str:
         raise ValueError(f"unknown field {name!r}; known: {', '.join(sorted(FIELDS))}") from None
 
 
+def _check_value(name: str, value) -> None:
+    if name in _NUMERIC and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{name} holds numbers; {value!r} is not one")
+
+
 def compile_expr(e: Expr | None) -> tuple[str, list]:
     """SQL boolean over `files` (no alias) and its parameters. Every leaf is COALESCEd to 0/1, so a
     missing value is plain false and Not means 'does not match' (two-valued logic)."""
@@ -127,10 +134,13 @@ def compile_expr(e: Expr | None) -> tuple[str, list]:
             raise ValueError(f"unknown operator {e.op!r}; expected one of {_OPS}")
         if e.op == "contains":
             return f"coalesce(instr(py_casefold({col}), ?) > 0, 0)", [str(e.value).casefold()]
+        _check_value(e.name, e.value)
         value = str(e.value).casefold() if e.name in _CASEFOLDED and e.value is not None else e.value
         return f"coalesce(({col}) {e.op} ?, 0)", [value]
     if isinstance(e, Range):
         col = _field_sql(e.name)
+        _check_value(e.name, e.lo)
+        _check_value(e.name, e.hi)
         parts, params = [], []
         if e.lo is not None:
             parts.append(f"({col}) >= ?")
