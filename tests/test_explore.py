@@ -387,6 +387,12 @@ def test_cli_explore(corpus, tmp_path, capsys):
     assert "5 clusters (k given) (sizes 6, 6, 6, 6, 1)" in capsys.readouterr().out
     with open(tmp_path / "r.json") as f:
         assert json.load(f)["k"] == 5
+    # More clusters asked than the files can make: the count said is the count listed.
+    assert main(["explore", "--catalog", corpus["hash_catalog"], "--k", "100", "--out", str(out), "--workers", "1",
+                 "--map", "pca", "--no-progress"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    said = int(line.split(": ", 1)[1].split()[0])
+    assert "(k 100 given;" in line and said == line.split("(sizes ")[1].count(",") + 1 and said <= 25, line
 
 
 def test_cli_explore_leaves_a_data_file_of_the_users_alone(corpus, tmp_path, capsys):

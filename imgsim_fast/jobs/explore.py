@@ -356,14 +356,18 @@ def explore(cat: Catalog, *, k: int | None = None, features: str = "auto", model
             rule = (f"density clusters (HDBSCAN, at least {min_cluster_size} files) kept when they persist while "
                     f"the density falls by {PERSISTENCE_MIN}x or more")
         else:
-            k = min(k, n)
+            asked, k = k, min(k, n)
             labels = kmeans(x, k, seed=seed)[0]
             rule = "given: k-means puts every file in one of k clusters"
     timings["cluster"] = time.perf_counter() - t
     clusters, labels = _describe_clusters(x, labels, bits, persist, n_representatives)
     clustered = int((labels >= 0).sum())
     if k and rule.startswith("given"):
-        verdict = f"{k} clusters (k given)"
+        # k-means returns fewer than k clusters only when the files hold fewer distinct feature vectors
+        # (byte-identical copies, one hash for several pictures): say so rather than promise k.
+        verdict = (f"{k} clusters (k given)" if len(clusters) == asked else
+                   f"{len(clusters)} clusters (k {asked} given; the files hold only {len(clusters)} distinct "
+                   f"feature vectors)")
     elif k:
         verdict = (f"{k} clear cluster{'s' if k != 1 else ''} holding {clustered} of {n} files; "
                    f"{n - clustered} in no clear cluster")
