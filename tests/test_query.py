@@ -172,6 +172,20 @@ def test_compile_rejects_unknown_fields_and_ops():
     assert "DROP" not in sql and params[-1].startswith("y'")  # values travel as parameters only
 
 
+def test_a_field_of_numbers_reads_numeric_text_and_refuses_the_rest(cat):
+    # A query string or a JSON body may carry "640" (it matched before, as SQLite compares it as a number):
+    # still the same rows; "abc" or "nan" matched nothing and said nothing, and is now refused.
+    w = next(f["width"] for f in cat.files_ref if f.get("width") is not None)
+    as_number = [r.path for r in select(cat, Field("width", "=", w))]
+    assert as_number and [r.path for r in select(cat, Field("width", "=", str(w)))] == as_number
+    assert [r.path for r in select(cat, Range("width", str(w), None))] == \
+        [r.path for r in select(cat, Range("width", w, None))]
+    for bad in (Field("width", "=", "abc"), Field("width", "=", "nan"), Range("height", None, "tall"),
+                Field("rating", "=", True)):
+        with pytest.raises(ValueError, match="holds numbers"):
+            compile_expr(bad)
+
+
 def test_search_by_indexed_path_on_real_index(tmp_path):
     """End to end: tags from a mapping file, then a filtered similarity query."""
     import json

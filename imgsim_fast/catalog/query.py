@@ -7,6 +7,7 @@ takes these expressions as its `where`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from imgsim_fast.catalog.store import Catalog, FileRecord
@@ -107,9 +108,22 @@ def _field_sql(name: str) -> str:
         raise ValueError(f"unknown field {name!r}; known: {', '.join(sorted(FIELDS))}") from None
 
 
-def _check_value(name: str, value) -> None:
-    if name in _NUMERIC and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+def _value(name: str, value):
+    """`value` as compared with field `name`: a number for a field of numbers (a numeric string, as a query
+    string or a JSON body may carry it, is read as one), refused when it is none (it would match nothing)."""
+    if name not in _NUMERIC or value is None:
+        return value
+    number = value
+    if isinstance(value, str):
+        for conv in (int, float):
+            try:
+                number = conv(value.strip())
+                break
+            except ValueError:
+                pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
         raise ValueError(f"{name} holds numbers; {value!r} is not one")
+    return number
 
 
 def compile_expr(e: Expr | None) -> tuple[str, list]:
@@ -134,20 +148,19 @@ def compile_expr(e: Expr | None) -> tuple[str, list]:
             raise ValueError(f"unknown operator {e.op!r}; expected one of {_OPS}")
         if e.op == "contains":
             return f"coalesce(instr(py_casefold({col}), ?) > 0, 0)", [str(e.value).casefold()]
-        _check_value(e.name, e.value)
-        value = str(e.value).casefold() if e.name in _CASEFOLDED and e.value is not None else e.value
+        value = _value(e.name, e.value)
+        value = str(value).casefold() if e.name in _CASEFOLDED and value is not None else value
         return f"coalesce(({col}) {e.op} ?, 0)", [value]
     if isinstance(e, Range):
         col = _field_sql(e.name)
-        _check_value(e.name, e.lo)
-        _check_value(e.name, e.hi)
+        lo, hi = _value(e.name, e.lo), _value(e.name, e.hi)
         parts, params = [], []
-        if e.lo is not None:
+        if lo is not None:
             parts.append(f"({col}) >= ?")
-            params.append(e.lo)
-        if e.hi is not None:
+            params.append(lo)
+        if hi is not None:
             parts.append(f"({col}) <= ?")
-            params.append(e.hi)
+            params.append(hi)
         if not parts:
             return f"(({col}) IS NOT NULL)", []
         return f"coalesce({' AND '.join(parts)}, 0)", params
