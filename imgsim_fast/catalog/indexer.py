@@ -322,7 +322,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     # Stored with U+FFFD for the undecodable bytes (the catalog's text is UTF-8); listed on
                     # stderr by its own name.
                     walk_failures.append(LoadFailure(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                                     "file name is not valid UTF-8; skipped", "bad_name"))
+                                                     "file name is not valid UTF-8", "bad_name"))
                     bad_names[id(walk_failures[-1])] = p
                     continue
                 try:

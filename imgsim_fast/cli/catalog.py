@@ -93,7 +93,11 @@ def cmd_index(args) -> int:
     if args.repair and not s.repair_notes:
         print("imgsim: nothing damaged", file=sys.stderr)
     if args.json:
-        print(json.dumps(s.to_dict(), indent=1))
+        from imgsim_fast.io.names import path_text
+
+        doc = s.to_dict()
+        doc["failures"] = [(path_text(p), reason) for p, reason in s.failures]  # text, as every JSON names files
+        print(json.dumps(doc, indent=1))
     else:
         print(f"{s.seen} files: {s.unchanged} unchanged, {s.added} added, {s.modified} modified, "
               f"{s.touched} touched, {s.renamed} renamed, {s.copied} copies, {s.removed} removed, "
