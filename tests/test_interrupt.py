@@ -33,9 +33,12 @@ def test_ctrl_c_ends_the_command_in_one_line_with_no_process_left(tmp_path, phot
     for k in range(8):  # enough work that the interrupt lands mid-run on any machine
         for p in photos[:6]:
             shutil.copyfile(p, folder / f"{k}_{os.path.basename(p)}")
+    tmp = tmp_path / "tmp"  # multiprocessing's temporary folder (the forkserver's socket) goes here
+    tmp.mkdir()
     proc = subprocess.Popen(IMGSIM + ["dedup", str(folder), "--catalog", str(tmp_path / "c.sqlite"),
                                       "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
     time.sleep(after)
     if proc.poll() is not None:
         pytest.skip(f"the run ended in under {after} s: nothing to interrupt")
@@ -49,3 +52,4 @@ def test_ctrl_c_ends_the_command_in_one_line_with_no_process_left(tmp_path, phot
     assert proc.returncode == 130, (proc.returncode, err)
     assert err.decode() == "imgsim: interrupted\n", err.decode()
     assert _gone(proc.pid, 10), "a worker, forkserver or tracker outlived the command"
+    assert os.listdir(tmp) == []  # the exit at once still removes multiprocessing's folder

@@ -103,6 +103,11 @@ def test_a_plan_changes_files_only_in_folders_the_command_names(tmp_path, album,
         assert not q.exists() and tree_snapshot(album, outside) == before
     assert main(["dedup", "--apply", plan]) == 0  # only checked: nothing to bound
     assert tree_snapshot(album, outside) == before
+    # A quarantine inside the folders named is refused as for a scan (the next scan would find it again).
+    assert main(["dedup", str(album), "--apply", _write(tmp_path, _plan(album), "ok.json"),
+                 "--move-to", str(album / "q")]) == 2
+    assert "is inside the scanned folder" in capsys.readouterr().err
+    assert tree_snapshot(album, outside) == before
 
 
 def _tampered(album, tmp_path):
@@ -204,3 +209,28 @@ def test_parse_plan_keeps_non_utf8_names_exact(tmp_path):
     assert os.fsencode(plan.removals[0].path) == b"/photos/caf\xe9.jpg"
     with pytest.raises(PlanError):
         parse_plan([])
+
+
+def test_an_interrupted_move_says_how_to_undo_what_was_done(tmp_path, album, capsys, monkeypatch):
+    # Ctrl-C part way through the moves: each move is whole and in the manifest, and the one line says how
+    # to put them back (it said only "interrupted", the manifest left for the user to find in Q).
+    from imgsim_fast.jobs.dedup import actions as act
+
+    before = tree_snapshot(album)
+    real, calls = act._run_one, []
+
+    def run_one(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(act, "_run_one", run_one)
+    q = tmp_path / "q"
+    assert main(["dedup", str(album), "--apply", _write(tmp_path, _plan(album)), "--move-to", str(q)]) == 130
+    err = capsys.readouterr().err
+    manifest = next(q.glob("imgsim-manifest-*.jsonl"))
+    assert f"undo what was done with: imgsim undo {manifest}" in err and err.endswith("imgsim: interrupted\n"), err
+    monkeypatch.undo()
+    assert main(["undo", str(manifest)]) == 0
+    assert tree_snapshot(album) == before

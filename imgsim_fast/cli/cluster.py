@@ -1,7 +1,7 @@
 """`imgsim cluster index` and `imgsim cluster dedup`: argument handling over imgsim_fast.cluster (Ray).
 
 main.py calls `add_subcommands(sub)`. Reports are those of `imgsim dedup` (reports/dedup_review.py), and
-`--plan` writes a plan `imgsim dedup --apply` carries out.
+`--plan` writes a plan `imgsim dedup FOLDER... --apply PLAN` carries out.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def cmd_cluster_dedup(args) -> int:
         write_plan(res, args.plan, roots, args.reference or [])
         folders = " ".join(shlex.quote(display_path(r)) for r in roots)
         print(f"wrote {display_path(args.plan)} (carry it out with imgsim dedup {folders} --apply "
-              f"{display_path(args.plan)} --move-to DIR)")
+              f"{shlex.quote(display_path(args.plan))} --move-to DIR)")
     return 1 if res.features.failures else 0
 
 

@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import sys
 
 from imgsim_fast import __version__
@@ -182,6 +183,13 @@ def cmd_dedup(args) -> int:
         print("imgsim: refusing to delete without confirmation: no terminal to ask on; pass --yes",
               file=sys.stderr)
         return 2
+    if args.move_to:
+        from imgsim_fast.jobs.dedup.keep import is_under
+
+        inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]
+        if inside:
+            raise ValueError(f"--move-to {args.move_to} is inside the scanned folder {inside[0]}: the next scan would "
+                             "find the quarantined files again; choose a folder outside it")
     if args.apply:
         return _apply_plan(args, op)
     if not args.paths:
@@ -203,13 +211,6 @@ def cmd_dedup(args) -> int:
         from imgsim_fast.io.tables import check_table_target
 
         check_table_target(args.out)
-    if args.move_to:
-        from imgsim_fast.jobs.dedup.keep import is_under
-
-        inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]
-        if inside:
-            raise ValueError(f"--move-to {args.move_to} is inside the scanned folder {inside[0]}: the next scan would "
-                             "find the quarantined files again; choose a folder outside it")
     given = {k: v for k, v in (("phash", args.threshold), ("dihedral", args.flip_threshold),
                                ("embed_cos", args.min_cosine)) if v is not None}
     t = Thresholds(**given)
@@ -261,8 +262,14 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -
             return len(actions)
     run = act.new_run_id()  # time stamp + random suffix: runs in the same second get their own manifests
     manifest = args.manifest or os.path.join(args.move_to or ".", f"imgsim-manifest-{run}.jsonl")
-    rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], **header}, roots=roots,
-                      quarantine=args.move_to, run_id=run)
+    try:
+        rep = act.execute(actions, manifest, {"op": op, "argv": sys.argv[1:], **header}, roots=roots,
+                          quarantine=args.move_to, run_id=run)
+    except KeyboardInterrupt:
+        if op != "delete" and os.path.exists(manifest):  # what was done so far is in it, each step whole
+            print(f"imgsim: stopped part way; undo what was done with: imgsim undo {display_path(manifest)}",
+                  file=sys.stderr)
+        raise
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
     print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
@@ -285,7 +292,7 @@ def _apply_plan(args, op: str | None) -> int:
     if op is not None and not args.paths:
         # The plan's roots are what the plan itself says: a plan edited by hand, or come from elsewhere, could
         # name any folder. What a run may change is what the person running it names.
-        shown = " ".join(display_path(r) for r in plan.roots)
+        shown = " ".join(shlex.quote(display_path(r)) for r in plan.roots)
         raise ValueError(f"name the folders the plan may change files in: imgsim dedup FOLDER... --apply PLAN "
                          f"(its roots: {shown})")
     pl.check_plan(plan, list(args.paths) or None)
@@ -297,13 +304,14 @@ def _apply_plan(args, op: str | None) -> int:
     print(f"plan {display_path(args.apply)} (roots {shown_roots}): {len(plan.groups)} groups, "
           f"{len(plan.removals)} files to remove, {len(stale)} skipped")
     if op is None:
-        print("nothing changed: add --move-to DIR (with --link hard|sym) or --delete to carry it out")
+        print("nothing changed: to carry it out, name the folders it may change and an action: imgsim dedup "
+              "FOLDER... --apply PLAN --move-to DIR (with --link hard|sym) or --delete")
         return 1 if stale else 0
     actions = pl.plan_to_actions(plan, op, args.move_to, {e.path for e, _ in stale})
     if not actions:
         print("nothing to do")
         return 1 if stale else 0
-    skipped = _run_actions(args, op, actions, list(plan.roots) + list(plan.reference),
+    skipped = _run_actions(args, op, actions, [os.path.abspath(p) for p in args.paths] + list(plan.reference),
                            {"plan": os.path.abspath(args.apply)})
     return 1 if stale or skipped else 0
 
@@ -456,6 +464,14 @@ def _exit_now(rc: int) -> None:
     hung after "interrupted". Nothing is lost: a catalog write is committed or rolled back (SQLite), an
     output file is written whole or not at all (io/atomic_write), and the workers end with this process
     (runtime.pool._die_with)."""
+    import multiprocessing.process
+    import shutil
+
+    # The one clean-up skipped that leaves something behind: multiprocessing's temporary folder (the
+    # forkserver's socket), which its exit handler would have removed.
+    tempdir = multiprocessing.process.current_process()._config.get("tempdir")
+    if tempdir:
+        shutil.rmtree(tempdir, ignore_errors=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -5,7 +5,7 @@ thumbnails are small JPEG files in a folder beside it (`report_files/` for `repo
 position, never after a user's file name) and load lazily, so a page of 10,000 groups opens quickly.
 On the page a person changes a group's keeper, marks and unmarks files, filters duplicates from merely
 similar pictures, and exports the decisions as a plan (JSON, format in plan.py) that
-`imgsim dedup --apply PLAN` carries out. Every member carries plain words saying why it is in its group.
+`imgsim dedup FOLDER... --apply PLAN` carries out. Every member carries plain words saying why it is in its group.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ owner, even by kill -9, and `run_pool`, which isolates a crashing decoder so it 
 Every job that decodes (index, dedup, hash, search queries, report thumbnails) runs its workers here."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 from multiprocessing import popen_forkserver, spawn
@@ -205,9 +206,21 @@ def _run_window(fn, queue: deque, cfg, workers: int, ctx, results: list, on_prog
                 suspects.extend(in_flight.values())
                 in_flight.clear()
                 break
+    except BaseException:
+        stop(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return suspects
+
+
+def stop(pool: ProcessPoolExecutor) -> None:
+    """End a pool at once (Ctrl-C, an error): its queued work cancelled and its workers killed, where a plain
+    shutdown would let every chunk in flight finish first (workers ignore SIGINT: _die_with)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle on the workers
+        with contextlib.suppress(OSError, ValueError):
+            proc.kill()
 
 
 def _run_isolated(fn, chunk: list, cfg, ctx, on_progress, failed) -> list:

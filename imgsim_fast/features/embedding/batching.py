@@ -137,6 +137,11 @@ def _prepared_stream(paths: list[str], spec: PreprocessSpec, workers: int, chunk
                 pool = _pool(workers, ctx)
                 continue
             yield from res
+    except BaseException:  # Ctrl-C, or the consumer closing the stream early: no chunk in flight is wanted
+        from imgsim_fast.runtime.pool import stop
+
+        stop(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -1,7 +1,8 @@
 """Plans: the decisions a person made on the dedup review page, checked before anything is touched.
 
-The review page (report.write_html) exports a plan; `imgsim dedup --apply PLAN --move-to DIR` (or
-`--link hard|sym`, or `--delete --yes`) carries it out with the same manifest and undo as a normal run.
+The review page (report.write_html) exports a plan; `imgsim dedup FOLDER... --apply PLAN --move-to DIR` (or
+`--link hard|sym`, or `--delete --yes`) carries it out with the same manifest and undo as a normal run, changing
+files only in the folders named there (the plan's own roots are what the plan says: anyone can edit it).
 
 Format (JSON, version 1)::
 
