@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from imgsim_fast.catalog.store import Catalog, CatalogError
+from imgsim_fast.catalog.store import Catalog, CatalogError, holds_name
 from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.features.hashing import phash_dihedral
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
@@ -150,7 +150,7 @@ def read_features(cat: Catalog, paths: list[str], model: str | None = None) -> t
         good, failures, missing = [], [], []
         for p in paths:
             r = rows.get(os.path.abspath(p))
-            if r is None and not _utf8(p):
+            if r is None and not holds_name(p):
                 failures.append(LoadFailure(p, "file name is not valid UTF-8, which the catalog cannot hold; "
                                                "run without --catalog to include it", "bad_name"))
             elif r is None:
@@ -200,14 +200,6 @@ def stored_facts(cat: Catalog, fids) -> dict[int, FileFacts]:
 # Tables of the catalog (schema 4), added to row by row: the callers store what a run added
 # (`added`), not all they hold. A row that is not a verdict or two fractions is not read (looked at again,
 # never trusted).
-
-
-def _utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates (PEP 383): the indexer skips such a name (the catalog's
-        return False            # paths are UTF-8 text)
-    return True
 
 
 def added(looks: dict, before: int) -> dict:

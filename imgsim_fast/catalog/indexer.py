@@ -22,7 +22,7 @@ import numpy as np
 
 from imgsim_fast.features import hashing
 from imgsim_fast.catalog.store import (CATALOG_DIRNAME, Catalog, CatalogDamaged, default_catalog_path, embedding_array_name,
-                      hash_array_name)
+                      hash_array_name, holds_name, name_as_stored)
 from imgsim_fast.features.codes import words_for_bits
 from imgsim_fast.io.loading import DEFAULT_EXTENSIONS, ImageLoadError, LoadFailure, iter_image_files, load_image
 from imgsim_fast.features.metadata import Metadata, load_mapping, read_metadata, sidecar_candidates
@@ -298,7 +298,6 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         # 1. Walk and stat.
         with timer("walk"):
             walk_failures: list[LoadFailure] = []
-            bad_names: dict[int, str] = {}  # id of a walk error stored under another name -> the name on disk
             found = []
             # Not counted as passed over: the catalog's files (database, -wal, .lock, .arrays/), the whole
             # .imgsim folder when the catalog is in one (explore's reports too), and sidecars (.xmp,
@@ -316,14 +315,8 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                                       on_error=walk_failures.append, on_skip=passed_over):
                 walk_bar.update()
                 p = os.path.abspath(p)
-                try:
-                    p.encode("utf-8")
-                except UnicodeEncodeError:
-                    # Stored with U+FFFD for the undecodable bytes (the catalog's text is UTF-8); listed on
-                    # stderr by its own name.
-                    walk_failures.append(LoadFailure(p.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                                                     "file name is not valid UTF-8", "bad_name"))
-                    bad_names[id(walk_failures[-1])] = p
+                if not holds_name(p):
+                    walk_failures.append(LoadFailure(p, "file name is not valid UTF-8", "bad_name"))
                     continue
                 try:
                     st = os.stat(p)
@@ -334,7 +327,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
             walk_bar.close()
             stats.seen = len(found)
             stats.walk_errors = len(walk_failures)
-            stats.failures += [(bad_names.get(id(f), f.path), f.reason) for f in walk_failures]
+            stats.failures += [(f.path, f.reason) for f in walk_failures]  # listed by their own names
 
         # 2. Compare with the catalog.
         with timer("compare"):
@@ -375,7 +368,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
                     if i == 0:
                         cat.conn.execute("DELETE FROM walk_errors")
                         cat.conn.executemany("INSERT INTO walk_errors(path, kind, reason) VALUES (?, ?, ?)",
-                                             [(f.path, f.kind, f.reason) for f in walk_failures])
+                                             [(name_as_stored(f.path), f.kind, f.reason) for f in walk_failures])
                         if sidecar_map:
                             cat.set_meta("sidecar_map", os.path.abspath(sidecar_map))
                     for op in ops[i:i + 1000]:

@@ -36,6 +36,8 @@ __all__ = [
     "Damage",
     "FileRecord",
     "default_catalog_path",
+    "holds_name",
+    "name_as_stored",
     "hash_array_name",
     "embedding_array_name",
     "embedding_array_names",
@@ -217,6 +219,22 @@ def default_catalog_path(first_dir: str) -> str:
     if os.path.exists(legacy):
         return legacy
     return os.path.join(collection_dir(first_dir), CATALOG_FILENAME)
+
+
+def holds_name(path: str) -> bool:
+    """Whether the catalog can hold a file of this path: its paths are UTF-8 text, and a name whose bytes are
+    not UTF-8 (lone surrogates from os.fsdecode, PEP 383) can be neither stored nor looked up."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def name_as_stored(path: str) -> str:
+    """A path as text the catalog can store where it must name a file it cannot hold (a walk error): the
+    bytes that are not UTF-8 become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def hash_array_name(kind: str, hash_size: int = 8, mode: str = "fast") -> str:

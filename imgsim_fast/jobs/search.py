@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from imgsim_fast.catalog.store import Catalog, embedding_array_names, hash_array_name
+from imgsim_fast.catalog.store import Catalog, embedding_array_names, hash_array_name, holds_name
 from imgsim_fast.io.names import display_path, path_text
 
 __all__ = ["Hit", "SearchResult", "SearchResults", "search", "write_results", "resolve_space", "closeness",
@@ -236,9 +236,7 @@ def _stored_vector(cat: Catalog, array: str, path: str):
     """The catalog's vector for `path`, or None. A name that is not UTF-8 cannot be in the catalog (the
     indexer skips such names) nor be passed to SQLite, so it is never looked up: it is hashed or
     embedded like any file outside the catalog."""
-    try:
-        os.path.abspath(path).encode("utf-8")
-    except UnicodeEncodeError:
+    if not holds_name(os.path.abspath(path)):
         return None
     return cat.vector_of(array, path)
 
