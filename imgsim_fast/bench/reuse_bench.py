@@ -175,16 +175,16 @@ def grouping_synthetic(n_pairs: int, seed: int = 0) -> dict:
 def grouping_folder(folder: str, catalog: str) -> dict:
     """_timed_grouping on a folder's features read back from the catalog dedup stored them in (--method
     phash, keep-best as dedup runs it, its remembered verdicts and pixel checks included: a second run)."""
-    from imgsim_fast.catalog.dedup_features import dedup_features, load_checks, load_verdicts
+    from imgsim_fast.catalog.dedup_features import dedup_features, load_looks
     from imgsim_fast.jobs.dedup.detect import PairJudge, candidate_pairs, check_key_prefix
     from imgsim_fast.jobs.dedup.keep import DEFAULT_ORDER, keep_ranks, verdict_key_prefix
 
     feats, decoded = dedup_features(catalog, [folder], progress=False)
-    judge = PairJudge(feats, "phash", checks=load_checks(catalog, check_key_prefix()))
+    checks, verdicts, _ = load_looks(catalog, check_key_prefix(), verdict_key_prefix())  # as find_duplicates
+    judge = PairJudge(feats, "phash", checks=checks)
     t0 = time.perf_counter()
     pairs = candidate_pairs(judge)
     t_pairs = time.perf_counter() - t0
-    verdicts = load_verdicts(catalog, verdict_key_prefix())
     ref = [False] * len(feats)
     out = _timed_grouping(len(feats), pairs, judge, lambda members: keep_ranks(
         feats.facts, members, DEFAULT_ORDER, ref, inspect=True, verdicts=verdicts))
