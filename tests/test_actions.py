@@ -174,6 +174,16 @@ def test_cli_refuses_delete_without_yes_and_no_tty(tmp_path):
     assert set(_digests(root)) == {"pic0.png"}
 
 
+def test_yes_without_delete_is_refused_before_the_scan(tmp_path, capsys):
+    # `--yes` alone would run a plain scan: the user who meant to delete would believe it done.
+    root = _album(tmp_path / "album", n_pictures=1)
+    before = _digests(root)
+    assert main(["dedup", str(root), "--method", "phash", "--yes", "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--yes only confirms --delete" in err and len(err.strip().splitlines()) == 1
+    assert _digests(root) == before
+
+
 # A child process that runs the actions and SIGKILLs itself on the Nth file-system call that changes a
 # name (no-replace rename, link, symlink, unlink), i.e. at every point between the manifest line and the
 # action's completion.

@@ -177,6 +177,9 @@ def cmd_dedup(args) -> int:
         raise ValueError("--delete cannot be combined with --move-to or --link")
     if args.link and not args.move_to:
         raise ValueError("--link needs --move-to DIR: the originals go there, so the run can be undone")
+    if args.yes and not args.delete:
+        # Said alone it would run a plain scan, and the user who meant to delete would think it done.
+        raise ValueError("--yes only confirms --delete: add --delete to delete the duplicates")
     op = "delete" if args.delete else (f"{args.link}link" if args.link else ("move" if args.move_to else None))
     if op == "delete" and not args.yes and not sys.stdin.isatty():
         # No terminal to ask: deleting without an explicit --yes is refused before anything is scanned.
