@@ -1,10 +1,12 @@
 """The accuracy benchmark's pieces: every edit of the corpus, the split, and the pair metrics."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgsim_fast.bench.accuracy import evaluate, keepers
-from imgsim_fast.bench.corpus import EDIT_KINDS, EDITS, CorpusFile, apply_edit, split_of
+from imgsim_fast.bench.corpus import EDIT_KINDS, EDITS, CorpusFile, apply_edit, audit_pictures, split_of
 
 
 def test_every_edit_kind_does_what_it_says():
@@ -89,3 +91,45 @@ def test_keepers_count_groups_whose_keeper_is_the_original():
     groups = [SimpleNamespace(members=m) for m in ([0, 1], [3, 2], [6, 7], [8, 5])]
     assert keepers(groups, files, "test") == {"groups_with_original": 2, "original_kept": 1}
     assert keepers(groups, files, None) == {"groups_with_original": 3, "original_kept": 2}
+
+
+def test_a_lookalike_kind_outside_the_generated_ones_is_reported_too():
+    # The audit corpus's theme variants (corpus.audit_pictures) are no generated kind.
+    files = [CorpusFile("/l", "gnome/x-l", "original", "", "audit"),
+             CorpusFile("/l2", "gnome/x-l", "jpeg", "mild", "audit"),
+             CorpusFile("/d", "lookalike/variant/gnome/x-d", "original", "", "audit", "variant")]
+    r = evaluate({(0, 1), (0, 2)}, files, "audit")
+    assert r["false_pairs"] == 1 and r["per_lookalike"]["variant"]["false_pairs"] == 1
+
+
+def test_the_audit_sources_one_family_per_design_and_dark_versions_as_variants(tmp_path):
+    # unpack_deb's .done marker stands for a package already unpacked: no download.
+    root = tmp_path / "corpus_src" / "audit"
+
+    def put(package, rel):
+        p = root / package / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(p, format="PNG")
+        (root / package / ".done").touch()
+
+    put("gnome-backgrounds", "usr/share/backgrounds/gnome/wood-l.webp")
+    put("gnome-backgrounds", "usr/share/backgrounds/gnome/wood-d.webp")
+    for size in ("1280x1024.jpg", "2560x1600.jpg", "5120x2880.jpg", "1080x1920.jpg"):
+        put("plasma-workspace-wallpapers", f"usr/share/wallpapers/Autumn/contents/images/{size}")
+    put("plasma-workspace-wallpapers", "usr/share/wallpapers/Kay/contents/images/5120x2880.png")
+    put("plasma-workspace-wallpapers", "usr/share/wallpapers/Kay/contents/images_dark/3840x2160.png")
+    put("xfdesktop4-data", "usr/share/backgrounds/xfce/xfce-teal.jpg")
+    (root / "xfdesktop4-data" / "usr/share/backgrounds/xfce/xfce-flower.svg").write_text("<svg/>")
+    for package in ("lomiri-wallpapers-20.04", "sway-backgrounds"):
+        (root / package).mkdir(parents=True)
+        (root / package / ".done").touch()
+    (root / "lomiri-wallpapers-20.04" / "usr/share/backgrounds").mkdir(parents=True)
+    (root / "sway-backgrounds" / "usr/share/backgrounds/sway").mkdir(parents=True)
+    ordinary, variants = audit_pictures(str(tmp_path))
+    fams = {f: os.path.relpath(p, root) for f, p in ordinary}
+    plasma = "plasma-workspace-wallpapers/usr/share/wallpapers"
+    assert fams == {"gnome/wood-l.webp": "gnome-backgrounds/usr/share/backgrounds/gnome/wood-l.webp",
+                    "plasma/Autumn": f"{plasma}/Autumn/contents/images/2560x1600.jpg",  # widest up to 2560 px
+                    "plasma/Kay": f"{plasma}/Kay/contents/images/5120x2880.png",  # none narrower: the narrowest
+                    "xfce/xfce-teal.jpg": "xfdesktop4-data/usr/share/backgrounds/xfce/xfce-teal.jpg"}
+    assert sorted(f for f, _ in variants) == ["gnome/wood-d.webp", "plasma/Kay-dark"]

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="1e6,1e7,1e8", help="scale: catalog sizes for the hash self-join")
     p.add_argument("--embed-sizes", default="1e6", help="scale: catalog sizes for the embedding index ('' for none)")
     p.add_argument("--out", default=None, help="JSON output (default bench/results/<time>.json)")
+    p.add_argument("--audit", action="store_true",
+                   help="accuracy and dedup on the audit corpus (pictures from packages nothing was tuned on)")
     args = p.parse_args(argv)
     sections = args.sections or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS + ON_REQUEST)
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     if "accuracy" in sections:
         from imgsim_fast.bench import accuracy
 
-        rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+        rows += accuracy.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick, audit=args.audit)
     if "keep" in sections:
         from imgsim_fast.bench import keep_bench
 
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     if "dedup" in sections:
         from imgsim_fast.bench import dedup_bench
 
-        rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick)
+        rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick, audit=args.audit)
     if "memory" in sections:
         from imgsim_fast.bench import memory_bench
 

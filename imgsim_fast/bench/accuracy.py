@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from imgsim_fast.bench.corpus import EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
+from imgsim_fast.bench.corpus import AUDIT_SEED, EDIT_KINDS, LOOKALIKE_KINDS, CorpusFile, build_corpus
 from imgsim_fast.bench.report import Row, machine_info
 
 __all__ = ["run", "evaluate", "IMAGEHASH_THRESHOLD"]
@@ -74,7 +74,8 @@ def evaluate(pred: set[tuple[int, int]], files: list[CorpusFile], split: str | N
                 per_kind[kind + ("" if level is None else "/" + level)] = found(sel)
     false = [(a, b) for a, b in pred if fam[a] != fam[b]]
     per_lookalike = {}
-    for nk in LOOKALIKE_KINDS:
+    # The audit corpus adds theme variants (corpus.audit_pictures) to the generated kinds.
+    for nk in dict.fromkeys(LOOKALIKE_KINDS + tuple(sorted({files[i].negative for i in idx} - {""}))):
         members = [i for i in idx if files[i].negative == nk]
         if not members:
             continue
@@ -133,14 +134,18 @@ def keepers(groups, files: list[CorpusFile], split: str | None) -> dict:
     return {"groups_with_original": len(grouped), "original_kept": sum(first[i] == i for i in grouped)}
 
 
-def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None) -> list[Row]:
+def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None,
+        audit: bool = False) -> list[Row]:
     """Build/reuse the corpus, run every method and imagehash on it, return benchmark rows.
 
-    details: if a dict, receives the full metrics per method and split (for --json).
+    details: if a dict, receives the full metrics per method and split (for --json). audit: on the audit
+    corpus (corpus.audit_pictures: packages nothing was tuned on), one split, instead of the two halves.
     """
     from imgsim_fast.features.extract import compute_features
 
-    files = build_corpus(photos_src, cache_dir, quick=quick)
+    files = build_corpus(photos_src, cache_dir, quick=quick, audit=audit)
+    splits = ("audit",) if audit else ("test", "tune", None)
+    head, label = ("audit", "audit") if audit else ("test", "held-out")
     t0 = time.perf_counter()
     feats = compute_features([f.path for f in files], embed=True, progress=False)
     t_feat = time.perf_counter() - t0
@@ -150,73 +155,78 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         raise RuntimeError(f"{len(files) - len(order)} corpus files failed to load: {feats.failures[:3]}")
     files = [files[i] for i in order]  # align labels with feature rows
     ih_pred, t_ih = imagehash_pairs(files)
-    results = {"imagehash.phash@10": {s: evaluate(ih_pred, files, s) for s in ("test", "tune", None)}}
+    results = {"imagehash.phash@10": {s: evaluate(ih_pred, files, s) for s in splits}}
     for m in METHODS:
         groups = our_groups(feats, m)
         pred = _pairs_from_groups(groups)
-        results[m] = {s: {**evaluate(pred, files, s), "keep": keepers(groups, files, s)} for s in ("test", "tune", None)}
+        results[m] = {s: {**evaluate(pred, files, s), "keep": keepers(groups, files, s)} for s in splits}
     pred = our_pairs(feats, "phash", flips=False)
-    results["phash-noflip"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+    results["phash-noflip"] = {s: evaluate(pred, files, s) for s in splits}
     pred = our_pairs(feats, "auto", learned=False)  # the hand rule on the raw cosine, as it was
-    results["auto-raw-cosine"] = {s: evaluate(pred, files, s) for s in ("test", "tune", None)}
+    results["auto-raw-cosine"] = {s: evaluate(pred, files, s) for s in splits}
     if details is not None:
         details.update({"results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
                         "files": len(files), "families": len({f.family for f in files}),
-                        "features_s": t_feat, "imagehash_s": t_ih,
-                        "machine": machine_info(seed=0)})  # the corpus seed; the commit says which dedup code
-    ih = results["imagehash.phash@10"]["test"]
+                        "features_s": t_feat, "imagehash_s": t_ih, "splits": [str(s) for s in splits],
+                        "machine": machine_info(seed=AUDIT_SEED if audit else 0)})  # the corpus seed; the
+    # commit says which dedup code
+    ih = results["imagehash.phash@10"][head]
     rows = []
-    params = {"files": len(files), "families": len({f.family for f in files}), "split": "test (held out)"}
+    params = {"files": len(files), "families": len({f.family for f in files}),
+              "split": "audit" if audit else "test (held out)"}
     for m in ("auto", "auto-raw-cosine", "phash", "phash-noflip", "embedding", "exact"):
-        r = results[m]["test"]
+        r = results[m][head]
         for metric in ("f1", "precision", "recall"):
-            rows.append(Row("accuracy", f"{m} {metric} (held-out)", round(r[metric], 4), "",
+            rows.append(Row("accuracy", f"{m} {metric} ({label})", round(r[metric], 4), "",
                             "imagehash.phash@10", round(ih[metric], 4), dict(params)))
-    # Pairs across the two halves exist only in the whole corpus: a false match between a tune picture
-    # and a test picture shows here and in neither split.
-    r, ih_all = results["auto"][None], results["imagehash.phash@10"][None]
-    for metric in ("f1", "precision", "recall"):
-        rows.append(Row("accuracy", f"auto {metric} (whole corpus)", round(r[metric], 4), "",
-                        "imagehash.phash@10", round(ih_all[metric], 4), dict(params, split="all")))
-    r = results["auto"]["test"]
-    rows.append(Row("accuracy", "auto original kept (held-out)",
+    if not audit:
+        # Pairs across the two halves exist only in the whole corpus: a false match between a tune picture
+        # and a test picture shows here and in neither split.
+        r, ih_all = results["auto"][None], results["imagehash.phash@10"][None]
+        for metric in ("f1", "precision", "recall"):
+            rows.append(Row("accuracy", f"auto {metric} (whole corpus)", round(r[metric], 4), "",
+                            "imagehash.phash@10", round(ih_all[metric], 4), dict(params, split="all")))
+    r = results["auto"][head]
+    rows.append(Row("accuracy", f"auto original kept ({label})",
                     round(r["keep"]["original_kept"] / max(1, r["keep"]["groups_with_original"]), 4), "",
-                    params={"split": "test", **r["keep"]}))
+                    params={"split": head, **r["keep"]}))
     for k, v in r["per_kind"].items():
         if "/" not in k or k in ("crop/strong", "letterbox/strong", "rot90/strong", "mirror/strong"):
             rows.append(Row("accuracy", f"auto recall {k}", round(v, 4), "", "imagehash.phash@10",
-                            round(ih["per_kind"][k], 4), {"split": "test"}))
+                            round(ih["per_kind"][k], 4), {"split": head}))
     # Lower is better here, so imagehash's figure goes in the note: the table's ratio assumes higher is better.
     for k, v in r["per_lookalike"].items():
         rows.append(Row("accuracy", f"auto false pairs/1k files: {k}", round(v["false_per_1k_files"], 2),
-                        "per 1k files", params={"split": "test", "files": r["files"], "false_pairs": v["false_pairs"]},
+                        "per 1k files", params={"split": head, "files": r["files"], "false_pairs": v["false_pairs"]},
                         note=f"imagehash.phash@10 {ih['per_lookalike'][k]['false_per_1k_files']:.2f}"))
         if v["copy_recall"] is not None:
             rows.append(Row("accuracy", f"auto recall of {k} copies", round(v["copy_recall"], 4), "",
-                            "imagehash.phash@10", round(ih["per_lookalike"][k]["copy_recall"], 4), {"split": "test"}))
+                            "imagehash.phash@10", round(ih["per_lookalike"][k]["copy_recall"], 4), {"split": head}))
     return rows
 
 
 def _print_details(details: dict) -> None:
     res = details["results"]
     names = list(res)
+    splits = details.get("splits", ["test", "tune", "None"])
+    head = splits[0]
     print(f"\n{details['files']} files, {details['families']} families; features {details['features_s']:.1f} s")
-    for split in ("test", "tune", "None"):
+    for split in splits:
         print(f"\nsplit {split}:")
         for n in names:
             r = res[n][split]
             print(f"  {n:20} P={r['precision']:.4f} R={r['recall']:.4f} F1={r['f1']:.4f} "
                   f"({r['false_pairs']} false of {r['pairs']} pairs)")
-    for split in ("test", "tune"):
+    for split in (s for s in splits if s != "None"):
         k = res["auto"][split]["keep"]
         print(f"auto, {split} split: the original kept in {k['original_kept']} of the {k['groups_with_original']} "
               "groups holding one")
-    print(f"\nper-kind recall, held-out split ({' | '.join(names)})")
-    for k in res["auto"]["test"]["per_kind"]:
-        print(f"  {k:18} " + " ".join(f"{res[n]['test']['per_kind'][k]:6.3f}" for n in names))
+    print(f"\nper-kind recall, {head} split ({' | '.join(names)})")
+    for k in res["auto"][head]["per_kind"]:
+        print(f"  {k:18} " + " ".join(f"{res[n][head]['per_kind'][k]:6.3f}" for n in names))
     # The whole corpus adds the pairs across the halves: the split is per picture, so two neighbouring burst
     # frames are in different halves as often as not.
-    for split in ("test", "tune", "None"):
+    for split in splits:
         print(f"\nlook-alikes, {'whole corpus' if split == 'None' else split + ' split'}: false pairs per 1,000 files (a false pair with a file of that kind) "
               f"/ recall of their copies ({' | '.join(names)})")
         total = res["auto"][split]
@@ -226,9 +236,11 @@ def _print_details(details: dict) -> None:
             print(f"  {k + ' (' + str(v['families']) + ')':18} " + " ".join(
                 f"{res[n][split]['per_lookalike'][k]['false_per_1k_files']:7.1f} "
                 f"{_fmt(res[n][split]['per_lookalike'][k]['copy_recall'])}" for n in names))
-    for k, v in res["auto"]["test"]["per_lookalike"].items():
+    for k, v in res["auto"][head]["per_lookalike"].items():
         for ex in v["false_examples"][:2]:
             print(f"  auto false {k}: {os.path.basename(ex[0])} ~ {os.path.basename(ex[1])}")
+    for ex in res["auto"][head]["false_examples"]:
+        print(f"  auto false pair: {os.path.basename(ex[0])} ~ {os.path.basename(ex[1])}")
 
 
 def _fmt(x: float | None) -> str:
@@ -300,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune", action="store_true", help="grid-search the auto thresholds on the tune split")
     p.add_argument("--photos", default=os.path.join(repo, ".cache", "photos"))
     p.add_argument("--json", help="write the full metrics here")
+    p.add_argument("--audit", action="store_true",
+                   help="on the audit corpus (pictures from packages nothing was tuned on) instead of the halves")
     args = p.parse_args(argv)
     cache = os.path.join(repo, ".cache")
     if args.tune:
@@ -308,7 +322,7 @@ def main(argv=None) -> int:
     from imgsim_fast.bench.report import print_table
 
     details: dict = {}
-    rows = run(args.photos, cache, quick=args.quick, details=details)
+    rows = run(args.photos, cache, quick=args.quick, details=details, audit=args.audit)
     print_table(rows)
     _print_details(details)
     if args.json:

@@ -19,6 +19,10 @@ of them is false; each also gets NEGATIVE_EDITS (a JPEG and a half-size copy), s
 pictures is measured too. CorpusFile.negative names the kind ("" for the ordinary families). In all,
 2,037 files in 325 families; building it takes 1-2 minutes of CPU (the look-alikes ~30 s of it), once.
 
+The audit corpus (build_corpus(audit=True), `python -m imgsim_fast.bench accuracy --audit`) is the same
+construction over pictures of packages nothing was tuned on (audit_pictures), every file in one split,
+"audit": the held-out half has been looked at while the pair test was built, the audit has not.
+
 Limits: ~60 ordinary families, mostly wallpapers and test pictures rather than camera photos; edits
 synthesised with Pillow (real edits mix several at once); the look-alikes are partly synthetic (see
 lookalikes.py), and what counts as a duplicate of a burst frame is a matter of opinion: here it is not.
@@ -44,8 +48,8 @@ from imgsim_fast.bench.debsrc import unpack_deb
 from imgsim_fast.bench.lookalikes import LOOKALIKE_KINDS, build_lookalikes
 from imgsim_fast.bench.lookalikes import VERSION as LOOKALIKES_VERSION
 
-__all__ = ["EDITS", "LOOKALIKE_KINDS", "NEGATIVE_EDITS", "CorpusFile", "build_corpus", "fetch_sources",
-           "source_pictures"]
+__all__ = ["AUDIT_SEED", "EDITS", "LOOKALIKE_KINDS", "NEGATIVE_EDITS", "CorpusFile", "audit_pictures", "build_corpus",
+           "fetch_sources", "source_pictures"]
 
 CORPUS_VERSION = 5
 MAX_SIDE = 1024  # originals are stored at most this large: the corpus stays small and quick to hash
@@ -76,7 +80,7 @@ class CorpusFile:
     family: str        # source picture; files of one family are duplicates of each other
     kind: str          # "original" or an edit kind
     level: str         # "", "mild" or "strong"
-    split: str         # "tune" or "test"
+    split: str         # "tune" or "test" (the main corpus's halves), "audit" (the audit corpus)
     negative: str = ""  # look-alike kind (LOOKALIKE_KINDS) of a hard-negative family, "" for the others
 
 
@@ -162,6 +166,67 @@ def source_pictures(photos_src: str, corpus_src: str) -> list[tuple[str, str]]:
     if os.path.isdir(d):
         out += [(f"skimage/{f}", os.path.join(d, f)) for f in os.listdir(d) if f in _SKIMAGE]
     return sorted(out)
+
+
+# The audit corpus: pictures from packages no threshold, rule or head was ever tuned or trained on (the main
+# corpus's held-out half has been looked at while the pair test was built, README "Accuracy"), with the same
+# edits. Each entry: (package, family prefix, members to unpack, folder of the pictures under the unpacked tree).
+_AUDIT = (
+    ("gnome-backgrounds", "gnome", ("./usr/share/backgrounds/gnome/*.webp",), "usr/share/backgrounds/gnome"),
+    ("plasma-workspace-wallpapers", "plasma", ("./usr/share/wallpapers/*",), "usr/share/wallpapers"),
+    ("xfdesktop4-data", "xfce", ("./usr/share/backgrounds/xfce/*",), "usr/share/backgrounds/xfce"),
+    ("lomiri-wallpapers-20.04", "lomiri-20.04", ("./usr/share/backgrounds/*",), "usr/share/backgrounds"),
+    ("sway-backgrounds", "sway", ("./usr/share/backgrounds/sway/Sway_Wallpaper_Blue_1920x1080.png",),
+     "usr/share/backgrounds/sway"),
+)
+AUDIT_SEED = 2  # the look-alikes' seed in the audit (the main corpus's tune halves were built with 0 and 1)
+
+
+def audit_pictures(cache_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """([(family, path)] of one picture per family, [(family, path)] of theme variants) from the audit
+    packages (_AUDIT), fetched and unpacked once under cache_dir/corpus_src/audit.
+
+    GNOME ships each design light and dark (adwaita-l / adwaita-d) and Plasma some dark versions
+    (images_dark): the other colouring of one design is no copy of it, so the light one is a family with
+    every edit and the dark one a look-alike of kind "variant". Plasma's several sizes of one wallpaper are
+    one family (the widest landscape file up to 2560 px is used)."""
+    root = os.path.join(cache_dir, "corpus_src", "audit")
+    ordinary: list[tuple[str, str]] = []
+    variants: list[tuple[str, str]] = []
+    for package, prefix, members, folder in _AUDIT:
+        dest = os.path.join(root, package)
+        if not unpack_deb(cache_dir, package, dest, members):
+            continue
+        d = os.path.join(dest, folder)
+        if prefix == "plasma":
+            for name in sorted(os.listdir(d)):
+                for sub, out in (("images", ordinary), ("images_dark", variants)):
+                    pick = _widest(os.path.join(d, name, "contents", sub))
+                    if pick:
+                        out.append((f"{prefix}/{name}" + ("-dark" if sub == "images_dark" else ""), pick))
+            continue
+        for f in sorted(os.listdir(d)):
+            if not f.lower().endswith((".jpg", ".png", ".webp")):
+                continue
+            family = f"{prefix}/{f}"
+            (variants if prefix == "gnome" and f.rsplit(".", 1)[0].endswith("-d") else ordinary).append(
+                (family, os.path.join(d, f)))
+    return ordinary, variants
+
+
+def _widest(folder: str) -> str | None:
+    """The landscape WxH.ext file of folder that is widest up to 2560 px (else the narrowest beyond it)."""
+    if not os.path.isdir(folder):
+        return None
+    sizes = []
+    for f in os.listdir(folder):
+        w, _, h = f.rsplit(".", 1)[0].partition("x")
+        if w.isdigit() and h.isdigit() and int(w) > int(h):
+            sizes.append((int(w), f))
+    if not sizes:
+        return None
+    small = [x for x in sizes if x[0] <= 2560]
+    return os.path.join(folder, max(small)[1] if small else min(sizes)[1])
 
 
 def split_of(family: str) -> str:
@@ -279,26 +344,37 @@ def apply_edit(im: Image.Image, kind: str, level: str, rng: np.random.Generator)
 # Build
 
 
-def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0) -> list[CorpusFile]:
-    """Build (once; cached under cache_dir/accuracy_corpus[-quick]) and return the labelled files.
+def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0,
+                 audit: bool = False) -> list[CorpusFile]:
+    """Build (once; cached under cache_dir/accuracy_corpus[-quick], or audit_corpus) and return the labelled
+    files.
 
-    quick: 10 ordinary families and 3 look-alikes of each kind, for a smoke run. A labels.json beside the
-    files records families, kinds, splits and look-alike kinds; its version and the source list decide
+    quick: 10 ordinary families and 3 look-alikes of each kind, for a smoke run. audit: the audit corpus
+    instead (audit_pictures, look-alikes of AUDIT_SEED, every file in split "audit"). A labels.json beside
+    the files records families, kinds, splits and look-alike kinds; its version and the source list decide
     whether a cached corpus is reused.
     """
-    corpus_src = fetch_sources(cache_dir)
-    sources = source_pictures(photos_src, corpus_src)
+    variants: list[tuple[str, str]] = []
+    if audit:
+        sources, variants = audit_pictures(cache_dir)
+        seed = AUDIT_SEED
+        where = "the audit packages (" + ", ".join(a[0] for a in _AUDIT) + ")"
+    else:
+        corpus_src = fetch_sources(cache_dir)
+        sources = source_pictures(photos_src, corpus_src)
+        where = f"{photos_src} or {corpus_src}: run scripts/fetch_photos.sh"
     if quick:
         sources = sources[::max(1, len(sources) // 10)][:10]
     if not sources:
-        raise FileNotFoundError(f"no source pictures under {photos_src} or {corpus_src}: run scripts/fetch_photos.sh")
+        raise FileNotFoundError(f"no source pictures under {where}")
     # (family, picture, look-alike kind, edits): the ordinary families get every edit, look-alikes a few.
     todo = [(family, src, "", tuple(EDITS)) for family, src in sources]
     lookalikes = build_lookalikes(cache_dir, seed)
     if quick:
         lookalikes = [x for k in LOOKALIKE_KINDS for x in [x for x in lookalikes if x[0] == k][:3]]
+    lookalikes += [("variant", family, path) for family, path in variants]
     todo += [(f"lookalike/{kind}/{name}", path, kind, NEGATIVE_EDITS) for kind, name, path in lookalikes]
-    root = os.path.join(cache_dir, "accuracy_corpus" + ("-quick" if quick else ""))
+    root = os.path.join(cache_dir, ("audit_corpus" if audit else "accuracy_corpus") + ("-quick" if quick else ""))
     labels_path = os.path.join(root, "labels.json")
     key = {"version": CORPUS_VERSION, "lookalikes": LOOKALIKES_VERSION, "seed": seed,
            "sources": [t[0] for t in todo]}
@@ -312,7 +388,7 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
     rng = np.random.default_rng(seed)
     rows = []
     for fi, (family, src, negative, edits) in enumerate(todo):
-        split = split_of(family)
+        split = "audit" if audit else split_of(family)
         with Image.open(src) as im:
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

@@ -133,12 +133,14 @@ def _folder(cache_dir: str, files, split: str) -> str:
 
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None,
-        tools=TOOLS) -> list[Row]:
+        tools=TOOLS, audit: bool = False) -> list[Row]:
+    """Every tool on the held-out half's folder (audit: the audit corpus's, corpus.audit_pictures)."""
     from imgsim_fast.bench.accuracy import evaluate
     from imgsim_fast.bench.corpus import build_corpus
 
-    files = build_corpus(photos_src, cache_dir, quick=quick)
-    folder = _folder(cache_dir, files, "test")
+    files = build_corpus(photos_src, cache_dir, quick=quick, audit=audit)
+    split = "audit" if audit else "test"
+    folder = _folder(cache_dir, files, split)
     index = {os.path.basename(f.path): i for i, f in enumerate(files)}
     rows, out = [], {}
     for tool in tools:
@@ -149,15 +151,16 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
             print(f"dedup bench: {tool} left out: {e}", file=sys.stderr)
             continue
         pred = {tuple(sorted((index[a], index[b]))) for g in groups for a, b in itertools.combinations(g, 2)}
-        m = evaluate(pred, files, "test")
+        m = evaluate(pred, files, split)
         out[tool] = {"seconds": wall, "peak_rss_mb": peak / 2**20, **{k: m[k] for k in ("precision", "recall", "f1")},
                      "false_pairs": m["false_pairs"], "pairs": m["pairs"],
                      "false_per_1000": m.get("false_per_1000_by_negative")}
-    n = sum(1 for f in files if f.split == "test")
+    n = sum(1 for f in files if f.split == split)
     for tool, r in out.items():
         params = {"files": n, "peak_rss_mb": round(r["peak_rss_mb"]), "precision": round(r["precision"], 4),
                   "recall": round(r["recall"], 4), "f1": round(r["f1"], 4)}
-        rows.append(Row("dedup", f"{tool} files/s (held-out folder)", round(n / r["seconds"], 1), "files/s",
+        rows.append(Row("dedup", f"{tool} files/s ({'audit' if audit else 'held-out'} folder)",
+                        round(n / r["seconds"], 1), "files/s",
                         "czkawka" if tool != "czkawka" and "czkawka" in out else None,
                         round(n / out["czkawka"]["seconds"], 1) if "czkawka" in out and tool != "czkawka" else None,
                         params, f"F1 {r['f1']:.3f}, {r['peak_rss_mb']:.0f} MB"))

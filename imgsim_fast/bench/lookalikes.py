@@ -70,7 +70,8 @@ def build_lookalikes(cache_dir: str, seed: int = 0) -> list[tuple[str, str, str]
     """[(kind, name, path of an RGB PNG)] of every look-alike picture, built once under
     cache_dir/corpus_src/lookalikes-v<VERSION> (a manifest.json records what was built)."""
     cache_dir = os.path.abspath(cache_dir)  # Chromium is given file:// URLs, which must be absolute
-    root = os.path.join(cache_dir, "corpus_src", f"lookalikes-v{VERSION}")
+    # Each seed has its folder, so that building the audit's look-alikes keeps the main corpus's.
+    root = os.path.join(cache_dir, "corpus_src", f"lookalikes-v{VERSION}" + (f"-s{seed}" if seed else ""))
     manifest = os.path.join(root, "manifest.json")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     key = {"version": VERSION, "seed": seed, "chromium": chromium is not None}
