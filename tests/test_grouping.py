@@ -10,9 +10,8 @@ from imgsim_fast.jobs.dedup.detect import (DEFAULTS, KEEPER, TRANSFORMS, Match, 
 from imgsim_fast.jobs.dedup.grouping import Group, group_pairs
 
 
-def _reference_group_pairs(n, pairs, judge, ranker, before=None):
-    """group_pairs as it was before issue 12 (a Match and dict entries per pair), verbatim, then the closest
-    keepers (_reference_closest); `before`, a list, receives the duplicate groups' members before that."""
+def _reference_group_pairs(n, pairs, judge, ranker):
+    """group_pairs as it was before issue 12 (a Match and dict entries per pair), verbatim."""
     ii, jj = pairs
     dup, near = {}, {}
     for a, b, m in judge.match_pairs(ii, jj):
@@ -21,46 +20,11 @@ def _reference_group_pairs(n, pairs, judge, ranker, before=None):
             if m.duplicate:
                 dup.setdefault(x, {})[y] = m
     groups = _reference_stars(n, dup, ranker, "duplicate", judge)
-    if before is not None:
-        before += [g.members for g in groups]
-    groups = _reference_closest(groups, dup, judge)
     absorbed = {m for g in groups for m in g.members[1:]}
     free = {x: {y: m for y, m in adj.items() if y not in absorbed} for x, adj in near.items() if x not in absorbed}
     groups += _reference_stars(n, free, ranker, "similar", judge)
     groups.sort(key=lambda g: (g.tier != "duplicate", -len(g.members), g.members[0]))
     return groups
-
-
-def _reference_closest(groups, dup, judge):
-    """grouping._closest_keepers, written plainly: a member that matches its keeper directly and another
-    group's keeper more closely (less changed; byte identity closest) moves there, with the copies of its
-    bytes its group took alongside; several moving into one group in file order, a tie going to the
-    lower-numbered keeper; a group left with its keeper alone is dropped."""
-    def distance(m):
-        return -1.0 if m.rule == "exact" else (np.inf if m.changed is None else m.changed)
-
-    keeper_of = {x: g.members[0] for g in groups for x in g.members}
-    keepers = {g.members[0]: g for g in groups}
-    moves = {}
-    for g in groups:
-        k = g.members[0]
-        for x in g.members[1:]:
-            if x not in dup.get(k, {}):
-                continue  # taken as a copy of another member's bytes
-            here = distance(dup[k][x])
-            for y, m in dup[x].items():
-                if y in keepers and y != k and distance(m) < here:
-                    if x not in moves or (distance(m), y) < moves[x][:2]:
-                        moves[x] = (distance(m), y, m)
-    digests = judge.digests
-    new = {k: list(zip(g.members, g.matches)) for k, g in keepers.items()}
-    for x, (_, y, m) in sorted(moves.items()):
-        k = keeper_of[x]
-        twins = [(f, mf) for f, mf in new[k] if f != x and f not in dup.get(k, {}) and f != k
-                 and digests[f] == digests[x]]
-        new[k] = [(f, mf) for f, mf in new[k] if f != x and all(f != t for t, _ in twins)]
-        new[y] += [(x, m)] + [(f, judge.match(y, f)) for f, _ in twins]
-    return [Group([f for f, _ in v], [mf for _, mf in v], "duplicate") for v in new.values() if len(v) >= 2]
 
 
 def _reference_stars(n, adj, ranker, tier, judge):
@@ -210,14 +174,14 @@ def _recording_ranker(keys, calls):
 
 
 def _same(n, pairs, judge, keys):
-    want_calls, got_calls, before = [], [], []
-    want = _reference_group_pairs(n, pairs, judge, _recording_ranker(keys, want_calls), before)
+    want_calls, got_calls = [], []
+    want = _reference_group_pairs(n, pairs, judge, _recording_ranker(keys, want_calls))
     got = group_pairs(n, pairs, judge, _recording_ranker(keys, got_calls))
     assert [(g.tier, g.members) for g in got] == [(g.tier, g.members) for g in want]
     assert [g.matches for g in got] == [g.matches for g in want]
     assert [[m.describe() for m in g.matches] for g in got] == [[m.describe() for m in g.matches] for g in want]
     # The same calls, plus (_better_keepers) one per duplicate star that is not its whole component: its
-    # members, keeper first, ranked among themselves (before the closest keepers took members from it).
+    # members, keeper first, ranked among themselves.
     extra, rest = [], iter(want_calls)
     expected = next(rest, None)
     for c in got_calls:
@@ -226,7 +190,8 @@ def _same(n, pairs, judge, keys):
         else:
             extra.append(c)
     assert expected is None
-    assert all(c in before for c in extra)
+    stars = [g.members for g in got if g.tier == "duplicate"]
+    assert all(c in stars for c in extra)
     return got
 
 
@@ -406,28 +371,3 @@ def test_a_keeper_elected_by_files_outside_its_star_gives_way_to_the_stars_best(
     assert all(m.duplicate and m.changed == 0.001 for m in dup[0].matches[1:])
     assert set(judge.checked) == {(0, 1), (0, 2), (1, 2)}  # the look-alikes' pairs never checked
 
-
-
-class _ChangedTableJudge(_CheckedTableJudge):
-    """Every pair named in `changed` is a pHash match whose pixel check finds that share changed (0.5 fails)."""
-
-    def __init__(self, n, changed):
-        super().__init__([f"d{x}" for x in range(n)], {p: 2 for p in changed}, p_dup=0.0, seed=0, cos=False,
-                         p_fail=0.0)
-        self.table = changed
-
-    def _changed(self, ii, jj, variants, cos=None):
-        changed = np.array([self.table[min(a, b), max(a, b)] for a, b in zip(ii.tolist(), jj.tolist())])
-        return changed, np.zeros_like(changed), np.full((len(changed), 2), np.nan), np.full((len(changed), 4), np.nan)
-
-
-def test_a_file_goes_with_the_keeper_it_is_closest_to():
-    # 0 and 1: two dialogs of one kind (a look-alike pair); 3 a copy of 0, 4 a copy of 1; 2 a half-size copy
-    # of 1, which the test lets pass against 0 as well (1.4% changed against none). 0 ranks first and took
-    # 2 before: 2 sat in 0's group while its own original led another (audit corpus).
-    changed = {(0, 1): 0.5, (0, 2): 0.014, (1, 2): 0.0, (0, 3): 0.001, (1, 4): 0.001}
-    ii, jj = (np.array(c, np.int64) for c in zip(*changed))
-    judge = _ChangedTableJudge(5, changed)
-    groups = group_pairs(5, (ii, jj), judge, lambda members: {x: x for x in members})
-    dup = [(g.members, [m.changed for m in g.matches[1:]]) for g in groups if g.tier == "duplicate"]
-    assert dup == [([1, 4, 2], [0.001, 0.0]), ([0, 3], [0.001])]

@@ -60,8 +60,7 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
     checking every pair first when the ranker's order does not depend on the rest of the component.
     keep-best's does (its group votes on shape and orientation), and a component can hold files its stars do
     not take: once every star rests on checked pairs, a star whose own best file is not its keeper has that
-    file promoted (drawn first from then on) and the stars are drawn again (_better_keepers). Last, a member
-    closer to another star's keeper than to its own moves there (_closest_keepers).
+    file promoted (drawn first from then on) and the stars are drawn again (_better_keepers).
     """
     if n >= 2**31 or len(d) >= 2**31:
         raise ValueError("grouping holds file and pair numbers as int32: at most 2^31 - 1 of each")
@@ -85,7 +84,6 @@ def group_decisions(n: int, d: PairDecisions, judge: PairJudge, ranker) -> list[
             elif not ranker.promote(_better_keepers(stars, ranker)):
                 break
             ranker.next_drawing()
-        stars = _closest_keepers(stars, d, judge)
         groups, absorbed = _groups(stars, d, judge, "duplicate")
         free = np.ones(n, bool)
         free[absorbed] = False
@@ -226,85 +224,6 @@ def _stars(n: int, d: PairDecisions, rows: np.ndarray | None, free: np.ndarray |
     component = np.zeros(n, np.int64)  # each file's component size
     component[members] = np.repeat(sizes, sizes)
     return g_offs, mem, via, idx, component
-
-
-def _closest_keepers(stars: tuple, d: PairDecisions, judge: PairJudge) -> tuple:
-    """The duplicate stars with each member that is also a duplicate of another star's keeper, and closer to
-    it, moved to that star (with the copies of its bytes that came with it).
-
-    A star takes every free file that matches its keeper, best keeper first, so a file that matches two
-    keepers goes to the better-ranked one, not to the picture it is a copy of. Where the test is loose (a
-    half-size copy of one progress dialog passes against another dialog of its kind: audit corpus), the copy
-    sat in the other dialog's group while its own original led a group of its own. Closer: less of the
-    picture changed by the pixel check (byte identity closest of all), strictly; ties stay where they are."""
-    g_offs, mem, via, idx, component = stars
-    n = len(judge.digest_ids)
-    if not len(mem) or d.changed is None:
-        return stars
-    star_of = np.full(n, -1, np.int64)
-    star_of[mem] = np.repeat(np.arange(len(g_offs) - 1), np.diff(g_offs))
-    is_keeper = np.zeros(n, bool)
-    is_keeper[mem[g_offs[:-1]]] = True
-    dup = np.flatnonzero(d.duplicate)
-    xs, ys, rs = [], [], []
-    for x, y in ((d.i[dup], d.j[dup]), (d.j[dup], d.i[dup])):  # (member, another star's keeper), either way
-        k = np.flatnonzero((star_of[x] >= 0) & ~is_keeper[x] & is_keeper[y] & (star_of[x] != star_of[y]))
-        xs.append(x[k])
-        ys.append(y[k])
-        rs.append(dup[k])
-    x, y, r = (np.concatenate(v) for v in (xs, ys, rs))
-    pos = np.full(n, -1, np.int64)
-    pos[mem] = np.arange(len(mem))
-    # Only a member its keeper's check found changed can be closer to another (a byte-identical one is, but
-    # needs no check): the others' pairs are not checked, which keeps the pass to a few checks.
-    v = via[pos[x]]
-    here_rows = idx[np.maximum(v, 0)]
-    could = (v >= 0) & ((d.rule[r] == 1) | ((d.rule[here_rows] != 1) & ~(d.changed[here_rows] <= 0)))
-    x, y, r = x[could], y[could], r[could]
-    if not len(r):
-        return stars
-    judge.settle(d, r)  # the pair test in full, as for any pair a star rests on
-    ok = d.duplicate[r]
-    last: dict[tuple[int, int], int] = {}  # (member, keeper) -> its row; where a pair occurs twice the last counts
-    for xi, yi, ri in zip(x[ok].tolist(), y[ok].tolist(), r[ok].tolist()):
-        last[xi, yi] = max(ri, last.get((xi, yi), -1))
-    # member -> (distance, keeper, row) of its closest other keeper, the lower-numbered keeper on a tie
-    moves: dict[int, tuple[float, int, int]] = {}
-    for (xi, yi), ri in last.items():
-        v = int(via[pos[xi]])
-        if v < 0:  # a copy of a member's bytes, taken with it: it goes where that member goes
-            continue
-        there = _distance(d, ri)
-        if there < _distance(d, int(idx[v])) and (xi not in moves or (there, yi) < moves[xi][:2]):
-            moves[xi] = (there, yi, ri)
-    if not moves:
-        return stars
-    dig = judge.digest_ids
-    mem_l, via_l = mem.tolist(), via.tolist()
-    extra: list[int] = []  # d's rows of the new (keeper, member) edges, after idx's
-    stars_l = [list(zip(mem_l[s:e], via_l[s:e])) for s, e in zip(g_offs[:-1].tolist(), g_offs[1:].tolist())]
-    for xi, (_, keeper, row) in sorted(moves.items()):  # several moving to one star: by file number
-        target = star_of[keeper]
-        here = stars_l[star_of[xi]]
-        twins = [(f, v) for f, v in here if f != xi and v == -1 and dig[f] == dig[xi]]
-        stars_l[star_of[xi]] = [(f, v) for f, v in here if f != xi and (f, v) not in twins]
-        stars_l[target] += [(xi, len(idx) + len(extra))] + twins
-        extra.append(row)
-    stars_l = [st for st in stars_l if len(st) >= 2]  # a star left with its keeper alone is no group
-    sizes = np.array([len(st) for st in stars_l], np.int64)
-    new_offs = np.concatenate([[0], np.cumsum(sizes)]).astype(g_offs.dtype)
-    flat = [fv for st in stars_l for fv in st]
-    return (new_offs, np.array([f for f, _ in flat], mem.dtype), np.array([v for _, v in flat], via.dtype),
-            np.concatenate([idx, np.array(extra, idx.dtype)]), component)
-
-
-def _distance(d: PairDecisions, row: int) -> float:
-    """How far apart a duplicate pair is, for _closest_keepers: -1 for byte identity, else the share of the
-    picture the pixel check found changed."""
-    if d.rule[row] == 1:
-        return -1.0
-    c = d.changed[row]
-    return float(c) if c == c else np.inf  # no pixel check ran: not comparable, never moved towards
 
 
 def _groups(stars: tuple, d: PairDecisions, judge: PairJudge, tier: str) -> tuple[list[Group], np.ndarray]:
