@@ -168,8 +168,8 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         details.update({"results": {m: {str(s): v for s, v in r.items()} for m, r in results.items()},
                         "files": len(files), "families": len({f.family for f in files}),
                         "features_s": t_feat, "imagehash_s": t_ih, "splits": [str(s) for s in splits],
-                        "machine": machine_info(seed=AUDIT_SEED if audit else 0)})  # the corpus seed; the
-    # commit says which dedup code
+                        # the corpus seed; the commit says which dedup code
+                        "machine": machine_info(seed=AUDIT_SEED if audit else 0)})
     ih = results["imagehash.phash@10"][head]
     rows = []
     params = {"files": len(files), "families": len({f.family for f in files}),

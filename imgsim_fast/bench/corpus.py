@@ -21,7 +21,8 @@ pictures is measured too. CorpusFile.negative names the kind ("" for the ordinar
 
 The audit corpus (build_corpus(audit=True), `python -m imgsim_fast.bench accuracy --audit`) is the same
 construction over pictures of packages nothing was tuned on (audit_pictures), every file in one split,
-"audit": the held-out half has been looked at while the pair test was built, the audit has not.
+"audit": the held-out half has been looked at while the pair test was built; the audit was built to measure
+only (README "Accuracy" says how often it was looked at, and what for).
 
 Limits: ~60 ordinary families, mostly wallpapers and test pictures rather than camera photos; edits
 synthesised with Pillow (real edits mix several at once); the look-alikes are partly synthetic (see
