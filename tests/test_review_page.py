@@ -181,6 +181,28 @@ def test_similar_tier_marks_nothing_and_names_are_escaped(tmp_path, browser):
         ("/r/ref/c.jpg", ["/r/<b>x</b>.jpg"]), ("/r/e.jpg", ["/r/d.jpg"])]
 
 
+@needs_browser
+def test_a_hard_link_to_a_file_that_stays_frees_nothing(tmp_path, photos, browser):
+    # a.png kept; b.png a hard link to it (a byte-identical copy on the page), c.png a byte copy. Removing
+    # b frees nothing while a stays; removing both links would free the file once.
+    d = tmp_path / "album"
+    d.mkdir()
+    _rgb(photos[0], 320).save(d / "a.png")
+    os.link(d / "a.png", d / "b.png")
+    shutil.copy(d / "a.png", d / "c.png")
+    size = (d / "a.png").stat().st_size
+    assert main(["dedup", str(d), "--method", "exact", "--html", str(tmp_path / "r.html"), "--workers", "1",
+                 "--no-progress"]) == 0
+    page, errors = _page(browser, (tmp_path / "r.html").as_uri())
+    assert "c.png" not in page.locator("figure.keeper").inner_text()  # the later copy is not kept
+    kb = f"{size / 1000:.1f} KB"
+    assert page.inner_text("#count") == (f"2 files marked for removal (frees {kb}); "
+                                         "1 is a hard link to a file that stays")
+    page.locator("figure", has_text="c.png").locator(".kb").click()  # keep the copy: both links go
+    assert page.inner_text("#count") == f"2 files marked for removal (frees {kb})"
+    assert not errors, errors
+
+
 def test_thumbnail_folder_not_made_by_imgsim_is_refused(tmp_path):
     # report.html's thumbnails go to report_files/; a folder of that name holding someone's files is theirs.
     (tmp_path / "report_files").mkdir()

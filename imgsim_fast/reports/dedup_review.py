@@ -73,13 +73,22 @@ def render_review(doc: dict, sizes: list, *, thumbs: str = "report_files", roots
     and "removable"). Files are numbered in group order; file i's
     thumbnail is thumbs/i.jpg (a URL relative to the page) of size sizes[i], or absent when that is None."""
     files = []
+    inodes: dict[tuple[int, int], int] = {}
     for g in doc["groups"]:
         for m in g["members"]:
             # Exact absolute paths for the plan (a non-UTF-8 name stays lone surrogates, JSON-escaped).
             path = os.path.abspath(m["path"])
             tw, th = sizes[len(files)] or (0, 0)
+            # Hard links to one file are byte-identical copies, and removing one frees nothing while another
+            # link remains: the page counts bytes per inode, freed once every link of it is marked.
+            try:
+                st = os.stat(path, follow_symlinks=False)
+                node, links = inodes.setdefault((st.st_dev, st.st_ino), len(inodes)), st.st_nlink
+            except OSError:  # gone since the scan: counted as its own file
+                node, links = inodes.setdefault((-1, len(files)), len(inodes)), 1
             files.append([path, m["digest"], m["bytes"], bool(m["removable"]), bool(m["reference"]), m["why"],
-                          m["width"], m["height"], m["format"], tw, th, Path(path).as_uri(), display_path(m["path"])])
+                          m["width"], m["height"], m["format"], tw, th, Path(path).as_uri(), display_path(m["path"]),
+                          node, links])
     n_dup = sum(g["tier"] == "duplicate" for g in doc["groups"])
     data = {
         "roots": [os.path.abspath(r) for r in roots],
