@@ -64,8 +64,35 @@ def embedding_rows(photos_src: str, quick: bool = False) -> list[Row]:
     params = {"model": model.name, "device": str(model.device), "files": len(files),
               "distinct_files": len(photos), "workers": workers,
               "torch_threads": torch.get_num_threads(), "batch_size": 32, "photos": photos_src}
-    return [Row("embedding", f"EfficientNet-Lite0 end to end, CPU, {len(files)} JPEGs", len(files) / t_ours,
+    rows = [Row("embedding", f"EfficientNet-Lite0 end to end, CPU, {len(files)} JPEGs", len(files) / t_ours,
                 "images/s", "naive PIL + batch-1 loop", len(files) / t_naive, params)]
+    return rows + _runtime_rows(files, model, quick)
+
+
+def _runtime_rows(files: list[str], model, quick: bool) -> list[Row]:
+    """The forward pass alone on one prepared batch of 32: the runtime load_model picked against torch."""
+    import torch
+
+    from imgsim_fast.features.embedding import load_model
+    from imgsim_fast.features.embedding.preprocess import prepare_image
+    from imgsim_fast.io.loading import load_image
+
+    if not model.runtime.startswith("onnxruntime"):
+        print(f"bench: EfficientNet-Lite0 runs on {model.runtime} here; no runtime comparison")
+        return []
+    ref = load_model("efficientnet-lite0", device="cpu", runtime="torch")
+    batch = torch.from_numpy(np.stack([prepare_image(load_image(p), model.spec) for p in files[:32]]))
+    for m in (model, ref):
+        m.embed_pixels(batch)  # warm-up
+    repeat = 1 if quick else 3
+    t_ours = best_time(lambda: model.embed_pixels(batch), repeat=repeat)
+    t_torch = best_time(lambda: ref.embed_pixels(batch), repeat=repeat)
+    diff = float((model.embed_pixels(batch) - ref.embed_pixels(batch)).abs().max())
+    params = {"runtime": model.runtime, "peer_runtime": ref.runtime, "batch": len(batch),
+              "torch_threads": torch.get_num_threads(), "max_abs_diff": diff}
+    return [Row("embedding", "EfficientNet-Lite0 forward pass, CPU", len(batch) / t_ours, "images/s",
+                f"the same model on {ref.runtime}", len(batch) / t_torch, params,
+                note=f"unit vectors {diff:.1e} apart at most")]
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -58,6 +58,12 @@ def capabilities(torch_info: bool = True) -> dict:
             info["torch"] = None
             info["cuda"] = False
             info["cuda_devices"] = []
+        # What runs the default CNN on CPU (features/embedding/onnx_cpu.py): ONNX Runtime on a graph torch
+        # exports (with onnx), else torch.
+        ort, onnx = _version("onnxruntime"), _version("onnx")
+        info["onnxruntime"] = ort
+        info["cnn_on_cpu"] = f"onnxruntime {ort}" if ort and onnx and info["torch"] else (
+            f"torch {info['torch']}" if info["torch"] else None)
     return info
 
 

@@ -47,17 +47,18 @@ class EmbedResult:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(name: str, device: str, amp) -> EmbeddingModel:
-    return load_model(name, device, amp=amp)
+def _cached_model(name: str, device: str, amp, runtime: str) -> EmbeddingModel:
+    return load_model(name, device, amp=amp, runtime=runtime)
 
 
-def get_model(model, device=None, amp="auto") -> EmbeddingModel:
-    """An EmbeddingModel as given, or a name/path loaded once and cached (4 most recent) per device."""
+def get_model(model, device=None, amp="auto", runtime="auto") -> EmbeddingModel:
+    """An EmbeddingModel as given, or a name/path loaded once and cached (4 most recent) per device
+    (runtime: as load_model takes it)."""
     if isinstance(model, EmbeddingModel):
         if device is not None and resolve_device(device) != model.device:
             raise ValueError(f"model is on {model.device}, device={device!r} asked; load it on that device")
         return model
-    return _cached_model(os.fspath(model), str(resolve_device(device)), amp)
+    return _cached_model(os.fspath(model), str(resolve_device(device)), amp, runtime)
 
 
 def _check_dtype(dtype) -> type:
