@@ -79,6 +79,45 @@ def test_smoothing_matches_scipy():
         assert np.allclose(verify._smooth(x, taps), ref, atol=1e-12)
 
 
+def _count_by_numpy(a, b, ca, cb, inner, floor, k, k_strong, shift):
+    """verify._count the plain way: every shift in row-major order of (dy, dx), the first with fewest changed."""
+    h, w = a.shape
+    core = (slice(shift, h - shift), slice(shift, w - shift))
+    sel = inner[core]
+    if not sel.any():
+        return 1.0, 1.0
+    best = (sel.sum(), sel.sum())  # (1, 1) unless a shift beats it
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            moved = (slice(shift + dy, h - shift + dy), slice(shift + dx, w - shift + dx))
+            d = np.abs(a[core] - b[moved])[sel]
+            contrast = np.minimum(ca[core], cb[moved])[sel] + floor
+            c, s = int((d > k * contrast).sum()), int((d > k_strong * contrast).sum())
+            if c < best[0]:
+                best = (c, s)
+    return best[0] / sel.sum(), best[1] / sel.sum()
+
+
+def test_the_shift_count_equals_trying_every_shift():
+    # _count starts at the unshifted copy and leaves a shift once it has more changed pixels than the best:
+    # the answer must stay that of trying every shift in order (ties to the first), strong count included.
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        h, w = rng.integers(8, 40, 2)
+        a = rng.normal(100, 30, (h, w))
+        b = np.roll(a, (rng.integers(-2, 3), rng.integers(-2, 3)), (0, 1)) + rng.normal(0, rng.choice([0.5, 5, 40]), (h, w))
+        if trial % 5 == 0:
+            b = a.copy()  # every shift ties somewhere
+        ca, cb = np.abs(rng.normal(3, 2, (h, w))), np.abs(rng.normal(3, 2, (h, w)))
+        inner = rng.random((h, w)) < (1.0 if trial % 3 else 0.7)
+        if trial % 17 == 0:
+            inner[:] = False
+        for shift in (0, 1, 2):
+            for k, k_strong in ((0.5, 1.0), (3.0, 6.0), (-1.0, -1.0)):  # k < 0: every pixel changed
+                args = (a, b, ca, cb, inner, 1.0, k, k_strong, shift)
+                assert verify._count(*args) == _count_by_numpy(*args), (trial, shift, k)
+
+
 def test_a_flat_picture_is_no_copy_of_a_textured_one():
     # Histogram matching would map the texture onto the flat picture's single grey level; either order.
     flat = np.full((SIDE, SIDE), 40, np.uint8)

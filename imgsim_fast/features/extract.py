@@ -128,13 +128,18 @@ class Features:
 
 
 def _uniform_run(lines: np.ndarray, tolerance: float) -> int:
-    """How many leading lines of (k, L) int16 grey levels are uniform in the first line's level."""
-    dev = np.abs(lines - np.median(lines[0]))
-    ok = (dev <= tolerance).mean(axis=1) >= TRIM_FRACTION
-    if not ok[0]:
-        return 0
-    bad = np.flatnonzero(~ok)
-    return int(bad[0]) if len(bad) else len(ok)
+    """How many leading lines of (k, L) int16 grey levels are uniform in the first line's level. Looked at in
+    growing blocks from the edge: a run is most often a few lines long, and each line is judged alone."""
+    level = np.median(lines[0])
+    start, step = 0, 8
+    while start < len(lines):
+        block = lines[start:start + step]
+        ok = (np.abs(block - level) <= tolerance).mean(axis=1) >= TRIM_FRACTION
+        bad = np.flatnonzero(~ok)
+        if len(bad):
+            return start + int(bad[0])
+        start, step = start + len(block), 2 * step
+    return len(lines)
 
 
 def trim_tolerance(a: np.ndarray) -> float:

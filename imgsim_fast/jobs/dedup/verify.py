@@ -127,34 +127,39 @@ def _reflect(i, n):
 
 @numba.njit(cache=True, nogil=True)
 def _smooth(x, taps):
-    """Separable filtering of x by taps (odd length), edges mirrored. The interior runs without the
-    mirroring arithmetic (most of the pixels, most of the time)."""
+    """Separable filtering of x by taps (odd length), edges mirrored. Each output sums its taps in order from
+    0.0; the interior runs tap by tap over whole rows (vectorised), the mirrored edges pixel by pixel."""
     h, w = x.shape
     r = len(taps) // 2
     n = len(taps)
-    tmp = np.empty((h, w))
-    out = np.empty((h, w))
+    tmp = np.zeros((h, w))
+    out = np.zeros((h, w))
+    lo, hi = min(r, w), max(w - r, r)  # columns [lo, hi) need no mirroring
     for i in range(h):
-        for j in range(w):
+        for e in range(lo + w - hi):
+            j = e if e < lo else hi + e - lo
             acc = 0.0
-            if r <= j < w - r:
-                for t in range(n):
-                    acc += taps[t] * x[i, j + t - r]
-            else:
-                for t in range(n):
-                    acc += taps[t] * x[i, _reflect(j + t - r, w)]
+            for t in range(n):
+                acc += taps[t] * x[i, _reflect(j + t - r, w)]
             tmp[i, j] = acc
+        row = tmp[i, lo:hi]
+        for t in range(n):
+            src = x[i, lo + t - r:]  # views indexed from 0: no negative-index wrap-around in the loop
+            for q in range(hi - lo):
+                row[q] += taps[t] * src[q]
     for i in range(h):
-        inner = r <= i < h - r
-        for j in range(w):
-            acc = 0.0
-            if inner:
-                for t in range(n):
-                    acc += taps[t] * tmp[i + t - r, j]
-            else:
+        if r <= i < h - r:
+            row = out[i]
+            for t in range(n):
+                src = tmp[i + t - r]
+                for q in range(w):
+                    row[q] += taps[t] * src[q]
+        else:
+            for j in range(w):
+                acc = 0.0
                 for t in range(n):
                     acc += taps[t] * tmp[_reflect(i + t - r, h), j]
-            out[i, j] = acc
+                out[i, j] = acc
     return out
 
 
@@ -187,33 +192,53 @@ def _prepare(a, b, mask, taps, box, remap_a=False):
 
 
 @numba.njit(cache=True, nogil=True)
+def _changed_at(a, b, ca, cb, inner, floor, k, k_strong, shift, dy, dx, stop):
+    """(changed, strongly changed, counted) pixels of _count at one shift; left after the first row where more
+    than `stop` have changed (the counts are then partial)."""
+    h, w = a.shape
+    n = 0
+    c = 0
+    s = 0
+    for i in range(shift, h - shift):
+        for j in range(shift, w - shift):
+            if not inner[i, j]:
+                continue
+            n += 1
+            d = abs(a[i, j] - b[i + dy, j + dx])
+            contrast = min(ca[i, j], cb[i + dy, j + dx]) + floor
+            if d > k * contrast:
+                c += 1
+                if d > k_strong * contrast:
+                    s += 1
+        if c > stop:
+            break
+    return c, s, n
+
+
+@numba.njit(cache=True, nogil=True)
 def _count(a, b, ca, cb, inner, floor, k, k_strong, shift):
     """Fractions of the `inner` pixels of a, a shift-pixel border left out, that differ from b moved by the
-    best shift of up to `shift` pixels (the one with the fewest changed) by more than k, and by more than
-    k_strong, times the smaller contrast plus floor."""
-    h, w = a.shape
-    best = 1.0
-    best_strong = 1.0
-    for dy in range(-shift, shift + 1):
-        for dx in range(-shift, shift + 1):
-            n = 0
-            c = 0
-            s = 0
-            for i in range(shift, h - shift):
-                for j in range(shift, w - shift):
-                    if not inner[i, j]:
-                        continue
-                    n += 1
-                    d = abs(a[i, j] - b[i + dy, j + dx])
-                    contrast = min(ca[i, j], cb[i + dy, j + dx]) + floor
-                    if d > k * contrast:
-                        c += 1
-                        if d > k_strong * contrast:
-                            s += 1
-            if n > 0 and c / n < best:
-                best = c / n
-                best_strong = s / n
-    return best, best_strong
+    best shift of up to `shift` pixels (the one with the fewest changed; of equals, the first in row-major
+    order of (dy, dx)) by more than k, and by more than k_strong, times the smaller contrast plus floor."""
+    # The unshifted copy first (copies line up there, most often), then the others in order: a shift is left
+    # as soon as it has more changed pixels than the best so far, so most shifts stop after a few rows.
+    c, s, n = _changed_at(a, b, ca, cb, inner, floor, k, k_strong, shift, 0, 0, a.size)
+    if n == 0:
+        return 1.0, 1.0
+    side = 2 * shift + 1
+    centre = (side * side) // 2
+    # Where no shift has fewer than all n changed the answer is (1, 1): a start that every shift must beat.
+    best_c, best_s, best_at = n, n, -1
+    if c < n:
+        best_c, best_s, best_at = c, s, centre
+    for at in range(side * side):
+        if at == centre:
+            continue
+        c, s, _ = _changed_at(a, b, ca, cb, inner, floor, k, k_strong, shift, at // side - shift,
+                              at % side - shift, best_c)
+        if c < best_c or (c == best_c and at < best_at):
+            best_c, best_s, best_at = c, s, at
+    return best_c / n, best_s / n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -456,9 +481,11 @@ def _lk(a, b, p, iters):
                 J[5] = ey
                 for i in range(6):
                     g[i] += J[i] * res
-                    for k in range(6):
+                    for k in range(i, 6):  # H is symmetric: its upper half, mirrored below (the same sums)
                         H[i, k] += J[i] * J[k]
         for i in range(6):
+            for k in range(i):
+                H[i, k] = H[k, i]
             H[i, i] += 1e-6
         dp = np.linalg.solve(H, -g)
         p += dp
