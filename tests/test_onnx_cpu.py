@@ -91,6 +91,14 @@ def test_a_cache_that_cannot_be_written_costs_only_the_export(cache, tmp_path, m
     assert model.runtime.startswith("onnxruntime") and os.path.isfile(cache)
 
 
+def test_a_cached_graph_that_differs_from_torch_is_not_used(cache, monkeypatch):
+    load_model("efficientnet-lite0", device="cpu")
+    assert len(_graphs(cache)) == 1
+    monkeypatch.setattr(onnx_cpu, "_PROBE_TOLERANCE", -1.0)  # whatever the graph gives now disagrees
+    monkeypatch.setattr(onnx_cpu, "_export", lambda *a: pytest.fail("a cached graph is probed, not exported"))
+    assert load_model("efficientnet-lite0", device="cpu").runtime.startswith("torch ")
+
+
 def test_an_export_that_differs_from_torch_is_not_used(cache, monkeypatch):
     monkeypatch.setattr(onnx_cpu, "_PROBE_TOLERANCE", -1.0)  # no export can agree with torch now
     assert load_model("efficientnet-lite0", device="cpu").runtime.startswith("torch ")

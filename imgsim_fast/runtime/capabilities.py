@@ -59,10 +59,15 @@ def capabilities(torch_info: bool = True) -> dict:
             info["cuda"] = False
             info["cuda_devices"] = []
         # What runs the default CNN on CPU (features/embedding/onnx_cpu.py): ONNX Runtime on a graph torch
-        # exports (with onnx), else torch.
-        ort, onnx = _version("onnxruntime"), _version("onnx")
+        # exports (with onnx) or exported before, else torch.
+        import glob
+
+        from imgsim_fast.features.embedding.onnx_cpu import cache_dir
+
+        ort = _version("onnxruntime")
+        graph = _version("onnx") or glob.glob(os.path.join(glob.escape(cache_dir()), "*.onnx"))
         info["onnxruntime"] = ort
-        info["cnn_on_cpu"] = f"onnxruntime {ort}" if ort and onnx and info["torch"] else (
+        info["cnn_on_cpu"] = f"onnxruntime {ort}" if ort and graph and info["torch"] else (
             f"torch {info['torch']}" if info["torch"] else None)
     return info
 

@@ -5,10 +5,10 @@ ms per image, ONNX Runtime 7 ms; outputs agree to 1e-5 (unit vectors: cosine 0.9
 depthwise convolutions are its slow part on CPU; ONNX Runtime's CPU kernels fuse them with the activations.
 
 The graph is exported from the torch module (torch.onnx, which needs the `onnx` package) once per weights,
-torch version and opset, and kept in the user's cache folder under a name ending in the SHA-256 of its bytes:
+code, input size, torch and ONNX Runtime versions and opset, and kept in the user's cache folder under a name ending in the SHA-256 of its bytes:
 a file whose bytes do not match its name (truncated, flipped) is never loaded, but exported again. Where the
-cache cannot be written the export is used from memory. An export whose output differs from torch's on a
-probe batch is not used. Without onnxruntime, or without onnx and no exported graph, torch runs the model.
+cache cannot be written the export is used from memory. A graph, exported now or cached, whose output
+differs from torch's on a probe batch is not used. Without onnxruntime, or without onnx and no exported graph, torch runs the model.
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def _runtime():
     file in $TMPDIR. ORT_DISABLE_TELEMETRY=1, set before the import, turns all of it off (onnxruntime pull
     request 27379); this tool works offline and writes nothing it was not asked to. A value the user set
     stands."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if not os.environ.get("ORT_DISABLE_TELEMETRY"):  # unset or empty: an empty value leaves it on
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     import onnxruntime
 
     return onnxruntime
@@ -62,8 +63,10 @@ class Session:
     """An ONNX Runtime session running `module.forward_features` on float32 NCHW batches of `shape[1:]`.
 
     key: what the graph depends on besides the code (the model's name and weights digest); the digest of the
-    module's source file, the torch version and the opset are added here. threads: ONNX Runtime's intra-op threads (torch's count, so both runtimes
-    use the cores they are given)."""
+    module's source file, the input size, the torch and ONNX Runtime versions and the opset are added here.
+    Every session, from a cached graph too, must reproduce torch's features on a probe batch (else
+    RuntimeError: the caller runs torch). threads: ONNX Runtime's intra-op threads (torch's count, so both
+    runtimes use the cores they are given)."""
 
     def __init__(self, module, shape: tuple[int, int, int, int], key: str, threads: int):
         import torch
@@ -72,11 +75,14 @@ class Session:
         self.version = ort.__version__
         with open(inspect.getfile(type(module)), "rb") as f:
             code = _digest(f.read())[:8]
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key}-{code}-torch{torch.__version__}-opset{OPSET}")
+        size = "x".join(str(int(v)) for v in shape[1:])
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                      f"{key}-{code}-{size}-torch{torch.__version__}-ort{ort.__version__}-opset{OPSET}")
+        x, expected = _probe(module, shape)
         graph, damaged = _cached(name)
-        probe = None
-        if graph is None:
-            graph, probe = _export(module, shape)
+        exported = graph is None
+        if exported:
+            graph = _export(module, x)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, int(threads))
         # No memory pattern: with it the arena holds the largest batch's whole plan (EfficientNet-Lite0, 32 at a
@@ -86,11 +92,13 @@ class Session:
         # features on the bench folder: 21.2 s against 23.0 s spinning).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        if probe is not None:
-            x, expected = probe
+        try:
             got = self.run(x)
-            if got.shape != expected.shape or not np.abs(got - expected).max() <= _PROBE_TOLERANCE:
-                raise RuntimeError("the exported graph does not reproduce torch's features")
+        except Exception as exc:  # a graph for another input (the name says which it is for)
+            raise RuntimeError(f"the graph does not run: {exc}") from None
+        if got.shape != expected.shape or not np.abs(got - expected).max() <= _PROBE_TOLERANCE:
+            raise RuntimeError("the graph does not reproduce torch's features")
+        if exported:
             _store(name, graph, damaged)
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -136,9 +144,18 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _export(module, shape) -> tuple[bytes, tuple[np.ndarray, np.ndarray]]:
-    """(the ONNX graph of module.forward_features with a free batch size, (a probe batch, torch's features
-    of it)). Raises ImportError without the `onnx` package."""
+def _probe(module, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(a seeded random batch of two inputs, torch's forward_features of it)."""
+    import torch
+
+    x = np.random.default_rng(0).normal(0, 1, (2, *shape[1:])).astype(np.float32)
+    with torch.inference_mode():
+        return x, module.forward_features(torch.from_numpy(x)).float().numpy()
+
+
+def _export(module, x: np.ndarray) -> bytes:
+    """The ONNX graph of module.forward_features for inputs shaped as x's, with a free batch size. Raises
+    ImportError without the `onnx` package."""
     import onnx  # noqa: F401  (torch.onnx needs it; fail here with the name of what is missing)
     import torch
 
@@ -150,13 +167,9 @@ def _export(module, shape) -> tuple[bytes, tuple[np.ndarray, np.ndarray]]:
         def forward(self, x):
             return self.net.forward_features(x)
 
-    wrapped = Features().eval()
-    probe = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (2, *shape[1:])).astype(np.float32))
     buf = io.BytesIO()
-    with torch.inference_mode():
-        expected = wrapped(probe).float().numpy()
     with warnings.catch_warnings():  # the tracer's notes on the padding arithmetic (constant at a fixed size)
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, probe, buf, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}},
-                          opset_version=OPSET, dynamo=False)
-    return buf.getvalue(), (probe.numpy(), expected)
+        torch.onnx.export(Features().eval(), torch.from_numpy(x), buf, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}}, opset_version=OPSET, dynamo=False)
+    return buf.getvalue()

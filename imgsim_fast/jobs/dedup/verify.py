@@ -134,7 +134,8 @@ def _smooth(x, taps):
     n = len(taps)
     tmp = np.zeros((h, w))
     out = np.zeros((h, w))
-    lo, hi = min(r, w), max(w - r, r)  # columns [lo, hi) need no mirroring
+    lo = min(r, w)
+    hi = max(w - r, lo)  # columns [lo, hi) need no mirroring; [0, lo) and [hi, w) are mirrored
     for i in range(h):
         for e in range(lo + w - hi):
             j = e if e < lo else hi + e - lo
