@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 
-__all__ = ["data_home", "collection_name", "collection_dir"]
+__all__ = ["data_home", "cache_home", "collection_name", "collection_dir"]
 
 
 def data_home() -> str:
@@ -21,6 +21,13 @@ def data_home() -> str:
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "imgsim")
+
+
+def cache_home() -> str:
+    """imgsim_fast's cache folder (what can be made again: weights digests, exported model graphs):
+    $XDG_CACHE_HOME/imgsim_fast when it is set, else ~/.cache/imgsim_fast."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgsim_fast")
 
 
 def collection_name(folder: str) -> str:

@@ -43,8 +43,9 @@ class ModelIdentity:
 
 
 def digest_cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgsim_fast", "weights-digests.json")
+    from imgsim_fast.io.data_dirs import cache_home
+
+    return os.path.join(cache_home(), "weights-digests.json")
 
 
 _memo: dict[tuple, str] = {}

@@ -279,9 +279,7 @@ def _onnx_session(model: EmbeddingModel, required: bool):
     from imgsim_fast.features.embedding import onnx_cpu
     from imgsim_fast.features.embedding.identity import model_identity
 
-    try:
-        if not onnx_cpu.available():
-            raise ImportError("onnxruntime is not installed")
+    try:  # without onnxruntime, Session's import raises ImportError
         key = f"{model.name}-{model_identity(model.name).digest[:16]}"  # the weights the graph holds
         return onnx_cpu.Session(model.module, (1, 3, model.spec.size, model.spec.size), key, torch.get_num_threads())
     except Exception as exc:  # any failure to build the graph or the session: torch gives the same features

@@ -54,9 +54,10 @@ def _runtime():
 
 
 def cache_dir() -> str:
-    """Where exported graphs are kept: imgsim_fast's folder in the user's cache (as identity.py's digests)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgsim_fast", "onnx")
+    """Where exported graphs are kept: in imgsim_fast's cache folder (data_dirs.cache_home)."""
+    from imgsim_fast.io.data_dirs import cache_home
+
+    return os.path.join(cache_home(), "onnx")
 
 
 class Session:
