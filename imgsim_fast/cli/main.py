@@ -421,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status (README, "Bad input"): 0 done; 1 done, but some files failed; 2 bad usage or unusable
     input (a missing path, a damaged, locked, unreadable or too new catalog, an unknown model), always
     one line on stderr; 130 interrupted; 141 output closed early (a pipe into `head`)."""
+    try:  # around the imports and the parser too: a Ctrl-C in the first second printed a traceback
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("imgsim: interrupted", file=sys.stderr)
+        if argv is None:  # the command itself (a caller of main() passes its argv and gets 130 back)
+            _exit_now(130)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     import sqlite3
 
     from imgsim_fast.catalog.store import CatalogError
@@ -454,11 +464,6 @@ def main(argv: list[str] | None = None) -> int:
         if models is not None and isinstance(e, models.ModelNotAvailableError):
             return _fail(e)
         raise
-    except KeyboardInterrupt:
-        print("imgsim: interrupted", file=sys.stderr)
-        if argv is None:  # the command itself (a caller of main() passes its argv and gets 130 back)
-            _exit_now(130)
-        return 130
 
 
 def _exit_now(rc: int) -> None:

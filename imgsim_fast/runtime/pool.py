@@ -128,18 +128,24 @@ def _alive(pid: int) -> bool:
 
 
 def _start_forkserver(ctx) -> None:
-    """Start the forkserver with Ctrl-C ignored (inherited through exec, and kept by Python at start-up):
-    it imports the warm-up module before it ignores SIGINT itself, and a Ctrl-C in that second would print
-    its traceback beside the main process's one-line "interrupted". Only the main thread may set handlers."""
-    if ctx is not _WORKER_CONTEXT or threading.current_thread() is not threading.main_thread():
+    """Start the forkserver with Ctrl-C blocked (the mask is inherited through fork and exec): it imports
+    the warm-up module before it ignores SIGINT itself, and a Ctrl-C in that second would print its
+    traceback beside the main process's one-line "interrupted"; there the pending signal is dropped when
+    it sets SIGINT to ignored. Blocked, not ignored, in this process: a Ctrl-C that lands while the
+    forkserver is being started waits for the unblock and is then handled. Ignored, it was lost, and the
+    command ran on to the end and exited 0 (seen once in CI)."""
+    if ctx is not _WORKER_CONTEXT:
         return
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The forkserver's start starts the resource tracker first, and that start unblocks SIGINT when it is
+    # done (SIG_UNBLOCK, not a restore), which would undo the block below before the forkserver is spawned.
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # this thread's mask: any thread may
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def process_pool(workers: int, ctx=None) -> ProcessPoolExecutor:
