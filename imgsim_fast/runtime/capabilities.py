@@ -58,17 +58,19 @@ def capabilities(torch_info: bool = True) -> dict:
             info["torch"] = None
             info["cuda"] = False
             info["cuda_devices"] = []
-        # What runs the default CNN on CPU (features/embedding/onnx_cpu.py): ONNX Runtime on a graph torch
-        # exports (with onnx) or exported before, else torch.
-        import glob
+    # What runs the default CNN on CPU (features/embedding/onnx_cpu.py): ONNX Runtime on a graph torch
+    # exports (with onnx) or exported before, else torch. Told from the installed packages, so a benchmark's
+    # record says it without importing torch.
+    import glob
 
-        from imgsim_fast.features.embedding.onnx_cpu import cache_dir
+    from imgsim_fast.features.embedding.onnx_cpu import cache_dir
 
-        ort = _version("onnxruntime")
-        graph = _version("onnx") or glob.glob(os.path.join(glob.escape(cache_dir()), "*.onnx"))
-        info["onnxruntime"] = ort
-        info["cnn_on_cpu"] = f"onnxruntime {ort}" if ort and graph and info["torch"] else (
-            f"torch {info['torch']}" if info["torch"] else None)
+    torch_version = info["torch"] if torch_info else _version("torch")
+    ort = _version("onnxruntime")
+    graph = _version("onnx") or glob.glob(os.path.join(glob.escape(cache_dir()), "*.onnx"))
+    info["onnxruntime"] = ort
+    info["cnn_on_cpu"] = f"onnxruntime {ort}" if ort and graph and torch_version else (
+        f"torch {torch_version}" if torch_version else None)
     return info
 
 
