@@ -397,3 +397,33 @@ def test_the_jpeg_quality_estimate_reads_back_every_quality_libjpeg_was_given():
         pic.save(buf, "JPEG", quality=q)
         got[q] = _header_facts("x.jpg", buf.getvalue())[3]
     assert {q: e for q, e in got.items() if e != q} == {}
+
+
+def test_a_caption_over_a_dark_margin_does_not_outrank_its_original(tmp_path):
+    # A dark wallpaper's vignette passes for border with the trim, and a caption written there stops the trim:
+    # the captioned copy then had more content and another shape than its original, which was marked for
+    # removal (a user trial, on a real wallpaper). Files of one pixel size are judged on one trim.
+    from PIL import ImageDraw
+
+    from imgsim_fast.bench.corpus import _font
+
+    w, h = 960, 600
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((x - w / 2) / (w * 0.30)) ** 2 + ((y - h / 2) / (h * 0.23)) ** 2
+    base = 6 + 10 * np.exp(-((x - w / 2) ** 2 + (y - h / 2) ** 2) / (2 * (w / 3) ** 2))  # a dark vignette
+    pic = np.stack([base, base, base + 8], -1)
+    rng = np.random.default_rng(0)
+    subject = np.clip(rng.normal(150, 60, (h, w, 3)), 0, 255)  # a bright, detailed subject in the middle
+    pic = np.where((r2 <= 1)[..., None], subject, pic).astype(np.uint8)
+    original = Image.fromarray(pic)
+    original.save(tmp_path / "original.jpg", quality=97)
+    caption = Image.open(tmp_path / "original.jpg").convert("RGB")
+    ImageDraw.Draw(caption).text((w // 30, h - h // 8), "Summer holiday 2023", font=_font(h // 14), fill=(255, 255, 255))
+    caption.save(tmp_path / "caption.jpg", quality=90)
+    os.utime(tmp_path / "caption.jpg", (1e9, 1e9))  # the older file: only the pixels and the encoding can tell
+    feats = compute_features([str(tmp_path / "original.jpg"), str(tmp_path / "caption.jpg")], progress=False)
+    o, c = ([f.path for f in feats.facts].index(str(tmp_path / n)) for n in ("original.jpg", "caption.jpg"))
+    assert feats.facts[c].content_pixels > 1.1 * feats.facts[o].content_pixels  # the trims differ, as in the trial
+    for inspect in (False, True):
+        ranks = keep_ranks(feats.facts, [c, o], inspect=inspect)
+        assert min(ranks, key=ranks.__getitem__) == o, (inspect, ranks)
