@@ -78,14 +78,17 @@ def _resign(man, objs):
     the key. What is refused then is refused by the path and file checks, not by the MAC."""
     h = objs[0]
     with open(os.path.join(h["quarantine"], h["key"])) as f:
-        key = bytes.fromhex(f.read().strip())
-    prev, out = "", []
+        key = bytes.fromhex(f.readline().strip())
+    prev, out, end = "", [], None
     for o in objs:
         o = {k: v for k, v in o.items() if k != "mac"}
         prev = manifest.line_mac(key, prev, o)
         out.append(json.dumps({**o, "mac": prev}) + "\n")
+        end = prev if "end" in o else end
     with open(man, "w") as f:
         f.writelines(out)
+    if end is not None:  # and the key's seal, which such a forger could write as well
+        manifest.seal_key(h["quarantine"], h["key"], key, end)
 
 
 def _undo_refused(capsys, man, *words):
@@ -119,6 +122,41 @@ def test_edited_line_is_refused_and_nothing_moves(tmp_path, capsys):
     assert edited != text
     Path(man).write_text(edited)
     _undo_refused_untouched(capsys, tmp_path, man, "changed after the run")
+
+
+@pytest.mark.parametrize("cut", [1, 3])  # the end record alone; it with the last action's two lines
+def test_lines_cut_from_a_finished_runs_end_are_refused(tmp_path, capsys, cut):
+    # The chain holds for any prefix of a manifest: only the key's seal, written once the run reached its end,
+    # shows that a finished run's last lines are gone (a user cut two; undo left a file in the quarantine).
+    _tree(tmp_path)
+    man = _run(tmp_path, "move")
+    lines = Path(man).read_text().splitlines(keepends=True)
+    assert "end" in json.loads(lines[-1])
+    Path(man).write_text("".join(lines[:-cut]))
+    _undo_refused_untouched(capsys, tmp_path, man, "lines were cut from its end")
+
+
+def test_a_run_killed_before_its_end_is_undone_as_far_as_it_went(tmp_path, monkeypatch):
+    # No seal: the manifest ends where the run stopped, and undo restores what it records.
+    root = _tree(tmp_path)
+    before = _snapshot(root)
+    real, calls = act._run_one, []
+
+    def stop_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(act, "_run_one", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        act.execute(_actions(root, "move", tmp_path / "q"), str(tmp_path / "m.jsonl"), {"op": "move"},
+                    roots=[str(root)], quarantine=str(tmp_path / "q"))
+    monkeypatch.undo()
+    assert not any("end" in json.loads(x) for x in Path(tmp_path / "m.jsonl").read_text().splitlines())
+    rep = act.undo(str(tmp_path / "m.jsonl"))
+    assert len(rep.restored) == 2 and not rep.conflicts
+    assert _snapshot(root) == before
 
 
 def test_version_1_and_garbage_manifests_are_refused(tmp_path, capsys):

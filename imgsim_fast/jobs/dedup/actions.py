@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -32,8 +33,8 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
 from imgsim_fast.io.names import display_path as _shown
-from imgsim_fast.jobs.dedup.manifest import (KEY_NAME, MANIFEST_VERSION, ManifestWriter, parse_lines, read_key, verify_chain,
-                       write_key)
+from imgsim_fast.jobs.dedup.manifest import (KEY_NAME, MANIFEST_VERSION, ManifestWriter, parse_lines, read_key,
+                                             seal_key, verify_chain, write_key)
 from imgsim_fast.jobs.dedup.safe_fs import (Blocked, digest_at, dir_at, drop_partial, is_clean, lstat_at, move_at, open_dir, resolved,
                       same_file, under, within)
 
@@ -140,9 +141,15 @@ def plan_actions(result, op: str, roots: list[str], quarantine: str | None = Non
 def _verify(data: bytes) -> tuple[dict, list[dict], set[int], bytes | None, str]:
     """Check a manifest as a whole: (header, intents, seqs done, key, last MAC). Raises Blocked with the
     reason when anything does not hold; nothing on disk is touched here."""
-    lines = parse_lines(data)
-    if not lines or "imgsim_manifest" not in lines[0][1]:
+    # The header is the first line and is never torn (written before any action): judged first, so another
+    # kind of file is called what it is, not "line 3767 is not a manifest record".
+    try:
+        head = json.loads(data.split(b"\n", 1)[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        head = None
+    if not isinstance(head, dict) or "imgsim_manifest" not in head:
         raise Blocked("it is empty or not an imgsim manifest")
+    lines = parse_lines(data)
     header = lines[0][1]
     if header["imgsim_manifest"] != MANIFEST_VERSION:
         raise Blocked(f"it is a version {header['imgsim_manifest']!r} manifest; this imgsim undoes version "
@@ -156,8 +163,11 @@ def _verify(data: bytes) -> tuple[dict, list[dict], set[int], bytes | None, str]
         raise Blocked("its header is malformed")
     key, prev = None, ""
     if key_name is not None:
-        key = read_key(quarantine, key_name)  # walks to the quarantine without following symbolic links
+        key, seal = read_key(quarantine, key_name)  # walks to the quarantine without following symbolic links
+        ends = [obj.get("mac") for _, obj in lines if "end" in obj]
         prev = verify_chain(lines, key)
+        if seal is not None and seal not in ends:
+            raise Blocked("lines were cut from its end after the run (the run's end record is missing)")
     intents, done, seqs, paths, dests = [], set(), set(), set(), set()
     for n, obj in lines[1:]:
         if obj.get("state") == "done":
@@ -370,6 +380,13 @@ def execute(actions: list[Action], manifest_path: str, header: dict | None = Non
                 rep.skipped.append((orig, why))
             else:
                 rep.done.append(orig)
+        try:  # what was done is recorded already: a seal that cannot be written costs only its own check
+            man.write({"end": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "done": len(rep.done),
+                       "skipped": len(rep.skipped)})
+            if key is not None:
+                seal_key(quarantine, key_name, key, man.prev)
+        except OSError:
+            pass
     finally:
         man.close()
     return rep

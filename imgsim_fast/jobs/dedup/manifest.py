@@ -2,7 +2,10 @@
 its own content, under a random key made for the run and kept beside its quarantine (0600).
 
 A line torn by a kill mid-write does not parse and is skipped (its action had not started); any other change
-to a line, or to the order of lines, breaks the chain. Paths keep their exact bytes: JSON's ASCII escapes
+to a line, or to the order of lines, breaks the chain. A run that reaches its end writes an end record and
+then seals its key file with that record's MAC (seal_key): lines cut from the end of a finished run's
+manifest, which the chain alone cannot show, are then found missing. A run killed before its end has no
+seal, and its manifest is undone as far as it goes. Paths keep their exact bytes: JSON's ASCII escapes
 carry the lone surrogates of undecodable names (PEP 383). What a line may say is checked by actions.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ import stat
 from imgsim_fast.io.names import display_path as _shown
 from imgsim_fast.jobs.dedup.safe_fs import FILE_FLAGS, NEW_FILE_FLAGS, Blocked, dir_at, fsync_dir
 
-__all__ = ["KEY_NAME", "MANIFEST_VERSION", "ManifestWriter", "line_mac", "parse_lines", "read_key",
+__all__ = ["KEY_NAME", "MANIFEST_VERSION", "ManifestWriter", "line_mac", "parse_lines", "read_key", "seal_key",
            "verify_chain", "write_key"]
 
 MANIFEST_VERSION = 2  # 2: HMAC chain, recorded folders, run key (version 1 manifests are refused)
@@ -79,9 +82,26 @@ def write_key(quarantine: str, run: str) -> tuple[str, bytes]:
     return name, key
 
 
-def read_key(quarantine: str, name: str) -> bytes:
-    """The run's key, if it is a regular file in the quarantine, owned by the user running undo and
-    readable by nobody else (another user cannot have written it); raises Blocked otherwise."""
+def seal_key(quarantine: str, name: str, key: bytes, end_mac: str) -> None:
+    """Rewrite the run's key file with the MAC of its manifest's end record on a second line (a new file
+    renamed over it: a kill leaves the old one or the new one, never half)."""
+    tmp = f"{name}.{secrets.token_hex(4)}.tmp"
+    with dir_at(quarantine) as qfd:
+        fd = os.open(tmp, NEW_FILE_FLAGS, 0o600, dir_fd=qfd)
+        try:
+            os.write(fd, f"{key.hex()}\nend {end_mac}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=qfd, dst_dir_fd=qfd)
+        os.fsync(qfd)
+
+
+def read_key(quarantine: str, name: str) -> tuple[bytes, str | None]:
+    """The run's key and its seal (the MAC of the manifest's end record; None for a run that did not reach
+    its end, or one made before seals), if the key file is a regular file in the quarantine, owned by the
+    user running undo and readable by nobody else (another user cannot have written it); raises Blocked
+    otherwise."""
     shown = _shown(os.path.join(quarantine, name))
     with dir_at(quarantine) as qfd:
         try:
@@ -96,10 +116,15 @@ def read_key(quarantine: str, name: str) -> bytes:
             text = os.read(fd, 256).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
+    first, _, rest = text.partition("\n")
+    seal = rest.strip()
     try:
-        return bytes.fromhex(text)
+        key = bytes.fromhex(first.strip())
     except ValueError:
         raise Blocked(f"its key {shown} is damaged") from None
+    if seal and not re.fullmatch(r"end [0-9a-f]{64}", seal):
+        raise Blocked(f"its key {shown} is damaged")
+    return key, seal[4:] or None
 
 
 def parse_lines(data: bytes) -> list[tuple[int, dict]]:
