@@ -145,3 +145,26 @@ def test_closed_pipe_exits_141_quietly(indexed):
     p.stderr.close()
     assert p.wait(timeout=120) == 141
     assert err == ""
+
+
+def test_a_quarantine_that_is_a_file_is_refused_before_the_scan(indexed, tmp_path, capsys):
+    root, _ = indexed
+    (tmp_path / "afile").write_text("x")
+    assert main(["dedup", root, "--move-to", str(tmp_path / "afile"), "--no-progress"]) == 2
+    out = capsys.readouterr().out
+    assert out == ""  # refused before the scan: no groups printed, then the error (as it was)
+
+
+def test_a_missing_example_is_named_as_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no catalog here or above: the typo is the likelier mistake
+    assert main(["search", str(tmp_path / "nosuch.jpg")]) == 2
+    _one_line_error(capsys, "nosuch.jpg: no such file or folder")
+
+
+def test_index_and_search_say_where_they_wrote(indexed, tmp_path, capsys):
+    root, cat = indexed
+    assert main(["index", root, "--catalog", cat, "--no-progress"]) == 0
+    assert f"catalog {cat}" in capsys.readouterr().out
+    query = os.path.join(root, "img0.png")
+    assert main(["search", query, "--catalog", cat, "--out", str(tmp_path / "h.csv")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'h.csv'}\n"

@@ -138,7 +138,10 @@ def _tampered(album, tmp_path):
     cases["removed twice"] = (d, "twice")
     cases["reference"] = (_plan(album, reference=[str(album / "sub")]), "reference folder")
     cases["not json"] = ("{not json", "not a JSON plan")
-    cases["version"] = (_plan(album, imgsim_plan=2), "not an imgsim plan")
+    cases["version"] = (_plan(album, imgsim_plan=2), "a plan of version 2; this imgsim reads version 1")
+    d = _plan(album)
+    del d["imgsim_plan"]
+    cases["no version"] = (d, "not an imgsim plan")
     d = _plan(album)
     d["groups"][0]["remove"][0]["path"] = "sub/pic0_a.jpg"
     cases["relative"] = (d, "not absolute")
@@ -177,8 +180,10 @@ def test_changed_files_are_skipped_and_reported_rest_goes_ahead(tmp_path, album,
     before = tree_snapshot(album)
     q = tmp_path / "q"
     assert main(["dedup", str(album), "--apply", _write(tmp_path, doc), "--move-to", str(q)]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"skipped {album / 'sub' / 'pic0_a.jpg'}: file changed since the review" in err
+    # one count of what was skipped, before the run and at the end (it said "0 skipped" at the end)
+    assert "6 files to remove, 3 skipped" in out and "3 files moved to" in out and "; 3 skipped;" in out, out
     assert err.count("its keeper") == 2  # both removals of group 3 skipped with their keeper
     moved = {str(album / "sub" / n) for n in ("pic0_b.jpg", "pic1_a.jpg", "pic1_b.jpg")}
     assert set(tree_snapshot(album)) == set(before) - moved

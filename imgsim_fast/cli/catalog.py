@@ -64,6 +64,9 @@ def open_catalog(path, near=()):
         starts = ["."] + [p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
                           for p in near if not p.startswith("@") and os.path.exists(p)]
         path = next((c for c in map(find_catalog, starts) if c is not None), None)
+        missing = [p for p in near if not os.path.exists(p)]
+        if path is None and missing:  # a typo in the example's name, more likely than a missing catalog
+            raise ValueError(f"{missing[0]}: no such file or folder")
         if path is None:
             raise ValueError("no catalog found here or above, nor beside the examples; pass --catalog or run "
                              "`imgsim index DIR` first")
@@ -103,6 +106,8 @@ def cmd_index(args) -> int:
               f"{s.touched} touched, {s.renamed} renamed, {s.copied} copies, {s.removed} removed, "
               f"{s.backfilled} completed; {s.decoded} decoded, {s.embedded} embedded, "
               f"{s.failed} errors, {s.walk_errors} walk errors ({s.seconds.get('total', 0):.2f} s)")
+        if catalog is not None:  # where it went (by default in the XDG data folder, not beside the photos)
+            print(f"catalog {display_path(catalog)}")
     return 1 if s.failed else 0  # README "Bad input": 1 = some files could not be indexed this run
 
 

@@ -30,7 +30,7 @@ def add_walk_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--extensions", type=extension_list, default=None, metavar="LIST",
                    help="file name extensions to take from folders, comma-separated (e.g. jpg,png,heic; "
-                        f"default: {','.join(sorted(e[1:] for e in DEFAULT_EXTENSIONS))})")
+                        f"default: {', '.join(sorted(e[1:] for e in DEFAULT_EXTENSIONS))})")
     p.add_argument("-v", "--verbose", action="store_true", help="list the files passed over by extension")
 
 
@@ -189,6 +189,9 @@ def cmd_dedup(args) -> int:
     if args.move_to:
         from imgsim_fast.jobs.dedup.keep import is_under
 
+        if os.path.lexists(args.move_to) and not os.path.isdir(args.move_to):  # found now, not after the scan
+            raise ValueError(f"--move-to {args.move_to}: not a folder (the quarantine is a folder; it is made "
+                             "when missing)")
         inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]
         if inside:
             raise ValueError(f"--move-to {args.move_to} is inside the scanned folder {inside[0]}: the next scan would "
@@ -249,9 +252,10 @@ def cmd_dedup(args) -> int:
     return 1 if status or skipped else 0
 
 
-def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -> int:
+def _run_actions(args, op: str, actions: list, roots: list[str], header: dict, skipped_before: int = 0) -> int:
     """Confirm a delete, execute `actions` under a fresh manifest (dedup.actions), print what happened.
-    Returns how many were skipped (a delete that is not confirmed skips them all)."""
+    Returns how many were skipped (a delete that is not confirmed skips them all). skipped_before: removals
+    already skipped (a plan's changed files), counted in the summary with the run's own."""
     from imgsim_fast.jobs.dedup import actions as act
     from imgsim_fast.io.names import display_path
 
@@ -275,7 +279,8 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict) -
         raise
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
-    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped)} skipped; manifest {display_path(manifest)}")
+    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped) + skipped_before} skipped; manifest "
+          f"{display_path(manifest)}")
     for a, why in rep.skipped:
         print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
@@ -315,7 +320,7 @@ def _apply_plan(args, op: str | None) -> int:
         print("nothing to do")
         return 1 if stale else 0
     skipped = _run_actions(args, op, actions, [os.path.abspath(p) for p in args.paths] + list(plan.reference),
-                           {"plan": os.path.abspath(args.apply)})
+                           {"plan": os.path.abspath(args.apply)}, skipped_before=len(stale))
     return 1 if stale or skipped else 0
 
 

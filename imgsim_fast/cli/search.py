@@ -95,6 +95,11 @@ def cmd_search(args) -> int:
                 contact_sheet(r.query, r.hits, os.path.join(args.sheet, f"{i:05d}-{stem}.png"))
     if args.out:
         write_results(results, args.out)
+    from imgsim_fast.io.names import display_path
+
+    for path in (args.sheet, args.out):  # said beside the results (on stderr when stdout holds JSON)
+        if path:
+            print(f"wrote {display_path(path)}", file=sys.stderr if args.json else sys.stdout)
     if legacy is not None:
         json.dump(legacy, sys.stdout, indent=1)
         sys.stdout.write("\n")
