@@ -427,3 +427,26 @@ def test_a_caption_over_a_dark_margin_does_not_outrank_its_original(tmp_path):
     for inspect in (False, True):
         ranks = keep_ranks(feats.facts, [c, o], inspect=inspect)
         assert min(ranks, key=ranks.__getitem__) == o, (inspect, ranks)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_a_picture_shrunk_into_bars_of_its_own_size_does_not_outrank_its_original(tmp_path, fmt):
+    # The other side of the rule above: a copy holding the picture smaller, inside black bars on a canvas of
+    # the original's size, keeps its own trim and its smaller content (a review found the first version of
+    # the rule keeping it, as a lossless or higher-quality file).
+    rng = np.random.default_rng(1)
+    w, h = 800, 450
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    pic = np.stack([120 + 80 * np.sin(x / 48), 100 + 60 * np.cos(y / 35 + x / 150), 90 + 50 * np.sin((x + y) / 65)], -1)
+    pic = np.clip(pic + rng.normal(0, 12, pic.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pic).save(tmp_path / "original.jpg", quality=85)
+    canvas = Image.new("RGB", (w, h))
+    canvas.paste(Image.open(tmp_path / "original.jpg").convert("RGB").resize((640, 360), Image.LANCZOS), (80, 45))
+    copy = tmp_path / f"framed.{fmt}"
+    canvas.save(copy, **({"quality": 95} if fmt == "jpg" else {}))
+    os.utime(copy, (1e9, 1e9))  # the older file
+    feats = compute_features([str(tmp_path / "original.jpg"), str(copy)], progress=False)
+    o = [f.path for f in feats.facts].index(str(tmp_path / "original.jpg"))
+    for inspect in (False, True):
+        ranks = keep_ranks(feats.facts, [1 - o, o], inspect=inspect)
+        assert min(ranks, key=ranks.__getitem__) == o, (inspect, ranks)

@@ -312,35 +312,40 @@ def _fact_ranks(t: FactTable, members: list[int], order: tuple[str, ...],
     return _ranks_over_columns(t.columns(), members, order, reference)
 
 
-def _least_trimmed_of_size(width, height, content) -> list[int]:
-    """For each member (sequences of their pixel sizes and content pixels), the position of the member of its
-    pixel size whose trim left the most content, the first of ties.
+def _shared_trims(width, height, content, aspect) -> list[int]:
+    """For each member (sequences of their pixel sizes, content pixels and content aspects, as _log_aspect
+    gives them), the position of the member whose trim it is judged on: its own, or that of the member of its
+    pixel size whose trim left the most content (the first of ties) where their trimmed shapes differ by more
+    than ASPECT_TOLERANCE.
 
-    Files of one pixel size in a group are one picture at one resolution, so their content and shape are
-    judged on one trim: the one that took least. A trim follows the picture: it takes a dark vignette or a
-    smooth sky as border, and a caption or a watermark written there stops it, so the captioned copy had
-    more content and another shape than its original, and was kept over it (a user trial: a dark wallpaper,
-    6.1 M content pixels for the copy against 4.2 M; the original was marked for removal). The trim that
-    took least is the one nearest the whole picture, so a copy of another size (bars, a frame) does not gain
-    on the original where a copy of its size trimmed more. Bars and mats still count for nothing: a
-    letterboxed copy is another pixel size."""
+    A trim follows the picture: it takes a dark vignette or a smooth sky as border, and a caption or a
+    watermark written there stops it, so the captioned copy had more content and another shape than its
+    original of the same size, and was kept over it (a user trial: a dark wallpaper, 6.1 M content pixels for
+    the copy against 4.2 M; the original was marked for removal). Such trims end at other places on some
+    sides only, and so give another shape. A picture shrunk onto a canvas of its own size, inside bars or a
+    frame, keeps its shape at a smaller scale: it keeps its own trim and its smaller content (a review of the
+    first version of this rule, which shared the trim there and kept the framed copy)."""
     best: dict[tuple[int, int], int] = {}
     for i, key in enumerate(zip(width, height)):
         j = best.setdefault(key, i)
         if content[i] > content[j]:
             best[key] = i
-    return [best[key] for key in zip(width, height)]
+    return [j if abs(aspect[i] - aspect[j]) > ASPECT_TOLERANCE else i
+            for i, j in enumerate(best[key] for key in zip(width, height))]
 
 
 def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
                         reference: list[bool] | None) -> dict[int, tuple]:
     fs = [facts[m] for m in members]
-    trim_of = _least_trimmed_of_size([f.width for f in fs], [f.height for f in fs], [f.content_pixels for f in fs])
     # The trimmed content's size once per file (FileFacts.content_aspect's arithmetic): ranking a big
     # component again after a failed pixel check made these properties most of keep-best's time.
-    sizes = [_content_size(fs[j]) for j in trim_of]
+    own = [_content_size(f) for f in fs]
+    own_aspects = [_log_aspect(w, h) for w, h in own]
+    trim_of = _shared_trims([f.width for f in fs], [f.height for f in fs], [f.content_pixels for f in fs],
+                            own_aspects)
+    sizes = [own[j] for j in trim_of]
     content = [fs[j].content_pixels for j in trim_of]
-    aspects = [_log_aspect(w, h) for w, h in sizes]
+    aspects = [own_aspects[j] for j in trim_of]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
     # its one squashed copy), the one nearer a shape cameras and screens produce. Counted on sorted values,
     # so a group of 10^5 byte-identical files stays cheap.
@@ -397,14 +402,15 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
                         reference: list[bool] | None) -> dict[int, tuple]:
     """_ranks_file_by_file's keys, one column per criterion over the members' rows."""
     m = np.asarray(members, np.int64)
-    # _least_trimmed_of_size over arrays: sorted by pixel size, then content (most first), then position, the
-    # first of each size
+    # _shared_trims over arrays: sorted by pixel size, then content (most first), then position, the first of
+    # each size, taken where the shapes differ
     shape, content = t.shape[m], t.content[m]
     by = np.lexsort((np.arange(len(m)), -content, shape))
     first = np.ones(len(m), bool)
     first[1:] = shape[by][1:] != shape[by][:-1]
-    trim_of = np.empty(len(m), np.int64)
-    trim_of[by] = m[by[first]][np.cumsum(first) - 1]
+    widest = np.empty(len(m), np.int64)
+    widest[by] = m[by[first]][np.cumsum(first) - 1]
+    trim_of = np.where(np.abs(t.aspect[m] - t.aspect[widest]) > ASPECT_TOLERANCE, widest, m)
     aspects = t.aspect[trim_of]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
     # its one squashed copy), the one nearer a shape cameras and screens produce, then the squarer.
