@@ -96,7 +96,17 @@ def test_the_forkserver_starts_with_ctrl_c_blocked_or_ignored():
         "time.sleep(0.05)\n"
         "status = dict(line.split(':\\t') for line in open(f'/proc/{pid}/status').read().splitlines()\n"
         "              if line.startswith(('SigBlk', 'SigIgn')))\n"
-        "print(int(status['SigBlk'], 16) | int(status['SigIgn'], 16))\n")
+        "print(int(status['SigBlk'], 16) | int(status['SigIgn'], 16))\n"
+        # a worker, once the forkserver is ready: SIGINT ignored, as before the block, and not blocked
+        "import pathlib\n"
+        "with pool.process_pool(1) as ex:\n"
+        "    text = ex.submit(pathlib.Path('/proc/self/status').read_text).result()\n"
+        "status = dict(line.split(':\\t') for line in text.splitlines() if line.startswith(('SigBlk', 'SigIgn')))\n"
+        "print(int(status['SigBlk'], 16), int(status['SigIgn'], 16))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) & (1 << (signal.SIGINT - 1)), "the forkserver would act on a Ctrl-C"
+    server, worker = out.stdout.splitlines()
+    bit = 1 << (signal.SIGINT - 1)
+    assert int(server) & bit, "the forkserver would act on a Ctrl-C"
+    blocked, ignored = map(int, worker.split())
+    assert ignored & bit and not blocked & bit, "a worker keeps the forkserver's block"

@@ -78,7 +78,7 @@ def _resign(man, objs):
     the key. What is refused then is refused by the path and file checks, not by the MAC."""
     h = objs[0]
     with open(os.path.join(h["quarantine"], h["key"])) as f:
-        key = bytes.fromhex(f.readline().strip())
+        key = bytes.fromhex(f.read().strip())
     prev, out, end = "", [], None
     for o in objs:
         o = {k: v for k, v in o.items() if k != "mac"}
@@ -88,7 +88,8 @@ def _resign(man, objs):
     with open(man, "w") as f:
         f.writelines(out)
     if end is not None:  # and the key's seal, which such a forger could write as well
-        manifest.seal_key(h["quarantine"], h["key"], key, end)
+        os.unlink(os.path.join(h["quarantine"], manifest.seal_name(h["key"])))
+        manifest.seal_key(h["quarantine"], h["key"], end)
 
 
 def _undo_refused(capsys, man, *words):
@@ -134,6 +135,22 @@ def test_lines_cut_from_a_finished_runs_end_are_refused(tmp_path, capsys, cut):
     assert "end" in json.loads(lines[-1])
     Path(man).write_text("".join(lines[:-cut]))
     _undo_refused_untouched(capsys, tmp_path, man, "lines were cut from its end")
+
+
+def test_a_seal_that_cannot_be_written_costs_only_its_check(tmp_path, monkeypatch):
+    # A full disk at the seal: the run's report stands, no temporary file is left, and undo works unsealed.
+    root = _tree(tmp_path)
+    before = _snapshot(root)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manifest.os, "replace", full)
+    man = _run(tmp_path, "move")
+    monkeypatch.undo()
+    key = _lines(man)[0]["key"]
+    assert sorted(os.listdir(tmp_path / "q")) == sorted(["sub", key])
+    assert len(act.undo(man).restored) == 4 and _snapshot(root) == before
 
 
 def test_a_run_killed_before_its_end_is_undone_as_far_as_it_went(tmp_path, monkeypatch):
@@ -352,7 +369,7 @@ def test_round_trip_restores_exactly_and_leaves_nothing_behind(tmp_path, op):
     assert act.undo(man).already and _snapshot(root) == before  # idempotent
     key = _lines(man)[0]["key"]
     left = _snapshot(tmp_path / "q")
-    assert {k for k, v in left.items() if v != "dir"} == {key}  # no partial, temp or lock files
+    assert {k for k, v in left.items() if v != "dir"} == {key, manifest.seal_name(key)}  # no partial, temp or lock files
 
 
 def test_existing_manifest_is_never_overwritten_and_nothing_is_left(tmp_path):
@@ -423,7 +440,8 @@ def test_cross_device_round_trip(tmp_path, other_fs, op):
     rep = act.undo(man)
     assert len(rep.restored) == 64 and not rep.conflicts
     assert _snapshot(root) == before
-    assert set(_snapshot(q)) == {"sub", _lines(man)[0]["key"]}  # originals gone from the quarantine, no partials
+    key = _lines(man)[0]["key"]
+    assert set(_snapshot(q)) == {"sub", key, manifest.seal_name(key)}  # originals gone from the quarantine, no partials
 
 
 @pytest.mark.parametrize("link", ["hard", "sym"])

@@ -189,7 +189,7 @@ def cmd_dedup(args) -> int:
     if args.move_to:
         from imgsim_fast.jobs.dedup.keep import is_under
 
-        if os.path.lexists(args.move_to) and not os.path.isdir(args.move_to):  # found now, not after the scan
+        if os.path.exists(args.move_to) and not os.path.isdir(args.move_to):  # found now, not after the scan
             raise ValueError(f"--move-to {args.move_to}: not a folder (the quarantine is a folder; it is made "
                              "when missing)")
         inside = [p for p in list(args.paths) + list(args.reference or []) if is_under(args.move_to, [p])]

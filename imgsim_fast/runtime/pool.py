@@ -79,7 +79,7 @@ def _mp_context():
         # module and run its kernels once (runtime/warmup.py), so a pool's first chunk starts at once
         # rather than ~0.5 s later. Takes effect when this process first starts its forkserver. The
         # caller's '__main__' is not preloaded (see _NoMainPopen).
-        _WORKER_CONTEXT.set_forkserver_preload(["imgsim_fast.runtime.warmup"])
+        _WORKER_CONTEXT.set_forkserver_preload(["imgsim_fast.runtime.warmup", "imgsim_fast.runtime.forkserver_ready"])
         return _WORKER_CONTEXT
     return multiprocessing.get_context("spawn")
 
@@ -131,9 +131,11 @@ def _start_forkserver(ctx) -> None:
     """Start the forkserver with Ctrl-C blocked (the mask is inherited through fork and exec): it imports
     the warm-up module before it ignores SIGINT itself, and a Ctrl-C in that second would print its
     traceback beside the main process's one-line "interrupted"; there the pending signal is dropped when
-    it sets SIGINT to ignored. Blocked, not ignored, in this process: a Ctrl-C that lands while the
-    forkserver is being started waits for the unblock and is then handled. Ignored, it was lost, and the
-    command ran on to the end and exited 0 (seen once in CI)."""
+    it sets SIGINT to ignored, and it unblocks SIGINT for what it forks (runtime/forkserver_ready.py). Blocked,
+    not ignored, in this process: a Ctrl-C that lands while the forkserver is being started waits for the
+    unblock and is then handled (or, where another thread of the process takes it, is handled in the main
+    thread at once, maybe inside the start). Ignored, it was lost, and the command ran on to the end and
+    exited 0 (seen once in CI)."""
     if ctx is not _WORKER_CONTEXT:
         return
     from multiprocessing import forkserver, resource_tracker

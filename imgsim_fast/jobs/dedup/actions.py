@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from imgsim_fast.io.names import display_path as _shown
 from imgsim_fast.jobs.dedup.manifest import (KEY_NAME, MANIFEST_VERSION, ManifestWriter, parse_lines, read_key,
-                                             seal_key, verify_chain, write_key)
+                                             read_seal, seal_key, verify_chain, write_key)
 from imgsim_fast.jobs.dedup.safe_fs import (Blocked, digest_at, dir_at, drop_partial, is_clean, lstat_at, move_at, open_dir, resolved,
                       same_file, under, within)
 
@@ -163,7 +163,8 @@ def _verify(data: bytes) -> tuple[dict, list[dict], set[int], bytes | None, str]
         raise Blocked("its header is malformed")
     key, prev = None, ""
     if key_name is not None:
-        key, seal = read_key(quarantine, key_name)  # walks to the quarantine without following symbolic links
+        key = read_key(quarantine, key_name)  # walks to the quarantine without following symbolic links
+        seal = read_seal(quarantine, key_name)
         ends = [obj.get("mac") for _, obj in lines if "end" in obj]
         prev = verify_chain(lines, key)
         if seal is not None and seal not in ends:
@@ -384,7 +385,7 @@ def execute(actions: list[Action], manifest_path: str, header: dict | None = Non
             man.write({"end": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "done": len(rep.done),
                        "skipped": len(rep.skipped)})
             if key is not None:
-                seal_key(quarantine, key_name, key, man.prev)
+                seal_key(quarantine, key_name, man.prev)
         except OSError:
             pass
     finally:

@@ -3,7 +3,7 @@ its own content, under a random key made for the run and kept beside its quarant
 
 A line torn by a kill mid-write does not parse and is skipped (its action had not started); any other change
 to a line, or to the order of lines, breaks the chain. A run that reaches its end writes an end record and
-then seals its key file with that record's MAC (seal_key): lines cut from the end of a finished run's
+then a seal beside its key holding that record's MAC (seal_key): lines cut from the end of a finished run's
 manifest, which the chain alone cannot show, are then found missing. A run killed before its end has no
 seal, and its manifest is undone as far as it goes. Paths keep their exact bytes: JSON's ASCII escapes
 carry the lone surrogates of undecodable names (PEP 383). What a line may say is checked by actions.
@@ -22,8 +22,8 @@ import stat
 from imgsim_fast.io.names import display_path as _shown
 from imgsim_fast.jobs.dedup.safe_fs import FILE_FLAGS, NEW_FILE_FLAGS, Blocked, dir_at, fsync_dir
 
-__all__ = ["KEY_NAME", "MANIFEST_VERSION", "ManifestWriter", "line_mac", "parse_lines", "read_key", "seal_key",
-           "verify_chain", "write_key"]
+__all__ = ["KEY_NAME", "MANIFEST_VERSION", "ManifestWriter", "line_mac", "parse_lines", "read_key", "read_seal",
+           "seal_key", "seal_name", "verify_chain", "write_key"]
 
 MANIFEST_VERSION = 2  # 2: HMAC chain, recorded folders, run key (version 1 manifests are refused)
 KEY_NAME = re.compile(r"imgsim-run-[0-9A-Za-z-]{1,64}\.key")
@@ -82,49 +82,75 @@ def write_key(quarantine: str, run: str) -> tuple[str, bytes]:
     return name, key
 
 
-def seal_key(quarantine: str, name: str, key: bytes, end_mac: str) -> None:
-    """Rewrite the run's key file with the MAC of its manifest's end record on a second line (a new file
-    renamed over it: a kill leaves the old one or the new one, never half)."""
+def seal_name(key_name: str) -> str:
+    """The seal's file name beside the run's key (imgsim-run-ID.seal). A file of its own, so an imgsim made
+    before seals still reads the key, and undoes the run as it would have."""
+    return key_name[:-len(".key")] + ".seal"
+
+
+def seal_key(quarantine: str, key_name: str, end_mac: str) -> None:
+    """Write the run's seal: the MAC of its manifest's end record, private like the key (a new file renamed
+    into place: a kill leaves no seal or the whole one, and a failed write leaves no temporary file)."""
+    name = seal_name(key_name)
     tmp = f"{name}.{secrets.token_hex(4)}.tmp"
     with dir_at(quarantine) as qfd:
         fd = os.open(tmp, NEW_FILE_FLAGS, 0o600, dir_fd=qfd)
         try:
-            os.write(fd, f"{key.hex()}\nend {end_mac}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=qfd, dst_dir_fd=qfd)
+            try:
+                os.write(fd, f"end {end_mac}\n".encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=qfd, dst_dir_fd=qfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=qfd)
+            raise
         os.fsync(qfd)
 
 
-def read_key(quarantine: str, name: str) -> tuple[bytes, str | None]:
-    """The run's key and its seal (the MAC of the manifest's end record; None for a run that did not reach
-    its end, or one made before seals), if the key file is a regular file in the quarantine, owned by the
-    user running undo and readable by nobody else (another user cannot have written it); raises Blocked
+def _private_text(quarantine: str, name: str, what: str) -> str | None:
+    """The text of file `name` in the quarantine (None where it is missing) if it is a regular file owned by
+    the user running undo and readable by nobody else (another user cannot have written it); raises Blocked
     otherwise."""
     shown = _shown(os.path.join(quarantine, name))
     with dir_at(quarantine) as qfd:
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=qfd)
+        except FileNotFoundError:
+            return None
         except OSError as e:
-            why = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be opened ({e.strerror})"
-            raise Blocked(f"its key {shown} {why}") from None
+            raise Blocked(f"its {what} {shown} cannot be opened ({e.strerror})") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-                raise Blocked(f"its key {shown} is not a private file of this user")
-            text = os.read(fd, 256).decode("ascii", "replace").strip()
+                raise Blocked(f"its {what} {shown} is not a private file of this user")
+            return os.read(fd, 256).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
-    first, _, rest = text.partition("\n")
-    seal = rest.strip()
+
+
+def read_key(quarantine: str, name: str) -> bytes:
+    """The run's key, if it is a private file of this user in the quarantine (_private_text); raises Blocked
+    otherwise."""
+    text = _private_text(quarantine, name, "key")
+    if text is None:
+        raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} is missing")
     try:
-        key = bytes.fromhex(first.strip())
+        return bytes.fromhex(text)
     except ValueError:
-        raise Blocked(f"its key {shown} is damaged") from None
-    if seal and not re.fullmatch(r"end [0-9a-f]{64}", seal):
-        raise Blocked(f"its key {shown} is damaged")
-    return key, seal[4:] or None
+        raise Blocked(f"its key {_shown(os.path.join(quarantine, name))} is damaged") from None
+
+
+def read_seal(quarantine: str, key_name: str) -> str | None:
+    """The MAC of the run's end record from its seal, or None for a run that did not reach its end (or one
+    made before seals); raises Blocked for a seal that is not a private file of this user or is damaged."""
+    name = seal_name(key_name)
+    text = _private_text(quarantine, name, "seal")
+    if text is None:
+        return None
+    if not re.fullmatch(r"end [0-9a-f]{64}", text):
+        raise Blocked(f"its seal {_shown(os.path.join(quarantine, name))} is damaged")
+    return text[4:]
 
 
 def parse_lines(data: bytes) -> list[tuple[int, dict]]:
