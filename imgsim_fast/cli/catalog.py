@@ -63,8 +63,8 @@ def open_catalog(path, near=()):
     if not path:
         # A missing example's folder too: a file indexed and deleted since is found by its stored features.
         starts = ["."] + [p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
-                          for p in near if not p.startswith("@") and os.path.exists(p)
-                          or os.path.isdir(os.path.dirname(os.path.abspath(p)))]
+                          for p in near if not p.startswith("@")
+                          and (os.path.exists(p) or os.path.isdir(os.path.dirname(os.path.abspath(p))))]
         path = next((c for c in map(find_catalog, starts) if c is not None), None)
         missing = [p for p in near if not os.path.exists(p)]
         if path is None and missing:  # a typo in the example's name, more likely than a missing catalog
