@@ -282,3 +282,23 @@ def test_hnsw_path_equals_exact_and_is_cached(corpus, cat, monkeypatch):
         np.testing.assert_allclose([h.score for r in got for h in r.hits],
                                    [h.score for r in exact for h in r.hits], atol=1e-5)
     assert os.path.exists(os.path.join(cat.arrays_dir, embedding_array_name("efficientnet-lite0") + ".hnsw.json"))
+
+
+def test_the_query_heads_the_hits_it_ties_with(tmp_path):
+    # A half-size copy is 0 bits from its original too, and its path sorted first: the query itself was
+    # listed second at an equal distance (a user trial).
+    from imgsim_fast.cli.main import main
+    from imgsim_fast.jobs.search import search
+
+    with Image.open(os.path.join(PHOTO_DIR, SCENES["calla"])) as im:
+        im = im.convert("RGB")
+    im.thumbnail((640, 640))
+    im.save(tmp_path / "b_original.png")
+    im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save(tmp_path / "a_half.png")
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["index", str(tmp_path), "--catalog", cat, "--workers", "1", "--no-progress"]) == 0
+    with Catalog(cat) as c:
+        res = search(c, str(tmp_path / "b_original.png"), k=2)
+    assert [h.distance for h in res.hits] == [0, 0], res.hits  # the tie the order is about
+    assert [h.path for h in res.hits] == [str(tmp_path / "b_original.png"), str(tmp_path / "a_half.png")]
+    assert [h.rank for h in res.hits] == [1, 2]

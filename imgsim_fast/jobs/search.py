@@ -592,8 +592,21 @@ def _rank(cat, space, labels, q, errors, k, where, exclude_self, collapse, threa
                             closeness(space, d, s, text), group[1:]))
             if len(hits) == k:
                 break
-        results[qi].hits = hits
+        results[qi].hits = _own_first(hits, me)
     return results
+
+
+def _own_first(hits: list[Hit], me: str | None) -> list[Hit]:
+    """The example's own file first among the hits that tie with it (a half-size copy is 0 bits from its
+    original too, and ranked before it by path), ranks renumbered."""
+    at = next((i for i, h in enumerate(hits) if h.path == me), None) if me is not None else None
+    if not at:
+        return hits
+    first = next(i for i, h in enumerate(hits) if h.score == hits[at].score)
+    hits.insert(first, hits.pop(at))
+    for i, h in enumerate(hits):
+        h.rank = i + 1
+    return hits
 
 
 def _file_id(cat: Catalog, path: str) -> int:
