@@ -207,6 +207,21 @@ act.execute(plan, manifest, roots=roots, quarantine=quarantine)
 """
 
 
+def ctrl_c_at_action(monkeypatch, n):
+    """Ctrl-C as the run's `n`th action is about to start (actions._run_one raises KeyboardInterrupt)."""
+    from imgsim_fast.jobs.dedup import actions as act
+
+    real, calls = act._run_one, []
+
+    def run_one(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(act, "_run_one", run_one)
+
+
 def crash_at_every_step(tmp_path, plan_for, roots, quarantine_for, check):
     """Run the plan in a child killed at its 1st, 2nd, ... name-changing call until one run completes;
     after each, `check(manifest)` (undo, compare)."""

@@ -13,6 +13,7 @@ from PIL import Image
 from imgsim_fast.cli.main import main
 from imgsim_fast.io.digest import file_digest
 from imgsim_fast.jobs.dedup.plan import PlanError, parse_plan
+from test_actions import ctrl_c_at_action
 from conftest import tree_snapshot
 
 
@@ -219,18 +220,8 @@ def test_parse_plan_keeps_non_utf8_names_exact(tmp_path):
 def test_an_interrupted_move_says_how_to_undo_what_was_done(tmp_path, album, capsys, monkeypatch):
     # Ctrl-C part way through the moves: each move is whole and in the manifest, and the one line says how
     # to put them back (it said only "interrupted", the manifest left for the user to find in Q).
-    from imgsim_fast.jobs.dedup import actions as act
-
     before = tree_snapshot(album)
-    real, calls = act._run_one, []
-
-    def run_one(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(act, "_run_one", run_one)
+    ctrl_c_at_action(monkeypatch, 3)
     q = tmp_path / "q"
     assert main(["dedup", str(album), "--apply", _write(tmp_path, _plan(album)), "--move-to", str(q)]) == 130
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ from imgsim_fast.jobs.dedup import manifest
 from imgsim_fast.jobs.dedup import safe_fs as sfs
 from imgsim_fast.features.extract import file_digest
 
-from test_actions import crash_at_every_step
+from test_actions import crash_at_every_step, ctrl_c_at_action
 
 
 def _snapshot(top):
@@ -157,15 +157,7 @@ def test_a_run_killed_before_its_end_is_undone_as_far_as_it_went(tmp_path, monke
     # No seal: the manifest ends where the run stopped, and undo restores what it records.
     root = _tree(tmp_path)
     before = _snapshot(root)
-    real, calls = act._run_one, []
-
-    def stop_at_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(act, "_run_one", stop_at_the_third)
+    ctrl_c_at_action(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         act.execute(_actions(root, "move", tmp_path / "q"), str(tmp_path / "m.jsonl"), {"op": "move"},
                     roots=[str(root)], quarantine=str(tmp_path / "q"))
