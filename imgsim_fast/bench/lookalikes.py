@@ -1,7 +1,7 @@
 """Look-alike non-duplicates for the accuracy corpus (issue 10): different pictures that share a template.
 
 A dedup that keys on layout, palette or background groups these although a person keeps them apart: the
-bug behind the issue was 32 dialog screenshots of one application grouped as one. Six kinds, each a set of
+bug behind the issue was 32 dialog screenshots of one application grouped as one. Seven kinds, each a set of
 pictures that are all different from each other (each is its own family in the corpus):
 
   screenshot  the top screen of Python's library reference pages (python3.11-doc: one Sphinx theme) and
@@ -11,6 +11,10 @@ pictures that are all different from each other (each is its own family in the c
   icon        Oxygen icon theme 256 px PNGs: folders with different emblems and text document types
   object      Tux Paint's photographic stamps (fruit, vegetables, nuts) centred on white: product shots
   chart       bar and line charts of one style (axes, grid, palette), different data, Chromium
+  build       the steps of slide builds: one slide with its bullets revealed one at a time, a title slide
+              gaining a subtitle and a byline, on a white template and on a dark gradient one, Chromium. A
+              step differs from the one before by a line of text written over it, as a caption differs from
+              its photo, but the line is new content on a designed page: a different slide, not a copy
   burst       six frames of each of six scenes: a real landscape photo (lomiri-wallpapers-16.04, not used
               elsewhere in the corpus) with a real cut-out animal (Tux Paint) walking across it, sensor
               noise differing per frame; the framing never moves, so only the subject tells frames apart.
@@ -44,8 +48,9 @@ from imgsim_fast.bench.debsrc import unpack_deb
 
 __all__ = ["LOOKALIKE_KINDS", "build_lookalikes"]
 
-LOOKALIKE_KINDS = ("screenshot", "slide", "icon", "object", "chart", "burst")
-VERSION = 4  # 3: 72 dialogs (was 24), so that each half holds two or more of every kind; 4: empty burst frames
+LOOKALIKE_KINDS = ("screenshot", "slide", "icon", "object", "chart", "burst", "build")
+# 3: 72 dialogs (was 24), so that each half holds two or more of every kind; 4: empty burst frames; 5: builds
+VERSION = 5
 SHEET_MAX = 4096  # Chromium screenshot side: larger windows are slow and may exceed the texture limit
 
 _PYDOC = "./usr/share/doc/python3.11/html"
@@ -95,6 +100,9 @@ def build_lookalikes(cache_dir: str, seed: int = 0) -> list[tuple[str, str, str]
             pics += _screenshots(cache_dir, src, chromium, work, rng, np.random.default_rng([seed, 1]))
             pics += [("slide", n, im) for n, im in _render(chromium, work, "slide", _slides(rng), (960, 540))]
             pics += [("chart", n, im) for n, im in _render(chromium, work, "chart", _charts(rng), (800, 500))]
+            # Last, with a generator of its own: every look-alike above stays as it was before builds came.
+            pics += [("build", n, im) for n, im in _render(chromium, work, "build",
+                                                           _builds(np.random.default_rng([seed, 3])), (960, 540))]
     os.makedirs(root, exist_ok=True)
     rows = []
     for kind, name, im in pics:
@@ -489,6 +497,54 @@ def _slides(rng: np.random.Generator, n: int = 32) -> list[tuple[str, str]]:
                     f'<div class="logo"></div><div class="c"><ul>{bullets}</ul>{fig}</div>'
                     f'<div class="foot"><span>Northwind Labs &middot; Quarterly review</span><span>{i + 2}</span>'
                     f'</div></body></html>'))
+    return out
+
+
+_BUILD_CSS = {
+    # The slides' white template, and a dark one whose gradient runs under the text (no flat background).
+    "white": _SLIDE_CSS,
+    "dark": _SLIDE_CSS.replace("background:#fff;", "background:linear-gradient(135deg,#0f2027,#203a43 55%,#2c5364);")
+    .replace(".top{height:86px;background:#1f3a5f;", ".top{height:86px;background:transparent;")
+    .replace("color:#222;", "color:#eef;").replace("color:#667}", "color:#aab}")
+    .replace("border-top:1px solid #d0d4da;", "border-top:1px solid #567;"),
+}
+_TITLE_CSS = """
+.t1{position:absolute;left:60px;right:60px;top:170px;font-size:40px;white-space:nowrap;font-weight:bold;
+ text-align:center}
+.t2{position:absolute;left:80px;right:80px;top:260px;font-size:26px;text-align:center}
+.t3{position:absolute;left:80px;right:80px;top:330px;font-size:18px;text-align:center;opacity:.8}
+"""
+
+
+def _builds(rng: np.random.Generator, n: int = 12) -> list[tuple[str, str]]:
+    """Steps of n slide builds, each step its own picture (build-NN-stepK): bullet slides revealing 3-4
+    bullets one at a time, and title slides gaining a subtitle, then a byline; templates in turn white and
+    dark (a gradient under the text). Consecutive steps differ by one line of text and nothing else."""
+    out = []
+    for i in range(n):
+        style = ("white", "dark")[i % 2]
+        css = _BUILD_CSS[style]
+        colour = "#222" if style == "white" else "#eef"
+        if i % 3 == 2:
+            lines = [html.escape(_phrase(rng, 2, 3)), html.escape(_phrase(rng, 3, 6)),
+                     f"{html.escape(_phrase(rng, 1, 2))} &middot; {_MONTHS[int(rng.integers(12))]} "
+                     f"{int(rng.integers(2015, 2025))}"]
+            for k in range(1, 4):
+                body = "".join(f'<div class="t{x + 1}" style="color:{colour}">{lines[x]}</div>' for x in range(k))
+                out.append((f"build-{i:02d}-step{k}",
+                            f'<!doctype html><html><head><meta charset="utf-8"><style>{css}{_TITLE_CSS}</style>'
+                            f'</head><body>{body}<div class="acc" style="position:absolute;left:0;right:0;top:0">'
+                            f'</div></body></html>'))
+            continue
+        title = html.escape(_phrase(rng, 2, 4))
+        bullets = [html.escape(_phrase(rng, 3, 7)) for _ in range(int(rng.integers(3, 5)))]
+        for k in range(1, len(bullets) + 1):
+            items = "".join(f"<li>{b}</li>" for b in bullets[:k])
+            out.append((f"build-{i:02d}-step{k}",
+                        f'<!doctype html><html><head><meta charset="utf-8"><style>{css}</style></head><body>'
+                        f'<div class="top">{title}</div><div class="acc"></div><div class="logo"></div>'
+                        f'<div class="c"><ul>{items}</ul></div><div class="foot"><span>Northwind Labs &middot; '
+                        f'Quarterly review</span><span>{i + 2}</span></div></body></html>'))
     return out
 
 
