@@ -25,6 +25,21 @@ def save_slides(folder) -> None:
         im.save(folder / f"slide_{name}.png")
 
 
+def save_build(folder) -> None:
+    """build_1.png ... build_3.png: the steps of a title slide's build (800 x 450, white, an accent bar along
+    the top): a title, then a shorter subtitle under it, then a byline; each step is the one before with a
+    line of text added."""
+    lines = (("Quarterly review of the archive", 40, 140), ("Northwind Labs, planning", 26, 215),
+             ("May 2024, room 4", 18, 270))
+    for k in range(1, 4):
+        im = Image.new("RGB", (800, 450), "white")
+        d = ImageDraw.Draw(im)
+        d.rectangle((0, 0, 799, 5), fill=(242, 140, 40))
+        for text, size, y in lines[:k]:
+            d.text((400, y), text, fill=(30, 30, 30), font=ImageFont.load_default(size=size), anchor="mm")
+        im.save(folder / f"build_{k}.png")
+
+
 def save_burst(folder, scene: str, subject: str, side: int, size: tuple[int, int]) -> None:
     """burst_a.png, burst_b.png: two frames of a "burst": the photo `scene` (at most `side` pixels) with the
     photo `subject` pasted on it, a fifth of `size`'s width wide, at a third of its height, a third of its

@@ -52,8 +52,8 @@ def test_dedup_groups_the_copies_and_reports_the_other_dialog_as_a_look_alike(di
 
 def test_a_detail_verdict_is_stored_by_content_and_a_missing_file_stores_none(dialogs, tmp_path, monkeypatch):
     decoded = []
-    real = detail._trimmed_grey
-    monkeypatch.setattr(detail, "_trimmed_grey", lambda p, d: decoded.append(p) or real(p, d))
+    real = detail._grey_canvas
+    monkeypatch.setattr(detail, "_grey_canvas", lambda p, d: decoded.append(p) or real(p, d))
     checks: dict = {}
     judge, names = _judge(dialogs, checks)
     a, b = names.index("about_report.png"), names.index("about_local.png")
@@ -92,8 +92,8 @@ def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, monkeypat
     # With a cache too small to keep a picture, the squares are still made from the pictures the pair read:
     # a second read could find the file changed (None) and fail the run.
     decoded = []
-    real = detail._trimmed_grey
-    monkeypatch.setattr(detail, "_trimmed_grey", lambda p, d: decoded.append(p) or real(p, d))
+    real = detail._grey_canvas
+    monkeypatch.setattr(detail, "_grey_canvas", lambda p, d: decoded.append(p) or real(p, d))
     judge, names = _judge(dialogs)
     files = [(str(dialogs / n), judge.digests[k]) for k, n in enumerate(names)]
     a, b = names.index("about_report.png"), names.index("about_local.png")

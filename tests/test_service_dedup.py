@@ -135,7 +135,7 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(detect, "compare", no_look)
-        mp.setattr(detail, "_trimmed_grey", no_look)  # the detail check's verdicts were stored too
+        mp.setattr(detail, "_grey_canvas", no_look)  # the detail check's verdicts were stored too
         mp.setattr(keep, "_full_grey", no_look)  # keep-best decodes a picture only here
         again = live.groups(lambda fids: facts)
     finally:

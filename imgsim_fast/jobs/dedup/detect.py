@@ -513,14 +513,21 @@ class PairJudge:
                 for k in keys]
         out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
-        thumbs, paths, digests, pictures = self.thumbs, self.paths, self.digests, self.pictures
+        thumbs, paths, digests, pictures, facts = self.thumbs, self.paths, self.digests, self.pictures, self.f.facts
 
         def one(x: int) -> list[float] | None:
             a, b, v = int(ii[x]), int(jj[x]), int(variants[x])
-            if not detail_check.applies(thumbs[a], DIHEDRAL[v](thumbs[b]), t.changed, t.strong):
+            files = (paths[a], digests[a]), (paths[b], digests[b])
+            ta, tb = thumbs[a], DIHEDRAL[v](thumbs[b])
+            lined_up = detail_check.lines_up(ta, tb, t.changed, t.strong)
+            if not lined_up and detail_check.trims_differ(facts[a].trim, facts[b].trim, v):
+                # Aligned by the warp, which may only have undone where each trim stopped (detail.py).
+                whole = detail_check.canvas_fractions(pictures, *files, v, t.detail_changed, t.detail_strong)
+                if whole is None or whole:
+                    return None if whole is None else list(whole)
+            if not detail_check.applies(ta, tb, lined_up):
                 return [0.0, 0.0]
-            got = detail_check.detail_fractions(pictures, (paths[a], digests[a]), (paths[b], digests[b]), v,
-                                                t.detail_changed, t.detail_strong)
+            got = detail_check.detail_fractions(pictures, *files, v, t.detail_changed, t.detail_strong)
             return None if got is None else list(got)
 
         found = _pool_map(one, todo, serial_under=8)

@@ -82,4 +82,6 @@ def _bytes(x) -> int:
         return 0
     if isinstance(x, np.ndarray):
         return x.nbytes
+    if isinstance(x, tuple):
+        return sum(_bytes(y) for y in x if isinstance(y, (Image.Image, np.ndarray)))
     return x.width * x.height * len(x.getbands())
