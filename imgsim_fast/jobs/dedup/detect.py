@@ -122,13 +122,6 @@ class Thresholds:
     overlay_strokes: float = 0.5
     overlay_stroke_side: float = 0.85
     overlay_stroke_texture: float = 0.3
-    # Over a smooth picture (a flat-design wallpaper, a gradient) the letters must be outlined: lighter and
-    # darker than what lies beneath (verify.overlay_measures' `outline`, at least `overlay_outline`), the way a
-    # watermark or a meme is lettered to stay legible on any picture. A line in one ink over a flat area is what
-    # a new line on a slide or in a dialog looks like. Tune half with 42 slide-build steps: 4 of the watermarked
-    # copies on smooth wallpapers pass (outline 0.32-0.5), where none did; the one-sided look-alikes the route
-    # measured reach 0.17 (a title slide's subtitle), the build steps that are not one-sided 0.43.
-    overlay_outline: float = 0.25
     overlay_cos: float = 2.0
 
     def confirm_needed(self, h):
@@ -421,7 +414,7 @@ class PairJudge:
     def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray, over: np.ndarray,
                  cos: np.ndarray | None) -> np.ndarray:
         """Which checks pass: the one statement of the pixel check's bounds over arrays of results (fine: the
-        detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 6) rows,
+        detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 5) rows,
         NaN where they were not taken; cos: the pairs' embedding similarities, None without embeddings)."""
         t = self.t
         ok = (changed <= t.changed) & (strong <= t.strong)
@@ -433,18 +426,18 @@ class PairJudge:
         t = self.t
         if cos is None:
             return np.zeros(len(changed), bool)
-        side, texture, rows, cols, strokes, outline = over.T
+        side, texture, rows, cols, strokes = over.T
         band = (side >= t.overlay_side) & (texture >= t.overlay_texture) & (rows <= t.overlay_rows) \
             & (cols >= t.overlay_wide * rows)
-        lettered = (side >= t.overlay_stroke_side) & (strokes >= t.overlay_strokes) \
-            & ((texture >= t.overlay_stroke_texture) | (outline >= t.overlay_outline))
+        lettered = (side >= t.overlay_stroke_side) & (texture >= t.overlay_stroke_texture) \
+            & (strokes >= t.overlay_strokes)
         return (changed <= t.overlay_changed) & (band | lettered) & (cols >= t.overlay_cols) & (cos >= t.overlay_cos)
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray,
                  cos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
         where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
-        the pair: (m, 2) and (m, 6) arrays, NaN where they did not run), each run once by content. cos: the
+        the pair: (m, 2) and (m, 5) arrays, NaN where they did not run), each run once by content. cos: the
         pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
         reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
@@ -477,7 +470,7 @@ class PairJudge:
         passed = (out[:, 0] <= limit) & (out[:, 1] <= strong)
         ok = np.flatnonzero(passed)
         fine[ok] = self._detail(ii[ok], jj[ok], variants[ok], [keys[x] for x in ok.tolist()])
-        over = np.full((len(keys), 6), np.nan)
+        over = np.full((len(keys), 5), np.nan)
         t = self.t
         if t.overlay_cos <= 1.0:
             refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
@@ -489,30 +482,25 @@ class PairJudge:
         return out[:, 0].copy(), out[:, 1].copy(), fine, over
 
     def _overlay(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
-        """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 6), stored in self.checks
+        """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 5), stored in self.checks
         beside the thumbnail verdict as entries of two (what a stored check holds): its key with 'overlay' and
         their version holds (side, texture), that key with ':extent' (rows, cols), with ':strokes' (strokes / 2,
-        outline): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes
-        run to 2."""
+        0): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes run to 2."""
         keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" for k in keys]
         nan2 = (np.nan, np.nan)
-
-        def stored(k: str) -> list[float]:
-            strokes, outline = self.checks.get(f"{k}:strokes", nan2)
-            return [*self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2), 2 * strokes, outline]
-
-        out = np.array([stored(k) for k in keys], np.float64).reshape(len(keys), 6)
+        out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2),
+                         2 * self.checks.get(f"{k}:strokes", nan2)[0]] for k in keys], np.float64).reshape(len(keys), 5)
         todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
         thumbs = self.thumbs
 
-        def one(x: int) -> tuple[float, float, float, float, float, float]:
+        def one(x: int) -> tuple[float, float, float, float, float]:
             return verify.overlay_measures(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]))
 
-        for x, (side, texture, rows, cols, strokes, outline) in zip(todo, _pool_map(one, todo)):
-            out[x] = side, texture, rows, cols, strokes, outline
+        for x, (side, texture, rows, cols, strokes) in zip(todo, _pool_map(one, todo)):
+            out[x] = side, texture, rows, cols, strokes
             self.checks[keys[x]] = [side, texture]
             self.checks[f"{keys[x]}:extent"] = [rows, cols]
-            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, outline]
+            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, 0.0]
         return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:

@@ -50,8 +50,8 @@ __all__ = ["VERSION", "OVERLAY_VERSION", "Verdict", "compare", "changed_fraction
 VERSION = 4  # 2: the strong count (a verdict is two fractions); 3: the grey levels remapped either way round;
 # 4: the warp fitted either way round
 # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge). 2: strokes, and the
-# better of the two grey-level mappings; 3: outline.
-OVERLAY_VERSION = 3
+# better of the two grey-level mappings.
+OVERLAY_VERSION = 2
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
@@ -305,7 +305,7 @@ def _extent(counts, total):
 @numba.njit(cache=True, nogil=True)
 def _overlay(a, b, ca, cb, floor, k, level, shift):
     """At the shift of up to `shift` pixels leaving the fewest changed pixels (as _count): (side, texture,
-    rows, cols, strokes, outline) after the share of pixels changed, see overlay_measures."""
+    rows, cols, strokes) after the share of pixels changed, see overlay_measures."""
     h, w = a.shape
     best, bdy, bdx = -1, 0, 0
     for dy in range(-shift, shift + 1):
@@ -320,8 +320,6 @@ def _overlay(a, b, ca, cb, floor, k, level, shift):
     n = 0
     changed = 0
     b_higher = 0
-    b_lighter = 0  # changed pixels more contrasted in b where b is the lighter ...
-    a_lighter = 0  # ... and in a where a is
     textured = 0
     edges = 0  # changed pixels starting or ending a run along a row (outside the compared area counts unchanged)
     per_row = np.zeros(h, np.int64)
@@ -341,29 +339,19 @@ def _overlay(a, b, ca, cb, floor, k, level, shift):
                 per_col[j] += 1
                 if y > x:
                     b_higher += 1
-                    if b[i + bdy, j + bdx] > a[i, j]:
-                        b_lighter += 1
-                elif a[i, j] > b[i + bdy, j + bdx]:
-                    a_lighter += 1
             elif min(x, y) >= level:
                 textured += 1
         if before:
             edges += 1
     if changed == 0:
-        return 0.0, 1.0, textured / n, 0.0, 0.0, 0.0, 0.0
+        return 0.0, 1.0, textured / n, 0.0, 0.0, 0.0
     side = b_higher / changed
-    # Of the changed pixels on the more contrasted picture's side, the share lighter there (or darker, the
-    # fewer): lettering with an outline is both.
-    if 2 * b_higher >= changed:
-        lighter = b_lighter / b_higher
-    else:
-        lighter = a_lighter / (changed - b_higher)
     return (changed / n, max(side, 1.0 - side), textured / n, _extent(per_row, changed),
-            _extent(per_col, changed), edges / changed, min(lighter, 1.0 - lighter))
+            _extent(per_col, changed), edges / changed)
 
 
-def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
-    """(side, texture, rows, cols, strokes, outline) of two thumbnails (uint8, one shape) aligned by a shift: is their
+def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(side, texture, rows, cols, strokes) of two thumbnails (uint8, one shape) aligned by a shift: is their
     difference text written over one of them (a caption, a date stamp, a watermark)?
 
     side: of the changed pixels, the share where the picture with more of them is the more contrasted one. Strokes
@@ -377,12 +365,7 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
     the empty scene). strokes: the runs of changed pixels along the rows, ends counted, per changed pixel: letters
     are thin strokes with gaps, many short runs (a watermark two lines high across the middle: 0.72 at the median on
     the tune half, 0.5 at the tenth percentile), a subject that walked in is a blob of longer runs (0.47-0.57
-    between the corpus's burst frames and their empty scene; a textured subject breaks its blob into runs too).
-    outline: of the changed pixels where that picture is the more contrasted, the share where it is the lighter,
-    or the darker if fewer: letters with an outline (white with a black edge, the way a watermark or a meme stays
-    legible over any picture) are both (0.32-0.5 on the tune half's watermarks over smooth wallpapers), a line
-    written in one ink is one (a caption, a new line on a slide or in a dialog: 0.17 at most among the corpus's
-    look-alikes as one-sided). None
+    between the corpus's burst frames and their empty scene; a textured subject breaks its blob into runs too). None
     of these tells a caption from a wide, low subject (a car) that drove in, or lettering from a striped one: the
     learned similarity is the last guard (Thresholds.overlay_cos). Each is taken with either picture's grey levels
     mapped onto the other's, the way that leaves fewer pixels changed.
