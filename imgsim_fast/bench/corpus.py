@@ -12,12 +12,12 @@ Every source gets EDITS at a mild and a strong setting; a file's label is its fa
 or "test") is a fixed function of the family name, so thresholds tuned on one half are reported on the
 other (accuracy.py).
 
-Hard negatives (issue 10): 266 look-alike pictures of six kinds (bench/lookalikes.py: screenshots of one
+Hard negatives (issue 10): 314 look-alike pictures of seven kinds (bench/lookalikes.py: screenshots of one
 documentation theme and of one application's dialogs, slides of one template, icons of one theme, objects
-on white, charts of one style, burst frames of one scene). Each is its own family, so any pair between two
-of them is false; each also gets NEGATIVE_EDITS (a JPEG and a half-size copy), so that recall on such
-pictures is measured too. CorpusFile.negative names the kind ("" for the ordinary families). In all,
-2,037 files in 325 families; building it takes 1-2 minutes of CPU (the look-alikes ~30 s of it), once.
+on white, charts of one style, burst frames of one scene, the steps of slide builds). Each is its own
+family, so any pair between two of them is false; each also gets NEGATIVE_EDITS (a JPEG and a half-size
+copy), so that recall on such pictures is measured too. CorpusFile.negative names the kind ("" for the ordinary families). In all,
+2,181 files in 373 families; building it takes 1-2 minutes of CPU (the look-alikes ~30 s of it), once.
 
 The audit corpus (build_corpus(audit=True), `python -m imgsim_fast.bench accuracy --audit`) is the same
 construction over pictures of packages nothing was tuned on (audit_pictures), every file in one split,
