@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.cli.main import main
@@ -595,24 +595,46 @@ def test_pixel_check_passes_copies_and_stops_lookalikes(tmp_path, photos):
         assert judge.match(idx[f"{kind}_a.png"], idx[f"{kind}_b.png"]).rule != "phash", kind
 
 
-def test_a_line_added_on_one_canvas_is_no_crop(tmp_path):
+def test_a_line_added_on_one_canvas_is_no_crop(tmp_path, photos):
     # The steps of a slide build share a canvas, and the border trim stops at each one's last line: the
     # earlier step trims to a part of the later one, which the warp aligned as a crop (the accuracy corpus's
-    # builds: 9 false pairs on the tune half). Compared whole on their canvas, the added line differs. Copies
-    # still pass: a half-size JPEG (same canvas, trims alike), and a crop into the title enlarged back to the
-    # canvas's size (the warp is needed and the trims differ, but the content moved on the canvas: a crop).
+    # builds: 9 false pairs on the tune half). On their canvas the added line is content over what the other
+    # trimmed as border. So are a line under a narrow column (a small share of the canvas, a large one of the
+    # trimmed picture) and a light grey footer. Copies still pass: a half-size JPEG (trims alike), a crop into
+    # the title enlarged back to the canvas's size (the warp is needed and the trims differ, but the content
+    # moved on the canvas) and a photo with a frame painted over its edges (the part only one trim kept
+    # differs nearly all over: painted over, not added to).
     save_build(tmp_path)
     with Image.open(tmp_path / "build_2.png") as im:
         im.resize((400, 225), Image.Resampling.LANCZOS).save(tmp_path / "build_2_half.jpg", quality=90)
     with Image.open(tmp_path / "build_3.png") as im:
         im.crop((160, 0, 800, 360)).resize((800, 450), Image.Resampling.LANCZOS).save(tmp_path / "build_3_crop.png")
+        im = im.convert("RGB")
+        ImageDraw.Draw(im).text((400, 330), "Confidential, internal use only", fill=(200, 200, 200),
+                                font=ImageFont.load_default(size=18), anchor="mm")
+        im.save(tmp_path / "build_3_footer.png")
+    for name, extra in (("column_1.png", False), ("column_2.png", True)):
+        im = Image.new("RGB", (1200, 675), "white")
+        d = ImageDraw.Draw(im)
+        for k, line in enumerate(("Budget review 2024", "Hiring plan for Q3", "Office move in June")):
+            d.text((600, 250 + 56 * k), line, font=ImageFont.load_default(size=40), fill=(20, 20, 20), anchor="mm")
+        if extra:
+            d.text((600, 392), "Draft, not for circulation", font=ImageFont.load_default(size=20),
+                   fill=(20, 20, 20), anchor="mm")
+        im.save(tmp_path / name)
+    photo = _rgb(photos[0]).resize((800, 450), Image.Resampling.LANCZOS)
+    photo.save(tmp_path / "photo.png")
+    ImageDraw.Draw(photo).rectangle((0, 0, 799, 449), outline="white", width=30)
+    photo.save(tmp_path / "photo_framed.jpg", quality=90)
     f = compute_features([str(tmp_path)], embed=False, workers=1, progress=False)
     idx = {os.path.basename(p): i for i, p in enumerate(f.paths)}
     judge = PairJudge(f, "phash", DEFAULTS)
-    for a, b in (("build_1.png", "build_2.png"), ("build_2.png", "build_3.png"), ("build_2_half.jpg", "build_3.png")):
+    for a, b in (("build_1.png", "build_2.png"), ("build_2.png", "build_3.png"), ("build_2_half.jpg", "build_3.png"),
+                 ("build_3.png", "build_3_footer.png"), ("column_1.png", "column_2.png")):
         assert not judge.passes(idx[a], idx[b]) and not judge.passes(idx[b], idx[a]), (a, b)
-    assert judge.passes(idx["build_2.png"], idx["build_2_half.jpg"])
-    assert judge.passes(idx["build_3.png"], idx["build_3_crop.png"])
+    for a, b in (("build_2.png", "build_2_half.jpg"), ("build_3.png", "build_3_crop.png"),
+                 ("photo.png", "photo_framed.jpg")):
+        assert judge.passes(idx[a], idx[b]) and judge.passes(idx[b], idx[a]), (a, b)
 
 
 def test_a_symlink_is_never_kept_nor_removed(tmp_path, photos):

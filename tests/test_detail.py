@@ -9,7 +9,7 @@ from PIL import Image
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import detail, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
-from lookalike_pictures import save_about_boxes
+from lookalike_pictures import save_about_boxes, save_build
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +88,23 @@ def test_a_file_changed_since_the_scan_is_not_judged_by_its_new_pixels(dialogs, 
     assert not fresh.passes(a, b)
 
 
-def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, monkeypatch):
-    # With a cache too small to keep a picture, the squares are still made from the pictures the pair read:
-    # a second read could find the file changed (None) and fail the run.
+def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, tmp_path, monkeypatch):
+    # With a cache too small to keep a picture, every look at a pair (the detail check, the whole canvases of
+    # a pair whose trims differ) still uses the pictures the pair read: a second read could find a file
+    # changed or gone, and a verdict would be stored for contents it never saw.
+    save_build(tmp_path)
+    with Image.open(tmp_path / "build_3.png") as im:
+        im.crop((160, 0, 800, 360)).resize((800, 450), Image.Resampling.LANCZOS).save(tmp_path / "build_3_crop.png")
     decoded = []
     real = detail._grey_canvas
     monkeypatch.setattr(detail, "_grey_canvas", lambda p, d: decoded.append(p) or real(p, d))
-    judge, names = _judge(dialogs)
-    files = [(str(dialogs / n), judge.digests[k]) for k, n in enumerate(names)]
-    a, b = names.index("about_report.png"), names.index("about_local.png")
-    got = detail.detail_fractions(detail.Pictures(budget=1), files[a], files[b], 0,
-                                  DEFAULTS.detail_changed, DEFAULTS.detail_strong)
-    assert got is not None and got[1] > DEFAULTS.detail_strong and len(decoded) == 2, (got, decoded)
+    # The dialogs: the detail check refuses them. Two build steps: the canvases do. A crop of a step: the
+    # canvases leave it to the warp, and the detail check passes it.
+    for folder, x, y, verdict in ((dialogs, "about_report.png", "about_local.png", False),
+                                  (tmp_path, "build_2.png", "build_3.png", False),
+                                  (tmp_path, "build_3.png", "build_3_crop.png", True)):
+        decoded.clear()
+        judge, names = _judge(folder, {}, names=[x, y])
+        judge.pictures = detail.Pictures(budget=1)
+        assert judge.passes(0, 1) == verdict, (x, y)
+        assert sorted(decoded) == sorted(str(folder / n) for n in (x, y)), (x, y, decoded)

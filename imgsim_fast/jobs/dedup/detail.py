@@ -14,19 +14,19 @@ or cropped copy) is left to the thumbnail check: at 384 px its textured edges ar
 error (checked on every pair, with the warp fitted at half the side, 30 of the tune half's 68 rotated
 copies failed). Where the detail check warps, the warp is refined at the detail side (DETAIL_LK_ITERS).
 
-A warp between trimmed pictures can be the trim's own doing. Two steps of a slide build (one bullet more,
+A warp between trimmed pictures can be the trims' own doing. Two steps of a slide build (one bullet more,
 a byline under a title) share a canvas, and the border trim stops at each one's last line: the earlier step
 trims to a part of the later one, and the warp aligns it there as if it were a crop. So where the thumbnails
-needed the warp, their trims differ and the two files share a canvas (one aspect ratio), the whole pictures
-are compared unwarped (canvas_fractions, before the detail check): where the content both trims kept agrees
-in place on that canvas, the warp only undid the trims, and the whole canvases decide (the new line then
-differs, at the detail check's bounds). A real crop, rotation or rescale moves the shared content on the
-canvas, and keeps the warp's verdict: so does an earlier step against a copy of a later one that was cropped
-and enlarged (not looked for). The cost: text written into a border the trim took (a caption over a dark
-margin) is new content on a flat area too, a look-alike, as the overlay route judges text over flat areas
-(detect.Thresholds.overlay_texture). Tune half of the accuracy corpus with 42 build steps: build false
-pairs 9 -> 0; one captioned copy lost (over a dark wallpaper's margin), one greyscale copy gained (its whole
-canvas passes where the trimmed pictures' warp did not); recall 0.938 either way.
+needed the warp and the two files' trims differ, the whole pictures are looked at before the detail check
+(on_one_canvas): where they share a canvas and the content both trims kept agrees in place on it, unwarped,
+the warp only undid the trims, and the part only one trim kept decides. It is flat in the other picture; where
+little of it differs there, content was added over a flat area (the new line), and that part's change is the
+verdict; where most of it does, a frame or mat was painted over the copy's edges, and the warp's verdict
+stands. A real crop, rotation or rescale moves the shared content on the canvas and keeps the warp's verdict
+too: so does an earlier step against a copy of a later one that was cropped and enlarged (not looked for).
+The cost: text written into a margin the trim took (a caption over a dark wallpaper's margin) is content
+added over a flat area too, a look-alike, as the overlay route judges text over flat areas
+(detect.Thresholds.overlay_texture).
 
 Measured on the tune half of the accuracy corpus and 70 more dialogs made aside (tune side only): of the
 890 copies that pass the thumbnail check 20 fail this one (14 text captions, 6 wallpapers letterboxed,
@@ -44,7 +44,7 @@ from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
-__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "applies", "canvas_fractions", "detail_fractions", "lines_up",
+__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "applies", "detail_fractions", "lines_up", "on_one_canvas",
            "trims_differ"]
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
@@ -59,9 +59,10 @@ DECODE_SIDE = 512    # JPEGs decoded at a DCT scale keeping both sides at least 
 CACHE_BYTES = 128 << 20  # decoded grey pictures kept across pairs (a file is in many pairs of its group)
 CANVAS_ASPECT = 0.01  # two files share a canvas when their aspect ratios differ by at most this share
 CANVAS_MIN = 32       # the smallest square the canvases are compared on
-TRIM_DIFF = 0.02      # two trims differ when their content boxes disagree over more than this share
+TRIM_DIFF = 0.02      # two trims differ when their content boxes disagree over more than this share of both
+FRAME_SHARE = 0.5     # the part only one trim kept was painted over (not added to) when this much of it differs
 # DIHEDRAL's variants that swap the axes (the quarter turns and the transposes).
-_TRANSPOSING = frozenset((1, 3, 6, 7))
+_TRANSPOSING = frozenset(v for v, flip in enumerate(DIHEDRAL) if flip(np.zeros((1, 2))).shape == (2, 1))
 
 
 def flat_share(thumb: np.ndarray) -> float:
@@ -95,13 +96,16 @@ class Pictures:
         cannot be read now or no longer holds the content `digest` names (pictures.read_picture)."""
         return self._cache.get((path, digest, "canvas"), lambda: _grey_canvas(path, digest))
 
-    def picture(self, path: str, digest: str) -> Image.Image | None:
-        """The trimmed grey picture of `path`, or None (as canvas)."""
-        return self._cache.get((path, digest, 0), lambda: _trimmed(self.canvas(path, digest)))
+    def trimmed(self, path: str, digest: str, canvas: tuple[Image.Image, tuple[int, int, int, int]]) -> Image.Image:
+        """The trimmed picture of `canvas` (canvas(path, digest), already read: never read twice)."""
+        im, box = canvas
+        if box == (0, 0, *im.size):
+            return im  # nothing trimmed: the canvas itself, held once
+        return self._cache.get((path, digest, 0), lambda: im.crop(box))
 
     def square(self, path: str, digest: str, picture: Image.Image, side: int, whole: bool = False) -> np.ndarray:
-        """`picture` (picture(path, digest), or with whole canvas(path, digest)'s picture: already read, never
-        read twice) squashed to side x side, uint8."""
+        """`picture` (trimmed(path, digest, ...), or with whole canvas(path, digest)'s picture: already read,
+        never read twice) squashed to side x side, uint8."""
         return self._cache.get((path, digest, side, whole), lambda: np.asarray(
             picture.resize((side, side), Image.Resampling.LANCZOS)))
 
@@ -114,24 +118,15 @@ def _grey_canvas(path: str, digest: str) -> tuple[Image.Image, tuple[int, int, i
     return im, trim_box(np.asarray(im))
 
 
-def _trimmed(canvas: tuple[Image.Image, tuple[int, int, int, int]] | None) -> Image.Image | None:
-    if canvas is None:
-        return None
-    im, box = canvas
-    return im if box == (0, 0, *im.size) else im.crop(box)
-
-
-def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], variant: int, limit: float,
-                     strong_limit: float) -> tuple[float, float] | None:
+def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], canvases: tuple, variant: int,
+                     limit: float, strong_limit: float) -> tuple[float, float]:
     """(changed, strong) of the pixel check of the files a and b, (path, content digest) each (b's `variant`
     flip), both trimmed and squashed to the detail side; (0, 0) where the pictures are too small to show more
-    than the thumbnail; None where either cannot be read now or holds other content.
+    than the thumbnail. canvases: their Pictures.canvas, both read.
 
     Pictures that agree unshifted pass as they are: most copies do, and the shift search costs twice that."""
-    pa, pb = pictures.picture(*a), pictures.picture(*b)
-    if pa is None or pb is None:
-        return None
-    s = min(DETAIL_SIDE, int(DETAIL_SHARE * min(*pa.size, *pb.size)))
+    pa, pb = pictures.trimmed(*a, canvases[0]), pictures.trimmed(*b, canvases[1])
+    s = _side(pa, pb)
     if s < DETAIL_MIN:
         return 0.0, 0.0
     ta = pictures.square(*a, pa, s)
@@ -143,48 +138,51 @@ def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str],
     return v.changed, v.strong
 
 
-def canvas_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], variant: int, limit: float,
-                     strong_limit: float) -> tuple[float, float] | tuple[()] | None:
-    """For a pair the thumbnail check aligned by the warp whose trims differ: (changed, strong) of the whole
-    pictures compared on their shared canvas where the warp only undid the trims (see _on_one_canvas); () where
-    they share no canvas or the warp did more; None where either cannot be read now."""
-    ca, cb = pictures.canvas(*a), pictures.canvas(*b)
-    if ca is None or cb is None:
+def on_one_canvas(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], canvases: tuple, variant: int,
+                  limit: float, strong_limit: float) -> tuple[float, float] | None:
+    """For a pair the thumbnail check aligned by the warp, whose trims differ (trims_differ): (changed, strong) of
+    the part of the canvas only one trim kept, where the warp only undid the trims and that part is content
+    added over a flat area; None where the warp's verdict stands. a, b: (path, content digest); canvases: their
+    Pictures.canvas, both read (b's under its `variant` flip).
+
+    The warp only undid the trims where the two files share a canvas (one aspect ratio) and the content both
+    trims kept agrees in place on it, unwarped. The part only one kept is then flat in the other picture
+    (the other trimmed it as border): where little of it differs there (a new line of text on a slide's
+    background: under FRAME_SHARE), it was added; where most does (a frame or a mat painted over a photo's
+    edges), the copy lost it, as a crop does, and the warp's verdict stands."""
+    (ia, box_a), (ib, box_b) = canvases
+    wb, hb = ib.size[::-1] if variant in _TRANSPOSING else ib.size
+    if abs(ia.width * hb - wb * ia.height) > CANVAS_ASPECT * ia.width * hb:
         return None
-    s = min(DETAIL_SIDE, int(DETAIL_SHARE * min(*ca[0].size, *cb[0].size)))
-    got = _on_one_canvas(pictures, a, b, variant, s, limit, strong_limit) if s >= CANVAS_MIN else None
-    return () if got is None else got
+    s = _side(ia, ib)
+    if s < CANVAS_MIN:
+        return None
+    xa = pictures.square(*a, ia, s, whole=True).astype(np.float64)
+    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, s, whole=True))).astype(np.float64)
+    ma, mb = _box_mask(box_a, ia.size, s), DIHEDRAL[variant](_box_mask(box_b, ib.size, s))
+    bounds = (limit, strong_limit)
+    changed, strong = changed_fractions(xa, xb, ma & mb, shift=1, bounds=bounds)
+    if changed > limit or strong > strong_limit:
+        return None  # the shared content moved on the canvas: a crop, a rotation, a rescale
+    changed, strong = changed_fractions(xa, xb, shift=1, within=ma ^ mb)
+    return None if changed >= FRAME_SHARE else (changed, strong)
 
 
 def trims_differ(trim_a: tuple[float, float, float, float], trim_b: tuple[float, float, float, float],
                  variant: int) -> bool:
     """Whether two content boxes (FileFacts.trim, fractions of each picture; b's under its `variant` flip)
-    differ over more than TRIM_DIFF of the picture."""
-    ma = _box_mask(trim_a, (1, 1), 64)
-    mb = DIHEDRAL[variant](_box_mask(trim_b, (1, 1), 64))
-    return float((ma != mb).mean()) > TRIM_DIFF
+    differ by more than TRIM_DIFF of their union (a line added under a narrow column is a large share of it,
+    and a small one of the picture)."""
+    ma = _box_mask(trim_a, (1, 1), 256)
+    mb = DIHEDRAL[variant](_box_mask(trim_b, (1, 1), 256))
+    union = int((ma | mb).sum())
+    return union > 0 and 1.0 - (ma & mb).sum() / union > TRIM_DIFF
 
 
-def _on_one_canvas(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], variant: int, s: int, limit: float,
-                   strong_limit: float) -> tuple[float, float] | None:
-    """(changed, strong) of the whole pictures a and b (b's `variant` flip) squashed to s x s and compared
-    unwarped, where they share a canvas and the content both trims kept agrees in place on it: their trimmed
-    pictures then differ by where each trim stopped, not by a crop. None where the warp's verdict stands."""
-    ca, cb = pictures.canvas(*a), pictures.canvas(*b)
-    if ca is None or cb is None:
-        return None
-    (ia, box_a), (ib, box_b) = ca, cb
-    wb, hb = ib.size[::-1] if variant in _TRANSPOSING else ib.size
-    if abs(ia.width * hb - wb * ia.height) > CANVAS_ASPECT * ia.width * hb:
-        return None
-    xa = pictures.square(*a, ia, s, whole=True).astype(np.float64)
-    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, s, whole=True))).astype(np.float64)
-    both = _box_mask(box_a, ia.size, s) & DIHEDRAL[variant](_box_mask(box_b, ib.size, s))
-    bounds = (limit, strong_limit)
-    changed, strong = changed_fractions(xa, xb, both, shift=1, bounds=bounds)
-    if changed > limit or strong > strong_limit:
-        return None  # the shared content moved on the canvas: a crop, a rotation, a rescale
-    return changed_fractions(xa, xb, shift=1, bounds=bounds)
+def _side(a: Image.Image, b: Image.Image) -> int:
+    """The side both pictures are squashed to: DETAIL_SHARE of the smaller one's shorter side, at most
+    DETAIL_SIDE."""
+    return min(DETAIL_SIDE, int(DETAIL_SHARE * min(*a.size, *b.size)))
 
 
 def _box_mask(box: tuple[float, float, float, float], size: tuple[float, float], s: int) -> np.ndarray:

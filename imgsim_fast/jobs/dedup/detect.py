@@ -520,15 +520,22 @@ class PairJudge:
             files = (paths[a], digests[a]), (paths[b], digests[b])
             ta, tb = thumbs[a], DIHEDRAL[v](thumbs[b])
             lined_up = detail_check.lines_up(ta, tb, t.changed, t.strong)
-            if not lined_up and detail_check.trims_differ(facts[a].trim, facts[b].trim, v):
-                # Aligned by the warp, which may only have undone where each trim stopped (detail.py).
-                whole = detail_check.canvas_fractions(pictures, *files, v, t.detail_changed, t.detail_strong)
-                if whole is None or whole:
-                    return None if whole is None else list(whole)
-            if not detail_check.applies(ta, tb, lined_up):
+            # Aligned by the warp, which may only have undone where each trim stopped (detail.py).
+            on_canvas = not lined_up and detail_check.trims_differ(facts[a].trim, facts[b].trim, v)
+            applies = detail_check.applies(ta, tb, lined_up)
+            if not (on_canvas or applies):
                 return [0.0, 0.0]
-            got = detail_check.detail_fractions(pictures, *files, v, t.detail_changed, t.detail_strong)
-            return None if got is None else list(got)
+            canvases = pictures.canvas(*files[0]), pictures.canvas(*files[1])
+            if None in canvases:
+                return None
+            if on_canvas:
+                added = detail_check.on_one_canvas(pictures, *files, canvases, v, t.detail_changed, t.detail_strong)
+                if added is not None:
+                    return list(added)
+            if not applies:
+                return [0.0, 0.0]
+            return list(detail_check.detail_fractions(pictures, *files, canvases, v, t.detail_changed,
+                                                      t.detail_strong))
 
         found = _pool_map(one, todo, serial_under=8)
         for x, c in zip(todo, found):

@@ -259,11 +259,14 @@ def _erode(mask, r):
 
 
 def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, shift: int = 0,
-                      bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+                      bounds: tuple[float, float] | None = None,
+                      within: np.ndarray | None = None) -> tuple[float, float]:
     """Fractions of pixels (inside mask) where b, remapped onto a's intensities or a onto b's, differs from a
     by more than CHANGE_K and by more than STRONG_K local contrasts, at the best shift of up to `shift`
     pixels. a, b: float arrays of one shape. The way that leaves fewer changed counts; with bounds
-    (changed, strong), the first way that passes them (the other way is then not counted), else the fewer."""
+    (changed, strong), the first way that passes them (the other way is then not counted), else the fewer.
+    within: count only these pixels, remapped as the mask's (a part of the picture where one side is flat
+    would remap onto its flat level alone, and hide any change)."""
     full = mask is None or bool(mask.all())
     if mask is None:
         mask = np.ones(a.shape, bool)
@@ -273,6 +276,10 @@ def changed_fractions(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
     inner = mask if full else _erode(mask, 2)
     if inner.sum() < 16:
         inner = mask
+    if within is not None:
+        inner = inner & within
+        if inner.sum() < 16:
+            return 1.0, 1.0
     def within(counted) -> bool:
         return bounds is not None and counted[0] <= bounds[0] and counted[1] <= bounds[1]
 
