@@ -48,7 +48,7 @@ __all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "applies", "detail_fractions", 
            "trims_differ"]
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
-VERSION = 2  # 2: whole canvases compared where the warp only undid the trim
+VERSION = 2  # 2: the part of the canvas only one trim kept, where the warp only undid the trims
 DETAIL_SIDE = 384    # words of a 640 x 480 dialog resolve; a 3-4 px stroke at 1080p still counts
 DETAIL_SHARE = 0.75  # of the smaller picture's shorter side: compared below either picture's own resolution
 DETAIL_MIN = 160     # under this the detail check sees little the 128 px thumbnail does not
