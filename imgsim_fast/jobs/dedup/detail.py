@@ -44,8 +44,7 @@ from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
-__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "applies", "detail_fractions", "lines_up", "on_one_canvas",
-           "trims_differ"]
+__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "detail_fractions", "looks", "on_one_canvas", "trims_differ"]
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
 VERSION = 2  # 2: the part of the canvas only one trim kept, where the warp only undid the trims
@@ -70,18 +69,21 @@ def flat_share(thumb: np.ndarray) -> float:
     return float((_contrast(thumb.astype(np.float64), _BOX) < FLAT_LEVEL).mean())
 
 
-def lines_up(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float) -> bool:
-    """Whether a pair of thumbnails (b already flipped as compared) passes the pixel check's bounds aligned by a
-    shift (the warp was not needed)."""
-    changed, strong = changed_fractions(a.astype(np.float64), b.astype(np.float64), shift=_SHIFT,
-                                        bounds=(limit, strong_limit))
-    return changed <= limit and strong <= strong_limit
-
-
-def applies(a: np.ndarray, b: np.ndarray, lined_up: bool) -> bool:
-    """Whether a pair of thumbnails (b already flipped as compared) gets the detail check: they line up by a
-    shift (lined_up, see lines_up), or both are flat pictures."""
-    return lined_up or min(flat_share(a), flat_share(b)) >= FLAT_SHARE
+def looks(a: np.ndarray, b: np.ndarray, trim_a: tuple[float, float, float, float],
+          trim_b: tuple[float, float, float, float], variant: int, limit: float,
+          strong_limit: float) -> tuple[bool, bool]:
+    """Which looks at the files a pair gets whose thumbnails passed the pixel check (b already flipped as
+    compared; trims: FileFacts.trim; limit, strong_limit: the check's bounds): (on_one_canvas, the detail
+    check). The canvases where the thumbnails needed the warp and the trims differ; the detail check where
+    they line up by a shift, or both are flat pictures. The shift is tried only where its answer matters."""
+    differ = trims_differ(trim_a, trim_b, variant)
+    flat = min(flat_share(a), flat_share(b)) >= FLAT_SHARE
+    lined_up = False
+    if differ or not flat:
+        changed, strong = changed_fractions(a.astype(np.float64), b.astype(np.float64), shift=_SHIFT,
+                                            bounds=(limit, strong_limit))
+        lined_up = changed <= limit and strong <= strong_limit
+    return differ and not lined_up, flat or lined_up
 
 
 class Pictures:

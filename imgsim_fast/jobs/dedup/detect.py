@@ -518,11 +518,9 @@ class PairJudge:
         def one(x: int) -> list[float] | None:
             a, b, v = int(ii[x]), int(jj[x]), int(variants[x])
             files = (paths[a], digests[a]), (paths[b], digests[b])
-            ta, tb = thumbs[a], DIHEDRAL[v](thumbs[b])
-            lined_up = detail_check.lines_up(ta, tb, t.changed, t.strong)
-            # Aligned by the warp, which may only have undone where each trim stopped (detail.py).
-            on_canvas = not lined_up and detail_check.trims_differ(facts[a].trim, facts[b].trim, v)
-            applies = detail_check.applies(ta, tb, lined_up)
+            # On the canvases where the warp may only have undone where each trim stopped (detail.py).
+            on_canvas, applies = detail_check.looks(thumbs[a], DIHEDRAL[v](thumbs[b]), facts[a].trim, facts[b].trim,
+                                                    v, t.changed, t.strong)
             if not (on_canvas or applies):
                 return [0.0, 0.0]
             canvases = pictures.canvas(*files[0]), pictures.canvas(*files[1])

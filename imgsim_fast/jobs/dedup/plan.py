@@ -100,7 +100,8 @@ def parse_plan(doc, source: str = "") -> Plan:
     if not isinstance(doc, dict) or "imgsim_plan" not in doc:
         raise PlanError(f"not an imgsim plan (version {PLAN_VERSION})")
     if doc["imgsim_plan"] != PLAN_VERSION:
-        raise PlanError(f"a plan of version {json.dumps(doc['imgsim_plan'])[:20]}; this imgsim reads version {PLAN_VERSION}")
+        raise PlanError(f"a plan of version {json.dumps(doc['imgsim_plan'])[:20]}; this imgsim reads version "
+                        f"{PLAN_VERSION}")
     roots = _paths(doc.get("roots"), "roots")
     if not roots:
         raise PlanError("plan has no roots")
