@@ -14,6 +14,10 @@
 5. with --eval, compares on the held-out TEST half: dedup's rule as shipped (accuracy.our_pairs 'auto')
    against the same rule run on the head's projections with the thresholds of step 4.
 Seeded and deterministic: torch.manual_seed, deterministic algorithms, one thread while training.
+
+`python -m imgsim_fast.train --pages [--out PATH]` fits the page probe instead (embedding/pages.py: designed
+pages or pictures, logistic regression on the raw embedding) on the same tune-half files and chained-edit
+copies, prints its out-of-fold scores per kind, and writes it (default: the shipped page_probe.npz).
 """
 from __future__ import annotations
 
@@ -135,7 +139,7 @@ def subset(feats, rows: np.ndarray):
     pick = (lambda a: None if a is None else a[rows])
     return dataclasses.replace(feats, facts=[feats.facts[i] for i in rows], phash8=feats.phash8[rows],
                                embeddings=pick(feats.embeddings), centre_embeddings=pick(feats.centre_embeddings),
-                               failures=[])
+                               page_scores=pick(feats.page_scores), thumbs=pick(feats.thumbs), failures=[])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,6 +366,37 @@ def fit(tune_feats, tune_files, extra_feats, extra_files, seed: int, **kw):
     return dataclasses.replace(head, meta=meta)
 
 
+def fit_pages(tune_feats, tune_files, extra_feats, extra_files, seed: int):
+    """The page probe (embedding/pages.py) fitted on the tune half and the chained-edit copies, with its
+    out-of-fold scores per kind recorded (family folds, as for the head's thresholds)."""
+    from imgsim_fast.features.embedding.pages import PAGE_KINDS, PICTURE_KINDS, fit_probe
+
+    files = tune_files + extra_files
+    x = np.concatenate([tune_feats.embeddings, extra_feats.embeddings])
+    # A chained-edit copy does not carry its original's look-alike kind: its family does.
+    kind_of = {f.family: f.negative for f in tune_files}
+    kinds = [kind_of[f.family] for f in files]
+    used = np.array([k in PAGE_KINDS + PICTURE_KINDS for k in kinds])
+    is_page = np.array([k in PAGE_KINDS for k in kinds])
+    folds = _folds([f.family for f in files], seed)
+    fold = np.array([folds[f.family] for f in files])
+    oof = np.full(len(files), np.nan)
+    for k in range(FOLDS):
+        fit_rows, score_rows = used & (fold != k), used & (fold == k)
+        oof[score_rows] = fit_probe(x[fit_rows], is_page[fit_rows]).scores(x[score_rows])
+    chained = np.arange(len(files)) >= len(tune_files)
+    per_kind = {}
+    for kind in dict.fromkeys(PAGE_KINDS + PICTURE_KINDS):
+        for where, rows in (("corpus", ~chained), ("chained", chained)):
+            v = oof[np.array([k == kind for k in kinds]) & used & rows]
+            if len(v):
+                per_kind[f"{kind or 'ordinary'} ({where})"] = {
+                    "files": len(v), "min": round(float(v.min()), 4), "median": round(float(np.median(v)), 4),
+                    "max": round(float(v.max()), 4)}
+    return fit_probe(x[used], is_page[used], {"model": tune_feats.model, "train_files": int(used.sum()),
+                                              "oof_tune": per_kind, "seed": seed})
+
+
 # ------------------------------------------------------------------------------------------------
 # Held-out comparison
 
@@ -412,16 +447,25 @@ def main(argv=None) -> int:
     from imgsim_fast.features.embedding.siamese import WEIGHTS_PATH
 
     p = argparse.ArgumentParser(prog="python -m imgsim_fast.train", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write (default: the shipped one)")
+    p.add_argument("--out", help="weights file to write (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--hidden", type=int, default=0, help="hidden width of a 2-layer head (0: linear)")
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--eval", action="store_true", help="compare with the hand-written rule on the held-out half")
+    p.add_argument("--pages", action="store_true",
+                   help="fit the page probe (embedding/pages.py) instead of the head; --out defaults to its file")
     p.add_argument("--photos", default=os.path.join(REPO, ".cache", "photos"))
     p.add_argument("--cache", default=os.path.join(REPO, ".cache"))
     args = p.parse_args(argv)
+    if args.out is None:
+        from imgsim_fast.features.embedding.pages import WEIGHTS_PATH as PAGES_PATH
+
+        args.out = PAGES_PATH if args.pages else WEIGHTS_PATH
+    if args.pages and args.eval:
+        print("error: --eval compares the head; the page probe is judged by dedup's accuracy bench", file=sys.stderr)
+        return 2
     if args.epochs < 1 or args.dim < 1 or args.hidden < 0:
         print("error: --epochs and --dim must be >= 1, --hidden >= 0", file=sys.stderr)
         return 2
@@ -448,6 +492,14 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     print(f"training data: {len(tune)} tune-half corpus files, {len(extra)} chained-edit copies; "
           f"features {t1 - t0:.0f} s")
+    if args.pages:
+        probe = fit_pages(tune_feats, tune, extra_feats, extra, args.seed)
+        print(f"page probe fitted on {probe.meta['train_files']} files; out-of-fold page scores on the tune half:")
+        for kind, v in probe.meta["oof_tune"].items():
+            print(f"  {kind:20} {v['files']:5} files  min {v['min']:.3f}  median {v['median']:.3f}  max {v['max']:.3f}")
+        probe.save(args.out)
+        print(f"wrote {args.out} ({os.path.getsize(args.out) // 1024} KiB)")
+        return 0
     head = fit(tune_feats, tune, extra_feats, extra, args.seed, epochs=args.epochs, dim=args.dim,
                hidden=args.hidden, margin=args.margin)
     m = head.meta

@@ -96,16 +96,20 @@ def _check_backbone(features, head: SiameseHead) -> None:
 
 
 def learned_features(features, head: SiameseHead | None = None):
-    """A copy of dedup Features whose two embedding views are the head's projections.
+    """A copy of dedup Features whose two embedding views are the head's projections, with each file's page
+    score (pages.py) from the raw embeddings, which the projection no longer tells.
 
     dedup's pair test and candidate search then run unchanged in the learned space, with the thresholds
     tuned for it: PairJudge(learned_features(f), "auto", dataclasses.replace(DEFAULTS, **head.meta["thresholds"])).
     """
+    from imgsim_fast.features.embedding.pages import page_scores
+
     head = head or load_head()
     _check_backbone(features, head)
     centre = None if features.centre_embeddings is None else head.project(features.centre_embeddings)
     return dataclasses.replace(features, embeddings=head.project(features.embeddings), centre_embeddings=centre,
-                               model=f"{features.model}+siamese")
+                               model=f"{features.model}+siamese",
+                               page_scores=page_scores(features.embeddings, features.model))
 
 
 def learned_cosine(features, i: np.ndarray, j: np.ndarray, head: SiameseHead | None = None) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""The page probe (features/embedding/pages.py): the shipped weights, its arithmetic against scikit-learn's,
+and the page scores travelling with the features they belong to."""
+import numpy as np
+import pytest
+
+from imgsim_fast.features.embedding import pages
+from imgsim_fast.features.embedding.pages import PageProbe, fit_probe, load_probe, page_scores
+from imgsim_fast.features.extract import THUMB_SIDE, Features
+
+
+def test_the_shipped_probe_is_for_the_default_backbone():
+    probe = load_probe()
+    assert probe.meta["model"] == "efficientnet-lite0" and probe.w.shape == (1280,), probe.meta
+    # Trained on pages and pictures of the tune half, both present.
+    assert {f"{k} ({w})" for k in ("screenshot", "slide", "chart", "build", "ordinary")
+            for w in ("corpus", "chained")} <= probe.meta["oof_tune"].keys()
+
+
+def test_scores_are_scikit_learns_probabilities_on_unit_vectors(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    y = x[:, 0] + 0.3 * rng.normal(size=200) > 0
+    probe = fit_probe(x, y, {"model": "m"})
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = LogisticRegression(C=pages.PROBE_C, max_iter=5000).fit(unit, y).predict_proba(unit)[:, 1]
+    np.testing.assert_allclose(probe.scores(x), want, atol=1e-5)
+    np.testing.assert_allclose(probe.scores(3 * x), probe.scores(x), atol=1e-6)  # a vector's length says nothing
+    # A file without an embedding (a zero row) is not known to be a picture: it scores as a page.
+    assert probe.scores(np.zeros((1, 16), np.float32))[0] == 1.0
+    path = str(tmp_path / "p.npz")
+    probe.save(path)
+    back = PageProbe.load(path)
+    assert np.array_equal(back.scores(x), probe.scores(x)) and back.meta == probe.meta
+    with pytest.raises(ValueError, match="shape"):
+        probe.scores(np.zeros((2, 15), np.float32))
+
+
+def test_page_scores_only_for_the_probes_backbone():
+    x = np.random.default_rng(1).normal(size=(3, 1280)).astype(np.float32)
+    assert page_scores(x, "efficientnet-lite0").shape == (3,)
+    assert page_scores(x, "clip-vit-b32") is None and page_scores(None, "efficientnet-lite0") is None
+
+
+def test_a_subset_of_features_keeps_each_rows_thumbnail_and_page_score():
+    # train.subset once left the thumbnails whole: the held-out comparison checked pairs against other rows'.
+    from imgsim_fast.features.extract import FileFacts
+    from imgsim_fast.train import subset
+
+    n = 4
+    facts = [FileFacts(f"f{k}.png", 1, 0.0, 8, 8, "PNG", 64, f"d{k}") for k in range(n)]
+    thumbs = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, THUMB_SIDE, THUMB_SIDE), np.uint8)
+    f = Features(facts, np.zeros((n, 8, 1), np.uint64), np.eye(n, dtype=np.float32), model="m",
+                 centre_embeddings=np.eye(n, dtype=np.float32), thumbs=thumbs,
+                 page_scores=np.arange(n, dtype=np.float32) / 10)
+    s = subset(f, np.array([2, 0]))
+    assert [x.path for x in s.facts] == ["f2.png", "f0.png"]
+    assert s.thumbs[:, 0, 0].tolist() == [2, 0] and s.page_scores.tolist() == pytest.approx([0.2, 0.0])
+    assert s.embeddings.argmax(axis=1).tolist() == [2, 0]
