@@ -11,6 +11,16 @@ def rgb(path, side=640) -> Image.Image:
     return im
 
 
+def textured_share(path) -> float:
+    """Share of a photo's 128 px grey picture that is textured (3 x 3 deviation of 3 grey levels or more)."""
+    import numpy as np
+
+    from imgsim_fast.jobs.dedup import verify
+
+    grey = np.asarray(rgb(path, 128).convert("L"), np.float64)
+    return float((verify._contrast(grey, verify._BOX) >= 3).mean())
+
+
 def save_slides(folder) -> None:
     """slide_a.png, slide_b.png: two slides of one template (title bar, three bullets) with other words."""
     font = ImageFont.load_default(size=28)

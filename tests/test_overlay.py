@@ -2,6 +2,7 @@
 or a large watermark written over it is a duplicate of the photo; a burst frame with a subject that walked in
 is not, though its pixels differ from the empty scene on one side too (a blob, neither a band nor strokes),
 nor are two dialogs of one application (other words over flat areas)."""
+import dataclasses
 import os
 
 import numpy as np
@@ -11,20 +12,14 @@ from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import group_features, verify
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, check_key_prefix
-from lookalike_pictures import rgb, save_about_boxes, save_burst
-
-
-def _texture(path) -> float:
-    """Share of a photo's 128 px grey picture that is textured (3 x 3 deviation of 3 grey levels or more)."""
-    grey = np.asarray(rgb(path, 128).convert("L"), np.float64)
-    return float((verify._contrast(grey, verify._BOX) >= 3).mean())
+from lookalike_pictures import rgb, save_about_boxes, save_build, save_burst, textured_share
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, photos):
     # The route is for captions over photos with texture (a caption over a smooth wallpaper is refused: over
     # flat areas words are what tells two dialogs apart): the most textured photos of the set.
-    photos = sorted(photos, key=_texture, reverse=True)
+    photos = sorted(photos, key=textured_share, reverse=True)
     d = tmp_path_factory.mktemp("overlay")
     photo = rgb(photos[0])
     photo.save(d / "photo.png")
@@ -36,6 +31,12 @@ def folder(tmp_path_factory, photos):
     save_burst(d, photos[2], photos[1], 640, photo.size)
     rgb(photos[2]).save(d / "burst_empty.png")
     save_about_boxes(d)
+    # The smoothest photo (a flat-design wallpaper), watermarked: the texture floors refuse it, the page
+    # probe lifts them for two pictures. Beside it the steps of a slide build: words added over flat areas too.
+    smooth = rgb(photos[-1])
+    smooth.save(d / "smooth.png")
+    apply_edit(smooth, "text", "strong", np.random.default_rng(3))[0].save(d / "smooth_text_strong.jpg", quality=90)
+    save_build(d)
     return d
 
 
@@ -94,6 +95,28 @@ def test_a_captioned_copy_is_a_duplicate_and_the_look_alikes_are_not(features):
     # of about_report and its copies is allowed).
     for k in dup:
         assert not k & {"burst_empty.png", "burst_a.png", "burst_b.png", "about_local.png"}, k
+
+
+def test_a_watermarked_smooth_picture_passes_as_two_pictures_and_slides_do_not(features):
+    res = group_features(features, "auto")
+    ix, t, pages = _ix(features), res.thresholds, res.features.page_scores
+    # The CNN's page probe calls the photos pictures and the dialogs and slide steps pages.
+    for name in ("photo.png", "photo_text_strong.jpg", "smooth.png", "smooth_text_strong.jpg", "burst_a.png"):
+        assert pages[ix[name]] < t.overlay_page, (name, pages[ix[name]])
+    for name in ("about_report.png", "about_local.png", "build_1.png", "build_2.png", "build_3.png"):
+        assert pages[ix[name]] >= t.overlay_page, (name, pages[ix[name]])
+    a, b = ix["smooth.png"], ix["smooth_text_strong.jpg"]
+    side, texture, rows, cols, strokes = verify.overlay_measures(features.thumbs[a], features.thumbs[b])
+    assert texture < t.overlay_stroke_texture and strokes >= t.overlay_strokes, (texture, strokes)
+    names = [os.path.basename(p) for p in res.paths]
+    dup = {frozenset(names[m] for m in g.members): g for g in res.groups if g.tier == "duplicate"}
+    g = dup.get(frozenset({"smooth.png", "smooth_text_strong.jpg"}))
+    assert g is not None and g.matches[[names[m] for m in g.members].index("smooth_text_strong.jpg")].overlay, list(dup)
+    # Each step of the build is the one before with a line of text added, one-sided as a caption: no duplicate.
+    assert not any(k & {"build_1.png", "build_2.png", "build_3.png"} for k in dup), list(dup)
+    # Without the page scores the floor stands: the lift, not another route, let the copy through.
+    plain = PairJudge(dataclasses.replace(res.features, page_scores=None), "auto", t)
+    assert not plain.passes(a, b) and PairJudge(res.features, "auto", t).passes(a, b)
 
 
 def test_the_raw_cosine_keeps_the_route_closed(features):
@@ -168,23 +191,30 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
                        texture=t.overlay_stroke_texture - 0.01, cols=t.overlay_cols - 0.01,
                        strokes=t.overlay_strokes - 0.01, cos=t.overlay_cos - 0.01)
 
-    def route(**m):
+    def route(pictures=False, **m):
         over = np.array([[m["side"], m["texture"], m["rows"], m["cols"], m["strokes"]]])
-        return bool(judge._overlaid(np.array([m["changed"]]), over, np.array([m["cos"]]))[0])
+        return bool(judge._overlaid(np.array([m["changed"]]), over, np.array([m["cos"]]), np.array([pictures]))[0])
 
     for good, bad in ((band, bad_band), (letters, bad_letters)):
         assert route(**good), good
         for k, v in bad.items():
             assert not route(**dict(good, **{k: v})), (good, k)
+            # Two pictures lift the texture floor, and ease the letters' one-sidedness, nothing else.
+            assert route(True, **dict(good, **{k: v})) == (k == "texture" or (good is letters and k == "side")), \
+                (good, k)
+    # Letters over two pictures still need overlay_picture_side.
+    assert route(True, **dict(letters, side=t.overlay_picture_side))
+    assert not route(True, **dict(letters, side=t.overlay_picture_side - 0.01))
     assert not route(**dict(band, rows=0.1, cols=0.19))  # not twice as wide as high
-    assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]))[0]  # none taken
-    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None)[0]  # no embeddings
+    none = np.array([False])
+    assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]), ~none)[0]  # none taken
+    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None, none)[0]  # no embeddings
 
 
 def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
     # A subject a fortieth of the width, a little further along in the second frame: one-sided and flat
     # enough to look like a band at 128 px, but narrower than any line of text (found by review).
-    photos = sorted(photos, key=_texture, reverse=True)
+    photos = sorted(photos, key=textured_share, reverse=True)
     scene = rgb(photos[0])
     w, h = scene.size
     obj = rgb(photos[1], side=w // 40)

@@ -5,13 +5,16 @@ import itertools
 import os
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
+
+from imgsim_fast.bench.corpus import apply_edit
 
 from imgsim_fast.jobs.dedup import _learned_space, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
 from imgsim_fast.features.extract import compute_features
-from lookalike_pictures import rgb, save_about_boxes, save_burst, save_slides
+from lookalike_pictures import rgb, save_about_boxes, save_burst, save_slides, textured_share
 from service_server import Server
 
 
@@ -37,6 +40,10 @@ def folder(tmp_path_factory, photos):
     save_about_boxes(d)
     save_burst(d, photos[2], photos[1], 480, (w, h))
     rgb(photos[3], 480).save(d / "other.jpg", quality=90)
+    # The smoothest other photo with a watermark: a duplicate only as two pictures (the page probe's scores).
+    smooth = rgb(min(photos[4:], key=textured_share), 480)  # photos[0] may be the smoothest: not a copy of it
+    smooth.save(d / "smooth.png")
+    apply_edit(smooth, "text", "strong", np.random.default_rng(3))[0].save(d / "smooth_mark.jpg", quality=90)
     return d
 
 
@@ -89,6 +96,7 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     m = truth[("about_local.png", "about_report.png")]
     assert not m.duplicate and m.changed <= DEFAULTS.changed and m.detail[1] > DEFAULTS.detail_strong, m
     assert truth[("about_report.png", "about_report_q70.jpg")].duplicate
+    assert truth[("smooth.png", "smooth_mark.jpg")].overlay
 
     catalog = tmp_path / "c.sqlite"
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()
@@ -110,8 +118,8 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     assert served == {(names[g.members[0]], frozenset(names[m] for m in g.members[1:]))
                       for g in res.groups if g.tier == "duplicate"}
     # The original, not the letterboxed copy that has the most pixels (the service's keeper before); the
-    # about box with its two copies, the other about box apart.
-    assert sorted(k for k, _ in served) == ["about_report.png", "photo.png"]
+    # about box with its two copies, the other about box apart; the smooth photo with its watermarked copy.
+    assert sorted(k for k, _ in served) == ["about_report.png", "photo.png", "smooth.png"]
     assert ("about_report.png", frozenset({"about_report_q70.jpg", "about_report_half.jpg"})) in served
 
     # The grouping's pixel checks and keep-best verdicts went to the catalog: grouping again from what it

@@ -76,6 +76,9 @@ class LiveIndex:
         self.dident = np.zeros((cap, 1), np.uint64)  # dcodes[:, 0], contiguous for the radius scan
         self.thumb_row = np.full(cap, -1, np.int64)
         self.dviews = np.zeros((cap, 2, space), np.float32) if dim else None
+        # Each row's page score (embedding/pages.py, from the raw whole view: the projection loses it); 1 where
+        # none is known, which lifts nothing.
+        self.dpage = np.ones(cap, np.float32)
         self.digests: list[str] = []
         # Each row's file, for the pair test's detail check (it decodes both files of a pair whose thumbnails
         # pass); "" where none is known. Only appended to, like digests.
@@ -114,6 +117,7 @@ class LiveIndex:
             grown(self.fids), grown(self.pixels), grown(self.codes), grown(self.codes8), grown(self.alive),
             grown(self.dcodes), grown(self.dident))
         self.thumb_row = grown(self.thumb_row, -1)
+        self.dpage = grown(self.dpage, 1)
         if self.emb is not None:
             self.emb, self.dviews = grown(self.emb), grown(self.dviews)
 
@@ -126,6 +130,13 @@ class LiveIndex:
         out[~np.abs(flat).any(axis=1)] = 0
         return out.reshape(len(views), 2, -1)
 
+    def _pages(self, views: np.ndarray) -> np.ndarray:
+        """(m, 2, dim) raw views -> the page scores of their whole views (1 where the probe does not apply)."""
+        from imgsim_fast.features.embedding.pages import page_scores
+
+        got = page_scores(views[:, 0], self.dedup_model) if self.dviews is not None else None
+        return np.ones(len(views), np.float32) if got is None else got
+
     def add(self, fids, digests, pixels, codes8, emb=None, dedup=None, paths=None) -> None:
         """Append files (rows aligned). codes8 (m, 8, words); emb (m, dim) with zero rows for files lacking one;
         dedup: (trimmed codes (m, 8, 1), thumbnail rows in the catalog array (m,), -1 for none, raw views
@@ -133,9 +144,10 @@ class LiveIndex:
         m = len(fids)
         if not m:
             return
-        views = None
+        views = pages = None
         if dedup is not None and dedup[2] is not None and self.dviews is not None:
-            views = self._project(np.asarray(dedup[2], np.float32))
+            raw = np.asarray(dedup[2], np.float32)
+            views, pages = self._project(raw), self._pages(raw)
         with self._lock:
             self._grow(self.n + m)
             s, e = self.n, self.n + m
@@ -151,6 +163,7 @@ class LiveIndex:
                 self.thumb_row[s:e] = dedup[1]
                 if views is not None:
                     self.dviews[s:e] = views
+                    self.dpage[s:e] = pages
             self.alive[s:e] = True
             self.paths.extend(paths if paths is not None else [""] * m)
             self.digests.extend(digests)
@@ -273,18 +286,20 @@ class LiveIndex:
             return self._mapped
 
     def _judge(self, rows: np.ndarray, digests: list[str], query=None, qviews: np.ndarray | None = None,
-               qpath: str = "") -> PairJudge:
+               qpath: str = "", qpage: float = 1.0) -> PairJudge:
         """dedup's pair test over the live rows `rows` (and the query last, with its views already in the
-        test's space, its file at qpath): its codes, views, thumbnails and files, in the space and at the
-        thresholds `imgsim dedup` uses."""
+        test's space, its page score qpage, its file at qpath): its codes, views, page scores, thumbnails and
+        files, in the space and at the thresholds `imgsim dedup` uses."""
         paths = self.paths
         facts = [_facts(digests[i], paths[i]) for i in rows]
         codes = self.dcodes[rows]
         views = None if self.dviews is None else self.dviews[rows]
+        pages = self.dpage[rows]
         extra = None
         if query is not None:
             facts.append(_facts(query.digest, qpath))
             codes = np.concatenate([codes, query.dedup_codes8[None]])
+            pages = np.append(pages, np.float32(qpage))
             extra = query.thumb
             if views is not None:
                 views = np.concatenate([views, np.zeros((1,) + views.shape[1:], np.float32) if qviews is None
@@ -294,7 +309,7 @@ class LiveIndex:
         if views is not None and np.abs(views).any(axis=2).all():
             emb, centre = np.ascontiguousarray(views[:, 0]), np.ascontiguousarray(views[:, 1])
         return PairJudge(Features(facts, codes, emb, model=self.dedup_model, centre_embeddings=centre,
-                                  thumbs=thumbs), "auto", self.t, checks=self.checks)
+                                  thumbs=thumbs, page_scores=pages), "auto", self.t, checks=self.checks)
 
     def near(self, query, exclude: int | None = None, qpath: str | None = None) -> list[Near]:
         """Files of the collection the pair test calls duplicates or look-alikes of the picture `query`
@@ -318,12 +333,13 @@ class LiveIndex:
         _, back, _ = hamming_radius(np.ascontiguousarray(query.dedup_codes8[:1], np.uint64),
                                     np.ascontiguousarray(self.dcodes[:n].reshape(n * 8, 1)), t.dihedral)
         cand = set(ident.tolist()) | set(flips.tolist()) | set((back // 8).tolist())
-        q = None
+        q, qpage = None, 1.0
         if self.dviews is not None and query.dedup_vectors is not None:
             # ... and every file whose views score what the test could accept (PairJudge.cosines' crosswise
             # rule). Not only the query's nearest `knn`: candidate_pairs also takes a file whose own nearest
             # hold the query, which one query cannot know, so all of them, up to MAX_VIEW_CANDIDATES.
-            q = self._project(np.asarray(query.dedup_vectors, np.float32)[None])[0]
+            raw = np.asarray(query.dedup_vectors, np.float32)[None]
+            q, qpage = self._project(raw)[0], float(self._pages(raw)[0])
             v = self.dviews[:n]
             score = np.maximum(v[:, 0] @ q[0], np.maximum(v[:, 0] @ q[1], v[:, 1] @ q[0]) - t.centre_discount)
             score[~ok] = -np.inf
@@ -336,7 +352,7 @@ class LiveIndex:
         if len(cand):
             # The query's file for the detail check: qpath where the caller just stored it (the upload it was
             # read from has been moved into the store), else the file it was read from.
-            judge = self._judge(cand, digests, query, q, query.dedup[0].path if qpath is None else qpath)
+            judge = self._judge(cand, digests, query, q, query.dedup[0].path if qpath is None else qpath, qpage)
             m = len(cand)
             # One vectorised test of every (candidate, query) pair: the pairs with a rule, in candidate order.
             d = judge.decide(np.arange(m, dtype=np.int64), np.full(m, m, np.int64))

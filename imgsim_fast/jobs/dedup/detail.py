@@ -25,8 +25,8 @@ verdict; where most of it does, a frame or mat was painted over the copy's edges
 stands. A real crop, rotation or rescale moves the shared content on the canvas and keeps the warp's verdict
 too: so does an earlier step against a copy of a later one that was cropped and enlarged (not looked for).
 The cost: text written into a margin the trim took (a caption over a dark wallpaper's margin) is content
-added over a flat area too, a look-alike, as the overlay route judges text over flat areas
-(detect.Thresholds.overlay_texture).
+added over a flat area too, refused here; the overlay route may still pass it, where the CNN calls both
+files pictures (detect.Thresholds.overlay_page).
 
 Measured on the tune half of the accuracy corpus and 70 more dialogs made aside (tune side only): of the
 890 copies that pass the thumbnail check 20 fail this one (14 text captions, 6 wallpapers letterboxed,

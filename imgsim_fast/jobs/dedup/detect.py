@@ -17,7 +17,8 @@ Methods:
 Every match but byte identity must then pass the pixel check (verify.compare: the thumbnails aligned by a
 shift or an affine warp, at most `changed` of them different beyond the local contrast and at most
 `strong` far beyond it, and the detail check's bounds where it applies), or pass the overlay route (text
-written over a photo: a caption, a watermark; verify.overlay_measures, Thresholds.overlay_*): hashes and
+written over a photo: a caption, a watermark; verify.overlay_measures, Thresholds.overlay_*, and over a
+smooth picture only where the CNN calls both files pictures, not pages: embedding/pages.py): hashes and
 embeddings see that two pictures look alike, the pixels whether one is a copy of the other.
 
 Tiers: a pair the test accepts is a duplicate (the only tier actions touch); a pair within `similar_phash`
@@ -123,6 +124,20 @@ class Thresholds:
     overlay_stroke_side: float = 0.85
     overlay_stroke_texture: float = 0.3
     overlay_cos: float = 2.0
+    # The texture floors above are what keeps the route off slides and dialogs, where other words over flat
+    # areas make another page. Two pictures (both files' page scores under `overlay_page`: embedding/pages.py,
+    # the CNN's own verdict on what a file shows) need no floor: over a smooth wallpaper, words are written
+    # on it, not what it is. 0.5: the probe's own boundary, more likely a picture than a page. Out-of-fold
+    # page scores on the tune half: its pictures 0.47 at most, its pages (screenshots, slides, charts, slide
+    # builds) 0.73 at least; chained-edit training copies of pages 0.32 at least (a few, heavily edited). The
+    # route then passes 6 more watermarked or captioned wallpapers (texture 0.01-0.22) there, and no look-alike.
+    overlay_page: float = 0.5
+    # Letters over two pictures need only this much one-sidedness, not overlay_stroke_side: over a textured
+    # photo a white letter with a black outline hides texture as much as it adds edges (tune half: 8 more
+    # pairs of watermarked or captioned copies, sides 0.72-0.84). What one-sidedness guards there is a subject
+    # that moved between two frames, more contrasted in each where it now is: 0.59 at most over the 210 pairs
+    # of the tune half's burst frames (the learned similarity refuses them too: 0.74 at most).
+    overlay_picture_side: float = 0.7
 
     def confirm_needed(self, h):
         """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart (h: int or array)."""
@@ -381,9 +396,10 @@ class PairJudge:
         d.changed[rows] = c
         d.strong[rows] = s
         d.detail[rows] = fine
-        d.overlay[rows] = self._overlaid(c, over, cos)
+        pictures = self._two_pictures(d.i[rows], d.j[rows])
+        d.overlay[rows] = self._overlaid(c, over, cos, pictures)
         d.pending[rows] = False
-        fail = rows[~self._passing(c, s, fine, over, cos)]
+        fail = rows[~self._passing(c, s, fine, over, cos, pictures)]
         d.rule[fail] = 0
         self._similar(d, fail)
 
@@ -409,28 +425,39 @@ class PairJudge:
         overlay route)."""
         ii, jj = np.array([i]), np.array([j])
         cos = self.cosines(ii, jj)
-        return bool(self._passing(*self._changed(ii, jj, np.array([variant]), cos), cos)[0])
+        return bool(self._passing(*self._changed(ii, jj, np.array([variant]), cos), cos, self._two_pictures(ii, jj))[0])
+
+    def _two_pictures(self, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+        """Which pairs are two pictures, not designed pages (both page scores under Thresholds.overlay_page;
+        none where the features have no page scores)."""
+        pages = self.f.page_scores
+        if pages is None:
+            return np.zeros(len(ii), bool)
+        return np.maximum(pages[ii], pages[jj]) < self.t.overlay_page
 
     def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray, over: np.ndarray,
-                 cos: np.ndarray | None) -> np.ndarray:
+                 cos: np.ndarray | None, pictures: np.ndarray) -> np.ndarray:
         """Which checks pass: the one statement of the pixel check's bounds over arrays of results (fine: the
         detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 5) rows,
-        NaN where they were not taken; cos: the pairs' embedding similarities, None without embeddings)."""
+        NaN where they were not taken; cos: the pairs' embedding similarities, None without embeddings;
+        pictures: _two_pictures of the pairs)."""
         t = self.t
         ok = (changed <= t.changed) & (strong <= t.strong)
         ok &= ~((fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong))
-        return ok | self._overlaid(changed, over, cos)
+        return ok | self._overlaid(changed, over, cos, pictures)
 
-    def _overlaid(self, changed: np.ndarray, over: np.ndarray, cos: np.ndarray | None) -> np.ndarray:
-        """Which checks pass by the overlay route (Thresholds.overlay_*; NaN measures never do)."""
+    def _overlaid(self, changed: np.ndarray, over: np.ndarray, cos: np.ndarray | None,
+                  pictures: np.ndarray) -> np.ndarray:
+        """Which checks pass by the overlay route (Thresholds.overlay_*; NaN measures never do; pictures: the
+        pairs of two pictures, where the texture floors do not apply and letters need overlay_picture_side)."""
         t = self.t
         if cos is None:
             return np.zeros(len(changed), bool)
         side, texture, rows, cols, strokes = over.T
-        band = (side >= t.overlay_side) & (texture >= t.overlay_texture) & (rows <= t.overlay_rows) \
+        band = (side >= t.overlay_side) & (pictures | (texture >= t.overlay_texture)) & (rows <= t.overlay_rows) \
             & (cols >= t.overlay_wide * rows)
-        lettered = (side >= t.overlay_stroke_side) & (texture >= t.overlay_stroke_texture) \
-            & (strokes >= t.overlay_strokes)
+        lettered = (side >= np.where(pictures, t.overlay_picture_side, t.overlay_stroke_side)) \
+            & (pictures | (texture >= t.overlay_stroke_texture)) & (strokes >= t.overlay_strokes)
         return (changed <= t.overlay_changed) & (band | lettered) & (cols >= t.overlay_cols) & (cos >= t.overlay_cos)
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray,
