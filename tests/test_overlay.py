@@ -199,12 +199,8 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
         assert route(**good), good
         for k, v in bad.items():
             assert not route(**dict(good, **{k: v})), (good, k)
-            # Two pictures lift the texture floor, and ease the letters' one-sidedness, nothing else.
-            assert route(True, **dict(good, **{k: v})) == (k == "texture" or (good is letters and k == "side")), \
-                (good, k)
-    # Letters over two pictures still need overlay_picture_side.
-    assert route(True, **dict(letters, side=t.overlay_picture_side))
-    assert not route(True, **dict(letters, side=t.overlay_picture_side - 0.01))
+            # Two pictures lift the texture floor, and only it.
+            assert route(True, **dict(good, **{k: v})) == (k == "texture"), (good, k)
     assert not route(**dict(band, rows=0.1, cols=0.19))  # not twice as wide as high
     none = np.array([False])
     assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]), ~none)[0]  # none taken

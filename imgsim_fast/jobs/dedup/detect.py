@@ -132,12 +132,6 @@ class Thresholds:
     # builds) 0.73 at least; chained-edit training copies of pages 0.32 at least (a few, heavily edited). The
     # route then passes 6 more watermarked or captioned wallpapers (texture 0.01-0.22) there, and no look-alike.
     overlay_page: float = 0.5
-    # Letters over two pictures need only this much one-sidedness, not overlay_stroke_side: over a textured
-    # photo a white letter with a black outline hides texture as much as it adds edges (tune half: 8 more
-    # pairs of watermarked or captioned copies, sides 0.72-0.84). What one-sidedness guards there is a subject
-    # that moved between two frames, more contrasted in each where it now is: 0.59 at most over the 210 pairs
-    # of the tune half's burst frames (the learned similarity refuses them too: 0.74 at most).
-    overlay_picture_side: float = 0.7
 
     def confirm_needed(self, h):
         """Cosine an embedding must reach to confirm a pair whose hashes are h bits apart (h: int or array)."""
@@ -449,15 +443,15 @@ class PairJudge:
     def _overlaid(self, changed: np.ndarray, over: np.ndarray, cos: np.ndarray | None,
                   pictures: np.ndarray) -> np.ndarray:
         """Which checks pass by the overlay route (Thresholds.overlay_*; NaN measures never do; pictures: the
-        pairs of two pictures, where the texture floors do not apply and letters need overlay_picture_side)."""
+        pairs of two pictures, where the texture floors do not apply)."""
         t = self.t
         if cos is None:
             return np.zeros(len(changed), bool)
         side, texture, rows, cols, strokes = over.T
         band = (side >= t.overlay_side) & (pictures | (texture >= t.overlay_texture)) & (rows <= t.overlay_rows) \
             & (cols >= t.overlay_wide * rows)
-        lettered = (side >= np.where(pictures, t.overlay_picture_side, t.overlay_stroke_side)) \
-            & (pictures | (texture >= t.overlay_stroke_texture)) & (strokes >= t.overlay_strokes)
+        lettered = (side >= t.overlay_stroke_side) & (pictures | (texture >= t.overlay_stroke_texture)) \
+            & (strokes >= t.overlay_strokes)
         return (changed <= t.overlay_changed) & (band | lettered) & (cols >= t.overlay_cols) & (cos >= t.overlay_cos)
 
     def _changed(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray,
