@@ -1,6 +1,7 @@
 """The service's duplicates are `imgsim dedup`'s: the same pair test on the same features (border-trimmed
 codes, the two embedded views in the learned space, the pixel check of the thumbnails), pair for pair, as
 files are added, after a restart that reads everything back from the catalog, and in /v1/duplicates."""
+import dataclasses
 import itertools
 import os
 
@@ -52,12 +53,18 @@ def _names(folder):
 
 
 @pytest.fixture(scope="module")
-def truth(folder):
-    """dedup's verdict on every pair (i < j in name order), from compute_features and group_features' space."""
+def space(folder):
+    """The folder's features in group_features' space, its thresholds, and each file's row."""
     feats = compute_features([str(folder)], embed=True, workers=1, progress=False)
     learned, t = _learned_space(feats, DEFAULTS)
+    return learned, t, {os.path.basename(p): i for i, p in enumerate(feats.paths)}
+
+
+@pytest.fixture(scope="module")
+def truth(folder, space):
+    """dedup's verdict on every pair (i < j in name order), from compute_features and group_features' space."""
+    learned, t, idx = space
     judge = PairJudge(learned, "auto", t)
-    idx = {os.path.basename(p): i for i, p in enumerate(feats.paths)}
     names = _names(folder)
     return {(a, b): judge.match(idx[a], idx[b]) for a, b in itertools.combinations(names, 2)}
 
@@ -83,7 +90,7 @@ def _check(url, folder, name, ids):
     return {ids[d["id"]]: d["rule"] for d in r.json()["duplicates"]}
 
 
-def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
+def test_the_service_answers_what_dedup_answers(tmp_path, folder, space, truth):
     dups = {pair: m.rule for pair, m in truth.items() if m.duplicate}
     # The folder holds what the test is for: copies the embedding finds (the crop), copies the hashes find,
     # and look-alikes close enough in pHash that only the pixel check refuses them.
@@ -96,7 +103,12 @@ def test_the_service_answers_what_dedup_answers(tmp_path, folder, truth):
     m = truth[("about_local.png", "about_report.png")]
     assert not m.duplicate and m.changed <= DEFAULTS.changed and m.detail[1] > DEFAULTS.detail_strong, m
     assert truth[("about_report.png", "about_report_q70.jpg")].duplicate
+    # The watermarked smooth photo passes as two pictures' copy: without the page scores it would not, so the
+    # service must carry them to find it.
     assert truth[("smooth.png", "smooth_mark.jpg")].overlay
+    learned, t, idx = space
+    assert not PairJudge(dataclasses.replace(learned, page_scores=None), "auto", t).passes(
+        idx["smooth.png"], idx["smooth_mark.jpg"])
 
     catalog = tmp_path / "c.sqlite"
     srv = Server(catalog, "--embed", "efficientnet-lite0", "--allow-root", folder, "--allow-anonymous-writes").start()

@@ -114,8 +114,9 @@ class Features:
     # pair test's pixel check (jobs/dedup/verify.py); 16 KiB a file.
     thumbs: np.ndarray | None = None
     passed_over: list[str] = field(default_factory=list)  # files in walked folders not named like images
-    # (n,) float32: each file's score as a designed page (embedding/pages.py), set where the embeddings were
-    # projected into the learned space (siamese.learned_features), from the raw ones; None elsewhere.
+    # (n,) float32: each file's score as a designed page (embedding/pages.py), from the raw embeddings, set
+    # where they are projected into the learned space (siamese.learned_features; the service's live index
+    # keeps its own, service/live.py); None elsewhere.
     page_scores: np.ndarray | None = None
 
     @property

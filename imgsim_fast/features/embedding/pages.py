@@ -47,14 +47,17 @@ class PageProbe:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """float32 (n,): each embedding's probability of being a designed page. A zero row (a file without an
-        embedding) scores 1: nothing is known, so nothing is lifted for it."""
+        embedding) or one holding NaN or infinity scores 1: nothing is known, so nothing is lifted for it."""
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != len(self.w):
             raise ValueError(f"expected embeddings of shape (n, {len(self.w)}), got {x.shape}")
+        known = np.isfinite(x).all(axis=1)
+        x = np.where(known[:, None], x, 0)
         norm = np.linalg.norm(x, axis=1)
+        known &= norm > 0
         z = (x @ self.w) / np.maximum(norm, 1e-12) + np.float32(self.b)
         out = (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
-        out[norm == 0] = 1.0
+        out[~known] = 1.0
         return out
 
     def save(self, path: str) -> None:

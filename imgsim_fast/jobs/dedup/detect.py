@@ -262,6 +262,9 @@ class PairJudge:
         self.emb = features.embeddings
         self.centre = features.centre_embeddings
         self.thumbs = features.thumbs
+        if features.page_scores is not None and len(features.page_scores) != n:
+            # A subset of rows that kept every row's score would lift the floors for the wrong files.
+            raise ValueError(f"{len(features.page_scores)} page scores for {n} files")
         if self.thumbs is not None and self.thumbs.shape[1:] != (THUMB_SIDE, THUMB_SIDE):
             raise ValueError(f"thumbnails of {self.thumbs.shape[1]} px, not {THUMB_SIDE}: features from an older "
                              "version; extract them again")
