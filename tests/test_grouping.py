@@ -83,6 +83,7 @@ class _TableJudge(PairJudge):
         ids = {}
         self.digest_ids = np.array([ids.setdefault(d, len(ids)) for d in self.digests], np.int64)
         self.rules, self.p_dup, self.seed, self.with_cos = rules, p_dup, seed, cos
+        self.page_scores = None  # no embeddings: no file is known to be a picture
 
     def _matches(self, ii, jj, check=True):
         lo, hi = np.minimum(ii, jj), np.maximum(ii, jj)

@@ -262,9 +262,10 @@ class PairJudge:
         self.emb = features.embeddings
         self.centre = features.centre_embeddings
         self.thumbs = features.thumbs
-        if features.page_scores is not None and len(features.page_scores) != n:
+        self.page_scores = features.page_scores
+        if self.page_scores is not None and len(self.page_scores) != n:
             # A subset of rows that kept every row's score would lift the floors for the wrong files.
-            raise ValueError(f"{len(features.page_scores)} page scores for {n} files")
+            raise ValueError(f"{len(self.page_scores)} page scores for {n} files")
         if self.thumbs is not None and self.thumbs.shape[1:] != (THUMB_SIDE, THUMB_SIDE):
             raise ValueError(f"thumbnails of {self.thumbs.shape[1]} px, not {THUMB_SIDE}: features from an older "
                              "version; extract them again")
@@ -427,7 +428,7 @@ class PairJudge:
     def _two_pictures(self, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
         """Which pairs are two pictures, not designed pages (both page scores under Thresholds.overlay_page;
         none where the features have no page scores)."""
-        pages = self.f.page_scores
+        pages = self.page_scores
         if pages is None:
             return np.zeros(len(ii), bool)
         return np.maximum(pages[ii], pages[jj]) < self.t.overlay_page
