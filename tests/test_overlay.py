@@ -204,7 +204,8 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
     assert not route(**dict(band, rows=0.1, cols=0.19))  # not twice as wide as high
     none = np.array([False])
     assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]), ~none)[0]  # none taken
-    assert not judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None, none)[0]  # no embeddings
+    no_embeddings = judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None, none)
+    assert not no_embeddings[0]
 
 
 def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
