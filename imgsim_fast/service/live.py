@@ -131,10 +131,11 @@ class LiveIndex:
         return out.reshape(len(views), 2, -1)
 
     def _pages(self, views: np.ndarray) -> np.ndarray:
-        """(m, 2, dim) raw views -> the page scores of their whole views (1 where the probe does not apply)."""
+        """(m, 2, dim) raw views -> the page scores of their whole views, where dedup has them: in the learned
+        space (siamese.learned_features), and only for the probe's backbone; 1 elsewhere."""
         from imgsim_fast.features.embedding.pages import page_scores
 
-        got = page_scores(views[:, 0], self.dedup_model) if self.dviews is not None else None
+        got = page_scores(views[:, 0], self.dedup_model) if self.head is not None else None
         return np.ones(len(views), np.float32) if got is None else got
 
     def add(self, fids, digests, pixels, codes8, emb=None, dedup=None, paths=None) -> None:
