@@ -50,6 +50,13 @@ def save_build(folder) -> None:
         im.save(folder / f"build_{k}.png")
 
 
+def save_build_crop(folder) -> None:
+    """build_3_crop.png: a crop into save_build's build_3.png title, enlarged back to its canvas's size: a copy
+    that needs the warp, and whose trim differs from the step's."""
+    with Image.open(folder / "build_3.png") as im:
+        im.crop((160, 0, 800, 360)).resize((800, 450), Image.Resampling.LANCZOS).save(folder / "build_3_crop.png")
+
+
 def save_burst(folder, scene: str, subject: str, side: int, size: tuple[int, int]) -> None:
     """burst_a.png, burst_b.png: two frames of a "burst": the photo `scene` (at most `side` pixels) with the
     photo `subject` pasted on it, a fifth of `size`'s width wide, at a third of its height, a third of its

@@ -9,7 +9,7 @@ from PIL import Image
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import detail, find_duplicates
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge
-from lookalike_pictures import save_about_boxes, save_build
+from lookalike_pictures import save_about_boxes, save_build, save_build_crop
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,7 @@ def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, tmp_path,
     # a pair whose trims differ) still uses the pictures the pair read: a second read could find a file
     # changed or gone, and a verdict would be stored for contents it never saw.
     save_build(tmp_path)
-    with Image.open(tmp_path / "build_3.png") as im:
-        im.crop((160, 0, 800, 360)).resize((800, 450), Image.Resampling.LANCZOS).save(tmp_path / "build_3_crop.png")
+    save_build_crop(tmp_path)
     decoded = []
     real = detail._grey_canvas
     monkeypatch.setattr(detail, "_grey_canvas", lambda p, d: decoded.append(p) or real(p, d))
