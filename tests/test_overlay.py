@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.features.extract import compute_features
@@ -56,25 +57,25 @@ def _band(rows, cols):
 def test_a_caption_is_a_band_and_a_watermark_strokes_drawn_over_one_picture(features):
     ix, th = _ix(features), features.thumbs
     t = DEFAULTS
-    side, texture, rows, cols, _ = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_mild.jpg"]])
+    _, side, texture, rows, cols, _ = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_mild.jpg"]])
     assert side >= t.overlay_side and texture >= t.overlay_texture, (side, texture)
     assert _band(rows, cols), (rows, cols)
     # The watermark is drawn over one picture too, over a third of its height: no band, but letters.
-    side, texture, rows, cols, strokes = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
+    _, side, texture, rows, cols, strokes = verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
     assert side >= t.overlay_stroke_side and not _band(rows, cols), (side, rows, cols)
     assert strokes >= t.overlay_strokes and texture >= t.overlay_stroke_texture, (strokes, texture)
     # Two frames of the burst: the subject moved, so each picture is the more contrasted one somewhere.
-    side, *_ = verify.overlay_measures(th[ix["burst_a.png"]], th[ix["burst_b.png"]])
+    _, side, *_ = verify.overlay_measures(th[ix["burst_a.png"]], th[ix["burst_b.png"]])
     assert side < t.overlay_side, side
     # The empty scene against a frame: one-sided, as a caption is, but a blob: no band, and long runs.
-    side, _, rows, cols, strokes = verify.overlay_measures(th[ix["burst_empty.png"]], th[ix["burst_a.png"]])
+    _, side, _, rows, cols, strokes = verify.overlay_measures(th[ix["burst_empty.png"]], th[ix["burst_a.png"]])
     assert side >= t.overlay_side and not _band(rows, cols), (side, rows, cols)
     assert strokes < t.overlay_strokes, strokes
     # Which picture is named first does not matter (each grey-level mapping is tried, the better kept).
     assert verify.overlay_measures(th[ix["photo_text_strong.jpg"]], th[ix["photo.png"]]) == \
         verify.overlay_measures(th[ix["photo.png"]], th[ix["photo_text_strong.jpg"]])
     # Two about boxes: other words over the flat areas every dialog of the application shares.
-    _, texture, *_ = verify.overlay_measures(th[ix["about_report.png"]], th[ix["about_local.png"]])
+    _, _, texture, *_ = verify.overlay_measures(th[ix["about_report.png"]], th[ix["about_local.png"]])
     assert texture < DEFAULTS.overlay_texture, texture
 
 
@@ -106,7 +107,7 @@ def test_a_watermarked_smooth_picture_passes_as_two_pictures_and_slides_do_not(f
     for name in ("about_report.png", "about_local.png", "build_1.png", "build_2.png", "build_3.png"):
         assert pages[ix[name]] >= t.overlay_page, (name, pages[ix[name]])
     a, b = ix["smooth.png"], ix["smooth_text_strong.jpg"]
-    side, texture, rows, cols, strokes = verify.overlay_measures(features.thumbs[a], features.thumbs[b])
+    _, side, texture, rows, cols, strokes = verify.overlay_measures(features.thumbs[a], features.thumbs[b])
     assert texture < t.overlay_stroke_texture and strokes >= t.overlay_strokes, (texture, strokes)
     names = [os.path.basename(p) for p in res.paths]
     dup = {frozenset(names[m] for m in g.members): g for g in res.groups if g.tier == "duplicate"}
@@ -146,7 +147,7 @@ def test_overlay_measures_are_stored_by_content_and_not_taken_twice(features, mo
     # Stored measures are believed: a change said to be as high as the picture, in long runs, is no text.
     refused = dict(checks)
     refused[f"{stored[0]}:extent"] = [0.6, 0.6]
-    refused[f"{stored[0]}:strokes"] = [0.2, 0.0]
+    refused[f"{stored[0]}:strokes"] = [0.2, checks[f"{stored[0]}:strokes"][1]]
     assert not PairJudge(res.features, "auto", res.thresholds, checks=refused).passes(a, b)
     # ... and the learned similarity is the last guard: the captioned copy clears it.
     assert judge.cosine(a, b) >= res.thresholds.overlay_cos
@@ -162,7 +163,7 @@ def test_overlay_measures_come_back_from_a_catalog(features, tmp_path, monkeypat
     ix = _ix(features)
     a, b = ix["photo.png"], ix["photo_text_strong.jpg"]
     real = verify.overlay_measures
-    monkeypatch.setattr(verify, "overlay_measures", lambda x, y: (*real(x, y)[:4], 1.9))  # strokes of 1.9
+    monkeypatch.setattr(verify, "overlay_measures", lambda x, y: (*real(x, y)[:5], 1.9))  # strokes of 1.9
     checks: dict = {}
     assert PairJudge(res.features, "auto", res.thresholds, checks=checks).passes(a, b)
     cat = str(tmp_path / "cat")
@@ -174,7 +175,7 @@ def test_overlay_measures_come_back_from_a_catalog(features, tmp_path, monkeypat
     assert again.passes(a, b)
     over = again._overlay(*(np.array([x]) for x in sorted((a, b), key=lambda x: again.digests[x])), np.array([0]),
                           [next(k for k in back if k.endswith(":0"))])
-    assert over[0, 4] == pytest.approx(1.9), over
+    assert over[0, 5] == pytest.approx(1.9) and over[0, 0] == pytest.approx(real(features.thumbs[a], features.thumbs[b])[0]), over
 
 
 def test_each_guard_of_the_route_refuses_on_its_own(features):
@@ -192,8 +193,8 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
                        strokes=t.overlay_strokes - 0.01, cos=t.overlay_cos - 0.01)
 
     def route(pictures=False, **m):
-        over = np.array([[m["side"], m["texture"], m["rows"], m["cols"], m["strokes"]]])
-        return bool(judge._overlaid(np.array([m["changed"]]), over, np.array([m["cos"]]), np.array([pictures]))[0])
+        over = np.array([[m["changed"], m["side"], m["texture"], m["rows"], m["cols"], m["strokes"]]])
+        return bool(judge._overlaid(over, np.array([m["cos"]]), np.array([pictures]))[0])
 
     for good, bad in ((band, bad_band), (letters, bad_letters)):
         assert route(**good), good
@@ -203,8 +204,8 @@ def test_each_guard_of_the_route_refuses_on_its_own(features):
             assert route(True, **dict(good, **{k: v})) == (k == "texture"), (good, k)
     assert not route(**dict(band, rows=0.1, cols=0.19))  # not twice as wide as high
     none = np.array([False])
-    assert not judge._overlaid(np.array([0.05]), np.full((1, 5), np.nan), np.array([0.9]), ~none)[0]  # none taken
-    no_embeddings = judge._overlaid(np.array([0.05]), np.array([[0.95, 0.8, 0.05, 0.4, 0.8]]), None, none)
+    assert not judge._overlaid(np.full((1, 6), np.nan), np.array([0.9]), ~none)[0]  # none taken
+    no_embeddings = judge._overlaid(np.array([[0.05, 0.95, 0.8, 0.05, 0.4, 0.8]]), None, none)
     assert not no_embeddings[0]
 
 
@@ -224,7 +225,7 @@ def test_a_small_subject_that_moved_is_no_line_of_text(tmp_path, photos):
     ix = _ix(f)
     judge = PairJudge(res.features, "auto", res.thresholds)
     a, b = f.thumbs[ix["frame_a.png"]], f.thumbs[ix["frame_b.png"]]
-    side, texture, rows, cols, strokes = verify.overlay_measures(a, b)
+    _, side, texture, rows, cols, strokes = verify.overlay_measures(a, b)
     assert cols < DEFAULTS.overlay_cols, (side, texture, rows, cols, strokes)
     assert not judge.passes(ix["frame_a.png"], ix["frame_b.png"])
     assert not judge.passes(ix["frame_b.png"], ix["frame_a.png"])
@@ -234,5 +235,41 @@ def test_overlay_measures_refuse_thumbnails_of_two_shapes():
     a = np.zeros((128, 128), np.uint8)
     with pytest.raises(ValueError):
         verify.overlay_measures(a, a[:100, :100])
-    side, texture, rows, cols, strokes = verify.overlay_measures(a, a)  # nothing changed: no extent
-    assert (side, rows, cols, strokes) == (1.0, 0.0, 0.0, 0.0)
+    changed, side, texture, rows, cols, strokes = verify.overlay_measures(a, a)  # nothing changed: no extent
+    assert (changed, side, rows, cols, strokes) == (0.0, 1.0, 0.0, 0.0, 0.0)
+
+
+def test_the_grey_levels_are_refitted_where_the_pictures_match(photos, monkeypatch):
+    # A watermark adds white and black to a picture's levels. Over a photo with a large flat dark part, the
+    # whole-picture mapping then moves that part onto other levels, and the change spreads over the picture;
+    # fitted again where the pictures matched, the change is the letters' rows alone, all on one side.
+    spans, spread = [], []
+    for path in sorted(photos, key=textured_share, reverse=True)[:3]:
+        arr = np.asarray(rgb(path).resize((640, 480))).copy()
+        arr[:, :384] = np.random.default_rng(0).normal(25, 1.0, (480, 384, 1)).clip(0, 255).astype(np.uint8)
+        photo = Image.fromarray(arr)
+        marked = apply_edit(photo, "text", "strong", np.random.default_rng(3))[0]
+        a, b = (np.asarray(im.convert("L").resize((128, 128), Image.Resampling.BOX)) for im in (photo, marked))
+        letters = np.flatnonzero((a != b).any(axis=1))
+        span = (letters[-1] - letters[0] + 1) / 128
+        _, side, _, rows, _, _ = verify.overlay_measures(a, b)
+        assert rows <= span and side >= DEFAULTS.overlay_stroke_side, (path, rows, span, side)
+        monkeypatch.setattr(verify, "_REFIT", 2.0)  # never refitted
+        spread.append(verify.overlay_measures(a, b)[3])
+        monkeypatch.undo()
+        spans.append(span)
+    assert max(r - s for r, s in zip(spread, spans)) > 0.2, (spread, spans)
+
+
+def test_a_refit_stands_only_where_it_explains_more(photos, monkeypatch):
+    # Refitted where the pictures matched, the mapping may also leave more changed (a caption's few pixels
+    # weigh little in the first): then the first stands, and the measures never see more change than the
+    # whole-picture mapping left, for a variant lit another way no more than for a captioned copy.
+    for path in photos:
+        photo = rgb(path)
+        caption = apply_edit(photo, "text", "mild", np.random.default_rng(3))[0]
+        a, b = (np.asarray(im.convert("L").resize((128, 128), Image.Resampling.BOX)) for im in (photo, caption))
+        refitted = verify.overlay_measures(a, b)[0]
+        monkeypatch.setattr(verify, "_REFIT", 2.0)
+        assert refitted <= verify.overlay_measures(a, b)[0], path
+        monkeypatch.undo()

@@ -391,11 +391,13 @@ class PairJudge:
             return
         cos = None if d.cos is None else d.cos[rows]
         c, s, fine, over = self._changed(d.i[rows], d.j[rows], np.where(d.rule[rows] == 3, d.transform[rows], 0), cos)
-        d.changed[rows] = c
+        pictures = self._two_pictures(d.i[rows], d.j[rows])
+        overlaid = self._overlaid(over, cos, pictures)
+        # A pair passed as text written over a picture changed by as much as the route found written.
+        d.changed[rows] = np.where(overlaid, over[:, 0], c)
         d.strong[rows] = s
         d.detail[rows] = fine
-        pictures = self._two_pictures(d.i[rows], d.j[rows])
-        d.overlay[rows] = self._overlaid(c, over, cos, pictures)
+        d.overlay[rows] = overlaid
         d.pending[rows] = False
         fail = rows[~self._passing(c, s, fine, over, cos, pictures)]
         d.rule[fail] = 0
@@ -436,22 +438,21 @@ class PairJudge:
     def _passing(self, changed: np.ndarray, strong: np.ndarray, fine: np.ndarray, over: np.ndarray,
                  cos: np.ndarray | None, pictures: np.ndarray) -> np.ndarray:
         """Which checks pass: the one statement of the pixel check's bounds over arrays of results (fine: the
-        detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 5) rows,
+        detail check's (changed, strong) rows, NaN where it did not run; over: overlay_measures' (m, 6) rows,
         NaN where they were not taken; cos: the pairs' embedding similarities, None without embeddings;
         pictures: _two_pictures of the pairs)."""
         t = self.t
         ok = (changed <= t.changed) & (strong <= t.strong)
         ok &= ~((fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong))
-        return ok | self._overlaid(changed, over, cos, pictures)
+        return ok | self._overlaid(over, cos, pictures)
 
-    def _overlaid(self, changed: np.ndarray, over: np.ndarray, cos: np.ndarray | None,
-                  pictures: np.ndarray) -> np.ndarray:
+    def _overlaid(self, over: np.ndarray, cos: np.ndarray | None, pictures: np.ndarray) -> np.ndarray:
         """Which checks pass by the overlay route (Thresholds.overlay_*; NaN measures never do; pictures: the
         pairs of two pictures, where the texture floors do not apply)."""
         t = self.t
         if cos is None:
-            return np.zeros(len(changed), bool)
-        side, texture, rows, cols, strokes = over.T
+            return np.zeros(len(over), bool)
+        changed, side, texture, rows, cols, strokes = over.T
         band = (side >= t.overlay_side) & (pictures | (texture >= t.overlay_texture)) & (rows <= t.overlay_rows) \
             & (cols >= t.overlay_wide * rows)
         lettered = (side >= t.overlay_stroke_side) & (pictures | (texture >= t.overlay_stroke_texture)) \
@@ -495,37 +496,38 @@ class PairJudge:
         passed = (out[:, 0] <= limit) & (out[:, 1] <= strong)
         ok = np.flatnonzero(passed)
         fine[ok] = self._detail(ii[ok], jj[ok], variants[ok], [keys[x] for x in ok.tolist()])
-        over = np.full((len(keys), 5), np.nan)
+        over = np.full((len(keys), 6), np.nan)
         t = self.t
-        if t.overlay_cos <= 1.0:
+        if t.overlay_cos <= 1.0 and cos is not None:  # (without embeddings the route cannot pass)
             refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
                                out[:, 0] <= t.overlay_changed)
-            if cos is not None:
-                refused &= cos >= t.overlay_cos
-            o = np.flatnonzero(refused)
+            o = np.flatnonzero(refused & (cos >= t.overlay_cos))
             over[o] = self._overlay(ii[o], jj[o], variants[o], [keys[x] for x in o.tolist()])
         return out[:, 0].copy(), out[:, 1].copy(), fine, over
 
     def _overlay(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
-        """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 5), stored in self.checks
+        """verify.overlay_measures of refused pairs (in the order _changed fixed), (m, 6), stored in self.checks
         beside the thumbnail verdict as entries of two (what a stored check holds): its key with 'overlay' and
         their version holds (side, texture), that key with ':extent' (rows, cols), with ':strokes' (strokes / 2,
-        0): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes run to 2."""
+        changed): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes
+        run to 2."""
         keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" for k in keys]
         nan2 = (np.nan, np.nan)
-        out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2),
-                         2 * self.checks.get(f"{k}:strokes", nan2)[0]] for k in keys], np.float64).reshape(len(keys), 5)
+        out = np.full((len(keys), 6), np.nan)
+        for x, k in enumerate(keys):
+            half_strokes, changed = self.checks.get(f"{k}:strokes", nan2)
+            out[x] = changed, *self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2), 2 * half_strokes
         todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
         thumbs = self.thumbs
 
-        def one(x: int) -> tuple[float, float, float, float, float]:
+        def one(x: int) -> tuple[float, float, float, float, float, float]:
             return verify.overlay_measures(thumbs[ii[x]], DIHEDRAL[variants[x]](thumbs[jj[x]]))
 
-        for x, (side, texture, rows, cols, strokes) in zip(todo, _pool_map(one, todo)):
-            out[x] = side, texture, rows, cols, strokes
+        for x, (changed, side, texture, rows, cols, strokes) in zip(todo, _pool_map(one, todo)):
+            out[x] = changed, side, texture, rows, cols, strokes
             self.checks[keys[x]] = [side, texture]
             self.checks[f"{keys[x]}:extent"] = [rows, cols]
-            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, 0.0]
+            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, changed]
         return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:

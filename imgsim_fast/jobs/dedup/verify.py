@@ -51,7 +51,7 @@ VERSION = 4  # 2: the strong count (a verdict is two fractions); 3: the grey lev
 # 4: the warp fitted either way round
 # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge). 2: strokes, and the
 # better of the two grey-level mappings.
-OVERLAY_VERSION = 2
+OVERLAY_VERSION = 3  # 3: the grey levels refitted where the pictures match, and the measures' own changed share
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
@@ -65,6 +65,8 @@ _LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
 _LK_HALF_ITERS = 8     # ... and at half (the full-size count then allows a pixel)
 _FULL_SIGMA = 0.7      # smoothing before a full-size refinement (compare's full_iters)
 TEXTURE_LEVEL = 1.0   # overlay_measures: a pixel is textured where both 3 x 3 deviations reach this
+# overlay_measures refits the grey levels only where this share of the picture (at least) matched at first.
+_REFIT = 0.5
 MIN_COVERAGE = 0.55    # an alignment must cover this much of both pictures (an 80% crop covers 64%) ...
 CONTAINED = 0.9        # ... and one picture nearly whole
 _MAX_SCALE = 1.6       # ... and not scale by more than this (or less than its inverse) on either axis
@@ -104,12 +106,18 @@ def _mid_quantiles(x):
 
 
 @numba.njit(cache=True, nogil=True)
+def _level_map(src, ref):
+    """For each grey level 0..255 of src, ref's value at the same mid-rank quantile (src and ref rounded)."""
+    qs, _ = _mid_quantiles(src)
+    qr, present = _mid_quantiles(ref)
+    return np.interp(qs, qr[present], np.flatnonzero(present).astype(np.float64))
+
+
+@numba.njit(cache=True, nogil=True)
 def _hist_match(src, ref):
     """src's values remapped monotonically so that their distribution is ref's: each grey level of src goes
     to ref's value at the same mid-rank quantile (levels: src and ref rounded to 0..255)."""
-    qs, _ = _mid_quantiles(src)
-    qr, present = _mid_quantiles(ref)
-    level_map = np.interp(qs, qr[present], np.flatnonzero(present).astype(np.float64))
+    level_map = _level_map(src, ref)
     out = np.empty(len(src))
     for t in range(len(src)):
         out[t] = level_map[min(max(int(src[t] + 0.5), 0), 255)]
@@ -188,6 +196,20 @@ def _prepare(a, b, mask, taps, box, remap_a=False):
         bf[sel] = _hist_match(bf[sel], af[sel])
     bf[~sel] = af[~sel]
     a2 = _smooth(af.reshape(a.shape), taps)
+    b2 = _smooth(bf.reshape(a.shape), taps)
+    return a2, b2, _contrast(a2, box), _contrast(b2, box)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refit(a, b, keep, taps, box):
+    """As _prepare over the whole picture, but b's grey levels mapped onto a's by the mapping fitted over the
+    `keep` pixels only (and applied to all of b)."""
+    sel = keep.ravel()
+    level_map = _level_map(b.ravel()[sel], a.ravel()[sel])
+    bf = np.empty(b.size)
+    for t, v in enumerate(b.ravel()):
+        bf[t] = level_map[min(max(int(v + 0.5), 0), 255)]
+    a2 = _smooth(a, taps)
     b2 = _smooth(bf.reshape(a.shape), taps)
     return a2, b2, _contrast(a2, box), _contrast(b2, box)
 
@@ -310,9 +332,9 @@ def _extent(counts, total):
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlay(a, b, ca, cb, floor, k, level, shift):
-    """At the shift of up to `shift` pixels leaving the fewest changed pixels (as _count): (side, texture,
-    rows, cols, strokes) after the share of pixels changed, see overlay_measures."""
+def _best_shift(a, b, ca, cb, floor, k, shift):
+    """The shift (dy, dx) of b, of up to `shift` pixels, leaving the fewest pixels of a changed (as _count; of
+    equals, the first in row-major order)."""
     h, w = a.shape
     best, bdy, bdx = -1, 0, 0
     for dy in range(-shift, shift + 1):
@@ -324,6 +346,26 @@ def _overlay(a, b, ca, cb, floor, k, level, shift):
                         c += 1
             if best < 0 or c < best:
                 best, bdy, bdx = c, dy, dx
+    return bdy, bdx
+
+
+@numba.njit(cache=True, nogil=True)
+def _changed_mask(a, b, ca, cb, floor, k, shift):
+    """a's pixels that b, at _best_shift, leaves changed (the `shift`-pixel border counts changed)."""
+    h, w = a.shape
+    dy, dx = _best_shift(a, b, ca, cb, floor, k, shift)
+    out = np.ones((h, w), np.bool_)
+    for i in range(shift, h - shift):
+        for j in range(shift, w - shift):
+            out[i, j] = abs(a[i, j] - b[i + dy, j + dx]) > k * (min(ca[i, j], cb[i + dy, j + dx]) + floor)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlay(a, b, ca, cb, floor, k, level, shift):
+    """At _best_shift: (changed, side, texture, rows, cols, strokes), see overlay_measures."""
+    h, w = a.shape
+    bdy, bdx = _best_shift(a, b, ca, cb, floor, k, shift)
     n = 0
     changed = 0
     b_higher = 0
@@ -357,11 +399,12 @@ def _overlay(a, b, ca, cb, floor, k, level, shift):
             _extent(per_col, changed), edges / changed)
 
 
-def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float]:
-    """(side, texture, rows, cols, strokes) of two thumbnails (uint8, one shape) aligned by a shift: is their
-    difference text written over one of them (a caption, a date stamp, a watermark)?
+def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """(changed, side, texture, rows, cols, strokes) of two thumbnails (uint8, one shape) aligned by a shift: is
+    their difference text written over one of them (a caption, a date stamp, a watermark)?
 
-    side: of the changed pixels, the share where the picture with more of them is the more contrasted one. Strokes
+    changed: the share of pixels that differ (as changed_fractions counts them, at the shift alone), with the
+    grey levels mapped by what matches: see _REFIT. side: of the changed pixels, the share where the picture with more of them is the more contrasted one. Strokes
     drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned copies); a subject
     that moved raises it in each picture where the subject now is (0.5-0.65 between two frames of a burst, but 0.85
     for a small one that moved a little). texture: the share of the picture that is unchanged and textured. A
@@ -384,13 +427,26 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
         raise ValueError(f"thumbnails must be of one shape and at least 16 px: {a.shape} and {b.shape}")
     af, bf = a.astype(np.float64), b.astype(np.float64)
     inside = np.ones(af.shape, np.bool_)
-    # One picture's grey levels are mapped onto the other's, and text adds levels the photo lacks: the photo
+    # One picture's grey levels are mapped onto the other's (whole-picture histogram matching, as the check
+    # itself), then again by a mapping fitted only where that left the pictures matching: bright letters
+    # over a dark, flat picture are a tenth of its pixels but most of its bright levels, and the first
+    # mapping spreads the difference over the picture they are written on. Text adds levels the photo lacks: the photo
     # mapped onto the lettered copy's levels changes all over, the copy onto the photo's only where the
     # letters are. Both ways are measured and the one that explains more is taken, so the measures do not
     # depend on which of the two the caller names first.
-    ways = [_overlay(*_prepare(x, y, inside, _TAPS, _BOX, False), CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
-            for x, y in ((af, bf), (bf, af))]
-    return min(ways)[1:]  # fewer changed first; a tie goes by the measures themselves, not by the order
+    ways = []
+    for x, y in ((af, bf), (bf, af)):
+        prepared = _prepare(x, y, inside, _TAPS, _BOX, False)
+        got = _overlay(*prepared, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
+        # Refitted on what did not change, two pixels clear of any change (the shift is at most two); the
+        # refit stands where it explains more.
+        keep = _erode(~_changed_mask(*prepared, CONTRAST_FLOOR, CHANGE_K, _SHIFT), _SHIFT)
+        if got[0] > 0 and keep.mean() >= _REFIT:
+            refit = _overlay(*_refit(x, y, keep, _TAPS, _BOX), CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
+            if refit[0] < got[0]:
+                got = refit
+        ways.append(got)
+    return min(ways)  # fewer changed first; a tie goes by the measures themselves, not by the order
 
 
 # ------------------------------------------------------------------------------------------------
