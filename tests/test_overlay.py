@@ -88,10 +88,14 @@ def test_a_captioned_copy_is_a_duplicate_and_the_look_alikes_are_not(features):
     assert len(photo) == 1, list(dup)
     g = photo[0]
     assert {names[m] for m in g.members} == {"photo.png", "photo_text_mild.jpg", "photo_text_strong.jpg"}, list(dup)
+    names_in = [names[m] for m in g.members]
     for name in ("photo_text_mild.jpg", "photo_text_strong.jpg"):
-        match = g.matches[[names[m] for m in g.members].index(name)]
+        match = g.matches[names_in.index(name)]
         assert match.duplicate and match.overlay, match
         assert "text written over" in match.describe(), match.describe()
+        # ... over the share the route found changed (its own count), not the refused check's.
+        keeper, copy = (res.features.thumbs[m] for m in (g.members[0], g.members[names_in.index(name)]))
+        assert match.changed == pytest.approx(verify.overlay_measures(keeper, copy)[0]), match
     # No burst frame and no dialog is a duplicate of another (a copy of one about box is, so only the group
     # of about_report and its copies is allowed).
     for k in dup:
