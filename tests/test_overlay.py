@@ -277,3 +277,31 @@ def test_a_refit_stands_only_where_it_explains_more(photos, monkeypatch):
         monkeypatch.setattr(verify, "_REFIT", 2.0)
         assert refitted <= verify.overlay_measures(a, b)[0], path
         monkeypatch.undo()
+
+
+def test_the_refit_pairs_each_kept_pixel_with_the_one_the_shift_puts_there():
+    # a: two levels meeting in an edge; b: a moved right by two pixels, its levels raised. Fitted over a
+    # strip across a's edge against b's pixels at the shift, b maps back onto a's levels exactly; against
+    # b's pixels at the same places (the strip of b left of its edge) it could not.
+    a = np.full((32, 32), 50.0)
+    a[:, 16:] = 150.0
+    b = np.full((32, 32), 80.0)
+    b[:, 18:] = 180.0
+    keep = np.zeros((32, 32), bool)
+    keep[4:28, 14:18] = True
+    a2, b2, _, _ = verify._refit(a, b, keep, 0, 2, verify._TAPS, verify._BOX)
+    assert np.allclose(b2[4:28, 6:28], a2[4:28, 4:26])
+
+
+def test_the_changed_mask_is_in_the_first_pictures_places():
+    rng = np.random.default_rng(0)
+    a = rng.normal(128, 30, (64, 64)).clip(0, 255)
+    b = np.roll(a, (1, 2), axis=(0, 1))  # a moved down one and right two ...
+    b[31:36, 41:46] = 255.0  # ... and a blob painted over it, over a's rows 30-34 and columns 39-43
+    prepared = verify._prepare(a, b, np.ones(a.shape, bool), verify._TAPS, verify._BOX, False)
+    mask = verify._changed_mask(*prepared, verify.CONTRAST_FLOOR, verify.CHANGE_K, 2, 1, 2)
+    inner = mask[2:-2, 2:-2]
+    rows, cols = np.nonzero(inner)
+    assert inner.any() and rows.min() + 2 >= 28 and rows.max() + 2 <= 36 and cols.min() + 2 >= 37 \
+        and cols.max() + 2 <= 45, (rows, cols)
+    assert mask[:2].all() and mask[:, -2:].all()  # the border, which no shift covers, counts changed

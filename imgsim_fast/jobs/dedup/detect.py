@@ -463,7 +463,7 @@ class PairJudge:
                  cos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
         where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
-        the pair: (m, 2) and (m, 5) arrays, NaN where they did not run), each run once by content. cos: the
+        the pair: (m, 2) and (m, 6) arrays, NaN where they did not run), each run once by content. cos: the
         pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
         reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong

@@ -51,7 +51,9 @@ VERSION = 4  # 2: the strong count (a verdict is two fractions); 3: the grey lev
 # 4: the warp fitted either way round
 # overlay_measures' own (stored under the verdict's key with it, see detect.PairJudge). 2: strokes, and the
 # better of the two grey-level mappings.
-OVERLAY_VERSION = 3  # 3: the grey levels refitted where the pictures match, and the measures' own changed share
+# 3 was a reverted rule's; 4: the grey levels refitted where the pictures match, and the measures' own
+# changed share.
+OVERLAY_VERSION = 4
 
 CONTRAST_FLOOR = 4.0   # grey levels added to the local contrast: JPEG noise on flat areas stays under it
 CHANGE_K = 3.0         # a pixel changed when it differs by more than this many local contrasts ...
@@ -201,11 +203,20 @@ def _prepare(a, b, mask, taps, box, remap_a=False):
 
 
 @numba.njit(cache=True, nogil=True)
-def _refit(a, b, keep, taps, box):
+def _refit(a, b, keep, dy, dx, taps, box):
     """As _prepare over the whole picture, but b's grey levels mapped onto a's by the mapping fitted over the
-    `keep` pixels only (and applied to all of b)."""
-    sel = keep.ravel()
-    level_map = _level_map(b.ravel()[sel], a.ravel()[sel])
+    `keep` pixels of a only, against b's at the shift (dy, dx) (keep is clear of the edges by more than it),
+    and applied to all of b."""
+    h, w = a.shape
+    n = int(keep.sum())
+    src, ref = np.empty(n), np.empty(n)
+    t = 0
+    for i in range(h):
+        for j in range(w):
+            if keep[i, j]:
+                src[t], ref[t] = b[i + dy, j + dx], a[i, j]
+                t += 1
+    level_map = _level_map(src, ref)
     bf = np.empty(b.size)
     for t, v in enumerate(b.ravel()):
         bf[t] = level_map[min(max(int(v + 0.5), 0), 255)]
@@ -350,10 +361,9 @@ def _best_shift(a, b, ca, cb, floor, k, shift):
 
 
 @numba.njit(cache=True, nogil=True)
-def _changed_mask(a, b, ca, cb, floor, k, shift):
-    """a's pixels that b, at _best_shift, leaves changed (the `shift`-pixel border counts changed)."""
+def _changed_mask(a, b, ca, cb, floor, k, shift, dy, dx):
+    """a's pixels that b, shifted by (dy, dx), leaves changed (the `shift`-pixel border counts changed)."""
     h, w = a.shape
-    dy, dx = _best_shift(a, b, ca, cb, floor, k, shift)
     out = np.ones((h, w), np.bool_)
     for i in range(shift, h - shift):
         for j in range(shift, w - shift):
@@ -362,10 +372,10 @@ def _changed_mask(a, b, ca, cb, floor, k, shift):
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlay(a, b, ca, cb, floor, k, level, shift):
-    """At _best_shift: (changed, side, texture, rows, cols, strokes), see overlay_measures."""
+def _overlay(a, b, ca, cb, floor, k, level, shift, bdy, bdx):
+    """With b shifted by (bdy, bdx) (_best_shift's, of up to `shift` pixels): (changed, side, texture, rows,
+    cols, strokes), see overlay_measures."""
     h, w = a.shape
-    bdy, bdx = _best_shift(a, b, ca, cb, floor, k, shift)
     n = 0
     changed = 0
     b_higher = 0
@@ -399,26 +409,33 @@ def _overlay(a, b, ca, cb, floor, k, level, shift):
             _extent(per_col, changed), edges / changed)
 
 
+def _measured(prepared):
+    """(_overlay's measures at _best_shift, the prepared pictures, that shift)."""
+    shift = _best_shift(*prepared, CONTRAST_FLOOR, CHANGE_K, _SHIFT)
+    return _overlay(*prepared, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT, *shift), prepared, shift
+
+
 def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
     """(changed, side, texture, rows, cols, strokes) of two thumbnails (uint8, one shape) aligned by a shift: is
     their difference text written over one of them (a caption, a date stamp, a watermark)?
 
-    changed: the share of pixels that differ (as changed_fractions counts them, at the shift alone), with the
-    grey levels mapped by what matches: see _REFIT. side: of the changed pixels, the share where the picture with more of them is the more contrasted one. Strokes
-    drawn over a picture raise the contrast where they are (0.75-1.0 on the tune half's captioned copies); a subject
-    that moved raises it in each picture where the subject now is (0.5-0.65 between two frames of a burst, but 0.85
-    for a small one that moved a little). texture: the share of the picture that is unchanged and textured. A
-    caption over a photo leaves the photo's texture matching (0.6-0.99); two dialogs or slides of one template match
-    over the flat areas any two of them share (0.45 at most). rows, cols: the share of the height and of the width
-    holding the changed pixels (5% to 95% of them): a line of text is a band, wide and short (rows 0.02-0.15, cols
-    0.23-0.67), a subject that walked into the frame is a blob (rows 0.2-0.8 between the corpus's burst frames and
-    the empty scene). strokes: the runs of changed pixels along the rows, ends counted, per changed pixel: letters
-    are thin strokes with gaps, many short runs (a watermark two lines high across the middle: 0.72 at the median on
-    the tune half, 0.5 at the tenth percentile), a subject that walked in is a blob of longer runs (0.47-0.57
-    between the corpus's burst frames and their empty scene; a textured subject breaks its blob into runs too). None
-    of these tells a caption from a wide, low subject (a car) that drove in, or lettering from a striped one: the
-    learned similarity is the last guard (Thresholds.overlay_cos). Each is taken with either picture's grey levels
-    mapped onto the other's, the way that leaves fewer pixels changed.
+    changed: the share of pixels that differ by more than CHANGE_K local contrasts (changed_fractions' test, at the
+    shift alone, the grey levels mapped as below). side: of the changed pixels, the share where the picture with
+    more of them is the more contrasted one. Strokes drawn over a picture raise the contrast where they are
+    (0.75-1.0 on the tune half's captioned copies); a subject that moved raises it in each picture where the subject
+    now is (0.5-0.65 between two frames of a burst, but 0.85 for a small one that moved a little). texture: the
+    share of the picture that is unchanged and textured. A caption over a photo leaves the photo's texture matching
+    (0.6-0.99); two dialogs or slides of one template match over the flat areas any two of them share (0.45 at
+    most). rows, cols: the share of the height and of the width holding the changed pixels (5% to 95% of them): a
+    line of text is a band, wide and short (rows 0.02-0.15, cols 0.23-0.67), a subject that walked into the frame is
+    a blob (rows 0.2-0.8 between the corpus's burst frames and the empty scene). strokes: the runs of changed pixels
+    along the rows, ends counted, per changed pixel: letters are thin strokes with gaps, many short runs (a
+    watermark two lines high across the middle: 0.72 at the median on the tune half, 0.5 at the tenth percentile), a
+    subject that walked in is a blob of longer runs (0.47-0.57 between the corpus's burst frames and their empty
+    scene; a textured subject breaks its blob into runs too). None of these tells a caption from a wide, low subject
+    (a car) that drove in, or lettering from a striped one: the learned similarity is the last guard
+    (Thresholds.overlay_cos). Each is taken with either picture's grey levels mapped onto the other's, the way that
+    leaves fewer pixels changed.
 
     The measures are those of the shift alignment only: a captioned copy that also needs the affine warp
     (rotated, cropped) shows the warp's error as change, and is refused."""
@@ -436,16 +453,16 @@ def overlay_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float,
     # depend on which of the two the caller names first.
     ways = []
     for x, y in ((af, bf), (bf, af)):
-        prepared = _prepare(x, y, inside, _TAPS, _BOX, False)
-        got = _overlay(*prepared, CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
-        # Refitted on what did not change, two pixels clear of any change (the shift is at most two); the
-        # refit stands where it explains more.
-        keep = _erode(~_changed_mask(*prepared, CONTRAST_FLOOR, CHANGE_K, _SHIFT), _SHIFT)
-        if got[0] > 0 and keep.mean() >= _REFIT:
-            refit = _overlay(*_refit(x, y, keep, _TAPS, _BOX), CONTRAST_FLOOR, CHANGE_K, TEXTURE_LEVEL, _SHIFT)
-            if refit[0] < got[0]:
-                got = refit
-        ways.append(got)
+        got = _measured(_prepare(x, y, inside, _TAPS, _BOX, False))
+        if got[0][0] > 0:
+            # Refitted on what did not change, two pixels clear of any change (the smoothing spreads a
+            # change by that much); the refit stands where it explains more.
+            keep = _erode(~_changed_mask(*got[1], CONTRAST_FLOOR, CHANGE_K, _SHIFT, *got[2]), _SHIFT)
+            if keep.mean() >= _REFIT:
+                refit = _measured(_refit(x, y, keep, *got[2], _TAPS, _BOX))
+                if refit[0][0] < got[0][0]:
+                    got = refit
+        ways.append(got[0])
     return min(ways)  # fewer changed first; a tie goes by the measures themselves, not by the order
 
 
