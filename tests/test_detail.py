@@ -107,3 +107,42 @@ def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, tmp_path,
         judge.pictures = detail.Pictures(budget=1)
         assert judge.passes(0, 1) == verdict, (x, y)
         assert sorted(decoded) == sorted(str(folder / n) for n in (x, y)), (x, y, decoded)
+
+
+def test_two_pictures_whose_trims_differ_are_compared_whole(tmp_path, photos, monkeypatch):
+    # A flat sky over half a photo is a border to the trim; grain in the copy's sky stops it there. The trimmed
+    # thumbnails then show the photo alone against sky and photo (no warp within the check's bounds lines
+    # them up); the whole pictures are one picture. Two pages are never retried, and two photos under one
+    # sky stay apart.
+    from imgsim_fast.jobs.dedup import group_features
+    from lookalike_pictures import rgb, textured_share
+
+    for k, path in enumerate(sorted(photos, key=textured_share, reverse=True)[:2]):
+        arr = np.asarray(rgb(path).resize((640, 480))).copy()
+        arr[:240] = 190
+        Image.fromarray(arr).save(tmp_path / f"p{k}.png")
+        grain = np.random.default_rng(k).normal(0, 6, (240, 640, 1))
+        arr[:240] = (190 + grain).clip(0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"p{k}_grain.jpg", quality=92)
+    save_build(tmp_path)
+    feats = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
+    res = group_features(feats, "auto")
+    ix = {os.path.basename(p): n for n, p in enumerate(feats.paths)}
+    a, b, other = ix["p0.png"], ix["p0_grain.jpg"], ix["p1_grain.jpg"]
+    assert detail.trims_differ(feats.facts[a].trim, feats.facts[b].trim, 0)
+    checks: dict = {}
+    judge = PairJudge(res.features, "auto", res.thresholds, checks=checks)
+    assert judge.passes(a, b) and not judge.passes(a, other) and not judge.passes(b, other)
+    stored = [k for k in checks if f":whole{detail.VERSION}" in k]
+    assert stored, list(checks)
+    # Without the retry the thumbnails refuse the copy.
+    monkeypatch.setattr(PairJudge, "_whole", lambda self, ii, jj, v, keys: np.full((len(ii), 2), np.nan))
+    assert not PairJudge(res.features, "auto", res.thresholds).passes(a, b)
+    monkeypatch.undo()
+    # Stored by content: read back, not decoded again.
+    monkeypatch.setattr(detail, "whole_fractions", lambda *x: pytest.fail("compared again"))
+    assert PairJudge(res.features, "auto", res.thresholds, checks=dict(checks)).passes(a, b)
+    # Slide build steps (pages, trims differing by the line each adds) are not compared whole.
+    steps = [ix[f"build_{n}.png"] for n in (1, 2, 3)]
+    assert res.features.page_scores[steps].min() >= res.thresholds.overlay_page
+    assert not any(judge.passes(x, y) for x in steps for y in steps if x < y)

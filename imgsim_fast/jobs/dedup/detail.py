@@ -44,7 +44,8 @@ from imgsim_fast.features.hashing import DIHEDRAL
 from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
-__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "detail_fractions", "looks", "on_one_canvas", "trims_differ"]
+__all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "detail_fractions", "looks", "on_one_canvas", "trims_differ",
+           "whole_fractions"]
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
 VERSION = 2  # 2: the part of the canvas only one trim kept, where the warp only undid the trims
@@ -168,6 +169,18 @@ def on_one_canvas(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], ca
         return None  # the shared content moved on the canvas: a crop, a rotation, a rescale
     changed, strong = changed_fractions(xa, xb, shift=1, within=ma ^ mb)
     return None if changed >= FRAME_SHARE else (changed, strong)
+
+
+def whole_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], canvases: tuple, variant: int,
+                    side: int, limit: float, strong_limit: float) -> tuple[float, float]:
+    """(changed, strong) of the pixel check (verify.compare) of the files a and b, (path, content digest) each,
+    whole, untrimmed (b's `variant` flip), squashed to side x side as the thumbnails are to theirs. canvases:
+    their Pictures.canvas, both read. For two pictures whose trims differ: the trim takes uniform lines for a
+    border, and a sky or a fog is uniform enough on one copy and not on another (rotated, its corners filled)."""
+    xa = pictures.square(*a, canvases[0][0], side, whole=True)
+    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, canvases[1][0], side, whole=True)))
+    v = compare(xa, xb, limit, strong_limit)
+    return v.changed, v.strong
 
 
 def trims_differ(trim_a: tuple[float, float, float, float], trim_b: tuple[float, float, float, float],

@@ -67,7 +67,10 @@ NOISE_FLOOR = 0.5
 # noise added cannot be told from grain an edit took away, and a grainy JPEG original (noise sigma 4 or 8,
 # q92) then lost to its own denoised, blurred, darkened or flattened q75 copies in 21 of 168 pairs (none
 # before); grain is common in originals, added noise in copies is not.
-INSPECT_ROUNDS = 6  # at most this many would-be keepers are found derived per group ...
+# A dark wallpaper's copies trim where their JPEG noise stops the trim, so up to 7 of 20 outrank its
+# original on content and are each found derived (accuracy corpus, tune half, once the whole-picture
+# retry joined a captioned copy to that group: 6 left a quality-20 re-save kept).
+INSPECT_ROUNDS = 8  # at most this many would-be keepers are found derived per group ...
 INSPECT_PEERS = 6   # ... each checked against this many next-best members whose facts leave a doubt
 # An enlarged copy differs from the peer's bicubic enlargement by less than from its own down-up round trip:
 # e_up / e_rt < UPSCALE_RATIO, both measured on the most detailed UPSCALE_MASK of the pixels. Keep corpus,
