@@ -112,36 +112,61 @@ def test_a_pair_reads_each_file_once_whatever_the_cache_holds(dialogs, tmp_path,
 def test_two_pictures_whose_trims_differ_are_compared_whole(tmp_path, photos, monkeypatch):
     # A flat sky over half a photo is a border to the trim; grain in the copy's sky stops it there. The trimmed
     # thumbnails then show the photo alone against sky and photo (no warp within the check's bounds lines
-    # them up); the whole pictures are one picture. Two pages are never retried, and two photos under one
-    # sky stay apart.
+    # them up); the whole pictures are one picture. Compared whole, the detail check still applies: two
+    # captions in other words, one copy trimmed and one not, stay apart. Two pages are never retried, and two
+    # photos under one sky stay apart.
+    from PIL import ImageDraw, ImageFont
+
     from imgsim_fast.jobs.dedup import group_features
     from lookalike_pictures import rgb, textured_share
+
+    def captioned(arr, words):
+        im = Image.fromarray(arr)
+        ImageDraw.Draw(im).text((40, 380), words, fill="white", font=ImageFont.load_default(size=32))
+        return im
 
     for k, path in enumerate(sorted(photos, key=textured_share, reverse=True)[:2]):
         arr = np.asarray(rgb(path).resize((640, 480))).copy()
         arr[:240] = 190
         Image.fromarray(arr).save(tmp_path / f"p{k}.png")
+        if k == 0:
+            captioned(arr, "Lot 14 Alpha 2021").save(tmp_path / "p0_lot14.png")
         grain = np.random.default_rng(k).normal(0, 6, (240, 640, 1))
         arr[:240] = (190 + grain).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(tmp_path / f"p{k}_grain.jpg", quality=92)
+        if k == 0:
+            Image.fromarray(arr[:, ::-1]).save(tmp_path / "p0_grain_mirror.jpg", quality=92)
+            captioned(arr, "Lot 91 Omega 1999").save(tmp_path / "p0_lot91_grain.png")
+            captioned(arr, "Lot 14 Alpha 2021").save(tmp_path / "p0_lot14_grain.png")
     save_build(tmp_path)
     feats = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
     res = group_features(feats, "auto")
     ix = {os.path.basename(p): n for n, p in enumerate(feats.paths)}
     a, b, other = ix["p0.png"], ix["p0_grain.jpg"], ix["p1_grain.jpg"]
-    assert detail.trims_differ(feats.facts[a].trim, feats.facts[b].trim, 0)
+    mirror, lot14, lot91 = ix["p0_grain_mirror.jpg"], ix["p0_lot14.png"], ix["p0_lot91_grain.png"]
+    lot14_grain = ix["p0_lot14_grain.png"]
+    for x, y in ((a, b), (lot14, lot91)):
+        assert detail.trims_differ(feats.facts[x].trim, feats.facts[y].trim, 0)
     checks: dict = {}
     judge = PairJudge(res.features, "auto", res.thresholds, checks=checks)
-    assert judge.passes(a, b) and not judge.passes(a, other) and not judge.passes(b, other)
-    stored = [k for k in checks if f":whole{detail.VERSION}" in k]
-    assert stored, list(checks)
+    assert judge.passes(a, b) and judge.passes(a, mirror, 4) and not judge.passes(a, mirror)
+    assert not judge.passes(a, other) and not judge.passes(b, other)
+    assert not judge.passes(lot14, lot91) and not judge.passes(lot91, lot14) and judge.passes(lot14, lot14_grain)
+    m = judge.match(lot14, lot91)
+    assert not m.duplicate and m.detail is not None and m.detail[1] > DEFAULTS.detail_strong, m
+    # ... as it does where the trims agree and the trimmed pictures are compared.
+    assert not detail.trims_differ(feats.facts[lot91].trim, feats.facts[lot14_grain].trim, 0)
+    assert not judge.passes(lot91, lot14_grain)
     # Without the retry the thumbnails refuse the copy.
-    monkeypatch.setattr(PairJudge, "_whole", lambda self, ii, jj, v, keys: np.full((len(ii), 2), np.nan))
+    monkeypatch.setattr(PairJudge, "_whole", lambda self, ii, jj, v, keys: np.full((len(ii), 4), np.nan))
     assert not PairJudge(res.features, "auto", res.thresholds).passes(a, b)
     monkeypatch.undo()
     # Stored by content: read back, not decoded again.
+    assert any(k.endswith(f":whole{detail.WHOLE_VERSION}:{detail.DETAIL_SIDE}:{DEFAULTS.detail_changed}:"
+                          f"{DEFAULTS.detail_strong}") for k in checks), list(checks)
     monkeypatch.setattr(detail, "whole_fractions", lambda *x: pytest.fail("compared again"))
-    assert PairJudge(res.features, "auto", res.thresholds, checks=dict(checks)).passes(a, b)
+    again = PairJudge(res.features, "auto", res.thresholds, checks=dict(checks))
+    assert again.passes(a, b) and not again.passes(lot14, lot91)
     # Slide build steps (pages, trims differing by the line each adds) are not compared whole.
     steps = [ix[f"build_{n}.png"] for n in (1, 2, 3)]
     assert res.features.page_scores[steps].min() >= res.thresholds.overlay_page

@@ -49,6 +49,7 @@ __all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "detail_fractions", "looks", "o
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
 VERSION = 2  # 2: the part of the canvas only one trim kept, where the warp only undid the trims
+WHOLE_VERSION = 1  # whole_fractions' own, in its stored verdicts' key
 DETAIL_SIDE = 384    # words of a 640 x 480 dialog resolve; a 3-4 px stroke at 1080p still counts
 DETAIL_SHARE = 0.75  # of the smaller picture's shorter side: compared below either picture's own resolution
 DETAIL_MIN = 160     # under this the detail check sees little the 128 px thumbnail does not
@@ -172,15 +173,30 @@ def on_one_canvas(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], ca
 
 
 def whole_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], canvases: tuple, variant: int,
-                    side: int, limit: float, strong_limit: float) -> tuple[float, float]:
-    """(changed, strong) of the pixel check (verify.compare) of the files a and b, (path, content digest) each,
-    whole, untrimmed (b's `variant` flip), squashed to side x side as the thumbnails are to theirs. canvases:
-    their Pictures.canvas, both read. For two pictures whose trims differ: the trim takes uniform lines for a
-    border, and a sky or a fog is uniform enough on one copy and not on another (rotated, its corners filled)."""
-    xa = pictures.square(*a, canvases[0][0], side, whole=True)
-    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, canvases[1][0], side, whole=True)))
-    v = compare(xa, xb, limit, strong_limit)
-    return v.changed, v.strong
+                    side: int, bounds: tuple[float, float],
+                    detail_bounds: tuple[float, float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The pixel check of the files a and b, (path, content digest) each, whole, untrimmed (b's `variant`
+    flip): ((changed, strong) squashed to side x side as the thumbnails are to theirs (verify.compare within
+    `bounds`), (changed, strong) of the detail check on them where it applies, else (0, 0)). canvases: their
+    Pictures.canvas, both read. For two pictures whose trims differ: the trim takes uniform lines for a border,
+    and a sky or a fog is uniform enough on one copy and not on another (rotated, its corners filled).
+
+    The detail check applies as it does to trimmed pictures: where the whole thumbnails line up by a shift (a
+    photo that needed the warp is left to the thumbnail side), and the pictures show more than it."""
+    (ia, _), (ib, _) = canvases
+    xa = pictures.square(*a, ia, side, whole=True)
+    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, side, whole=True)))
+    v = compare(xa, xb, *bounds)
+    s = _side(ia, ib)
+    if not v.passes(*bounds) or v.aligned or s < DETAIL_MIN:
+        return (v.changed, v.strong), (0.0, 0.0)
+    ta = pictures.square(*a, ia, s, whole=True)
+    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, s, whole=True)))
+    changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64), bounds=detail_bounds)
+    if changed > detail_bounds[0] or strong > detail_bounds[1]:
+        fine = compare(ta, tb, *detail_bounds, full_iters=DETAIL_LK_ITERS)
+        changed, strong = fine.changed, fine.strong
+    return (v.changed, v.strong), (changed, strong)
 
 
 def trims_differ(trim_a: tuple[float, float, float, float], trim_b: tuple[float, float, float, float],

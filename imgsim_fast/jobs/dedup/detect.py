@@ -496,15 +496,18 @@ class PairJudge:
         passed = (out[:, 0] <= limit) & (out[:, 1] <= strong)
         # Two pictures the thumbnails refused, whose trims differ, are compared whole: a trim can take a
         # picture's own uniform part (a sky, a fog) on one copy and not on the other. Where that passes, it is
-        # the verdict, and the detail check (for the words of pages) does not apply.
+        # the verdict, with the detail check taken on the whole pictures too.
         whole = np.zeros(len(keys), bool)
+        facts = self.f.facts
         retry = np.flatnonzero(~passed & self._two_pictures(ii, jj))
+        retry = retry[[detail_check.trims_differ(facts[ii[x]].trim, facts[jj[x]].trim, int(variants[x]))
+                       for x in retry.tolist()]] if len(retry) else retry
         if len(retry):
             got = self._whole(ii[retry], jj[retry], variants[retry], [keys[x] for x in retry.tolist()])
             whole[retry] = (got[:, 0] <= limit) & (got[:, 1] <= strong)
-            out[whole] = got[whole[retry]]
+            out[whole] = got[whole[retry], :2]
+            fine[whole] = got[whole[retry], 2:]
             passed |= whole
-            fine[whole] = 0.0
         ok = np.flatnonzero(passed & ~whole)
         fine[ok] = self._detail(ii[ok], jj[ok], variants[ok], [keys[x] for x in ok.tolist()])
         over = np.full((len(keys), 6), np.nan)
@@ -542,30 +545,34 @@ class PairJudge:
         return out
 
     def _whole(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
-        """detail.whole_fractions of pairs of two pictures the thumbnails refused (in the order _changed fixed),
-        (m, 2): NaN where the trims agree (nothing to retry) or the files cannot be read now (nothing is stored
-        then). Stored in self.checks beside the thumbnail verdict, its key that one's with 'whole' and the
-        detail check's version."""
-        keys = [f"{k}:whole{detail_check.VERSION}" for k in keys]
-        out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
-        facts = self.f.facts
-        todo = [x for x in np.flatnonzero(np.isnan(out[:, 0])).tolist()
-                if detail_check.trims_differ(facts[ii[x]].trim, facts[jj[x]].trim, int(variants[x]))]
-        paths, digests, pictures, t = self.paths, self.digests, self.pictures, self.t
+        """detail.whole_fractions of pairs of two pictures the thumbnails refused whose trims differ (in the
+        order _changed fixed), (m, 4): the whole thumbnails' (changed, strong), then the detail check's; NaN
+        where the files cannot be read now (nothing is stored then). Stored in self.checks beside the thumbnail
+        verdict: its key with 'whole', their version and the detail check's side and bounds holds the first
+        two, that key with ':detail' the others."""
+        t = self.t
+        keys = [f"{k}:whole{detail_check.WHOLE_VERSION}:{detail_check.DETAIL_SIDE}:{t.detail_changed}:"
+                f"{t.detail_strong}" for k in keys]
+        nan2 = (np.nan, np.nan)
+        out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:detail", nan2)] for k in keys],
+                       np.float64).reshape(len(keys), 4)
+        todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
+        paths, digests, pictures = self.paths, self.digests, self.pictures
 
-        def one(x: int) -> list[float] | None:
+        def one(x: int):
             a, b = int(ii[x]), int(jj[x])
             files = (paths[a], digests[a]), (paths[b], digests[b])
             canvases = pictures.canvas(*files[0]), pictures.canvas(*files[1])
             if None in canvases:
                 return None
-            return list(detail_check.whole_fractions(pictures, *files, canvases, int(variants[x]), THUMB_SIDE,
-                                                     t.changed, t.strong))
+            return detail_check.whole_fractions(pictures, *files, canvases, int(variants[x]), THUMB_SIDE,
+                                                (t.changed, t.strong), (t.detail_changed, t.detail_strong))
 
         for x, c in zip(todo, _pool_map(one, todo, serial_under=8)):
             if c is not None:
-                out[x] = c
-                self.checks[keys[x]] = c
+                out[x] = *c[0], *c[1]
+                self.checks[keys[x]] = list(c[0])
+                self.checks[f"{keys[x]}:detail"] = list(c[1])
         return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
