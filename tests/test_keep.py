@@ -450,3 +450,30 @@ def test_a_picture_shrunk_into_bars_of_its_own_size_does_not_outrank_its_origina
     for inspect in (False, True):
         ranks = keep_ranks(feats.facts, [1 - o, o], inspect=inspect)
         assert min(ranks, key=ranks.__getitem__) == o, (inspect, ranks)
+
+
+def test_a_rotated_copy_whose_trim_kept_more_of_a_fog_does_not_outrank_its_original():
+    # A foggy pier (audit corpus): the trim takes the fog over half the original's height, and 40% of its
+    # 2-degree rotation's, cut to the same shape and a little smaller. On their own trims the copy has more
+    # content; judged on the trim that kept the most of one picture's shape, at each file's size, the
+    # original has. A copy framed on a canvas of that shape keeps its own trim and its smaller content.
+    from imgsim_fast.features.extract import FileFacts
+
+    def facts(name, w, h, trim, fmt="PNG", quality=None):
+        content = int((trim[2] - trim[0]) * w * (trim[3] - trim[1]) * h)
+        return FileFacts(f"/p/{name}", 10**6, 1e9, w, h, fmt, content, name, trim, quality, False, 1.0, True, False)
+
+    original = facts("pier.png", 1024, 640, (0.0, 0.5, 1.0, 1.0))
+    rotated = facts("pier_rotated.jpg", 970, 606, (0.0, 0.4, 1.0, 1.0), "JPEG", 95)
+    framed = facts("pier_framed.png", 1024, 640, (0.15, 0.3, 0.85, 0.85))
+    for fs in ([original, rotated], [rotated, original], [original, rotated, framed]):
+        ranks = K.keep_ranks(fs, list(range(len(fs))))
+        assert fs[min(ranks, key=ranks.__getitem__)] is original, ranks
+        table = K.FactTable(fs)
+        assert K._ranks_over_columns(table.columns(), list(range(len(fs))), K.DEFAULT_ORDER, None) == \
+            K._ranks_file_by_file(fs, list(range(len(fs))), K.DEFAULT_ORDER, None)
+    fs = (original, rotated, framed)
+    trim_of, content = K._shared_trims([f.width for f in fs], [f.height for f in fs], [f.content_pixels for f in fs],
+                                       [K._log_aspect(*K._content_size(f)) for f in fs], [f.trim for f in fs])
+    assert trim_of.tolist() == [1, 1, 2] and content[2] == framed.content_pixels
+    assert content[0] == round(0.6 * 1024 * 640), content

@@ -49,6 +49,7 @@ DEFAULT_ORDER = ("content", "quality", "camera", "oldest")
 _ALIASES = {"pixels": "content", "lossless": "quality"}
 
 CONTENT_TIE = 0.95      # content pixels >= 95% of the group's largest count as "as large"
+TRIM_SIDE = 0.01  # two trims end at one place on a side within this share of the picture
 ASPECT_TOLERANCE = 0.07  # |log(aspect ratio)| off the group's shape by more: squashed or stretched (trims jitter ~3%)
 QUALITY_STEP = 4        # JPEG quality estimates this close are one class (encoders round tables)
 NOISE_RATIO = 1.5       # noise sigma above 1.5 x the cleanest of its size and generation or earlier (+ NOISE_FLOOR)
@@ -216,6 +217,7 @@ class _Columns:
         self.width = np.array([f.width for f in facts], np.int64)
         self.height = np.array([f.height for f in facts], np.int64)
         self.content = np.array([f.content_pixels for f in facts], np.int64)
+        self.trim = np.array([f.trim for f in facts], np.float64).reshape(len(facts), 4)
         self.noise = np.array([f.noise for f in facts], np.float64)
         self.mtime = np.array([f.mtime for f in facts], np.float64)
         self.size = np.array([f.size for f in facts], np.int64)
@@ -315,26 +317,45 @@ def _fact_ranks(t: FactTable, members: list[int], order: tuple[str, ...],
     return _ranks_over_columns(t.columns(), members, order, reference)
 
 
-def _shared_trims(width, height, content, aspect) -> list[int]:
-    """For each member (sequences of their pixel sizes, content pixels and content aspects, as _log_aspect
-    gives them), the position of the member whose trim it is judged on: its own, or that of the member of its
-    pixel size whose trim left the most content (the first of ties) where their trimmed shapes differ by more
-    than ASPECT_TOLERANCE.
+def _shared_trims(width, height, content, aspect, trims) -> tuple[np.ndarray, np.ndarray]:
+    """For each member (sequences of their pixel sizes, content pixels, content aspects as _log_aspect gives
+    them, and trims, FileFacts.trim): (the position of the member whose trim it is judged on, the content
+    pixels that gives it). Its own, or, where their trimmed shapes differ by more than ASPECT_TOLERANCE and
+    the two trims end at one place on some side (within TRIM_SIDE), that of the member of its picture's shape
+    whose trim kept the largest share of its picture (the first of ties), at its own size.
+    One picture's shape: pictures whose width-to-height ratios, in order, lie within ASPECT_TOLERANCE (in
+    log) of the next (one pixel size; a resized, cropped or rotated copy cut to the same ratio).
 
-    A trim follows the picture: it takes a dark vignette or a smooth sky as border, and a caption or a
-    watermark written there stops it, so the captioned copy had more content and another shape than its
-    original of the same size, and was kept over it (a user trial: a dark wallpaper, 6.1 M content pixels for
-    the copy against 4.2 M; the original was marked for removal). Such trims end at other places on some
-    sides only, and so give another shape. A picture shrunk onto a canvas of its own size, inside bars or a
-    frame, keeps its shape at a smaller scale: it keeps its own trim and its smaller content (a review of the
-    first version of this rule, which shared the trim there and kept the framed copy)."""
-    best: dict[tuple[int, int], int] = {}
-    for i, key in enumerate(zip(width, height)):
-        j = best.setdefault(key, i)
-        if content[i] > content[j]:
-            best[key] = i
-    return [j if abs(aspect[i] - aspect[j]) > ASPECT_TOLERANCE else i
-            for i, j in enumerate(best[key] for key in zip(width, height))]
+    A trim follows the picture: it takes a dark vignette, a smooth sky or a fog as border, and a caption or
+    a watermark written there, grain or a rotated copy's filled corners stop it, so the copy had more content
+    and another shape than its original, and was kept over it (a user trial: a dark wallpaper, 6.1 M content
+    pixels for the captioned copy of its size against 4.2 M; a foggy pier whose trim took half its height,
+    against its 2-degree rotation's 40%). Such trims end at other places on some sides only, and so give
+    another shape. A picture shrunk onto a canvas of its own shape, inside bars or a frame, keeps its shape
+    at a smaller scale, and its trim ends elsewhere on every side: it keeps its own trim and its smaller
+    content (a review of the first version of this rule, which shared the trim there and kept the framed
+    copy)."""
+    width = np.maximum(np.asarray(width, np.float64), 1.0)
+    height = np.maximum(np.asarray(height, np.float64), 1.0)
+    content = np.asarray(content, np.float64)
+    aspect = np.asarray(aspect, np.float64)
+    n = len(width)
+    whole = np.array([math.log(w / h) for w, h in zip(width.tolist(), height.tolist())], np.float64)
+    share = content / (width * height)
+    by = np.argsort(whole, kind="stable")
+    starts = np.ones(n, bool)
+    starts[1:] = np.diff(whole[by]) > ASPECT_TOLERANCE
+    shape = np.empty(n, np.int64)
+    shape[by] = np.cumsum(starts) - 1
+    best = np.lexsort((np.arange(n), -share, shape))  # each shape's largest share first, then position
+    first = np.ones(n, bool)
+    first[1:] = shape[best][1:] != shape[best][:-1]
+    donor = best[first][shape]
+    trims = np.asarray(trims, np.float64).reshape(n, 4)
+    one_side = (np.abs(trims - trims[donor]) <= TRIM_SIDE).any(axis=1)
+    trim_of = np.where((np.abs(aspect - aspect[donor]) > ASPECT_TOLERANCE) & one_side, donor, np.arange(n))
+    shared = np.rint(share[trim_of] * width * height).astype(np.int64)
+    return trim_of, np.where(trim_of == np.arange(n), content.astype(np.int64), shared)
 
 
 def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple[str, ...],
@@ -344,10 +365,10 @@ def _ranks_file_by_file(facts: list[FileFacts], members: list[int], order: tuple
     # component again after a failed pixel check made these properties most of keep-best's time.
     own = [_content_size(f) for f in fs]
     own_aspects = [_log_aspect(w, h) for w, h in own]
-    trim_of = _shared_trims([f.width for f in fs], [f.height for f in fs], [f.content_pixels for f in fs],
-                            own_aspects)
+    trim_of, shared = _shared_trims([f.width for f in fs], [f.height for f in fs], [f.content_pixels for f in fs],
+                                    own_aspects, [f.trim for f in fs])
+    trim_of, content = trim_of.tolist(), shared.tolist()
     sizes = [own[j] for j in trim_of]
-    content = [fs[j].content_pixels for j in trim_of]
     aspects = [own_aspects[j] for j in trim_of]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
     # its one squashed copy), the one nearer a shape cameras and screens produce. Counted on sorted values,
@@ -405,15 +426,8 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
                         reference: list[bool] | None) -> dict[int, tuple]:
     """_ranks_file_by_file's keys, one column per criterion over the members' rows."""
     m = np.asarray(members, np.int64)
-    # _shared_trims over arrays: sorted by pixel size, then content (most first), then position, the first of
-    # each size, taken where the shapes differ
-    shape, content = t.shape[m], t.content[m]
-    by = np.lexsort((np.arange(len(m)), -content, shape))
-    first = np.ones(len(m), bool)
-    first[1:] = shape[by][1:] != shape[by][:-1]
-    widest = np.empty(len(m), np.int64)
-    widest[by] = m[by[first]][np.cumsum(first) - 1]
-    trim_of = np.where(np.abs(t.aspect[m] - t.aspect[widest]) > ASPECT_TOLERANCE, widest, m)
+    local, content = _shared_trims(t.width[m], t.height[m], t.content[m], t.aspect[m], t.trim[m])
+    trim_of = m[local]
     aspects = t.aspect[trim_of]
     # The group's true shape: the aspect most members share; between equally shared ones (an original and
     # its one squashed copy), the one nearer a shape cameras and screens produce, then the squarer.
@@ -438,7 +452,6 @@ def _ranks_over_columns(t: _Columns, members: list[int], order: tuple[str, ...],
         turned = np.zeros(len(m), bool)
     else:
         turned = oriented & (wide != (2 * landscape > votes)) & ~camera
-    content = t.content[trim_of]
     largest = int(content[~distorted].max() if (~distorted).any() else content.max())
     # Noise is estimated on the picture as decoded and reduced for the features: only files of one size are
     # measured alike (a frame, bars or another reduction factor move the estimate by 2x on the keep corpus).
