@@ -123,18 +123,21 @@ def _grey_canvas(path: str, digest: str) -> tuple[Image.Image, tuple[int, int, i
 
 
 def detail_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], canvases: tuple, variant: int,
-                     limit: float, strong_limit: float) -> tuple[float, float]:
+                     limit: float, strong_limit: float, whole: bool = False) -> tuple[float, float]:
     """(changed, strong) of the pixel check of the files a and b, (path, content digest) each (b's `variant`
-    flip), both trimmed and squashed to the detail side; (0, 0) where the pictures are too small to show more
-    than the thumbnail. canvases: their Pictures.canvas, both read.
+    flip), both trimmed (with `whole`, untrimmed) and squashed to the detail side; (0, 0) where the pictures
+    are too small to show more than the thumbnail. canvases: their Pictures.canvas, both read.
 
     Pictures that agree unshifted pass as they are: most copies do, and the shift search costs twice that."""
-    pa, pb = pictures.trimmed(*a, canvases[0]), pictures.trimmed(*b, canvases[1])
+    if whole:
+        pa, pb = canvases[0][0], canvases[1][0]
+    else:
+        pa, pb = pictures.trimmed(*a, canvases[0]), pictures.trimmed(*b, canvases[1])
     s = _side(pa, pb)
     if s < DETAIL_MIN:
         return 0.0, 0.0
-    ta = pictures.square(*a, pa, s)
-    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, pb, s)))
+    ta = pictures.square(*a, pa, s, whole=whole)
+    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, pb, s, whole=whole)))
     changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64), bounds=(limit, strong_limit))
     if changed <= limit and strong <= strong_limit:
         return changed, strong
@@ -183,20 +186,12 @@ def whole_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], 
 
     The detail check applies as it does to trimmed pictures: where the whole thumbnails line up by a shift (a
     photo that needed the warp is left to the thumbnail side), and the pictures show more than it."""
-    (ia, _), (ib, _) = canvases
-    xa = pictures.square(*a, ia, side, whole=True)
-    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, side, whole=True)))
+    xa = pictures.square(*a, canvases[0][0], side, whole=True)
+    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, canvases[1][0], side, whole=True)))
     v = compare(xa, xb, *bounds)
-    s = _side(ia, ib)
-    if not v.passes(*bounds) or v.aligned or s < DETAIL_MIN:
+    if not v.passes(*bounds) or v.aligned:
         return (v.changed, v.strong), (0.0, 0.0)
-    ta = pictures.square(*a, ia, s, whole=True)
-    tb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, ib, s, whole=True)))
-    changed, strong = changed_fractions(ta.astype(np.float64), tb.astype(np.float64), bounds=detail_bounds)
-    if changed > detail_bounds[0] or strong > detail_bounds[1]:
-        fine = compare(ta, tb, *detail_bounds, full_iters=DETAIL_LK_ITERS)
-        changed, strong = fine.changed, fine.strong
-    return (v.changed, v.strong), (changed, strong)
+    return (v.changed, v.strong), detail_fractions(pictures, a, b, canvases, variant, *detail_bounds, whole=True)
 
 
 def trims_differ(trim_a: tuple[float, float, float, float], trim_b: tuple[float, float, float, float],

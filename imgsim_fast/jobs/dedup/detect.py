@@ -500,8 +500,8 @@ class PairJudge:
         whole = np.zeros(len(keys), bool)
         facts = self.f.facts
         retry = np.flatnonzero(~passed & self._two_pictures(ii, jj))
-        retry = retry[[detail_check.trims_differ(facts[ii[x]].trim, facts[jj[x]].trim, int(variants[x]))
-                       for x in retry.tolist()]] if len(retry) else retry
+        retry = retry[np.array([detail_check.trims_differ(facts[ii[x]].trim, facts[jj[x]].trim, int(variants[x]))
+                                for x in retry.tolist()], bool)]
         if len(retry):
             got = self._whole(ii[retry], jj[retry], variants[retry], [keys[x] for x in retry.tolist()])
             whole[retry] = (got[:, 0] <= limit) & (got[:, 1] <= strong)
@@ -544,6 +544,13 @@ class PairJudge:
             self.checks[f"{keys[x]}:strokes"] = [strokes / 2, changed]
         return out
 
+    def _read(self, a: int, b: int) -> tuple | None:
+        """(the files, (path, content digest) of a and of b, and their Pictures.canvas), what the looks at the
+        files take; None where either cannot be read now or no longer holds the content scanned."""
+        files = (self.paths[a], self.digests[a]), (self.paths[b], self.digests[b])
+        canvases = self.pictures.canvas(*files[0]), self.pictures.canvas(*files[1])
+        return None if None in canvases else (files, canvases)
+
     def _whole(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
         """detail.whole_fractions of pairs of two pictures the thumbnails refused whose trims differ (in the
         order _changed fixed), (m, 4): the whole thumbnails' (changed, strong), then the detail check's; NaN
@@ -557,15 +564,13 @@ class PairJudge:
         out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:detail", nan2)] for k in keys],
                        np.float64).reshape(len(keys), 4)
         todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
-        paths, digests, pictures = self.paths, self.digests, self.pictures
 
         def one(x: int):
-            a, b = int(ii[x]), int(jj[x])
-            files = (paths[a], digests[a]), (paths[b], digests[b])
-            canvases = pictures.canvas(*files[0]), pictures.canvas(*files[1])
-            if None in canvases:
+            read = self._read(int(ii[x]), int(jj[x]))
+            if read is None:
                 return None
-            return detail_check.whole_fractions(pictures, *files, canvases, int(variants[x]), THUMB_SIDE,
+            files, canvases = read
+            return detail_check.whole_fractions(self.pictures, *files, canvases, int(variants[x]), THUMB_SIDE,
                                                 (t.changed, t.strong), (t.detail_changed, t.detail_strong))
 
         for x, c in zip(todo, _pool_map(one, todo, serial_under=8)):
@@ -585,19 +590,19 @@ class PairJudge:
                 for k in keys]
         out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
-        thumbs, paths, digests, pictures, facts = self.thumbs, self.paths, self.digests, self.pictures, self.f.facts
+        thumbs, pictures, facts = self.thumbs, self.pictures, self.f.facts
 
         def one(x: int) -> list[float] | None:
             a, b, v = int(ii[x]), int(jj[x]), int(variants[x])
-            files = (paths[a], digests[a]), (paths[b], digests[b])
             # On the canvases where the warp may only have undone where each trim stopped (detail.py).
             on_canvas, applies = detail_check.looks(thumbs[a], DIHEDRAL[v](thumbs[b]), facts[a].trim, facts[b].trim,
                                                     v, t.changed, t.strong)
             if not (on_canvas or applies):
                 return [0.0, 0.0]
-            canvases = pictures.canvas(*files[0]), pictures.canvas(*files[1])
-            if None in canvases:
+            read = self._read(a, b)
+            if read is None:
                 return None
+            files, canvases = read
             if on_canvas:
                 added = detail_check.on_one_canvas(pictures, *files, canvases, v, t.detail_changed, t.detail_strong)
                 if added is not None:
