@@ -69,6 +69,44 @@ def test_efficientnet_embeddings_normalised_batch_equals_single(effnet):
         embed_text(["a red car"], effnet)
 
 
+def test_inputs_with_the_same_pixels_are_embedded_once(effnet, monkeypatch):
+    """embed_inputs runs the network once per distinct input and copies the row to every input with those
+    pixels; the rows are those of embedding every input (a copy can only be as right as the first)."""
+    from imgsim_fast.features.extract import embed_inputs
+
+    views = [np.asarray(synthetic(i, size=(224, 224))) for i in range(3)]
+    arrays = [views[0], views[1], views[0].copy(), views[2], views[1].copy(), views[0].copy()]
+    seen = []
+    real = effnet.embed_pixels
+    monkeypatch.setattr(effnet, "embed_pixels", lambda x: seen.append(len(x)) or real(x))
+    got = embed_inputs(effnet, arrays, batch=2)
+    assert sum(seen) == 3  # not 6
+    monkeypatch.setattr(effnet, "embed_pixels", real)
+    each = np.concatenate([embed_inputs(effnet, [a]) for a in arrays])
+    np.testing.assert_allclose(got, each, atol=1e-5)
+    assert np.array_equal(got[0], got[2]) and np.array_equal(got[0], got[5]) and np.array_equal(got[1], got[4])
+    # One pixel apart is another input.
+    other = views[0].copy()
+    other[0, 0, 0] ^= 1
+    seen.clear()
+    monkeypatch.setattr(effnet, "embed_pixels", lambda x: seen.append(len(x)) or real(x))
+    assert embed_inputs(effnet, [views[0], other]).shape == (2, 1280) and sum(seen) == 2
+    assert embed_inputs(effnet, []).shape == (0, 1280)
+
+
+def test_a_checksum_collision_merges_no_inputs(monkeypatch):
+    """The checksum only proposes: inputs are one when every byte, the shape and the type agree."""
+    from imgsim_fast.features import extract
+
+    monkeypatch.setattr(extract.zlib, "crc32", lambda data: 7)  # every input collides
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[3, 3, 2] = 1
+    arrays = [a, b, a.copy(), np.zeros((3, 4, 4), np.uint8), np.zeros((4, 4, 3), np.int8), b.copy()]
+    unique, where = extract._distinct(arrays)
+    assert where.tolist() == [0, 1, 0, 2, 3, 1] and len(unique) == 4
+
+
 def test_tf_center_crop_geometry():
     # crop_padding=0: the crop is the whole short side (16 px) of a 32x16 image, centred. TF crops
     # before resizing, so the black borders must not bleed in through the bicubic filter's support.
