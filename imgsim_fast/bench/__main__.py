@@ -26,7 +26,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON output (default bench/results/<time>.json)")
     p.add_argument("--audit", action="store_true",
                    help="accuracy and dedup on the audit corpus (pictures from packages nothing was tuned on)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="dedup: rounds of every tool in turn, the median time reported (the machine is shared)")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     sections = args.sections or list(SECTIONS)
     unknown = set(sections) - set(SECTIONS + ON_REQUEST)
     if unknown:
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
     if "dedup" in sections:
         from imgsim_fast.bench import dedup_bench
 
-        rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick, audit=args.audit)
+        rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick, audit=args.audit,
+                                repeat=args.repeat)
     if "memory" in sections:
         from imgsim_fast.bench import memory_bench
 
