@@ -2,6 +2,7 @@
 pipeline (workers, failures, order), and the errors for models that are not available."""
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -98,13 +99,16 @@ def test_a_checksum_collision_merges_no_inputs(monkeypatch):
     """The checksum only proposes: inputs are one when every byte, the shape and the type agree."""
     from imgsim_fast.features import extract
 
-    monkeypatch.setattr(extract.zlib, "crc32", lambda data: 7)  # every input collides
+    monkeypatch.setattr(extract, "zlib", types.SimpleNamespace(crc32=lambda data: 7))  # every input collides
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()
     b[3, 3, 2] = 1
     arrays = [a, b, a.copy(), np.zeros((3, 4, 4), np.uint8), np.zeros((4, 4, 3), np.int8), b.copy()]
+    big = np.zeros((8, 8, 3), np.uint8)
+    big[1::2] = 9
+    arrays += [big[::2, ::2], np.asfortranarray(a)]  # views that are not C-contiguous: equal to a
     unique, where = extract._distinct(arrays)
-    assert where.tolist() == [0, 1, 0, 2, 3, 1] and len(unique) == 4
+    assert where.tolist() == [0, 1, 0, 2, 3, 1, 0, 0] and len(unique) == 4
 
 
 def test_tf_center_crop_geometry():

@@ -140,7 +140,7 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
     repeat: rounds, each running every tool once in turn (so a slow spell of the shared machine falls on all
     of them); a tool's time is its median round, its memory the largest, its accuracy the round of median F1,
     and whether every round gave the same groups is reported (czkawka's threads do not: its groups differ
-    from run to run)."""
+    from run to run), and how many rounds failed (a tool that failed every round is left out)."""
     from imgsim_fast.bench.accuracy import evaluate
     from imgsim_fast.bench.corpus import build_corpus
 
@@ -151,32 +151,31 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
     folder = _folder(cache_dir, files, split)
     index = {os.path.basename(f.path): i for i, f in enumerate(files)}
     runs: dict[str, list] = {}
+    failed: dict[str, int] = {}
     for _ in range(repeat):
         for tool in tools:
-            if tool in runs and runs[tool] is None:
-                continue  # left out in an earlier round
             try:
                 got = _measure([sys.executable, "-m", "imgsim_fast.bench.dedup_bench", "--tool", tool, folder])
             except (RuntimeError, ImportError) as e:
-                print(f"dedup bench: {tool} left out: {e}", file=sys.stderr)
-                runs[tool] = None
+                print(f"dedup bench: {tool} failed a round: {e}", file=sys.stderr)
+                failed[tool] = failed.get(tool, 0) + 1
                 continue
             runs.setdefault(tool, []).append(got)
     rows, out = [], {}
     for tool, got in runs.items():
-        if got is None:
-            continue
         metrics = []
         for groups, _, _ in got:
             pred = {tuple(sorted((index[a], index[b]))) for g in groups for a, b in itertools.combinations(g, 2)}
             metrics.append(evaluate(pred, files, split))
-        # The median round by F1 speaks for the tool; whether its rounds agreed is reported beside it.
-        m = sorted(metrics, key=lambda x: x["f1"])[len(metrics) // 2]
+        # The median round by F1 speaks for the tool (the lower of the middle two, as the time's median is
+        # not, for an even count: accuracy is not averaged); whether its rounds agreed is reported beside it.
+        m = sorted(metrics, key=lambda x: x["f1"])[(len(metrics) - 1) // 2]
         answers = {json.dumps(sorted(sorted(g) for g in groups)) for groups, _, _ in got}
         out[tool] = {"seconds": statistics.median(w for _, w, _ in got), "seconds_each": [w for _, w, _ in got],
                      "peak_rss_mb": max(p for _, _, p in got) / 2**20,
                      **{k: m[k] for k in ("precision", "recall", "f1")},
                      "f1_each": [x["f1"] for x in metrics], "same_groups_every_round": len(answers) == 1,
+                     "failed_rounds": failed.get(tool, 0),
                      "false_pairs": m["false_pairs"], "pairs": m["pairs"],
                      "false_per_1000": m.get("false_per_1000_by_negative")}
     n = sum(1 for f in files if f.split == split)
@@ -184,6 +183,7 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
         params = {"files": n, "rounds": len(r["seconds_each"]),
                   "seconds_each": [round(w, 1) for w in r["seconds_each"]],
                   "f1_each": [round(f, 4) for f in r["f1_each"]], "same_groups": r["same_groups_every_round"],
+                  "failed_rounds": r["failed_rounds"],
                   "peak_rss_mb": round(r["peak_rss_mb"]), "precision": round(r["precision"], 4),
                   "recall": round(r["recall"], 4), "f1": round(r["f1"], 4)}
         rows.append(Row("dedup", f"{tool} files/s ({'audit' if audit else 'held-out'} folder)",
