@@ -598,8 +598,8 @@ def embed_inputs(model, arrays: list, progress: bool | None = False, batch: int 
     longer than decoding, so a bar that stopped at the end of decoding would sit at 100% for most of a run.
 
     Inputs with the same pixels (byte-identical files, a lossless copy in another format) are embedded once
-    per call (dedup's whole run; the catalog's batch of files) and their row copied: the network is the costliest step per file, and exact copies are the commonest
-    duplicates in real collections."""
+    per call (dedup's whole run; the catalog's batch of files) and their row copied: the network is the
+    costliest step per file, and exact copies are the commonest duplicates in real collections."""
     import torch
 
     from imgsim_fast.runtime.progress import progress_bar
@@ -620,7 +620,7 @@ def embed_inputs(model, arrays: list, progress: bool | None = False, batch: int 
 def _distinct(arrays: list) -> tuple[list, np.ndarray]:
     """(the distinct arrays, in first-seen order; for each input, the position of its equal among them).
     Equal: same shape, type and values. A CRC-32 of the bytes finds the candidates (a fifth of a cryptographic
-    digest's time over 150 KB views) and a byte comparison decides, so a collision merges nothing."""
+    digest's time over 150 KB views) and comparing the arrays decides, so a collision merges nothing."""
     unique: list = []
     seen: dict[int, list[int]] = {}
     where = np.empty(len(arrays), np.int64)
