@@ -119,10 +119,15 @@ def _level_map(src, ref):
 def _hist_match(src, ref):
     """src's values remapped monotonically so that their distribution is ref's: each grey level of src goes
     to ref's value at the same mid-rank quantile (levels: src and ref rounded to 0..255)."""
-    level_map = _level_map(src, ref)
-    out = np.empty(len(src))
-    for t in range(len(src)):
-        out[t] = level_map[min(max(int(src[t] + 0.5), 0), 255)]
+    return _levels_applied(_level_map(src, ref), src)
+
+
+@numba.njit(cache=True, nogil=True)
+def _levels_applied(level_map, x):
+    """x's values (flat) through a _level_map: each rounded to its grey level 0..255 and mapped."""
+    out = np.empty(len(x))
+    for t in range(len(x)):
+        out[t] = level_map[min(max(int(x[t] + 0.5), 0), 255)]
     return out
 
 
@@ -197,8 +202,14 @@ def _prepare(a, b, mask, taps, box, remap_a=False):
     else:
         bf[sel] = _hist_match(bf[sel], af[sel])
     bf[~sel] = af[~sel]
-    a2 = _smooth(af.reshape(a.shape), taps)
-    b2 = _smooth(bf.reshape(a.shape), taps)
+    return _smoothed(af.reshape(a.shape), bf.reshape(a.shape), taps, box)
+
+
+@numba.njit(cache=True, nogil=True)
+def _smoothed(a, b, taps, box):
+    """(a, b, their contrasts), both smoothed by taps: the pictures as the change count compares them."""
+    a2 = _smooth(a, taps)
+    b2 = _smooth(b, taps)
     return a2, b2, _contrast(a2, box), _contrast(b2, box)
 
 
@@ -216,13 +227,8 @@ def _refit(a, b, keep, dy, dx, taps, box):
             if keep[i, j]:
                 src[t], ref[t] = b[i + dy, j + dx], a[i, j]
                 t += 1
-    level_map = _level_map(src, ref)
-    bf = np.empty(b.size)
-    for t, v in enumerate(b.ravel()):
-        bf[t] = level_map[min(max(int(v + 0.5), 0), 255)]
-    a2 = _smooth(a, taps)
-    b2 = _smooth(bf.reshape(a.shape), taps)
-    return a2, b2, _contrast(a2, box), _contrast(b2, box)
+    bf = _levels_applied(_level_map(src, ref), b.ravel())
+    return _smoothed(a, bf.reshape(a.shape), taps, box)
 
 
 @numba.njit(cache=True, nogil=True)
