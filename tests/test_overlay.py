@@ -3,6 +3,7 @@ or a large watermark written over it is a duplicate of the photo; a burst frame 
 is not, though its pixels differ from the empty scene on one side too (a blob, neither a band nor strokes),
 nor are two dialogs of one application (other words over flat areas)."""
 import dataclasses
+import glob
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from imgsim_fast.bench.corpus import apply_edit
 from imgsim_fast.features.extract import compute_features
 from imgsim_fast.jobs.dedup import group_features, verify
 from imgsim_fast.jobs.dedup.detect import DEFAULTS, PairJudge, check_key_prefix
+from conftest import PHOTO_DIR
 from lookalike_pictures import rgb, save_about_boxes, save_build, save_burst, textured_share
 
 
@@ -305,3 +307,60 @@ def test_the_changed_mask_is_in_the_first_pictures_places():
     assert inner.any() and rows.min() + 2 >= 28 and rows.max() + 2 <= 36 and cols.min() + 2 >= 37 \
         and cols.max() + 2 <= 45, (rows, cols)
     assert mask[:2].all() and mask[:, -2:].all()  # the border, which no shift covers, counts changed
+
+
+def _corpus_copy(name: str, level: str, folder):
+    """The tune half's original of the demo photo `name` (.cache/photos/<package>/<name>, stored as the accuracy
+    corpus stores it) and its copy with the corpus's text at `level` (mild: a caption in a corner; strong: a
+    two-line watermark across the middle), saved in `folder`."""
+    from imgsim_fast.bench.corpus import MAX_SIDE
+
+    src = glob.glob(os.path.join(PHOTO_DIR, "*", name))
+    if not src:
+        pytest.skip(f"{name} missing under {PHOTO_DIR}: run scripts/fetch_photos.sh (scripts/setup.sh does)")
+    im = rgb(src[0], side=MAX_SIDE)
+    im.save(folder / "original.png")
+    copy, save = apply_edit(im, "text", level, np.random.default_rng(0))
+    copy.save(folder / "watermarked.jpg", **save)
+
+
+@pytest.mark.parametrize("name, level, why", [
+    # Bright letters over a dark, smooth wallpaper lift its contrast past what the pixel check takes for a
+    # copy: it refuses the pair whole (1.0), and only the measures can see that the letters are all it changed.
+    ("usr_share_desktop-base_emerald-theme_grub_grub-16x9.png", "strong", "contrast"),
+    # Letters across a smooth margin move the trim: the trimmed thumbnails show two parts of the pictures.
+    ("usr_share_backgrounds_firstgeneration.jpg", "strong", "trim"),
+])
+def test_text_passes_however_much_the_thumbnails_differ(tmp_path, name, level, why):
+    from imgsim_fast.features.extract import THUMB_SIDE
+    from imgsim_fast.jobs.dedup import detail
+
+    _corpus_copy(name, level, tmp_path)
+    f = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
+    res = group_features(f, "auto")
+    ix = _ix(f)
+    a, b = ix["original.png"], ix["watermarked.jpg"]
+    t, th = res.thresholds, f.thumbs
+    checks: dict = {}
+    judge = PairJudge(res.features, "auto", t, checks=checks)
+    # The letters moved the trim in both: the whole pictures are measured, as they are compared.
+    assert detail.trims_differ(f.facts[a].trim, f.facts[b].trim, 0)
+    assert not verify.compare(th[a], th[b], t.changed, t.strong).passes(t.changed, t.strong)
+    whole = detail.whole_squares(judge.pictures, *judge._read(a, b), 0, THUMB_SIDE)
+    if why == "contrast":
+        assert verify.compare(*whole, t.changed, t.strong).changed == 1.0
+        assert verify.compare(th[a], th[b], t.changed, t.strong).changed == 1.0
+    else:
+        # On the trimmed thumbnails the route refuses: they show two parts of the pictures.
+        changed, side, _, _, _, strokes = verify.overlay_measures(th[a], th[b])
+        assert changed > t.overlay_changed or side < t.overlay_stroke_side or strokes < t.overlay_strokes
+    m = judge.match(a, b)
+    assert m.duplicate and m.overlay and "text written over" in m.describe(), m
+    assert m.changed == pytest.approx(verify.overlay_measures(*whole)[0])
+    assert [sorted(g.members) for g in res.groups if g.tier == "duplicate"] == [sorted([a, b])]
+    # Stored by content under their own key, and read back rather than measured again.
+    assert sum(k.endswith(f":overlay{verify.OVERLAY_VERSION}:whole") for k in checks) == 1, list(checks)
+    again = PairJudge(res.features, "auto", t, checks=dict(checks))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(verify, "overlay_measures", lambda *x: pytest.fail("measured again"))
+        assert again.match(b, a).overlay

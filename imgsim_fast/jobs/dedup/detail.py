@@ -45,7 +45,7 @@ from imgsim_fast.jobs.dedup.pictures import PictureCache, read_picture
 from imgsim_fast.jobs.dedup.verify import _BOX, _SHIFT, _contrast, changed_fractions, compare
 
 __all__ = ["VERSION", "DETAIL_SIDE", "Pictures", "detail_fractions", "looks", "on_one_canvas", "trims_differ",
-           "whole_fractions"]
+           "whole_fractions", "whole_squares"]
 
 # Part of a stored detail verdict's key (detect.PairJudge): raise it whenever a verdict can change.
 VERSION = 2  # 2: the part of the canvas only one trim kept, where the warp only undid the trims
@@ -186,12 +186,19 @@ def whole_fractions(pictures: Pictures, a: tuple[str, str], b: tuple[str, str], 
 
     The detail check applies as it does to trimmed pictures: where the whole thumbnails line up by a shift (a
     photo that needed the warp is left to the thumbnail side), and the pictures show more than it."""
-    xa = pictures.square(*a, canvases[0][0], side, whole=True)
-    xb = np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, canvases[1][0], side, whole=True)))
-    v = compare(xa, xb, *bounds)
+    v = compare(*whole_squares(pictures, (a, b), canvases, variant, side), *bounds)
     if not v.passes(*bounds) or v.aligned:
         return (v.changed, v.strong), (0.0, 0.0)
     return (v.changed, v.strong), detail_fractions(pictures, a, b, canvases, variant, *detail_bounds, whole=True)
+
+
+def whole_squares(pictures: Pictures, files: tuple, canvases: tuple, variant: int,
+                  side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two files' whole pictures (files: (path, content digest) of each; canvases: their Pictures.canvas,
+    both read) squashed to side x side as the thumbnails are to theirs, the second under its `variant` flip."""
+    (a, b), (ca, cb) = files, canvases
+    return (pictures.square(*a, ca[0], side, whole=True),
+            np.ascontiguousarray(DIHEDRAL[variant](pictures.square(*b, cb[0], side, whole=True))))
 
 
 def trims_differ(trim_a: tuple[float, float, float, float], trim_b: tuple[float, float, float, float],
