@@ -324,18 +324,13 @@ def _corpus_copy(name: str, level: str, folder):
     copy.save(folder / "watermarked.jpg", **save)
 
 
-@pytest.mark.parametrize("name, level, why", [
-    # Bright letters over a dark, smooth wallpaper lift its contrast past what the pixel check takes for a
-    # copy: it refuses the pair whole (1.0), and only the measures can see that the letters are all it changed.
-    ("usr_share_desktop-base_emerald-theme_grub_grub-16x9.png", "strong", "contrast"),
-    # Letters across a smooth margin move the trim: the trimmed thumbnails show two parts of the pictures.
-    ("usr_share_backgrounds_firstgeneration.jpg", "strong", "trim"),
-])
-def test_text_passes_however_much_the_thumbnails_differ(tmp_path, name, level, why):
+def test_letters_that_move_the_trim_are_measured_on_the_whole_pictures(tmp_path):
+    # Letters across a smooth margin move the trim: the trimmed thumbnails show two parts of the pictures, and
+    # the whole pictures are measured, as they are compared.
     from imgsim_fast.features.extract import THUMB_SIDE
     from imgsim_fast.jobs.dedup import detail
 
-    _corpus_copy(name, level, tmp_path)
+    _corpus_copy("usr_share_backgrounds_firstgeneration.jpg", "strong", tmp_path)
     f = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
     res = group_features(f, "auto")
     ix = _ix(f)
@@ -343,24 +338,50 @@ def test_text_passes_however_much_the_thumbnails_differ(tmp_path, name, level, w
     t, th = res.thresholds, f.thumbs
     checks: dict = {}
     judge = PairJudge(res.features, "auto", t, checks=checks)
-    # The letters moved the trim in both: the whole pictures are measured, as they are compared.
     assert detail.trims_differ(f.facts[a].trim, f.facts[b].trim, 0)
     assert not verify.compare(th[a], th[b], t.changed, t.strong).passes(t.changed, t.strong)
     whole = detail.whole_squares(judge.pictures, *judge._read(a, b), 0, THUMB_SIDE)
-    if why == "contrast":
-        assert verify.compare(*whole, t.changed, t.strong).changed == 1.0
-        assert verify.compare(th[a], th[b], t.changed, t.strong).changed == 1.0
-    else:
-        # On the trimmed thumbnails the route refuses: they show two parts of the pictures.
-        changed, side, _, _, _, strokes = verify.overlay_measures(th[a], th[b])
-        assert changed > t.overlay_changed or side < t.overlay_stroke_side or strokes < t.overlay_strokes
+    # On the trimmed thumbnails the route refuses.
+    changed, side, _, _, _, strokes = verify.overlay_measures(th[a], th[b])
+    assert changed > t.overlay_changed or side < t.overlay_stroke_side or strokes < t.overlay_strokes
     m = judge.match(a, b)
     assert m.duplicate and m.overlay and "text written over" in m.describe(), m
     assert m.changed == pytest.approx(verify.overlay_measures(*whole)[0])
     assert [sorted(g.members) for g in res.groups if g.tier == "duplicate"] == [sorted([a, b])]
     # Stored by content under their own key, and read back rather than measured again.
-    assert sum(k.endswith(f":overlay{verify.OVERLAY_VERSION}:whole") for k in checks) == 1, list(checks)
+    suffix = f":overlay{verify.OVERLAY_VERSION}:whole{detail.WHOLE_VERSION}"
+    assert sum(k.endswith(suffix) for k in checks) == 1, list(checks)
     again = PairJudge(res.features, "auto", t, checks=dict(checks))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(verify, "overlay_measures", lambda *x: pytest.fail("measured again"))
         assert again.match(b, a).overlay
+
+
+def test_letters_on_a_flat_picture_are_no_copy_of_a_photo(tmp_path, photos, monkeypatch):
+    # compare does not compare a flat picture with a textured one (verify.NOT_COMPARED), and the route does not
+    # measure them, whatever the similarity says and though both are called pictures (no texture floor): the
+    # photo mapped onto the flat picture's grey levels would change only where its letters are.
+    from PIL import ImageDraw, ImageFont
+
+    photo = rgb(sorted(photos, key=textured_share)[-1])
+    photo.save(tmp_path / "photo.png")
+    # Small letters in two opposite corners: the trim keeps the whole picture, and its contrast stays low.
+    flat = Image.new("RGB", photo.size, (30, 30, 40))
+    font = ImageFont.load_default(size=photo.height // 30)
+    for xy in ((2, 2), (photo.width * 3 // 4, photo.height - photo.height // 20)):
+        ImageDraw.Draw(flat).text(xy, "SAMPLE", fill=(255, 255, 255), font=font)
+    flat.save(tmp_path / "flat.png")
+    f = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
+    res = group_features(f, "auto")
+    ix = _ix(f)
+    a, b = ix["photo.png"], ix["flat.png"]
+    t = res.thresholds
+    assert verify.compare(f.thumbs[a], f.thumbs[b], t.changed, t.strong).changed == verify.NOT_COMPARED[0]
+    monkeypatch.setattr(PairJudge, "cosines", lambda self, ii, jj: np.full(len(ii), 0.99))
+    monkeypatch.setattr(PairJudge, "_two_pictures", lambda self, ii, jj: np.ones(len(ii), bool))
+    judge = PairJudge(res.features, "auto", t)
+    ii, jj = np.array([a]), np.array([b])
+    over = judge._changed(ii, jj, np.array([0]), judge.cosines(ii, jj))[3]
+    assert np.isnan(over).all(), over
+    assert verify.overlay_measures(f.thumbs[a], f.thumbs[b])[0] < t.overlay_changed  # what a measure would say
+    assert not judge.passes(a, b) and not judge.passes(b, a)

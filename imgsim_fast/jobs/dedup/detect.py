@@ -93,7 +93,7 @@ class Thresholds:
     similar_changed: float = 0.25
     # A pair refused by the bounds above (the thumbnails' or the detail check's) is still a duplicate when what
     # differs is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at most
-    # `overlay_changed` of the thumbnails differs, on the side of one picture (`overlay_side` of the changed pixels
+    # `overlay_changed` of the thumbnails (or of the whole pictures, where those were compared) differs, on the side of one picture (`overlay_side` of the changed pixels
     # more contrasted there), over a photo that matches elsewhere (`overlay_texture` of it unchanged and textured),
     # in a band (at most `overlay_rows` of the height, and `overlay_wide` times as wide a share of the width), and
     # the embedding calls the two the same picture (`overlay_cos`). The learned similarity guards what pixels cannot
@@ -105,11 +105,9 @@ class Thresholds:
     # as high as the burst frames' animal): it passes as letters, below, or not at all. A band must span
     # `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small subject that moved a little in a
     # burst is one-sided too, and a blob a few pixels across passes any ratio of its height. A wide low subject that
-    # drives into a frame, or a small one that crosses it, would still pass the pixels' tests. The measures are
-    # taken on every refused pair the learned score lets through, however much its thumbnails differ, and on the
-    # whole pictures where the two trims differ (PairJudge._changed): letters across a smooth margin move the
-    # trim, and bright letters over a dark, smooth wallpaper lift its contrast past what the pixel check
-    # compares at all. Tune half: 4 more text copies pass (recall 0.964 -> 0.974), no look-alike pair does.
+    # drives into a frame, or a small one that crosses it, would still pass the pixels' tests. Where the two
+    # trims differ, the measures are taken on the whole pictures (PairJudge._changed): letters across a smooth
+    # margin move the trim. Tune half: 3 more text copies pass (recall 0.964 -> 0.971), no look-alike pair does.
     overlay_changed: float = 0.2
     overlay_side: float = 0.7
     overlay_texture: float = 0.5
@@ -467,7 +465,8 @@ class PairJudge:
                  cos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
         where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
-        the pair: (m, 2) and (m, 6) arrays, NaN where they did not run), each run once by content. cos: the
+        the pair, of the whole pictures where those were compared: (m, 2) and (m, 6) arrays, NaN where they did
+        not run), each run once by content. cos: the
         pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
         reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
@@ -502,14 +501,16 @@ class PairJudge:
         # picture's own uniform part (a sky, a fog) on one copy and not on the other. Where that passes, it is
         # the verdict, with the detail check taken on the whole pictures too.
         whole = np.zeros(len(keys), bool)
-        retried = np.zeros(len(keys), bool)
+        differ = np.zeros(len(keys), bool)  # the pairs compared whole (their measures are the whole pictures')
+        seen = out.copy()  # the check each pair's overlay measures follow: the whole pictures' where they ran
         facts = self.f.facts
         retry = np.flatnonzero(~passed & self._two_pictures(ii, jj))
         retry = retry[np.array([detail_check.trims_differ(facts[ii[x]].trim, facts[jj[x]].trim, int(variants[x]))
                                 for x in retry.tolist()], bool)]
         if len(retry):
             got = self._whole(ii[retry], jj[retry], variants[retry], [keys[x] for x in retry.tolist()])
-            retried[retry] = ~np.isnan(got[:, 0])
+            differ[retry] = True
+            seen[retry] = got[:, :2]
             whole[retry] = (got[:, 0] <= limit) & (got[:, 1] <= strong)
             out[whole] = got[whole[retry], :2]
             fine[whole] = got[whole[retry], 2:]
@@ -519,15 +520,16 @@ class PairJudge:
         over = np.full((len(keys), 6), np.nan)
         t = self.t
         if t.overlay_cos <= 1.0 and cos is not None:  # (without embeddings the route cannot pass)
-            # Every refused pair the learned score lets through is measured, however much its thumbnails
-            # differ: text can move a trim, and lift one picture's contrast past what compare takes for a
-            # copy (white letters over a dark, smooth wallpaper), and either refuses the pair whole (1.0).
-            # The measures' own `changed` is what the route bounds.
-            refused = ~passed | (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong)
+            # A pair the check refused is measured where at most overlay_changed of it differs; where the trims
+            # differ, the thumbnails show two parts of the pictures (letters across a smooth margin move the
+            # trim), and the whole pictures are measured, as they were compared (none where the files cannot
+            # be read now). A pair compare would not compare (verify.NOT_COMPARED: contrasts too far apart)
+            # is not measured: the measures map grey levels onto each other as compare does, and a photo
+            # mapped onto a flat picture changes only where the flat one has letters.
+            refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
+                               seen[:, 0] <= t.overlay_changed)
             o = np.flatnonzero(refused & (cos >= t.overlay_cos))
-            # Where the trims differ the trimmed thumbnails show two parts of the pictures (letters across a
-            # smooth margin move the trim): the whole pictures are measured, as they were compared.
-            on_whole = retried[o] & ~whole[o]
+            on_whole = differ[o]
             for sel, wholly in ((o[~on_whole], False), (o[on_whole], True)):
                 over[sel] = self._overlay(ii[sel], jj[sel], variants[sel], [keys[x] for x in sel.tolist()], wholly)
         return out[:, 0].copy(), out[:, 1].copy(), fine, over
@@ -539,8 +541,10 @@ class PairJudge:
         their version holds (side, texture), that key with ':extent' (rows, cols), with ':strokes' (strokes / 2,
         changed): a stored check is two fractions (the catalog reads back values in [0, 1] only), and strokes
         run to 2. whole: of the whole pictures read from the files, squashed to the thumbnails' side
-        (detail.whole_squares; 'whole' in the key; NaN, and nothing stored, where either cannot be read now)."""
-        keys = [f"{k}:overlay{verify.OVERLAY_VERSION}{':whole' if whole else ''}" for k in keys]
+        (detail.whole_squares; 'whole' and their version in the key; NaN, and nothing stored, where either cannot
+        be read now)."""
+        keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" + (f":whole{detail_check.WHOLE_VERSION}" if whole else "")
+                for k in keys]
         nan2 = (np.nan, np.nan)
         out = np.full((len(keys), 6), np.nan)
         for x, k in enumerate(keys):

@@ -41,7 +41,7 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["VERSION", "OVERLAY_VERSION", "Verdict", "compare", "changed_fractions", "overlay_measures"]
+__all__ = ["VERSION", "OVERLAY_VERSION", "NOT_COMPARED", "Verdict", "compare", "changed_fractions", "overlay_measures"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
 # whenever a change can change a verdict (here, or in what the check is given: the thumbnails' resampling
@@ -60,7 +60,8 @@ CHANGE_K = 3.0         # a pixel changed when it differs by more than this many 
 STRONG_K = 10.0        # ... and strongly when by more than this many (other content, not resampling)
 _BLUR = 0.5            # light smoothing before comparing: resampling phase differences are not change
 _SHIFT = 2             # the cheap alignment: shifts of up to this many pixels
-MAX_CONTRAST_RATIO = 4.0  # pictures whose grey deviations differ by more are not copies of each other
+MAX_CONTRAST_RATIO = 4.0  # pictures whose grey deviations differ by more are not copies of each other ...
+NOT_COMPARED = (1.0, 1.0)  # ... and compare says (changed, strong) = this of them, comparing nothing
 # Crop windows that start the affine refinement: one picture holding this fraction of the other's side.
 _WINDOW_FRACTIONS = (0.8, 0.9)
 _LK_ITERS = 25         # Lucas-Kanade iterations at a quarter of the side ...
@@ -691,7 +692,7 @@ def compare(a: np.ndarray, b: np.ndarray, limit: float, strong_limit: float, ful
     # Copies keep their contrast within a small factor (contrast x0.6 edits: 1.7).
     lo, hi = sorted((max(float(a.std()), CONTRAST_FLOOR / 2), max(float(b.std()), CONTRAST_FLOOR / 2)))
     if hi > MAX_CONTRAST_RATIO * lo:
-        return Verdict(1.0, 1.0, 0.0, False)
+        return Verdict(*NOT_COMPARED, 0.0, False)
     bounds = (limit, strong_limit)
     shifted = Verdict(*changed_fractions(a, b, shift=_SHIFT, bounds=bounds), 1.0, False)
     if shifted.passes(limit, strong_limit):
