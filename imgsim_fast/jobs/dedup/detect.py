@@ -91,22 +91,22 @@ class Thresholds:
     # (crops, slides of one template: 1-10% differs); two unrelated photos the embedding happens to score
     # high differ over a third or more, and are no pair at all.
     similar_changed: float = 0.25
-    # A pair refused by the bounds above (the thumbnails' or the detail check's) is still a duplicate when what
-    # differs is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at most
-    # `overlay_changed` of the thumbnails (or of the whole pictures, where those were compared) differs, on the side of one picture (`overlay_side` of the changed pixels
-    # more contrasted there), over a photo that matches elsewhere (`overlay_texture` of it unchanged and textured),
-    # in a band (at most `overlay_rows` of the height, and `overlay_wide` times as wide a share of the width), and
-    # the embedding calls the two the same picture (`overlay_cos`). The learned similarity guards what pixels cannot
-    # tell (a subject that walked into a burst frame: 0.69 at most on the tune half, captioned and watermarked
-    # copies 0.77 and up) and the raw cosine does not, so the route is closed (2.0) unless the learned space opens
-    # it (dedup.LEARNED). Tune half (34 captioned copies, 34 with a large watermark across the middle, look-alikes
-    # with empty burst frames): of the 29 captioned copies the bounds refuse, 19 pass (the rest lie on smooth
-    # wallpapers: texture under 0.5); no look-alike pair does. A watermark two lines high is no band (rows 0.24-0.8,
-    # as high as the burst frames' animal): it passes as letters, below, or not at all. A band must span
-    # `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small subject that moved a little in a
-    # burst is one-sided too, and a blob a few pixels across passes any ratio of its height. A wide low subject that
-    # drives into a frame, or a small one that crosses it, would still pass the pixels' tests. Where the two
-    # trims differ, the measures are taken on the whole pictures (PairJudge._changed): letters across a smooth
+    # A pair refused by the bounds above (the thumbnails' or the detail check's) is still a duplicate when what differs
+    # is a line of text written over a photo (a caption, a date stamp: verify.overlay_measures): at most
+    # `overlay_changed` of the thumbnails (of the whole pictures, where those were compared) differs, on the side of one
+    # picture (`overlay_side` of the changed pixels more contrasted there), over a photo that matches elsewhere
+    # (`overlay_texture` of it unchanged and textured), in a band (at most `overlay_rows` of the height, and
+    # `overlay_wide` times as wide a share of the width), and the embedding calls the two the same picture
+    # (`overlay_cos`). The learned similarity guards what pixels cannot tell (a subject that walked into a burst frame:
+    # 0.69 at most on the tune half, captioned and watermarked copies 0.77 and up) and the raw cosine does not, so the
+    # route is closed (2.0) unless the learned space opens it (dedup.LEARNED). Tune half (34 captioned copies, 34 with a
+    # large watermark across the middle, look-alikes with empty burst frames): of the 29 captioned copies the bounds
+    # refuse, 19 pass (the rest lie on smooth wallpapers: texture under 0.5); no look-alike pair does. A watermark two
+    # lines high is no band (rows 0.24-0.8, as high as the burst frames' animal): it passes as letters, below, or not at
+    # all. A band must span `overlay_cols` of the width (captions 0.23-0.67 on the tune half): a small subject that
+    # moved a little in a burst is one-sided too, and a blob a few pixels across passes any ratio of its height. A wide
+    # low subject that drives into a frame, or a small one that crosses it, would still pass the pixels' tests. Where
+    # the two trims differ, the measures are taken on the whole pictures (PairJudge._changed): letters across a smooth
     # margin move the trim. Tune half: 3 more text copies pass (recall 0.964 -> 0.971), no look-alike pair does.
     overlay_changed: float = 0.2
     overlay_side: float = 0.7
@@ -466,9 +466,8 @@ class PairJudge:
         """(changed, strong, detail, overlay) of the pairs' pixel checks (verify.compare, then detail.py's
         where the thumbnails pass, and verify.overlay_measures, while the route is open, where either refused
         the pair, of the whole pictures where those were compared: (m, 2) and (m, 6) arrays, NaN where they did
-        not run), each run once by content. cos: the
-        pairs' similarities (symmetric, so in either order), where given the measures are taken only where it
-        reaches overlay_cos (elsewhere the route cannot pass)."""
+        not run), each run once by content. cos: the pairs' similarities (symmetric, so in either order), where
+        given the measures are taken only where it reaches overlay_cos (elsewhere the route cannot pass)."""
         thumbs, limit, strong = self.thumbs, self.t.changed, self.t.strong
         # The check is not symmetric (it tries one way round before the other, for the grey levels and for
         # the warp, and reports the first that passes): each pair is checked in one order fixed by content,
@@ -523,8 +522,8 @@ class PairJudge:
             # A pair the check refused is measured where at most overlay_changed of it differs; where the trims
             # differ, the thumbnails show two parts of the pictures (letters across a smooth margin move the
             # trim), and the whole pictures are measured, as they were compared (none where the files cannot
-            # be read now). A pair compare would not compare (verify.NOT_COMPARED: contrasts too far apart)
-            # is not measured: the measures map grey levels onto each other as compare does, and a photo
+            # be read now). A pair compare refused without comparing (verify.NOT_COMPARED: contrasts too far
+            # apart) is not measured: the measures map grey levels onto each other as compare does, and a photo
             # mapped onto a flat picture changes only where the flat one has letters.
             refused = np.where(passed, (fine[:, 0] > t.detail_changed) | (fine[:, 1] > t.detail_strong),
                                seen[:, 0] <= t.overlay_changed)
