@@ -309,10 +309,9 @@ def test_the_changed_mask_is_in_the_first_pictures_places():
     assert mask[:2].all() and mask[:, -2:].all()  # the border, which no shift covers, counts changed
 
 
-def _corpus_copy(name: str, level: str, folder):
-    """The tune half's original of the demo photo `name` (.cache/photos/<package>/<name>, stored as the accuracy
-    corpus stores it) and its copy with the corpus's text at `level` (mild: a caption in a corner; strong: a
-    two-line watermark across the middle), saved in `folder`."""
+def _watermarked(name: str, folder):
+    """The demo photo `name` (.cache/photos/<package>/<name>) at the accuracy corpus's size, and its copy with the
+    corpus's strong text edit (a two-line watermark across the middle), saved in `folder`."""
     from imgsim_fast.bench.corpus import MAX_SIDE
 
     src = glob.glob(os.path.join(PHOTO_DIR, "*", name))
@@ -320,7 +319,7 @@ def _corpus_copy(name: str, level: str, folder):
         pytest.skip(f"{name} missing under {PHOTO_DIR}: run scripts/fetch_photos.sh (scripts/setup.sh does)")
     im = rgb(src[0], side=MAX_SIDE)
     im.save(folder / "original.png")
-    copy, save = apply_edit(im, "text", level, np.random.default_rng(0))
+    copy, save = apply_edit(im, "text", "strong", np.random.default_rng(0))
     copy.save(folder / "watermarked.jpg", **save)
 
 
@@ -330,7 +329,7 @@ def test_letters_that_move_the_trim_are_measured_on_the_whole_pictures(tmp_path)
     from imgsim_fast.features.extract import THUMB_SIDE
     from imgsim_fast.jobs.dedup import detail
 
-    _corpus_copy("usr_share_backgrounds_firstgeneration.jpg", "strong", tmp_path)
+    _watermarked("usr_share_backgrounds_firstgeneration.jpg", tmp_path)
     f = compute_features([str(tmp_path)], embed=True, workers=1, progress=False)
     res = group_features(f, "auto")
     ix = _ix(f)

@@ -205,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every tool in turn; the median time counts")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.tool:
         json.dump(_groups(args.tool, args.folder), sys.stdout)
         return 0

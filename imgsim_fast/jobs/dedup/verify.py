@@ -41,7 +41,8 @@ import numpy as np
 import numba
 from scipy import ndimage
 
-__all__ = ["VERSION", "OVERLAY_VERSION", "NOT_COMPARED", "Verdict", "compare", "changed_fractions", "overlay_measures"]
+__all__ = ["VERSION", "OVERLAY_VERSION", "NOT_COMPARED", "Verdict", "compare", "changed_fractions",
+           "overlay_measures"]
 
 # Stored verdicts (detect.PairJudge.checks, kept in a catalog) name the version that made them: raise it
 # whenever a change can change a verdict (here, or in what the check is given: the thumbnails' resampling
