@@ -34,6 +34,66 @@ def test_erosion_matches_scipy():
         assert (verify._erode(m, 2) == ndimage.binary_erosion(m, iterations=2)).all()
 
 
+def _lk_reference(a: np.ndarray, b: np.ndarray, p: np.ndarray, iters: int) -> np.ndarray:
+    """Forward-additive Lucas-Kanade with a gain and an offset, written out in NumPy the plain way: a pass
+    for the covered pixels, the means and the gain, then one for the normal equations with the residuals
+    (what verify._lk computes in a single pass). Sampling as verify._sample: clamped, bilinear."""
+    h, w = a.shape
+    hb, wb = b.shape
+    gx = np.zeros_like(b)
+    gy = np.zeros_like(b)
+    gx[:, 1:-1] = (b[:, 2:] - b[:, :-2]) / 2
+    gx[:, 0], gx[:, -1] = (b[:, 1] - b[:, 0]) / 2, (b[:, -1] - b[:, -2]) / 2
+    gy[1:-1] = (b[2:] - b[:-2]) / 2
+    gy[0], gy[-1] = (b[1] - b[0]) / 2, (b[-1] - b[-2]) / 2
+    r, c = np.mgrid[0:h, 0:w].astype(np.float64)
+
+    def sample(img, xs, ys):
+        x0 = np.minimum(xs.astype(int), wb - 2)
+        y0 = np.minimum(ys.astype(int), hb - 2)
+        fx, fy = xs - x0, ys - y0
+        return (img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx) * (1 - fy) + \
+            (img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx) * fy
+
+    p = p.astype(np.float64).copy()
+    for _ in range(iters):
+        xs = (1 + p[0]) * c + p[2] * r + p[4]
+        ys = p[1] * c + (1 + p[3]) * r + p[5]
+        ins = (xs >= 0) & (xs <= wb - 1) & (ys >= 0) & (ys <= hb - 1)
+        if ins.sum() < 0.3 * h * w:
+            break
+        xs, ys, cc, rr, av = xs[ins], ys[ins], c[ins], r[ins], a[ins]
+        bw = sample(b, xs, ys)
+        gain = np.sqrt(av.var() / bw.var()) if bw.var() > 1e-12 and av.var() > 0 else 1.0
+        ex, ey = sample(gx, xs, ys) * gain, sample(gy, xs, ys) * gain
+        res = gain * (bw - bw.mean()) - (av - av.mean())
+        J = np.stack([ex * cc, ey * cc, ex * rr, ey * rr, ex, ey], axis=1)
+        dp = np.linalg.solve(J.T @ J + 1e-6 * np.eye(6), -(J.T @ res))
+        p += dp
+        if max(abs(dp[4]), abs(dp[5])) < 0.01 and np.abs(dp[:4]).max() < 1e-4:
+            break
+    return p
+
+
+def test_lucas_kanade_in_one_pass_solves_the_two_pass_equations():
+    # verify._lk sums the normal equations in one pass, before the gain is known, each row's sums scaled by its
+    # row number once: the same equations, so the same fit as the plain two passes but for rounding.
+    rng = np.random.default_rng(3)
+    for seed, side in ((0, 32), (1, 64), (2, 96)):
+        a = ndimage.gaussian_filter(_scene(seed, side * 2)[::2, ::2].astype(np.float64), 1.0)
+        angle, scale = rng.uniform(-0.05, 0.05), rng.uniform(0.9, 1.1)
+        lin = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        b = 1.3 * ndimage.affine_transform(a, lin, offset=rng.uniform(-3, 3, 2), order=1, mode="nearest") + 7
+        start = np.array([0.0, 0.0, 0.0, 0.0, 0.5, -0.5])
+        for iters in (1, 3, 25):
+            got, want = verify._lk(a, b, start, iters), _lk_reference(a, b, start, iters)
+            assert np.allclose(got, want, rtol=1e-9, atol=1e-9), (side, iters, got, want)
+        # and the fit is an alignment: b warped by it is a again, up to the gain and offset
+        bw, inside = verify._warp(b, got, side, side)
+        fit = np.polyfit(bw[inside], a[inside], 1)
+        assert np.abs(np.polyval(fit, bw[inside]) - a[inside]).mean() < 0.05 * a.std(), side
+
+
 def test_global_edits_change_nothing_local_edits_do():
     big = _scene()
     a = _thumb(big)

