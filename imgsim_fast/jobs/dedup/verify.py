@@ -600,8 +600,10 @@ def _lk(a, b, p, iters):
             prod[0, 0], prod[0, 1], prod[0, 2] = xx0, xx1, xx2
             prod[1, 0], prod[1, 1], prod[1, 2] = xy0, xy1, xy2
             prod[2, 0], prod[2, 1], prod[2, 2] = yy0, yy1, yy2
-            lin[0, 0, 0], lin[0, 0, 1], lin[0, 1, 0], lin[0, 1, 1], lin[0, 2, 0], lin[0, 2, 1] = x0, x1, xv0, xv1, xa0, xa1
-            lin[1, 0, 0], lin[1, 0, 1], lin[1, 1, 0], lin[1, 1, 1], lin[1, 2, 0], lin[1, 2, 1] = y0, y1, yv0, yv1, ya0, ya1
+            lin[0, 0, 0], lin[0, 0, 1], lin[0, 1, 0], lin[0, 1, 1] = x0, x1, xv0, xv1
+            lin[0, 2, 0], lin[0, 2, 1] = xa0, xa1
+            lin[1, 0, 0], lin[1, 0, 1], lin[1, 1, 0], lin[1, 1, 1] = y0, y1, yv0, yv1
+            lin[1, 2, 0], lin[1, 2, 1] = ya0, ya1
             rows[0], rows[1], rows[2] = 1.0, float(r), float(r) * r
             for i in range(6):
                 for m in range(3):
