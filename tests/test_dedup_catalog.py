@@ -182,6 +182,32 @@ def test_a_run_stores_only_the_looks_it_added(lib, tmp_path, monkeypatch):
     assert dfs.load_checks(cat) == first | written[0]
 
 
+def test_the_looks_of_a_removed_or_rewritten_file_are_dropped(lib, tmp_path):
+    # The looks are kept by contents: a file removed, or rewritten with other bytes, leaves looks that name a
+    # content no file of the catalog holds. A run drops them (each run reads every stored look into memory)
+    # and keeps every other look as it was.
+    from imgsim_fast.io.digest import file_digest
+
+    cat = str(tmp_path / "c.sqlite")
+    find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
+    checks, verdicts = dfs.load_checks(cat), dfs.load_verdicts(cat)
+    gone = {file_digest(str(lib / "crop.png")), file_digest(str(lib / "half.jpg"))}
+    assert any(d in k for k in checks for d in gone)  # the test has something to drop
+    os.remove(lib / "crop.png")
+    with Image.open(lib / "half.jpg") as im:
+        im.convert("RGB").save(lib / "half.jpg", quality=60)  # the same picture, other bytes
+    find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
+    after_checks, after_verdicts = dfs.load_checks(cat), dfs.load_verdicts(cat)
+    with Catalog(cat) as c:
+        held = {d for (d,) in c.conn.execute("SELECT digest FROM files WHERE digest IS NOT NULL")}
+    for before, after in ((checks, after_checks), (verdicts, after_verdicts)):
+        assert not [k for k in after if any(d in k for d in gone)]
+        assert all(all(t in held for t in k.split(":") if len(t) == 32) for k in after)
+        kept = {k: v for k, v in before.items() if not any(d in k for d in gone)}
+        assert {k: after[k] for k in kept if k in after} == kept and set(kept) <= set(after)
+    assert any(file_digest(str(lib / "half.jpg")) in k for k in after_checks)  # the rewritten file, checked anew
+
+
 def test_schema_4_moves_keep_verdicts_out_of_meta(tmp_path):
     # A catalog of schema 3 kept both kinds of looks as JSON objects in meta. Opening it for writing moves
     # the keep verdicts to their table (a value that is no verdict is left behind) and drops the pixel

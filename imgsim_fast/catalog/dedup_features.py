@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,8 +22,8 @@ from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
            "added", "drop_stale_arrays", "drop_stale_looks", "load_checks", "load_looks", "load_verdicts",
-           "model_arrays", "read_features", "save_checks", "save_looks", "store_checks", "store_verdicts",
-           "stored_checks", "stored_facts", "stored_verdicts"]
+           "model_arrays", "read_features", "save_checks", "save_looks", "StaleLooks", "store_checks",
+           "store_verdicts", "stored_checks", "stored_facts", "stored_verdicts"]
 
 # Named by the preparation's version (extract.PREP_TAG; the arrays of version 1 had no suffix), and the
 # thumbnails by their side too: a catalog written by another preparation or with another thumbnail size lacks
@@ -213,24 +214,59 @@ def load_verdicts(catalog: str, prefix: str = "") -> dict:
         return stored_verdicts(cat, prefix)
 
 
-def load_looks(catalog: str, check_prefix: str, verdict_prefix: str) -> tuple[dict, dict, bool]:
-    """(this version's pixel checks, its keep verdicts, whether another version's are stored), in one open
-    (each open checks the whole database)."""
+@dataclass(frozen=True)
+class StaleLooks:
+    """The stored looks no later run reads, as load_looks found them: whether another version's are stored
+    (other_versions), and this version's whose key names a content no file of the catalog holds now (checks,
+    verdicts: their keys). A removed or rewritten file leaves its looks behind otherwise, and each run would
+    read them all into memory again. True when there is anything to drop."""
+
+    other_versions: bool
+    checks: tuple[str, ...] = ()
+    verdicts: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.other_versions or bool(self.checks) or bool(self.verdicts)
+
+
+def load_looks(catalog: str, check_prefix: str, verdict_prefix: str) -> tuple[dict, dict, StaleLooks]:
+    """(this version's pixel checks, its keep verdicts, the looks save_looks drops), in one open (each open
+    checks the whole database). The looks of contents the catalog no longer holds are left out of the first
+    two: no file of this run has them."""
     with Catalog(catalog) as cat:
-        return (stored_checks(cat, check_prefix), stored_verdicts(cat, verdict_prefix),
-                _has_stale_looks(cat, check_prefix, verdict_prefix))
+        checks, verdicts = stored_checks(cat, check_prefix), stored_verdicts(cat, verdict_prefix)
+        held = {d for (d,) in cat.conn.execute("SELECT DISTINCT digest FROM files WHERE digest IS NOT NULL")}
+        gone_checks, gone_verdicts = _naming_others(checks, held), _naming_others(verdicts, held)
+        for looks, gone in ((checks, gone_checks), (verdicts, gone_verdicts)):
+            for k in gone:
+                del looks[k]
+        return checks, verdicts, StaleLooks(_has_stale_looks(cat, check_prefix, verdict_prefix), gone_checks,
+                                            gone_verdicts)
+
+
+def _naming_others(looks: dict, held: set[str]) -> tuple[str, ...]:
+    """The keys of `looks` that name a content digest (32 hex digits between colons: no other part of a key
+    is that long) not in `held`."""
+    return tuple(k for k in looks
+                 if any(len(t) == 32 and t not in held and _HEX32.fullmatch(t) for t in k.split(":")))
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str, verdict_prefix: str,
-               stale: bool) -> None:
-    """Store what a run added (checks, verdicts) and drop the looks of other versions (drop_stale_looks; stale:
-    load_looks found some), in one transaction; the catalog is not opened when there is nothing to do."""
+               stale: StaleLooks) -> None:
+    """Store what a run added (checks, verdicts) and drop what `stale` names (load_looks': the looks of other
+    versions, drop_stale_looks, and those of contents gone from the catalog), in one transaction; the catalog
+    is not opened when there is nothing to do."""
     if not verdicts and not checks and not stale:
         return
     with Catalog(catalog, write=True) as cat, cat.transaction():
         store_checks(cat, checks)
         store_verdicts(cat, verdicts)
         drop_stale_looks(cat, check_prefix, verdict_prefix)
+        for table, keys in (("pixel_checks", stale.checks), ("keep_verdicts", stale.verdicts)):
+            cat.conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
 
 
 def store_verdicts(cat: Catalog, verdicts: dict) -> None:

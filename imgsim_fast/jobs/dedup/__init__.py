@@ -252,7 +252,8 @@ def find_duplicates(paths_or_roots, method: str = "auto", thresholds: Thresholds
                               extensions=extensions)
     # Keep-best's looks at full-size pixels and the pair test's pixel checks are remembered in the catalog
     # too, by contents: a second run over an unchanged collection reads no picture and checks no pair.
-    # Only this version's looks are read; what it adds is stored, and an earlier version's are dropped.
+    # Only this version's looks are read; what it adds is stored, and an earlier version's are dropped, as are
+    # the looks of contents no file of the catalog holds any more (removed or rewritten files).
     prefixes = {"check_prefix": check_key_prefix(), "verdict_prefix": verdict_key_prefix()}
     checks, verdicts, stale = load_looks(catalog, **prefixes)
     verdicts_before, checks_before = len(verdicts), len(checks)
