@@ -182,17 +182,29 @@ def test_a_run_stores_only_the_looks_it_added(lib, tmp_path, monkeypatch):
     assert dfs.load_checks(cat) == first | written[0]
 
 
-def test_the_looks_of_a_removed_or_rewritten_file_are_dropped(lib, tmp_path):
+def test_the_looks_of_a_removed_or_rewritten_file_are_dropped(lib, tmp_path, photos):
     # The looks are kept by contents: a file removed, or rewritten with other bytes, leaves looks that name a
     # content no file of the catalog holds. A run drops them (each run reads every stored look into memory)
-    # and keeps every other look as it was.
+    # and keeps every other look as it was, another folder's in the same catalog too.
     from imgsim_fast.io.digest import file_digest
 
     cat = str(tmp_path / "c.sqlite")
+    other = tmp_path / "other"
+    other.mkdir()
+    with Image.open(photos[2]) as im:
+        im.convert("RGB").save(other / "a.png")
+        im.convert("RGB").save(other / "a.jpg", quality=85)
+    find_duplicates([str(other)], method="phash", workers=1, progress=False, catalog=cat)
+    others = dfs.load_checks(cat)
+    assert others
     find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
     checks, verdicts = dfs.load_checks(cat), dfs.load_verdicts(cat)
+    # An unchanged folder drops nothing: no part of a key but a digest is taken for one.
+    find_duplicates([str(lib)], method="auto", workers=1, progress=False, catalog=cat)
+    assert dfs.load_checks(cat) == checks and dfs.load_verdicts(cat) == verdicts
     gone = {file_digest(str(lib / "crop.png")), file_digest(str(lib / "half.jpg"))}
-    assert any(d in k for k in checks for d in gone)  # the test has something to drop
+    for looks in (checks, verdicts):  # the test has something to drop in each table
+        assert any(d in k for k in looks for d in gone)
     os.remove(lib / "crop.png")
     with Image.open(lib / "half.jpg") as im:
         im.convert("RGB").save(lib / "half.jpg", quality=60)  # the same picture, other bytes
@@ -206,6 +218,7 @@ def test_the_looks_of_a_removed_or_rewritten_file_are_dropped(lib, tmp_path):
         kept = {k: v for k, v in before.items() if not any(d in k for d in gone)}
         assert {k: after[k] for k in kept if k in after} == kept and set(kept) <= set(after)
     assert any(file_digest(str(lib / "half.jpg")) in k for k in after_checks)  # the rewritten file, checked anew
+    assert all(after_checks.get(k) == v for k, v in others.items())  # the other folder's, all kept
 
 
 def test_schema_4_moves_keep_verdicts_out_of_meta(tmp_path):

@@ -78,20 +78,26 @@ def _lk_reference(a: np.ndarray, b: np.ndarray, p: np.ndarray, iters: int) -> np
 def test_lucas_kanade_in_one_pass_solves_the_two_pass_equations():
     # verify._lk sums the normal equations in one pass, before the gain is known, each row's sums scaled by its
     # row number once: the same equations, so the same fit as the plain two passes but for rounding.
+    # Pictures as the callers pass them (_normalised); a and b of other shapes, neither square, the last time.
     rng = np.random.default_rng(3)
-    for seed, side in ((0, 32), (1, 64), (2, 96)):
-        a = ndimage.gaussian_filter(_scene(seed, side * 2)[::2, ::2].astype(np.float64), 1.0)
+    for seed, (h, w), (hb, wb) in ((0, (32, 32), (32, 32)), (1, (64, 64), (64, 64)), (2, (72, 96), (80, 60))):
+        a = ndimage.gaussian_filter(_scene(seed, 2 * max(h, w))[:2 * h:2, :2 * w:2].astype(np.float64), 1.0)
         angle, scale = rng.uniform(-0.05, 0.05), rng.uniform(0.9, 1.1)
         lin = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        b = 1.3 * ndimage.affine_transform(a, lin, offset=rng.uniform(-3, 3, 2), order=1, mode="nearest") + 7
+        b = 1.3 * ndimage.affine_transform(a, lin, offset=rng.uniform(-3, 3, 2), output_shape=(hb, wb), order=1,
+                                           mode="nearest") + 7
+        a, b = verify._normalised(a), verify._normalised(b)
         start = np.array([0.0, 0.0, 0.0, 0.0, 0.5, -0.5])
         for iters in (1, 3, 25):
             got, want = verify._lk(a, b, start, iters), _lk_reference(a, b, start, iters)
-            assert np.allclose(got, want, rtol=1e-9, atol=1e-9), (side, iters, got, want)
+            assert np.allclose(got, want, rtol=1e-9, atol=1e-9), (h, w, iters, got, want)
         # and the fit is an alignment: b warped by it is a again, up to the gain and offset
-        bw, inside = verify._warp(b, got, side, side)
+        bw, inside = verify._warp(b, got, h, w)
         fit = np.polyfit(bw[inside], a[inside], 1)
-        assert np.abs(np.polyval(fit, bw[inside]) - a[inside]).mean() < 0.05 * a.std(), side
+        assert np.abs(np.polyval(fit, bw[inside]) - a[inside]).mean() < 0.05 * a.std(), (h, w)
+    # A start that covers under 30% of a leaves p as it was, in both.
+    far = np.array([0.0, 0.0, 0.0, 0.0, 0.8 * wb, 0.8 * hb])
+    assert np.array_equal(verify._lk(a, b, far, 5), far) and np.array_equal(_lk_reference(a, b, far, 5), far)
 
 
 def test_global_edits_change_nothing_local_edits_do():

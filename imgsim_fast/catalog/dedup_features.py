@@ -216,10 +216,13 @@ def load_verdicts(catalog: str, prefix: str = "") -> dict:
 
 @dataclass(frozen=True)
 class StaleLooks:
-    """The stored looks no later run reads, as load_looks found them: whether another version's are stored
-    (other_versions), and this version's whose key names a content no file of the catalog holds now (checks,
-    verdicts: their keys). A removed or rewritten file leaves its looks behind otherwise, and each run would
-    read them all into memory again. True when there is anything to drop."""
+    """The stored looks save_looks drops, as load_looks found them: whether another version's are stored
+    (other_versions: no run of this version reads them), and this version's whose key names a content no file
+    of the catalog holds now (checks, verdicts: their keys). A removed or rewritten file left its looks behind
+    for good, and each run read them all into memory again. A file the catalog drops for any reason takes its
+    looks with it: one left out of a run over its folder (a narrower --extensions, an unmounted subfolder)
+    loses its features too, and is read and checked anew when it comes back. True when there is anything to
+    drop."""
 
     other_versions: bool
     checks: tuple[str, ...] = ()
@@ -262,11 +265,12 @@ def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str,
     if not verdicts and not checks and not stale:
         return
     with Catalog(catalog, write=True) as cat, cat.transaction():
-        store_checks(cat, checks)
-        store_verdicts(cat, verdicts)
+        # Dropped first: a look this run made again (another process brought its file back) is stored.
         drop_stale_looks(cat, check_prefix, verdict_prefix)
         for table, keys in (("pixel_checks", stale.checks), ("keep_verdicts", stale.verdicts)):
             cat.conn.executemany(f"DELETE FROM {table} WHERE key = ?", [(k,) for k in keys])
+        store_checks(cat, checks)
+        store_verdicts(cat, verdicts)
 
 
 def store_verdicts(cat: Catalog, verdicts: dict) -> None:

@@ -525,11 +525,13 @@ def _lk(a, b, p, iters):
     """Refine p so that b(W(x; p)) matches a(x) up to a gain and an offset, in least squares over the
     covered pixels (forward-additive Lucas-Kanade).
 
-    One pass over the pixels per iteration: with the gain g and the means ma, mb known only at its end, the
-    residual g (bw - mb) - (a - ma) and the Jacobian g J0 (J0: b's gradient at the warped point times c, r or
+    One pass over the pixels per iteration: with the gain G and the means ma, mb known only at its end, the
+    residual G (bw - mb) - (a - ma) and the Jacobian G J0 (J0: b's gradient at the warped point times c, r or
     1) leave the normal equations as sums the pass can take first: of J0, J0 bw, J0 a and J0 J0'. Each is a
     sum of gradient products times powers of c and r; a row sums over c, and its r is multiplied in once
-    at the row's end. (The same equations as two passes; 1.7x faster, the fit equal to about 1e-10.)"""
+    at the row's end. The same equations as two passes, 1.7x faster. The means are subtracted after the sums,
+    not pixel by pixel, so pictures far from zero mean lose precision (an offset 10 times the contrast: about
+    1e-10); the callers pass _normalised pictures, zero-mean."""
     h, w = a.shape
     hb, wb = b.shape
     gy = np.zeros(b.shape)
@@ -620,7 +622,7 @@ def _lk(a, b, p, iters):
         H = np.zeros((6, 6))
         g = np.zeros(6)
         for i in range(6):
-            # g = sum(J res) with J = gain J0 and res = gain bw - a + (ma - gain mb)
+            # g = sum(J res), with J = gain J0 and res = gain bw - a + (ma - gain mb)
             g[i] = gain * gain * j1[1, i] - gain * j1[2, i] + gain * (ma - gain * mb) * j1[0, i]
             for k in range(i, 6):  # H is symmetric: its upper half, mirrored below
                 H[i, k] = gain * gain * jj[i, k]
