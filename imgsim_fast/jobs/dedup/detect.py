@@ -483,7 +483,7 @@ class PairJudge:
         prefix = check_key_prefix()
         keys = [f"{prefix}{limit}:{strong}:{dg[a]}:{dg[b]}:{v}"
                 for a, b, v in zip(ii.tolist(), jj.tolist(), variants.tolist())]
-        out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
+        out = self._stored(keys)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
 
         def one(x: int) -> list[float]:
@@ -493,7 +493,7 @@ class PairJudge:
         found = _pool_map(one, todo)
         for x, c in zip(todo, found):
             out[x] = c
-            self.checks[keys[x]] = c
+            self._store(keys[x], c)
         fine = np.full((len(keys), 2), np.nan)
         passed = (out[:, 0] <= limit) & (out[:, 1] <= strong)
         # Two pictures the thumbnails refused, whose trims differ, are compared whole: a trim can take a
@@ -544,12 +544,9 @@ class PairJudge:
         be read now)."""
         keys = [f"{k}:overlay{verify.OVERLAY_VERSION}" + (f":whole{detail_check.WHOLE_VERSION}" if whole else "")
                 for k in keys]
-        nan2 = (np.nan, np.nan)
-        out = np.full((len(keys), 6), np.nan)
-        for x, k in enumerate(keys):
-            half_strokes, changed = self.checks.get(f"{k}:strokes", nan2)
-            out[x] = changed, *self.checks.get(k, nan2), *self.checks.get(f"{k}:extent", nan2), 2 * half_strokes
-        todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
+        stored = self._stored(keys, _OVERLAY_PARTS)  # side, texture, rows, cols, strokes / 2, changed
+        out = np.column_stack([stored[:, 5], stored[:, :4], 2 * stored[:, 4]])
+        todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
         thumbs = self.thumbs
 
         def one(x: int) -> tuple[float, float, float, float, float, float] | None:
@@ -566,10 +563,22 @@ class PairJudge:
                 continue
             changed, side, texture, rows, cols, strokes = got
             out[x] = got
-            self.checks[keys[x]] = [side, texture]
-            self.checks[f"{keys[x]}:extent"] = [rows, cols]
-            self.checks[f"{keys[x]}:strokes"] = [strokes / 2, changed]
+            self._store(keys[x], (side, texture, rows, cols, strokes / 2, changed), _OVERLAY_PARTS)
         return out
+
+    def _stored(self, keys: list[str], parts: tuple[str, ...] = ("",)) -> np.ndarray:
+        """The stored checks of `keys`: each key with each suffix of `parts` holds two values (what a stored check
+        holds), in that order, (m, 2 len(parts)); a row is NaN where any part is missing (made again whole)."""
+        nan2 = (np.nan, np.nan)
+        out = np.array([[v for p in parts for v in self.checks.get(k + p, nan2)] for k in keys],
+                       np.float64).reshape(len(keys), 2 * len(parts))
+        out[np.isnan(out).any(axis=1)] = np.nan
+        return out
+
+    def _store(self, key: str, values, parts: tuple[str, ...] = ("",)) -> None:
+        """Remember a check's values under `key` as _stored reads them back: two values a part."""
+        for x, p in enumerate(parts):
+            self.checks[key + p] = [float(values[2 * x]), float(values[2 * x + 1])]
 
     def _read(self, a: int, b: int) -> tuple | None:
         """(the files, (path, content digest) of a and of b, and their Pictures.canvas), what the looks at the
@@ -587,10 +596,8 @@ class PairJudge:
         t = self.t
         keys = [f"{k}:whole{detail_check.WHOLE_VERSION}:{detail_check.DETAIL_SIDE}:{t.detail_changed}:"
                 f"{t.detail_strong}" for k in keys]
-        nan2 = (np.nan, np.nan)
-        out = np.array([[*self.checks.get(k, nan2), *self.checks.get(f"{k}:detail", nan2)] for k in keys],
-                       np.float64).reshape(len(keys), 4)
-        todo = np.flatnonzero(np.isnan(out).any(axis=1)).tolist()
+        out = self._stored(keys, ("", ":detail"))
+        todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
 
         def one(x: int):
             read = self._read(int(ii[x]), int(jj[x]))
@@ -603,8 +610,7 @@ class PairJudge:
         for x, c in zip(todo, _pool_map(one, todo, serial_under=8)):
             if c is not None:
                 out[x] = *c[0], *c[1]
-                self.checks[keys[x]] = list(c[0])
-                self.checks[f"{keys[x]}:detail"] = list(c[1])
+                self._store(keys[x], out[x], ("", ":detail"))
         return out
 
     def _detail(self, ii: np.ndarray, jj: np.ndarray, variants: np.ndarray, keys: list[str]) -> np.ndarray:
@@ -615,7 +621,7 @@ class PairJudge:
         t = self.t
         keys = [f"{k}:detail{detail_check.VERSION}:{detail_check.DETAIL_SIDE}:{t.detail_changed}:{t.detail_strong}"
                 for k in keys]
-        out = np.array([self.checks.get(k, (np.nan, np.nan)) for k in keys], np.float64).reshape(len(keys), 2)
+        out = self._stored(keys)
         todo = np.flatnonzero(np.isnan(out[:, 0])).tolist()
         thumbs, pictures, facts = self.thumbs, self.pictures, self.f.facts
 
@@ -643,7 +649,7 @@ class PairJudge:
         for x, c in zip(todo, found):
             if c is not None:
                 out[x] = c
-                self.checks[keys[x]] = c
+                self._store(keys[x], c)
         return out
 
 
@@ -659,6 +665,9 @@ def _pool_map(fn, items: list, serial_under: int = 64) -> list:
 
 
 _RULES = ("", "exact", "phash", "flip", "confirmed", "embedding", "similar")
+# Where PairJudge._overlay stores the six measures, two to a key: the key itself (side, texture), ':extent'
+# (rows, cols), ':strokes' (strokes / 2, changed).
+_OVERLAY_PARTS = ("", ":extent", ":strokes")
 # The inverse of each of the 8 flips and rotations (TRANSFORMS order): only the quarter turns differ.
 _INVERSE_VARIANT = np.array([0, 3, 2, 1, 4, 5, 6, 7])
 
