@@ -18,6 +18,7 @@ import numpy as np
 from imgsim_fast.catalog.store import Catalog, CatalogError, holds_name
 from imgsim_fast.features.extract import PREP_TAG, THUMB_SIDE, Features, FileFacts
 from imgsim_fast.features.hashing import phash_dihedral
+from imgsim_fast.io.digest import is_digest
 from imgsim_fast.io.loading import LoadFailure, iter_image_files
 
 __all__ = ["FACT_COLUMNS", "FACTS", "PHASH8", "THUMBS", "dedup_features", "ensure_arrays", "fact_row", "feature_rows",
@@ -248,13 +249,9 @@ def load_looks(catalog: str, check_prefix: str, verdict_prefix: str) -> tuple[di
 
 
 def _naming_others(looks: dict, held: set[str]) -> tuple[str, ...]:
-    """The keys of `looks` that name a content digest (32 hex digits between colons: no other part of a key
-    is that long) not in `held`."""
-    return tuple(k for k in looks
-                 if any(len(t) == 32 and t not in held and _HEX32.fullmatch(t) for t in k.split(":")))
-
-
-_HEX32 = re.compile(r"[0-9a-f]{32}")
+    """The keys of `looks` that name a content digest (io.digest.is_digest, between colons: no other part of a
+    key is 32 characters long) not in `held`."""
+    return tuple(k for k in looks if any(len(t) == 32 and t not in held and is_digest(t) for t in k.split(":")))
 
 
 def save_looks(catalog: str, *, checks: dict, verdicts: dict, check_prefix: str, verdict_prefix: str,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from imgsim_fast.io.loading import open_regular
 
-__all__ = ["bytes_digest", "file_digest"]
+__all__ = ["bytes_digest", "file_digest", "is_digest"]
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")  # a digest as these functions write it: 16 bytes in lowercase hex
 
 
 def bytes_digest(data: bytes) -> str:
@@ -22,3 +25,9 @@ def file_digest(path: str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    """Whether `text` is a digest as bytes_digest and file_digest write it (32 lowercase hex digits, nothing
+    more)."""
+    return _DIGEST.fullmatch(text) is not None

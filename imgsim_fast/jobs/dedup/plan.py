@@ -32,18 +32,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 
 from imgsim_fast.jobs.dedup.actions import OPS, Action, quarantine_path
-from imgsim_fast.io.digest import file_digest
+from imgsim_fast.io.digest import file_digest, is_digest
 from imgsim_fast.jobs.dedup.keep import is_under
 
 __all__ = ["PLAN_VERSION", "PlanError", "Entry", "PlanGroup", "Plan", "load_plan", "parse_plan", "check_plan",
            "stale_entries", "plan_to_actions"]
 
 PLAN_VERSION = 1
-_DIGEST = re.compile(r"^[0-9a-f]{32}$")  # io.digest.file_digest: BLAKE2b with a 16-byte digest
 
 
 class PlanError(ValueError):
@@ -84,7 +82,7 @@ def _entry(obj, where: str) -> Entry:
         raise PlanError(f"{where}: expected {{\"path\": ..., \"digest\": ...}}")
     if not os.path.isabs(obj["path"]):
         raise PlanError(f"{where}: path is not absolute")
-    if not _DIGEST.match(obj["digest"]):
+    if not is_digest(obj["digest"]):
         raise PlanError(f"{where}: digest is not a 32-digit hex BLAKE2b-128")
     return Entry(obj["path"], obj["digest"])
 
