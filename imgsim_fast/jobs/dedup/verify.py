@@ -513,6 +513,13 @@ def _warp(img, p, h, w):
     return out, inside
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _weighted(img, k0, i0, wts):
+    """img's four pixels from (row k0, column i0) on, by the bilinear weights wts (_lk's, computed once for
+    three pictures; _sample keeps its own order of sums, which _warp's verdicts depend on)."""
+    return img[k0, i0] * wts[0] + img[k0, i0 + 1] * wts[1] + img[k0 + 1, i0] * wts[2] + img[k0 + 1, i0 + 1] * wts[3]
+
+
 # J's six entries (the warp's parameters, see _map) are b's gradient along x or y (_GRAD: 0, 1) times the
 # grid point's column (_COL: its power of c), row (_ROW: its power of r) or 1.
 _GRAD = np.array([0, 1, 0, 1, 0, 1])
@@ -563,10 +570,10 @@ def _lk(a, b, p, iters):
                 k0 = min(int(ys), hb - 2)
                 fx = xs - i0
                 fy = ys - k0
-                w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
-                v = b[k0, i0] * w00 + b[k0, i0 + 1] * w01 + b[k0 + 1, i0] * w10 + b[k0 + 1, i0 + 1] * w11
-                ex = gx[k0, i0] * w00 + gx[k0, i0 + 1] * w01 + gx[k0 + 1, i0] * w10 + gx[k0 + 1, i0 + 1] * w11
-                ey = gy[k0, i0] * w00 + gy[k0, i0 + 1] * w01 + gy[k0 + 1, i0] * w10 + gy[k0 + 1, i0 + 1] * w11
+                wts = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
+                v = _weighted(b, k0, i0, wts)
+                ex = _weighted(gx, k0, i0, wts)
+                ey = _weighted(gy, k0, i0, wts)
                 av = a[r, c]
                 n += 1
                 sa += av
