@@ -28,6 +28,9 @@ def main(argv=None) -> int:
                    help="accuracy and dedup on the audit corpus (pictures from packages nothing was tuned on)")
     p.add_argument("--repeat", type=int, default=1,
                    help="dedup: rounds of every tool in turn, the median time reported (the machine is shared)")
+    p.add_argument("--full-size", action="store_true",
+                   help="dedup: the corpus with its pictures at the size they come in (up to 3840 x 2400), not "
+                        "at most 1024 px")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
         from imgsim_fast.bench import dedup_bench
 
         rows += dedup_bench.run(args.photos, os.path.join(repo, ".cache"), quick=args.quick, audit=args.audit,
-                                repeat=args.repeat)
+                                repeat=args.repeat, full_size=args.full_size)
     if "memory" in sections:
         from imgsim_fast.bench import memory_bench
 

@@ -54,6 +54,9 @@ __all__ = ["AUDIT_SEED", "EDITS", "LOOKALIKE_KINDS", "NEGATIVE_EDITS", "CorpusFi
 
 CORPUS_VERSION = 5
 MAX_SIDE = 1024  # originals are stored at most this large: the corpus stays small and quick to hash
+# ... except in the full-size corpus (build_corpus(full_size=True)), whose pictures keep the size their
+# package ships them at (up to 3840 x 2400 here), as a collection of photos and wallpapers does: how long a
+# tool takes depends on it, as decoding grows with the pixels and a fixed-size network input does not.
 
 # (kind, level) -> description; the function below applies it. Kinds are what the issue lists.
 EDITS = {
@@ -346,14 +349,15 @@ def apply_edit(im: Image.Image, kind: str, level: str, rng: np.random.Generator)
 
 
 def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int = 0,
-                 audit: bool = False) -> list[CorpusFile]:
-    """Build (once; cached under cache_dir/accuracy_corpus[-quick], or audit_corpus) and return the labelled
-    files.
+                 audit: bool = False, full_size: bool = False) -> list[CorpusFile]:
+    """Build (once; cached under cache_dir/accuracy_corpus[-quick][-full], or audit_corpus[-full]) and return
+    the labelled files.
 
     quick: 10 ordinary families and 3 look-alikes of each kind, for a smoke run. audit: the audit corpus
     instead (audit_pictures, look-alikes of AUDIT_SEED, every file in split "audit"). A labels.json beside
     the files records families, kinds, splits and look-alike kinds; its version and the source list decide
-    whether a cached corpus is reused.
+    whether a cached corpus is reused. full_size: the pictures at the size they come in, not at most MAX_SIDE
+    (the same families, edits and seed; another folder).
     """
     variants: list[tuple[str, str]] = []
     if audit:
@@ -375,10 +379,11 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
         lookalikes = [x for k in LOOKALIKE_KINDS for x in [x for x in lookalikes if x[0] == k][:3]]
     lookalikes += [("variant", family, path) for family, path in variants]
     todo += [(f"lookalike/{kind}/{name}", path, kind, NEGATIVE_EDITS) for kind, name, path in lookalikes]
-    root = os.path.join(cache_dir, ("audit_corpus" if audit else "accuracy_corpus") + ("-quick" if quick else ""))
+    root = os.path.join(cache_dir, ("audit_corpus" if audit else "accuracy_corpus") + ("-quick" if quick else "")
+                        + ("-full" if full_size else ""))
     labels_path = os.path.join(root, "labels.json")
     key = {"version": CORPUS_VERSION, "lookalikes": LOOKALIKES_VERSION, "seed": seed,
-           "sources": [t[0] for t in todo]}
+           "sources": [t[0] for t in todo], **({"max_side": None} if full_size else {})}
     if os.path.exists(labels_path):
         with open(labels_path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -396,7 +401,8 @@ def build_corpus(photos_src: str, cache_dir: str, quick: bool = False, seed: int
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im.convert("RGBA"))
             im = im.convert("RGB")
-        im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        if not full_size:
+            im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
         stem = f"f{fi:03d}"
         orig = f"{stem}_original.png"
         im.save(os.path.join(root, orig))

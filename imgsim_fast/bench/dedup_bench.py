@@ -118,9 +118,9 @@ def _groups(tool: str, folder: str) -> list[list[str]]:
     raise ValueError(f"unknown tool {tool!r}")
 
 
-def _folder(cache_dir: str, files, split: str) -> str:
+def _folder(cache_dir: str, files, split: str, suffix: str = "") -> str:
     """Hard links of the split's corpus files in one flat folder (rebuilt when the corpus changes)."""
-    folder = os.path.join(cache_dir, f"dedup_bench_{split}")
+    folder = os.path.join(cache_dir, f"dedup_bench_{split}{suffix}")
     want = {os.path.basename(f.path): f.path for f in files if f.split == split}
     have = set(os.listdir(folder)) if os.path.isdir(folder) else set()
     if have != set(want):
@@ -134,8 +134,9 @@ def _folder(cache_dir: str, files, split: str) -> str:
 
 
 def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | None = None,
-        tools=TOOLS, audit: bool = False, repeat: int = 1) -> list[Row]:
-    """Every tool on the held-out half's folder (audit: the audit corpus's, corpus.audit_pictures).
+        tools=TOOLS, audit: bool = False, repeat: int = 1, full_size: bool = False) -> list[Row]:
+    """Every tool on the held-out half's folder (audit: the audit corpus's, corpus.audit_pictures; full_size:
+    the corpus built with its pictures at the size they come in, build_corpus(full_size=True)).
 
     repeat: rounds, each running every tool once in turn (so a slow spell of the shared machine falls on all
     of them); a tool's time is its median round, its memory the largest, its accuracy the round of median F1,
@@ -146,9 +147,9 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
 
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
-    files = build_corpus(photos_src, cache_dir, quick=quick, audit=audit)
+    files = build_corpus(photos_src, cache_dir, quick=quick, audit=audit, full_size=full_size)
     split = "audit" if audit else "test"
-    folder = _folder(cache_dir, files, split)
+    folder = _folder(cache_dir, files, split, "-full" if full_size else "")
     index = {os.path.basename(f.path): i for i, f in enumerate(files)}
     runs: dict[str, list] = {}
     failed: dict[str, int] = {}
@@ -186,7 +187,8 @@ def run(photos_src: str, cache_dir: str, quick: bool = False, details: dict | No
                   "failed_rounds": r["failed_rounds"],
                   "peak_rss_mb": round(r["peak_rss_mb"]), "precision": round(r["precision"], 4),
                   "recall": round(r["recall"], 4), "f1": round(r["f1"], 4)}
-        rows.append(Row("dedup", f"{tool} files/s ({'audit' if audit else 'held-out'} folder)",
+        where = ("audit" if audit else "held-out") + (" full-size" if full_size else "")
+        rows.append(Row("dedup", f"{tool} files/s ({where} folder)",
                         round(n / r["seconds"], 1), "files/s",
                         "czkawka" if tool != "czkawka" and "czkawka" in out else None,
                         round(n / out["czkawka"]["seconds"], 1) if "czkawka" in out and tool != "czkawka" else None,
@@ -204,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("folder", nargs="?")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every tool in turn; the median time counts")
+    p.add_argument("--full-size", action="store_true", help="the corpus with its pictures at their own size")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
@@ -212,7 +215,8 @@ def main(argv=None) -> int:
         return 0
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     d: dict = {}
-    run(os.path.join(repo, ".cache", "photos"), os.path.join(repo, ".cache"), args.quick, d, repeat=args.repeat)
+    run(os.path.join(repo, ".cache", "photos"), os.path.join(repo, ".cache"), args.quick, d, repeat=args.repeat,
+        full_size=args.full_size)
     print(f"{'tool':18} {'seconds':>8} {'peak MB':>8} {'P':>6} {'R':>6} {'F1':>6}")
     for tool, r in d.items():
         print(f"{tool:18} {r['seconds']:8.1f} {r['peak_rss_mb']:8.0f} {r['precision']:6.3f} {r['recall']:6.3f} "
