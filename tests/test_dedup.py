@@ -235,6 +235,44 @@ def test_trim_follows_contrast_not_grey_levels():
     assert abs(a[1] - b[1]) <= 1 and a[0] == b[0] and a[2:] == b[2:], (a, b)
 
 
+def test_a_large_picture_reduces_trims_and_hashes_as_its_flips_do(tmp_path, photos):
+    # A picture over twice FEATURE_SIDE is reduced before it is trimmed and hashed. Image.reduce averaged
+    # blocks from the top left corner and left a part block at the bottom and right, so a flipped copy whose
+    # sides are not multiples of the factor was averaged on shifted blocks: this wallpaper at 3840 x 2400
+    # (factor 9) as a PNG, mirrored top to bottom, trimmed 2% more on the left and hashed 12 bits from its
+    # original, and the mirror was lost. Lossless flips must reduce, trim and hash as the original does, and
+    # quarter turns reduce to within a grey level (the box filter's two passes round in the other order).
+    from imgsim_fast.features.extract import reduce_to_feature_side
+
+    src = [p for p in photos if p.endswith("the-mouse.jpg")]
+    if not src:
+        pytest.skip("ukui-wallpapers' the-mouse.jpg not fetched")
+    T = Image.Transpose
+    im = _rgb(src[0], side=3840).resize((3840, 2400), Image.Resampling.BICUBIC)
+    for size, blocks in (((3840, 2400), False), ((2304, 1536), True)):  # factor 9: part blocks; 6: whole ones
+        pic = im.resize(size, Image.Resampling.BICUBIC)
+        small = np.asarray(reduce_to_feature_side(pic), np.int16)
+        for turn, undo, tolerance in ((T.FLIP_TOP_BOTTOM, T.FLIP_TOP_BOTTOM, 0), (T.ROTATE_180, T.ROTATE_180, 0),
+                                      (T.ROTATE_90, T.ROTATE_270, 0 if blocks else 1)):
+            back = np.asarray(reduce_to_feature_side(pic.transpose(turn)).transpose(undo), np.int16)
+            assert back.shape == small.shape and np.abs(back - small).max() <= tolerance, (size, turn)
+    copies = {"original": (im, 0), "mirror-tb": (im.transpose(T.FLIP_TOP_BOTTOM), 5),
+              "rot180": (im.transpose(T.ROTATE_180), 2)}
+    for name, (pic, _) in copies.items():
+        pic.save(tmp_path / f"{name}.png", compress_level=1)
+    feats = compute_features([str(tmp_path)], workers=1, progress=False)
+    by = {os.path.splitext(os.path.basename(f.path))[0]: i for i, f in enumerate(feats.facts)}
+    o = by["original"]
+    l, t, r, b = feats.facts[o].trim
+    assert r - l < 0.9, "the wallpaper's dark margins must be trimmed, or this tests nothing"
+    expect = {"mirror-tb": (l, 1 - b, r, 1 - t), "rot180": (1 - r, 1 - b, 1 - l, 1 - t)}
+    for name, (_, v) in copies.items():
+        if name != "original":
+            assert np.allclose(feats.facts[by[name]].trim, expect[name]), (name, feats.facts[by[name]].trim)
+            # DIHEDRAL's variant v of the original's pHash is the copy's own.
+            assert feats.phash8[by[name], 0, 0] == feats.phash8[o, v, 0], name
+
+
 # ------------------------------------------------------------------------------------------------
 # Real photos
 

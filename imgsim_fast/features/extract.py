@@ -26,8 +26,8 @@ from imgsim_fast.io.loading import (DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, R
 
 __all__ = ["ExtractSpec", "Extracted", "FileFacts", "Features", "embed_inputs", "extract_chunk", "extract_file",
            "extract_many", "blockiness", "compute_features", "estimate_jpeg_quality", "file_digest",
-           "noise_sigma", "trim_box", "trim_tolerance", "trim_uniform_borders", "PREP_VERSION",
-           "PREP_TAG"]
+           "noise_sigma", "reduce_to_feature_side", "trim_box", "trim_tolerance", "trim_uniform_borders",
+           "PREP_VERSION", "PREP_TAG"]
 
 # Decoded short side: enough for a 224 px embedding input and for finding a border to within 1/256.
 FEATURE_SIDE = 256
@@ -63,8 +63,9 @@ TRIM_PASSES = 3
 # The version of dedup's preparation of a picture (the trim, and so the hashes, thumbnails, embeddings and
 # facts made from it): dedup's catalog arrays and the pixel checks stored by content are named by it, so
 # what an earlier preparation made is made again rather than mixed with this one's. 2: nested borders.
-PREP_VERSION = 2
-PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p2, pixel check keys)
+# 3: large pictures reduced on a grid that flips and turns with them (reduce_to_feature_side).
+PREP_VERSION = 3
+PREP_TAG = f"p{PREP_VERSION}"  # how names and keys carry it (catalog arrays dedup-*-p3, pixel check keys)
 _HASH_SIDE = 8 * PHASH_HIGHFREQ_FACTOR
 # The thumbnail kept for the pixel check of the pair test (jobs/dedup/verify.py). At 128 px the words on
 # slides of one template and a subject a step further in a burst still differ where 64 px blurs them into
@@ -484,6 +485,26 @@ def extract_many(items: list[tuple], spec: ExtractSpec, workers: int, on_progres
     return sorted(out, key=lambda x: x[0])
 
 
+def reduce_to_feature_side(img: Image.Image) -> Image.Image:
+    """`img` shrunk by the largest whole factor that keeps its shorter side at least FEATURE_SIDE (itself when
+    that factor is 1), the same way whichever way round the picture is: a flipped copy reduces to the flipped
+    reduction exactly, a quarter-turned one to within a grey level.
+
+    Image.reduce alone averages blocks from the top left corner and leaves a part block at the bottom and
+    right, so a flipped or turned copy whose sides are not multiples of the factor was averaged on blocks
+    shifted against its original's (up to 50 grey levels apart at edges): its trim was found elsewhere and its
+    hash 12 bits off (a 3840 x 2400 wallpaper's top-bottom mirror, factor 9). Such pictures get a box filter
+    onto a grid spanning the whole picture instead. 42 wallpapers, two flips and two turns each, at 5 such
+    sizes (840 copies): trims off 40 -> 4, pHash more than 2 bits off 95 -> 17."""
+    factor = min(img.size) // FEATURE_SIDE
+    if factor <= 1:
+        return img
+    w, h = img.size
+    if w % factor == 0 and h % factor == 0:
+        return img.reduce(factor)  # whole blocks: exact sums, the same under every flip and turn
+    return img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.Resampling.BOX)
+
+
 def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str, header: tuple,
                     embed_size: int | None) -> tuple:
     """(FileFacts, (32x32 hash pixels, THUMB_SIDE thumbnail) uint8, embedding inputs (2, s, s, 3) uint8 or None)
@@ -499,9 +520,7 @@ def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str
     blocky = False
     if fmt in _LOSSLESS:  # decoded at full size anyway: look for a JPEG block grid before reducing
         blocky = blockiness(np.asarray(img.convert("L") if img.mode != "L" else img)) >= BLOCK_RATIO
-    factor = min(img.size) // FEATURE_SIDE
-    if factor > 1:
-        img = img.reduce(factor)
+    img = reduce_to_feature_side(img)
     colour = img.mode == "RGB" and _is_colour(np.asarray(img))
     trimmed, box = trim_uniform_borders(img)
     gray = trimmed.convert("L") if trimmed.mode != "L" else trimmed
