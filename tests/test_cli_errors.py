@@ -68,6 +68,16 @@ def test_bad_arguments_are_one_line_usage_errors(argv, needle, capsys):
     assert err.startswith("imgsim")
 
 
+@pytest.mark.parametrize("argv,needles", [
+    (["dedup", "d", "--metod", "phash"], ("imgsim dedup: error: unrecognized arguments: --metod phash; did you mean "
+                                          "--method?", "(see `imgsim dedup --help`)")),
+    (["dedup", "d", "--thresold=3"], ("--thresold=3; did you mean --threshold?",)),
+    (["search", "q.jpg", "--zzzzzz"], ("imgsim search: error: unrecognized arguments: --zzzzzz (see",)),
+])
+def test_an_unknown_option_is_refused_by_its_command_with_the_nearest_one_named(argv, needles, capsys):
+    _usage_error(capsys, argv, *needles)
+
+
 def test_index_of_a_missing_folder_creates_nothing(tmp_path, capsys):
     assert main(["index", str(tmp_path / "typo")]) == 2
     _one_line_error(capsys, "no such file or folder")

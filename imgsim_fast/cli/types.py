@@ -3,6 +3,7 @@ before any work, with one line on stderr and exit status 2 (README, "Bad input")
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 
@@ -16,6 +17,23 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but words no option takes are refused by the subcommand they were given to (its name
+        and help in the message, not the top level's), with the nearest option named: `--metod` is a typo of
+        `--method`, and the person needs to hear which."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction) and getattr(ns, action.dest, None):
+                    parser = action.choices.get(getattr(ns, action.dest), self)
+            options = [o for a in parser._actions for o in a.option_strings]
+            near = [m for e in extras if e.startswith("-")
+                    for m in difflib.get_close_matches(e.split("=", 1)[0], options, n=1)]
+            hint = f"; did you mean {' or '.join(dict.fromkeys(near))}?" if near else ""
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
 
 
 def _int(text: str) -> int:
