@@ -129,14 +129,16 @@ def cmd_hash(args) -> int:
     return _exit_status(len(result.paths), len(result.failures))
 
 
+def counted(n: int, one: str, many: str) -> str:
+    """`n` and the noun that goes with it: 1 file, 2 files."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def print_groups(res, method: str, scanned: str | None = None, relative: bool = True) -> None:
     """The dedup summary and every group, in plain words: duplicates (acted on) first, then look-alikes.
     scanned: the summary's first words (default: how many images were scanned); relative: paths shown
     relative to the working directory (a cluster's feature set may name files of another machine)."""
     from imgsim_fast.io.names import display_path
-
-    def counted(n: int, one: str, many: str) -> str:
-        return f"{n} {one if n == 1 else many}"
 
     dup = [g for g in res.groups if g.tier == "duplicate"]
     n_dup = sum(len(res.removable(g)) for g in dup)
@@ -241,6 +243,9 @@ def cmd_dedup(args) -> int:
                           reference=args.reference or [], workers=args.workers)
         print(f"wrote {display_path(args.html)}")
     status = _exit_status(len(res.paths), len(res.features.failures))
+    if op is None and any(res.removable(g) for g in res.groups if g.tier == "duplicate"):
+        print("\nnothing changed: --move-to DIR sets the duplicates aside (imgsim undo puts them back), --link "
+              "hard|sym or --delete acts on them, --html FILE writes a page to review them first")
     if op is None or status == 2:
         return status
     roots = list(args.paths) + list(args.reference or [])
@@ -279,12 +284,12 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict, s
         raise
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]
-    print(f"\n{len(rep.done)} files {verb}; {len(rep.skipped) + skipped_before} skipped; manifest "
-          f"{display_path(manifest)}")
+    print(f"\n{counted(len(rep.done), 'file', 'files')} {verb}; {len(rep.skipped) + skipped_before} skipped; "
+          f"manifest {display_path(manifest)}")
     for a, why in rep.skipped:
         print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
-        print(f"undo with: imgsim undo {display_path(manifest)}")
+        print(f"undo with: imgsim undo {shlex.quote(display_path(manifest))}")  # pasted as it is
     return len(rep.skipped)
 
 
@@ -309,8 +314,8 @@ def _apply_plan(args, op: str | None) -> int:
         print(f"imgsim: skipped {display_path(e.path)}: {display_path(why)}", file=sys.stderr)
     # What the plan says it covers; the folders named on the command line bound what it may change.
     shown_roots = ", ".join(display_path(r) for r in plan.roots)
-    print(f"plan {display_path(args.apply)} (roots {shown_roots}): {len(plan.groups)} groups, "
-          f"{len(plan.removals)} files to remove, {len(stale)} skipped")
+    print(f"plan {display_path(args.apply)} (roots {shown_roots}): {counted(len(plan.groups), 'group', 'groups')}, "
+          f"{counted(len(plan.removals), 'file', 'files')} to remove, {len(stale)} skipped")
     if op is None:
         print("nothing changed: to carry it out, name the folders it may change and an action: imgsim dedup "
               "FOLDER... --apply PLAN --move-to DIR (with --link hard|sym) or --delete")
@@ -329,8 +334,8 @@ def cmd_undo(args) -> int:
     from imgsim_fast.io.names import display_path
 
     rep = undo(args.manifest)  # a manifest that fails its checks raises ManifestRefused: one line, exit 2
-    print(f"{len(rep.restored)} files restored, {len(rep.already)} already in place, {len(rep.conflicts)} left "
-          f"alone, {len(rep.lost)} deleted for good")
+    print(f"{counted(len(rep.restored), 'file', 'files')} restored, {len(rep.already)} already in place, "
+          f"{len(rep.conflicts)} left alone, {len(rep.lost)} deleted for good")
     for p in rep.lost:
         print(f"imgsim: cannot restore deleted file {display_path(p)}", file=sys.stderr)
     for p, why in rep.conflicts:
