@@ -35,7 +35,7 @@ def test_dialogs_of_one_kind_pass_the_thumbnails_and_fail_the_detail_check(dialo
     assert fine[0, 1] > DEFAULTS.detail_strong, fine
     assert not judge.passes(a, b)
     m = judge.match(a, b)
-    assert not m.duplicate and "looked at closer" in m.describe(), m.describe()
+    assert not m.duplicate and "compared at up to 384 px" in m.describe(), m.describe()
     # Its copies, a JPEG and a half-size one, pass both checks against it.
     for copy in ("about_report_q70.jpg", "about_report_half.jpg"):
         assert judge.passes(a, ix[copy]), copy

@@ -202,12 +202,17 @@ class Match:
         if self.rule == "embedding":
             return f"edited or cropped copy{cos}, {_bits(self.phash)} apart"
         if self.rule == "similar":
-            diff = "" if self.changed is None else f", {_percent(self.changed)} of the picture differs"
+            # The thumbnails may agree where the detail check, at up to DETAIL_SIDE px, does not (two dialogs of one
+            # kind): both figures are named for what they measured, or "0.00% differs; ... 9.5% differs" reads
+            # as a contradiction.
+            closer = self.detail is not None and any(self.detail)
+            what = "of the thumbnails differ" if closer else "of the picture differs"
+            diff = "" if self.changed is None else f", {_percent(self.changed)} {what}"
             if self.strong:
                 diff += f" ({_percent(self.strong)} strongly)"
-            if self.detail is not None and any(self.detail):
+            if closer:
                 close, strongly = (_percent(x) for x in self.detail)
-                diff += f"; looked at closer, {close} differs ({strongly} strongly)"
+                diff += f"; compared at up to {detail_check.DETAIL_SIDE} px, {close} differs ({strongly} strongly)"
             return f"look-alike, not a duplicate: {_bits(self.phash)} apart{cos}{diff}"
         return "no match"
 
