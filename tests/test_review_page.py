@@ -182,6 +182,36 @@ def test_similar_tier_marks_nothing_and_names_are_escaped(tmp_path, browser):
 
 
 @needs_browser
+def test_a_file_removed_in_one_group_and_kept_in_another_is_not_exported(tmp_path, browser):
+    # b.jpg sits in a duplicate group (marked for removal, a.jpg kept) and keeps a look-alike group. Marking
+    # that group's c.jpg too would make a plan that removes the b.jpg it keeps, which --apply refuses whole
+    # (found by trying the page as a new user): the page says so and exports nothing until one is unmarked.
+    def m(path, why, removable):
+        return {"path": path, "why": why, "removable": removable, "reference": False, "keep": not removable,
+                "rule": "", "width": 10, "height": 10, "format": "JPEG", "bytes": 1000, "digest": "ab" * 16}
+    doc = {"method": "auto", "keep_order": ["content"], "files_scanned": 3, "errors": [], "groups": [
+        {"tier": "duplicate", "exact": False, "members": [m("/r/a.jpg", "kept", False),
+                                                         m("/r/b.jpg", "same picture, 2 bits apart", True)]},
+        {"tier": "similar", "exact": False, "members": [m("/r/b.jpg", "kept", False),
+                                                       m("/r/c.jpg", "look-alike", False)]}]}
+    (tmp_path / "p.html").write_text(render_review(doc, [None] * 4, roots=["/r"]))
+    page, errors = _page(browser, (tmp_path / "p.html").as_uri())
+    downloads = []
+    page.on("download", lambda d: downloads.append(d))
+    page.locator("section.similar figure", has_text="c.jpg").locator(".rmc").check()
+    page.click("#export")
+    problem = page.inner_text("#problem")
+    assert problem.startswith("Not exported: /r/b.jpg is marked for removal in group 1 and kept in group 2"), problem
+    page.wait_for_timeout(300)
+    assert downloads == []
+    page.locator("section.duplicate figure", has_text="b.jpg").locator(".rmc").uncheck()
+    plan = _export(page, tmp_path / "plan.json")
+    assert page.inner_text("#problem") == "" and not errors, errors
+    assert [(g["keep"]["path"], [e["path"] for e in g["remove"]]) for g in plan["groups"]] == [
+        ("/r/b.jpg", ["/r/c.jpg"])]
+
+
+@needs_browser
 def test_a_hard_link_to_a_file_that_stays_frees_nothing(tmp_path, photos, browser):
     # a.png kept; b.png a hard link to it (a byte-identical copy on the page), c.png a byte copy. Removing
     # b frees nothing while a stays; removing both links would free the file once.
