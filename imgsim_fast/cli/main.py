@@ -397,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--move-to", metavar="DIR",
                    help="move duplicates into DIR, keeping their relative paths (undo with imgsim undo)")
     p.add_argument("--link", choices=("hard", "sym"),
-                   help="replace each duplicate by a hard or symbolic link to the kept file; the original "
-                        "goes to --move-to DIR")
+                   help="replace each duplicate by a hard or symbolic link to the kept file (its name then "
+                        "shows the kept file's pixels and format: a caption.jpg name may hold a PNG); the "
+                        "duplicate itself goes to --move-to DIR")
     p.add_argument("--delete", action="store_true", help="delete duplicates for good (asks, or needs --yes)")
     p.add_argument("--yes", action="store_true", help="do not ask before deleting")
     p.add_argument("--manifest", help="where to write the action manifest (default: in the --move-to folder, "
@@ -470,8 +471,9 @@ def _run(argv: list[str] | None) -> int:
     except (ValueError, OSError, ImageLoadError) as e:  # ImageLoadError: a query image that cannot be read
         return _fail(e)
     except RuntimeError as e:
-        models = sys.modules.get("imgsim_fast.features.embedding.models")  # loaded whenever a model was asked for
-        if models is not None and isinstance(e, models.ModelNotAvailableError):
+        from imgsim_fast.features.embedding.lazy import ModelNotAvailableError  # torch-free
+
+        if isinstance(e, ModelNotAvailableError):
             return _fail(e)
         raise
 

