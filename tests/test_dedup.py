@@ -235,27 +235,41 @@ def test_trim_follows_contrast_not_grey_levels():
     assert abs(a[1] - b[1]) <= 1 and a[0] == b[0] and a[2:] == b[2:], (a, b)
 
 
-def test_a_large_picture_reduces_trims_and_hashes_as_its_flips_do(tmp_path, photos):
+def test_a_large_picture_reduces_trims_and_hashes_as_its_flips_do(tmp_path, request):
     # A picture over twice FEATURE_SIDE is reduced before it is trimmed and hashed. Image.reduce averaged
     # blocks from the top left corner and left a part block at the bottom and right, so a flipped copy whose
     # sides are not multiples of the factor was averaged on shifted blocks: this wallpaper at 3840 x 2400
     # (factor 9) as a PNG, mirrored top to bottom, trimmed 2% more on the left and hashed 12 bits from its
     # original, and the mirror was lost. Lossless flips must reduce, trim and hash as the original does, and
     # quarter turns reduce to within a grey level (the box filter's two passes round in the other order).
+    # Bit-exact flips depend on how Pillow places and rounds the box's weights (checked with 12.1).
     from imgsim_fast.features.extract import reduce_to_feature_side
 
-    src = [p for p in photos if p.endswith("the-mouse.jpg")]
+    T = Image.Transpose
+    noise = np.random.default_rng(3).integers(0, 256, (300, 480, 3), dtype=np.uint8)  # every edge a hard one
+    # Factors 9, 6 (whole blocks), 11 and 2; at 1801 x 600 one box edge in 900 falls on a pixel's centre, where
+    # Pillow's box takes the pixel on one side only: that column may differ, no other.
+    for size in ((3840, 2400), (2304, 1536), (4032, 3024), (1801, 600)):
+        pic = Image.fromarray(noise).resize(size, Image.Resampling.NEAREST)
+        small = np.asarray(reduce_to_feature_side(pic), np.int16)
+        assert min(small.shape[:2]) >= 256
+        factor = min(size) // 256
+        whole = size[0] % factor == 0 and size[1] % factor == 0
+        before = []
+        for turn, undo in ((T.FLIP_TOP_BOTTOM, T.FLIP_TOP_BOTTOM), (T.ROTATE_180, T.ROTATE_180),
+                           (T.ROTATE_90, T.ROTATE_270)):
+            back = np.asarray(reduce_to_feature_side(pic.transpose(turn)).transpose(undo), np.int16)
+            assert back.shape == small.shape, (size, turn)
+            columns = (np.abs(back - small) > (0 if whole or turn != T.ROTATE_90 else 1)).any(axis=(0, 2))
+            assert columns.sum() <= (1 if size == (1801, 600) else 0), (size, turn, np.flatnonzero(columns))
+            old = np.asarray(pic.transpose(turn).reduce(factor).transpose(undo), np.int16)
+            before.append(np.abs(old - np.asarray(pic.reduce(factor), np.int16)).mean())
+        # Image.reduce alone: a turn that moves a part block shifts the grid (20 grey levels apart on average).
+        assert whole or max(before) > 5, (size, before)
+    src = [p for p in request.getfixturevalue("photos") if p.endswith("the-mouse.jpg")]  # skips without photos
     if not src:
         pytest.skip("ukui-wallpapers' the-mouse.jpg not fetched")
-    T = Image.Transpose
     im = _rgb(src[0], side=3840).resize((3840, 2400), Image.Resampling.BICUBIC)
-    for size, blocks in (((3840, 2400), False), ((2304, 1536), True)):  # factor 9: part blocks; 6: whole ones
-        pic = im.resize(size, Image.Resampling.BICUBIC)
-        small = np.asarray(reduce_to_feature_side(pic), np.int16)
-        for turn, undo, tolerance in ((T.FLIP_TOP_BOTTOM, T.FLIP_TOP_BOTTOM, 0), (T.ROTATE_180, T.ROTATE_180, 0),
-                                      (T.ROTATE_90, T.ROTATE_270, 0 if blocks else 1)):
-            back = np.asarray(reduce_to_feature_side(pic.transpose(turn)).transpose(undo), np.int16)
-            assert back.shape == small.shape and np.abs(back - small).max() <= tolerance, (size, turn)
     copies = {"original": (im, 0), "mirror-tb": (im.transpose(T.FLIP_TOP_BOTTOM), 5),
               "rot180": (im.transpose(T.ROTATE_180), 2)}
     for name, (pic, _) in copies.items():

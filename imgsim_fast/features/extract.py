@@ -487,22 +487,26 @@ def extract_many(items: list[tuple], spec: ExtractSpec, workers: int, on_progres
 
 def reduce_to_feature_side(img: Image.Image) -> Image.Image:
     """`img` shrunk by the largest whole factor that keeps its shorter side at least FEATURE_SIDE (itself when
-    that factor is 1), the same way whichever way round the picture is: a flipped copy reduces to the flipped
-    reduction exactly, a quarter-turned one to within a grey level.
+    that factor is 1; to the nearest whole size where the sides are not multiples of it), about the same way
+    whichever way round the picture is: a flipped copy reduces to the flipped reduction, a quarter-turned one
+    to within a grey level, but for a column or row where the box's edge falls on a pixel's centre (Pillow's
+    box takes the pixel on its left edge and not the one on its right; a side of 1,801 halved: 1 column of 900).
 
     Image.reduce alone averages blocks from the top left corner and leaves a part block at the bottom and
     right, so a flipped or turned copy whose sides are not multiples of the factor was averaged on blocks
-    shifted against its original's (up to 50 grey levels apart at edges): its trim was found elsewhere and its
+    shifted against its original's (up to 65 grey levels apart at edges): its trim was found elsewhere and its
     hash 12 bits off (a 3840 x 2400 wallpaper's top-bottom mirror, factor 9). Such pictures get a box filter
     onto a grid spanning the whole picture instead. 42 wallpapers, two flips and two turns each, at 5 such
-    sizes (840 copies): trims off 40 -> 4, pHash more than 2 bits off 95 -> 17."""
+    sizes (840 copies): trims off 40 -> 4, pHash more than 2 bits off 95 -> 17. A triangle filter flips
+    exactly at every size (the same 840: 4 and 20) but agrees less with a JPEG decoded at a DCT scale, which
+    averages blocks as a box does: a JPEG against its PNG copy, 126 pairs, trims off 8 (box), 8 (reduce), 15."""
     factor = min(img.size) // FEATURE_SIDE
     if factor <= 1:
         return img
     w, h = img.size
     if w % factor == 0 and h % factor == 0:
         return img.reduce(factor)  # whole blocks: exact sums, the same under every flip and turn
-    return img.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.Resampling.BOX)
+    return img.resize((round(w / factor), round(h / factor)), Image.Resampling.BOX)  # both sides >= 512 here
 
 
 def _dedup_features(img: Image.Image, path: str, st: os.stat_result, digest: str, header: tuple,
@@ -581,8 +585,9 @@ def compute_features(paths_or_roots, *, embed: bool | str = False, workers: int 
     embed_size = None
     if embed:
         from imgsim_fast.features.embedding import get_model
+        from imgsim_fast.features.embedding.lazy import BUILTIN_NAME
 
-        model = get_model("efficientnet-lite0" if embed is True else embed, device)
+        model = get_model(BUILTIN_NAME if embed is True else embed, device)
         embed_size = model.spec.size
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:

@@ -96,8 +96,9 @@ PICTURE_BYTES = 256 << 20  # decoded pixels kept for one group's inspection (gre
 # detail, stretched copies; 3: the trims they compare inside are extract.PREP_VERSION 2's (nested borders); 4: no
 # file is a re-encode of its own noisy copy (and 5: nor a noisy copy of its own re-encode, told by the file's
 # own quantisation table); 6: the generations they compare are read from JPEG quality estimates made in the
-# tables' own order (extract.estimate_jpeg_quality).
-VERDICT_VERSION = 6
+# tables' own order (extract.estimate_jpeg_quality); 7: the trims are PREP_VERSION 3's (large pictures reduced on
+# a grid that turns with them).
+VERDICT_VERSION = 7
 
 # A same-size copy whose difference from a member is independent of the picture's detail (correlation of
 # |difference| with the member's Laplacian below NOISE_DEPENDENCE) had noise added: keep corpus noisy PNGs
