@@ -519,3 +519,31 @@ def test_undo_refuses_while_the_manifest_is_in_use(tmp_path, capsys):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # as a running dedup (or another undo) holds it
         _undo_refused(capsys, man, "another imgsim is using it")
     assert _snapshot(tmp_path) == before
+
+
+def test_the_printed_undo_command_pastes_as_it_is_and_counts_read_right(tmp_path, capsys):
+    # A folder and a quarantine with spaces in their names: the hint after a scan says nothing changed, the
+    # summary counts "1 file", and the undo line, split as a shell splits it, puts the file back.
+    import shlex
+
+    from PIL import Image
+
+    d = tmp_path / "my photos"
+    d.mkdir()
+    im = Image.fromarray(np.random.default_rng(4).integers(0, 256, (24, 32, 3), dtype=np.uint8)).resize((320, 240))
+    im.save(d / "a.png")
+    im.save(d / "a copy.jpg", quality=90)
+    before = _snapshot(d)
+    assert main(["dedup", str(d), "--method", "phash", "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "\nnothing changed: --move-to DIR sets the duplicates aside" in out and _snapshot(d) == before
+    q = tmp_path / "set aside"
+    assert main(["dedup", str(d), "--method", "phash", "--workers", "1", "--no-progress", "--move-to", str(q)]) == 0
+    out = capsys.readouterr().out
+    assert "\n1 file moved to " in out and "nothing changed" not in out, out
+    (line,) = [x for x in out.splitlines() if x.startswith("undo with: ")]
+    argv = shlex.split(line[len("undo with: "):])
+    assert argv[:2] == ["imgsim", "undo"] and len(argv) == 3, argv
+    assert main(argv[1:]) == 0
+    assert capsys.readouterr().out.startswith("1 file restored")
+    assert _snapshot(d) == before

@@ -244,8 +244,9 @@ def cmd_dedup(args) -> int:
         print(f"wrote {display_path(args.html)}")
     status = _exit_status(len(res.paths), len(res.features.failures))
     if op is None and any(res.removable(g) for g in res.groups if g.tier == "duplicate"):
-        print("\nnothing changed: --move-to DIR sets the duplicates aside (imgsim undo puts them back), --link "
-              "hard|sym or --delete acts on them, --html FILE writes a page to review them first")
+        review = "" if args.html else "; --html FILE writes a page to review them first"
+        print("\nnothing changed: --move-to DIR sets the duplicates aside (imgsim undo puts them back; with --link "
+              f"hard|sym a link to the kept file takes each one's place), --delete removes them for good{review}")
     if op is None or status == 2:
         return status
     roots = list(args.paths) + list(args.reference or [])
@@ -279,7 +280,7 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict, s
                           quarantine=args.move_to, run_id=run)
     except KeyboardInterrupt:
         if op != "delete" and os.path.exists(manifest):  # what was done so far is in it, each step whole
-            print(f"imgsim: stopped part way; undo what was done with: imgsim undo {display_path(manifest)}",
+            print(f"imgsim: stopped part way; undo what was done with: imgsim undo {shlex.quote(display_path(manifest))}",
                   file=sys.stderr)
         raise
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
@@ -289,7 +290,7 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict, s
     for a, why in rep.skipped:
         print(f"imgsim: skipped {display_path(a.path)}: {display_path(why)}", file=sys.stderr)
     if op != "delete":
-        print(f"undo with: imgsim undo {shlex.quote(display_path(manifest))}")  # pasted as it is
+        print(f"undo with: imgsim undo {shlex.quote(display_path(manifest))}")  # a path with spaces pastes whole
     return len(rep.skipped)
 
 

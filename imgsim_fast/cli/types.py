@@ -19,21 +19,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
     def parse_args(self, args=None, namespace=None):
-        """argparse's, but words no option takes are refused by the subcommand they were given to (its name
+        """argparse's, but words no option takes are refused by the (sub)command they were given to (its name
         and help in the message, not the top level's), with the nearest option named: `--metod` is a typo of
         `--method`, and the person needs to hear which."""
         ns, extras = self.parse_known_args(args, namespace)
-        if extras:
-            parser = self
-            for action in self._actions:
-                if isinstance(action, argparse._SubParsersAction) and getattr(ns, action.dest, None):
-                    parser = action.choices.get(getattr(ns, action.dest), self)
-            options = [o for a in parser._actions for o in a.option_strings]
-            near = [m for e in extras if e.startswith("-")
-                    for m in difflib.get_close_matches(e.split("=", 1)[0], options, n=1)]
-            hint = f"; did you mean {' or '.join(dict.fromkeys(near))}?" if near else ""
-            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
-        return ns
+        if not extras:
+            return ns
+        parser = self
+        while True:  # down the chosen subcommands: `imgsim cluster dedup` is refused by `cluster dedup`
+            chosen = [a.choices[getattr(ns, a.dest)] for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction) and getattr(ns, a.dest, None) in a.choices]
+            if not chosen:
+                break
+            parser = chosen[0]
+        options = {o for a in parser._actions for o in a.option_strings}
+        hints = []
+        for e in extras:
+            name = e.split("=", 1)[0]
+            if not e.startswith("-"):
+                continue
+            if name in options:  # given before the subcommand, where the top level has no such option
+                hints.append(f"{name} goes after `{parser.prog}`")
+            else:
+                hints += [f"did you mean {m}?" for m in difflib.get_close_matches(name, sorted(options), n=1)]
+        hint = "; " + "; ".join(dict.fromkeys(hints)) if hints else ""
+        parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def _int(text: str) -> int:
