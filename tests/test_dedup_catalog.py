@@ -73,9 +73,21 @@ def test_catalog_gives_the_in_memory_groups_and_a_second_run_decodes_nothing(lib
     second = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
     assert _same(mem, second)  # failures too: the broken file is remembered, not retried
     monkeypatch.undo()
-    shutil.copyfile(lib / "half.jpg", lib / "half again.jpg")  # something new: read, and embedded with auto
+    with Image.open(lib / "half.jpg") as im:  # new contents: read, and with auto embedded (the network loads)
+        im.convert("RGB").save(lib / "half again.jpg", quality=60)
     third = find_duplicates([str(lib)], method=method, workers=1, progress=False, catalog=cat)
     assert _same(find_duplicates([str(lib)], method=method, workers=1, progress=False), third)
+    assert any(p.endswith("half again.jpg") for p in third.paths)
+
+
+def test_the_networks_facts_known_without_it_are_the_loaded_networks():
+    # A catalog names and sizes dedup's arrays from these without loading the network (embedding/lazy.py).
+    from imgsim_fast.features.embedding import get_model, lazy
+    from imgsim_fast.features.embedding.efficientnet_lite import FEATURES
+
+    m = get_model(lazy.BUILTIN_NAME)
+    assert (m.name, m.dim, m.spec) == (lazy.BUILTIN_NAME, lazy.BUILTIN_DIM, lazy.BUILTIN_SPEC) == (
+        lazy.LazyModel().name, FEATURES, lazy.LazyModel().spec)
 
 
 def test_a_catalog_run_without_the_networks_weights_fails_at_once(lib, tmp_path, monkeypatch, capsys):

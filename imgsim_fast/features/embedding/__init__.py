@@ -13,7 +13,7 @@ __all__ = ["embed_paths", "embed_images", "embed_text", "load_model", "get_model
 
 _WHERE = {"embed_paths": "batching", "embed_images": "batching", "embed_text": "batching",
           "get_model": "batching", "EmbedResult": "batching", "load_model": "models",
-          "EmbeddingModel": "models", "ModelNotAvailableError": "models", "resolve_device": "models",
+          "EmbeddingModel": "models", "ModelNotAvailableError": "lazy", "resolve_device": "models",
           "DEFAULT_MODEL": "models", "PreprocessSpec": "preprocess"}
 
 

