@@ -209,6 +209,16 @@ def test_a_file_removed_in_one_group_and_kept_in_another_is_not_exported(tmp_pat
     assert page.inner_text("#problem") == "" and not errors, errors
     assert [(g["keep"]["path"], [e["path"] for e in g["remove"]]) for g in plan["groups"]] == [
         ("/r/b.jpg", ["/r/c.jpg"])]
+    # Keep c.jpg in the look-alike group and mark b.jpg in both: one file removed twice, refused as well.
+    similar = page.locator("section.similar")
+    similar.locator("figure", has_text="c.jpg").locator(".kb").click()
+    similar.locator("figure", has_text="b.jpg").locator(".rmc").check()
+    page.locator("section.duplicate figure", has_text="b.jpg").locator(".rmc").check()
+    page.click("#export")
+    assert page.inner_text("#problem") == "Not exported: /r/b.jpg is marked for removal in groups 1 and 2. " \
+                                          "Unmark it in one of them."
+    page.wait_for_timeout(300)
+    assert len(downloads) == 1 and not errors, errors  # only the plan exported above
 
 
 @needs_browser
