@@ -280,8 +280,8 @@ def _run_actions(args, op: str, actions: list, roots: list[str], header: dict, s
                           quarantine=args.move_to, run_id=run)
     except KeyboardInterrupt:
         if op != "delete" and os.path.exists(manifest):  # what was done so far is in it, each step whole
-            print(f"imgsim: stopped part way; undo what was done with: imgsim undo {shlex.quote(display_path(manifest))}",
-                  file=sys.stderr)
+            print("imgsim: stopped part way; undo what was done with: imgsim undo "
+                  f"{shlex.quote(display_path(manifest))}", file=sys.stderr)
         raise
     verb = {"move": "moved to " + display_path(args.move_to or ""), "hardlink": "replaced by hard links",
             "symlink": "replaced by symbolic links", "delete": "deleted"}[op]

