@@ -207,9 +207,9 @@ def index(
     hashing.draft_size(kinds or ("phash",), mode, hash_size)  # validates mode and hash_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for m, load in ((embed_model, _load_model), (dedup_model, _dedup_model)):
+    for m, lazy in ((embed_model, False), (dedup_model, True)):
         if m:
-            load(m)  # an unknown model fails now, not after the hashing work
+            _load_model(m, lazy)  # an unknown model fails now, not after the hashing work
     catalog = catalog or default_catalog_path(roots[0] if os.path.isdir(roots[0]) else os.path.dirname(roots[0]))
     common = dict(sidecar_map=sidecar_map, workers=workers, batch_size=batch_size, progress=progress,
                   follow_symlinks=follow_symlinks, extensions=extensions)
@@ -225,23 +225,15 @@ def index(
     return stats
 
 
-def _load_model(name: str):
+def _load_model(name: str, lazy: bool = False):
+    """The model `name`, or ValueError saying what to install. lazy: dedup's arrays' model, loaded only once a
+    file is embedded where it is the built-in one (embedding/lazy.py): a run that finds nothing new in a folder
+    does not spend 2 s loading it."""
     from imgsim_fast.features.embedding import get_model
-    from imgsim_fast.features.embedding.models import ModelNotAvailableError
-
-    try:
-        return get_model(name)
-    except ModelNotAvailableError as e:
-        raise ValueError(str(e)) from None
-
-
-def _dedup_model(name: str):
-    """The model of dedup's arrays, loaded only once a file is embedded where it is the built-in one
-    (embedding/lazy.py): a run that finds nothing new in a folder does not spend 2 s loading it."""
     from imgsim_fast.features.embedding.lazy import ModelNotAvailableError, dedup_model
 
     try:
-        return dedup_model(name)
+        return dedup_model(name) if lazy else get_model(name)
     except ModelNotAvailableError as e:
         raise ValueError(str(e)) from None
 
@@ -297,7 +289,7 @@ def _index_once(roots, catalog, *, kinds, mode, hash_size, embed_model, sidecar_
         embed_array = embedding_array_name(embed_model) if embed_model else None
         wanted = list(hash_arrays.values()) + ([embed_array] if embed_array else [])
         if dedup:
-            model = _dedup_model(dedup_model) if dedup_model else None
+            model = _load_model(dedup_model, lazy=True) if dedup_model else None
             wanted += dedup_arrays.ensure_arrays(cat, model.name if model else None, model.dim if model else None)
             dedup_arrays.drop_stale_arrays(cat)  # an earlier preparation's: no run of this version reads them
 
@@ -497,7 +489,7 @@ class _Run:
             self.by_digest.setdefault(d, []).append((path, fid, err))
         self.model = _load_model(embed_model) if embed_model else None
         self.dedup = dedup
-        self.dedup_model = _dedup_model(dedup_model) if dedup_model else None
+        self.dedup_model = _load_model(dedup_model, lazy=True) if dedup_model else None
         if self.dedup_model is not None:
             for name in dedup_arrays.model_arrays(self.dedup_model.name):
                 cat.ensure_array(name, np.float32, self.dedup_model.dim, {"model": self.dedup_model.name})

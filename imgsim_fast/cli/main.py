@@ -39,7 +39,7 @@ def report_passed_over(paths: list[str], verbose: bool) -> None:
     from imgsim_fast.io.names import display_path
 
     if paths:
-        print(f"imgsim: {len(paths)} file{'s' if len(paths) != 1 else ''} passed over: not images by extension"
+        print(f"imgsim: {counted(len(paths), 'file', 'files')} passed over: not images by extension"
               f"{'' if verbose else ' (-v lists them)'}", file=sys.stderr)
     if verbose:
         for p in paths:
